@@ -1,0 +1,1 @@
+//! cli (placeholder, owned by the engine work)

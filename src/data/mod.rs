@@ -1,0 +1,1 @@
+//! Readers for the pinned source files (placeholder)

@@ -1,0 +1,1 @@
+//! engine (placeholder, owned by the engine work)

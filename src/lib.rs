@@ -1,0 +1,21 @@
+//! self-redteam: online self-play red-teaming (Self-RedTeam, arXiv 2506.07468) as a DAG of
+//! content-addressed stages that exchange Parquet artifacts.
+//!
+//! Map of the crate (one line per module) and the data flow:
+//!   pipeline.yaml --spec--> Spec --plan--> Plan (nodes stage@i with keys)
+//!   --engine--> runs each missing node's stage (stages/) against the store (store/),
+//!   which publishes artifacts/<stage>/<key>/ (Parquet per schema/, safetensors per model/).
+pub mod cli; // clap commands; the only place that prints for humans
+pub mod data; // readers for the pinned source files of resources.md
+pub mod engine; // runs a plan against a store: skip hits, run misses, in order
+pub mod eval; // suites, metrics (refusal, ASR, over-refusal, SBERT, Self-BLEU), report
+pub mod game; // roles, prompts, hidden-CoT parsing, outcomes and the reward table
+pub mod judge; // judge backends behind one trait; verdict cache
+pub mod model; // Llama-family decoder in tch, GGUF/HF loading, tokenizer, sampler, BERT
+pub mod plan; // spec -> concrete DAG of nodes with keys
+pub mod rl; // REINFORCE++: KL, returns, per-role normalisation, clipped loss, LR
+pub mod schema; // one module per Parquet artifact
+pub mod spec; // pipeline.yaml -> typed, validated spec
+pub mod store; // content-addressed artifact store
+#[path = "../stages/mod.rs"]
+pub mod stages; // one thin file per stage kind, and the registry

@@ -1,0 +1,3 @@
+fn main() {
+    println!("self-redteam: engine not built yet");
+}

@@ -1,0 +1,1 @@
+//! plan (placeholder, owned by the engine work)

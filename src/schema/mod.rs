@@ -1,0 +1,1 @@
+//! Parquet artifact schemas (placeholder)

@@ -1,0 +1,1 @@
+//! spec (placeholder, owned by the engine work)

@@ -1,0 +1,6 @@
+//! The one integration-test binary: every behaviour test of the crate links here.
+mod engine;
+mod eval;
+mod game_rl;
+mod judge;
+mod model;
