@@ -1,1 +1,28 @@
-//! REINFORCE++ (placeholder)
+//! REINFORCE++ as in method.md §3 (OpenRLHF `--advantage_estimator reinforce`, as forked by
+//! selfplay-redteaming): k1 KL in the token rewards, return-to-go, per-role advantage
+//! normalisation, PPO-clip token-mean loss, the SFT term of §3.1 step 6, Adam with exportable
+//! state, global grad-norm clipping and the cosine-with-min-LR schedule. Called by the update
+//! stage; it works on plain tch tensors through the `Policy` trait, so any model that returns
+//! next-token log-probs with gradients can be trained.
+//!
+//! Data flow of one update (`update::run_update`):
+//!   buffer of `RlSample` (role, tokens, old/ref log-probs, game reward)
+//!   --advantage--> KL, token rewards, returns, per-role normalised advantages
+//!   --batch--> seeded shuffle into micro-batches mixing both roles, right-padded tensors
+//!   --loss--> PPO-clip (+ SFT) --adam--> clip grad norm, LR from schedule, Adam step
+//!   --metrics--> `UpdateMetrics`
+pub mod adam;
+pub mod advantage;
+pub mod batch;
+pub mod loss;
+pub mod metrics;
+pub mod schedule;
+pub mod update;
+
+pub use adam::{clip_grad_norm, Adam, AdamConfig, AdamStateError};
+pub use advantage::{kl_k1, normalise_per_role, prepare_advantages, returns_to_go, token_rewards, PreparedSample, RoleNormStats};
+pub use batch::{micro_batch_indices, RlSample, SftExample, TokenBatch};
+pub use loss::{next_token_logprobs, ppo_clip_loss, sft_loss, PolicyLoss};
+pub use metrics::{RoleMetrics, StepMetrics, UpdateMetrics};
+pub use schedule::CosineWithMinLr;
+pub use update::{run_update, Policy, PolicyError, RlError, UpdateConfig};
