@@ -89,10 +89,10 @@ pub fn cot_format_check_and_extract(response: &str) -> ParsedResponse {
     let answer = answer_regex(response);
 
     let mut broken = Vec::new();
-    if !thinking.is_some_and(|t| !t.is_empty()) {
+    if thinking.is_none_or(str::is_empty) {
         broken.push(CotRule::ThinkingNonEmpty);
     }
-    if !answer.is_some_and(|a| !a.is_empty()) {
+    if answer.is_none_or(str::is_empty) {
         broken.push(CotRule::AnswerNonEmpty);
     }
     if response.contains(THINK_OPEN) {

@@ -109,7 +109,7 @@ impl Adam {
                 }
                 let _ = target.g_add_(&((&st.exp_avg / &denom) * (-step_size)));
                 if let Some(m) = &st.master {
-                    let _ = param.shallow_clone().copy_(&m.to_kind(param.kind()));
+                    param.shallow_clone().copy_(&m.to_kind(param.kind()));
                 }
             }
         });
