@@ -17,7 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::outcome::{Outcome, OutcomeSet};
-use super::roles::{GameMode, GameOptions, Role, SeedKind, SeedLabel};
+use super::roles::{GameOptions, Role, SeedKind, SeedLabel};
 
 /// The three WildGuard labels of one game (judged on the public attack and public answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -317,7 +317,8 @@ pub fn score_game(game: &GameRecord, verdict: &Verdict, scheme: RewardScheme) ->
 }
 
 /// The samples of a game that enter the RL buffer (§2.5, §6): only roles that train in this
-/// mode, and, with `remove_ties`, none tagged TIE. Metrics should be logged on all scored
+/// mode (`GameOptions::trains`: never the frozen defender of attacker-only runs), and, with
+/// `remove_ties`, none tagged TIE. Metrics should be logged on all scored
 /// samples before this filter, as the original does.
 pub fn training_rewards(game: &ScoredGame, options: &GameOptions, remove_ties: bool) -> Vec<RoleReward> {
     let ScoredGame::Scored { attacker, defender } = game else {
@@ -328,8 +329,6 @@ pub fn training_rewards(game: &ScoredGame, options: &GameOptions, remove_ties: b
         .chain(std::iter::once(defender))
         .filter(|r| options.trains(r.role))
         .filter(|r| !(remove_ties && r.is_tie()))
-        // Attacker-only runs also never train the frozen defender's samples.
-        .filter(|r| !(options.mode == GameMode::AttackerOnly && r.role == Role::Defender))
         .cloned()
         .collect()
 }
@@ -337,6 +336,7 @@ pub fn training_rewards(game: &ScoredGame, options: &GameOptions, remove_ties: b
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::game::roles::GameMode;
     use Outcome::*;
 
     fn labels(q: bool, r: Option<bool>, h: Option<bool>) -> JudgeLabels {

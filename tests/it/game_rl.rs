@@ -414,6 +414,9 @@ fn train_toy(sign: f64, updates: usize, with_sft: bool) -> Trained {
         let m = run_update(&mut policy, &params, &mut adam, &schedule, &buffer, sft_source, &config, Device::Cpu)
             .expect("update");
         assert_eq!(m.optimizer_steps, 4);
+        assert!(m.steps.iter().any(|s| s.attacker_samples > 0 && s.defender_samples > 0), "roles mix");
+        let json = serde_json::to_value(&m).expect("metrics serialise");
+        assert_eq!(json["roles"]["attacker"]["samples"], 16);
         assert!(m.steps.iter().all(|s| s.attacker_samples + s.defender_samples == 8));
         assert_eq!(m.roles[&Role::Attacker].samples, 16);
         assert_eq!(m.roles[&Role::Defender].format_violation_rate, Some(0.0));
