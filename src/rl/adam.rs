@@ -191,15 +191,18 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> f64 {
         if grads.is_empty() {
             return 0.0;
         }
+        // Per-parameter norms stay on their device and are gathered on the first gradient's
+        // device, as torch does; only the final scalar is read back.
+        let first_device = grads[0].device();
         let norms: Vec<Tensor> = grads
             .iter()
-            .map(|g| g.to_kind(Kind::Float).norm().to_device(tch::Device::Cpu))
+            .map(|g| g.to_kind(Kind::Float).norm().to_device(first_device))
             .collect();
         let total = Tensor::stack(&norms, 0).norm();
         let total_f = total.double_value(&[]);
         // f32 arithmetic like torch: coef = max_norm / (total + 1e-6), clamped to 1, and
         // applied even when it is 1 (a no-op).
-        let coef = (Tensor::from(max_norm as f32) / (total + 1e-6)).clamp_max(1.0).double_value(&[]);
+        let coef = (Tensor::from(max_norm as f32).to_device(first_device) / (total + 1e-6)).clamp_max(1.0).double_value(&[]);
         for mut g in grads {
             let _ = g.g_mul_scalar_(coef);
         }

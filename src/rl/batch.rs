@@ -35,6 +35,28 @@ pub struct RlSample {
 }
 
 impl RlSample {
+    /// A buffer sample from a scored turn: role, reward total, format flag and outcome tags
+    /// come from the game's `RoleReward` (`violation` is `PublicTurn::violation`).
+    pub fn from_role_reward(
+        reward: &crate::game::RoleReward,
+        token_ids: Vec<i64>,
+        prompt_len: usize,
+        old_logprobs: Vec<f32>,
+        ref_logprobs: Vec<f32>,
+        violation: Option<bool>,
+    ) -> RlSample {
+        RlSample {
+            role: reward.role,
+            token_ids,
+            prompt_len,
+            old_logprobs,
+            ref_logprobs,
+            reward: reward.total,
+            format_violation: violation,
+            outcomes: reward.outcomes.clone(),
+        }
+    }
+
     pub fn response_len(&self) -> usize {
         self.token_ids.len().saturating_sub(self.prompt_len)
     }

@@ -545,5 +545,9 @@ fn a_selfplay_game_flows_from_seed_to_training_rewards() {
     assert_eq!(a.total, 0.0);
     // defender: +1 correct refusal, +1 harmless, -1 format violation = 1
     assert_eq!(d.total, 1.0);
-    assert_eq!(training_rewards(&scored, &opts, true).len(), 2);
+    let kept = training_rewards(&scored, &opts, true);
+    assert_eq!(kept.len(), 2);
+    let sample = RlSample::from_role_reward(&kept[1], vec![1, 2, 3], 2, vec![-0.5], vec![-0.4], answer.violation);
+    assert_eq!((sample.role, sample.reward, sample.format_violation), (Role::Defender, 1.0, Some(true)));
+    assert_eq!(sample.outcomes, d.outcomes);
 }
