@@ -461,6 +461,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
                 flatten(&format!("{prefix}.{k}"), x, out);
             }
         }
+        Value::Array(a) if a.iter().any(|x| x.is_object() || x.is_array()) => {
+            for (i, x) in a.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), x, out);
+            }
+        }
         other => {
             out.insert(prefix.to_string(), other.clone());
         }

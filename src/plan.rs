@@ -215,12 +215,14 @@ impl Plan {
     }
 }
 
-/// Remove `sources_dir` and every `path` field (paths never enter keys).
+/// Remove `sources_dir`, every `path` (paths never enter keys) and every `sha256` (pinned
+/// files enter the key once, as the `files` component, so `explain` names the file).
 fn strip_paths(v: &mut Value) {
     match v {
         Value::Object(m) => {
             m.remove("sources_dir");
             m.remove("path");
+            m.remove("sha256");
             for (_, x) in m.iter_mut() {
                 strip_paths(x);
             }
