@@ -269,7 +269,7 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             let mut previews = serde_json::Map::new();
             let mut text = String::new();
             for f in a.manifest.files.iter().filter(|f| f.name.ends_with(".parquet")) {
-                let (cols, data, total) = crate::schema::preview(&a.dir.join(&f.name), rows).with_context(|| format!("read {}", f.name))?;
+                let crate::schema::Preview { columns: cols, rows: data, total_rows: total } = crate::schema::preview(&a.dir.join(&f.name), rows).with_context(|| format!("read {}", f.name))?;
                 let objs: Vec<Value> = data.iter().map(|r| Value::Object(cols.iter().cloned().zip(r.iter().map(|c| Value::String(c.clone()))).collect())).collect();
                 text.push_str(&format!("\n{} ({total} rows; first {}):\n", f.name, data.len()));
                 for o in &objs {

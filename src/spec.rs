@@ -644,7 +644,7 @@ impl Spec {
         if r.max_new_tokens == 0 {
             return Err(bad("rollout.max_new_tokens", "must be at least 1".into()));
         }
-        if !(r.temperature >= 0.0) {
+        if r.temperature.is_nan() || r.temperature < 0.0 {
             return Err(bad("rollout.temperature", format!("must be >= 0, got {}", r.temperature)));
         }
         if !(r.top_p > 0.0 && r.top_p <= 1.0) {
@@ -658,7 +658,7 @@ impl Spec {
             return Err(bad("judge.wildguard", "the wildguard backend needs `url` (a server) or `model` (a local checkpoint)".into()));
         }
         let u = &raw.update;
-        if !(u.lr > 0.0) {
+        if u.lr.is_nan() || u.lr <= 0.0 {
             return Err(bad("update.lr", format!("must be > 0, got {}", u.lr)));
         }
         for (i, b) in u.betas.iter().enumerate() {
@@ -778,9 +778,13 @@ pub fn key_path_at_line(text: &str, line: usize) -> String {
             indent += 2;
             rest = after.trim_start();
         }
+        // Flow collections (`{a: 1}`, `[1, 2]`) are values, not keys.
+        if rest.starts_with('{') || rest.starts_with('[') {
+            continue;
+        }
         if let Some(colon) = rest.find(':') {
             let key = rest[..colon].trim().trim_matches('"').trim_matches('\'');
-            if key.is_empty() || key.contains(' ') && !key.starts_with('"') && key.contains('{') {
+            if key.is_empty() {
                 continue;
             }
             while stack.last().is_some_and(|(ind, seg, _)| *ind > indent || (*ind == indent && !seg.starts_with('['))) {

@@ -131,8 +131,17 @@ fn read_batches<S: ArtifactSchema, R: parquet::file::reader::ChunkReader + 'stat
     Ok(rows)
 }
 
+/// The first rows of a Parquet file as display strings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preview {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    /// Rows in the whole file.
+    pub total_rows: u64,
+}
+
 /// Column names and the first `n` rows of any Parquet file as display strings (`show`).
-pub fn preview(path: &Path, n: usize) -> Result<(Vec<String>, Vec<Vec<String>>, u64), SchemaError> {
+pub fn preview(path: &Path, n: usize) -> Result<Preview, SchemaError> {
     use arrow::util::display::{ArrayFormatter, FormatOptions};
     let file = path.display().to_string();
     let f = std::fs::File::open(path).map_err(|source| SchemaError::Io { file: file.clone(), source })?;
@@ -155,7 +164,7 @@ pub fn preview(path: &Path, n: usize) -> Result<(Vec<String>, Vec<Vec<String>>, 
             break;
         }
     }
-    Ok((columns, rows, total))
+    Ok(Preview { columns, rows, total_rows: total })
 }
 
 #[doc(hidden)]

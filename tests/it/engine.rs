@@ -242,6 +242,10 @@ fn kill_9_mid_stage_then_resume_recomputes_nothing_finished() {
             break;
         }
     }
+    // The paused run holds the store lock: a second writer is refused.
+    let o = sr(&tiny(), &store, &["run", "--only", "dataset"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is locked by another run"), "{}", text(&o));
     child.kill().expect("kill -9");
     child.wait().expect("reap");
     let after_crash = status(&tiny(), &store, &[]);
@@ -308,6 +312,11 @@ fn bad_config_missing_source_and_wrong_sha256_fail_clearly_and_publish_nothing()
     let cases = [
         ("unknown.yaml", abs.replace("seeds_per_iteration: 8", "seeds_per_iter: 8"), vec!["prep.seeds_per_iter", "line", "unknown field"]),
         ("type.yaml", abs.replace("seeds_per_iteration: 8", "seeds_per_iteration: lots"), vec!["prep.seeds_per_iteration", "line"]),
+        (
+            "field.yaml",
+            abs.replace("  max_rows_per_file: 40\n", "  max_rows_per_file: 40\n  harmful:\n    - {path: a.prompt, sha256: x}\n"),
+            vec!["dataset.harmful[0] (line 14", "missing field `format`"],
+        ),
         ("ref.yaml", abs.replace("    harmbench: {subset: 4}", "    harmbenchh: {subset: 4}"), vec!["eval.suites.harmbenchh", "no such suite"]),
         ("fraction.yaml", abs.replace("seeds_per_iteration: 8", "seeds_per_iteration: 8\n  harmful_fraction: 1.5"), vec!["prep.harmful_fraction", "between 0 and 1"]),
         (
