@@ -52,8 +52,11 @@ pub struct ProgramInfo {
 }
 impl ProgramInfo {
     pub fn current() -> Self {
+        // The runtime LIBTORCH, else the one this binary was built against (.cargo/config.toml
+        // sets it for every cargo build); only its version string is recorded, never the path.
         let libtorch = std::env::var("LIBTORCH")
             .ok()
+            .or_else(|| option_env!("LIBTORCH").map(str::to_string))
             .and_then(|d| std::fs::read_to_string(std::path::Path::new(&d).join("build-version")).ok())
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|| "unknown".into());

@@ -362,6 +362,25 @@ mod tests {
     }
 
     #[test]
+    fn tampered_manifests_cannot_point_outside_the_store() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = Store::open(tmp.path()).expect("open");
+        let _lock = store.lock().expect("lock");
+        let m = draft("prep@1");
+        let key = m.components.key();
+        let st = store.begin("prep", &key).expect("begin");
+        fs::write(st.dir.join("a.bin"), b"x").expect("write");
+        let a = store.publish(st, m, false).expect("publish");
+        let mpath = a.dir.join(MANIFEST_FILE);
+        let good = fs::read_to_string(&mpath).expect("read");
+        for (from, to) in [("\"name\": \"a.bin\"", "\"name\": \"../../a.bin\""), ("\"stage\": \"prep\"", "\"stage\": \"../prep\""), ("\"seed\": 1", "\"seed\": 2")] {
+            assert!(good.contains(from), "{from}");
+            fs::write(&mpath, good.replace(from, to)).expect("tamper");
+            assert!(matches!(store.load("prep", &key), Err(StoreError::BadManifest { .. })), "{to} accepted");
+        }
+    }
+
+    #[test]
     fn second_lock_is_refused() {
         let tmp = tempfile::tempdir().expect("tmp");
         let store = Store::open(tmp.path()).expect("open");

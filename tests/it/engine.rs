@@ -455,3 +455,43 @@ print(json.dumps(out))
     assert_eq!(v["dataset/seeds.parquet"]["columns"], serde_json::json!(["id", "text", "label", "source", "category", "split", "suite"]));
     assert_eq!(v["prep@1/prep.parquet"]["rows"], 8);
 }
+
+#[test]
+fn dataset_from_the_pinned_sources_keeps_every_eval_prompt_out_of_training() {
+    use self_redteam::schema::{judge_train::JudgeTrainSchema, read_parquet, seeds::SeedsSchema};
+    use std::collections::HashSet;
+    let spec = self_redteam::spec::Spec::load(&root().join("pipeline.yaml")).expect("default pipeline.yaml is valid");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    let o = sr(&root().join("pipeline.yaml"), &store, &["run", "--only", "dataset", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let dir = store.join("dataset").join(v["nodes"][0]["key"].as_str().expect("key"));
+    let seeds = read_parquet::<SeedsSchema>(&dir.join("seeds.parquet")).expect("seeds");
+    let judge = read_parquet::<JudgeTrainSchema>(&dir.join("judge_train.parquet")).expect("judge");
+    let count = |split: &str, suite: Option<&str>, label: &str| seeds.iter().filter(|r| r.split == split && r.suite.as_deref() == suite && r.label == label).count();
+    // HarmBench test, standard functional category only (resources.md: 159 of 320).
+    assert_eq!(count("eval", Some("harmbench"), "harmful"), 159);
+    assert_eq!(count("eval", Some("overrefusal"), "benign"), 150);
+    assert!(count("eval", Some("strongreject"), "harmful") >= 300);
+    assert!(count("eval", Some("donotanswer"), "harmful") >= 900);
+    let adv_eval = count("eval", Some("advbench"), "harmful");
+    assert!((90..=105).contains(&adv_eval), "20% of AdvBench: {adv_eval}");
+    let benign_eval = count("eval", Some("benign"), "benign");
+    let benign_train = count("train", None, "benign");
+    let benign_total = (benign_eval + benign_train) as f64;
+    assert!((benign_eval as f64 - 0.1 * benign_total).abs() <= 1.0, "{benign_eval} of {benign_total}");
+    assert!(benign_total > 1800.0, "{benign_total}");
+    assert!(count("holdout_attacker", None, "harmful") > 30);
+    assert!(count("train", None, "harmful") > 300);
+    // Unique ids, nothing over 500 chars, and no eval prompt in training or judge data.
+    let ids: HashSet<&str> = seeds.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), seeds.len(), "deduplicated");
+    assert!(seeds.iter().all(|r| r.text.chars().count() <= spec.raw.dataset.max_prompt_chars as usize));
+    let eval: HashSet<&str> = seeds.iter().filter(|r| r.split == "eval").map(|r| r.id.as_str()).collect();
+    let eval_norm: HashSet<String> = seeds.iter().filter(|r| r.split == "eval").map(|r| self_redteam::data::normalise(&r.text)).collect();
+    assert!(seeds.iter().filter(|r| r.split != "eval").all(|r| !eval.contains(r.id.as_str()) && !eval_norm.contains(&self_redteam::data::normalise(&r.text))));
+    assert!(judge.len() > 500, "{}", judge.len());
+    assert!(judge.iter().all(|j| !eval_norm.contains(&self_redteam::data::normalise(&j.prompt))), "a judge-training prompt is an eval prompt");
+    assert!(judge.iter().any(|j| j.refusal == Some(true)) && judge.iter().any(|j| j.harmful_response == Some(true)));
+}
