@@ -278,10 +278,18 @@ impl<'a> Engine<'a> {
             let components = match self.components_for(node, &done) {
                 Ok(c) => c,
                 Err(input) => {
-                    if is_selected {
-                        return Err(EngineError::InputNotBuilt { node: name, input });
+                    if !is_selected {
+                        continue;
                     }
-                    continue;
+                    // An input of a kind that is not built yet blocks (reported at the end);
+                    // any other unbuilt input is the user's selection error.
+                    let kind = self.plan.get(&input).map(|n| n.id.kind);
+                    if let Some(e) = kind.and_then(stages::lookup).filter(|e| e.implementation.is_none()) {
+                        blocked.push((name.clone(), format!("waits for {input}: {}", e.missing)));
+                        blocked_names.insert(name);
+                        continue;
+                    }
+                    return Err(EngineError::InputNotBuilt { node: name, input });
                 }
             };
             let key = components.key();
@@ -340,6 +348,19 @@ impl<'a> Engine<'a> {
             .collect();
         let started = now_ms();
         let t0 = Instant::now();
+        // A spinner with the elapsed time while the node runs; the stage's own bars
+        // (ctx.progress) stack under it. Hidden unless stderr is a TTY.
+        let bars = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            indicatif::MultiProgress::new()
+        } else {
+            indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+        };
+        let spinner = bars.add(indicatif::ProgressBar::new_spinner());
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+            spinner.set_style(style);
+        }
+        spinner.set_message(format!("running {name}"));
+        spinner.enable_steady_tick(std::time::Duration::from_millis(120));
         let mut ctx = StageContext {
             node: name.clone(),
             iteration: node.id.iteration,
@@ -353,9 +374,11 @@ impl<'a> Engine<'a> {
             inputs,
             verified: Default::default(),
             cancel: &CANCEL,
-            show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            bars,
         };
-        if let Err(source) = stage.run(&mut ctx) {
+        let result = stage.run(&mut ctx);
+        spinner.finish_and_clear();
+        if let Err(source) = result {
             staging.discard();
             return Err(EngineError::Stage { node: name, source });
         }

@@ -215,7 +215,8 @@ pub struct StageContext<'a> {
     pub(crate) inputs: Vec<InputArtifact>,
     pub(crate) verified: Mutex<BTreeMap<(String, String), PathBuf>>,
     pub(crate) cancel: &'a AtomicBool,
-    pub(crate) show_progress: bool,
+    /// Bars of this run (drawn on stderr only when it is a TTY).
+    pub(crate) bars: indicatif::MultiProgress,
 }
 
 impl StageContext<'_> {
@@ -257,7 +258,7 @@ impl StageContext<'_> {
 
     /// A progress bar of `total` steps (drawn only on a TTY).
     pub fn progress(&self, total: u64, message: &str) -> Progress {
-        let bar = if self.show_progress { indicatif::ProgressBar::new(total) } else { indicatif::ProgressBar::hidden() };
+        let bar = self.bars.add(indicatif::ProgressBar::new(total));
         if let Ok(style) = indicatif::ProgressStyle::with_template("{prefix} {msg} [{bar:30}] {pos}/{len} {eta}") {
             bar.set_style(style.progress_chars("=> "));
         }

@@ -287,6 +287,29 @@ fn held_out(seed: u64, purpose: &str, ids: &[String], fraction: f64) -> HashSet<
     ranked.into_iter().take(n).map(|(_, id)| id.clone()).collect()
 }
 
+/// Rows of one held-out suite of a `seeds.parquet` (`holdout_attacker` is the split of
+/// that name; every other suite is `split = eval` with that `suite`). For the eval stage.
+pub fn suite_rows<'a>(seeds: &'a [SeedRow], suite: &str) -> Vec<&'a SeedRow> {
+    if suite == "holdout_attacker" {
+        seeds.iter().filter(|r| r.split == "holdout_attacker").collect()
+    } else {
+        seeds.iter().filter(|r| r.split == "eval" && r.suite.as_deref() == Some(suite)).collect()
+    }
+}
+
+/// A seeded subset of `n` rows (all rows if `n` is `None` or at least their number),
+/// in their original order, so `eval.suites.X.subset` picks the same prompts every time.
+pub fn seeded_subset<'a, T>(rows: &'a [T], n: Option<u32>, rng: &mut impl rand::Rng) -> Vec<&'a T> {
+    match n {
+        Some(n) if (n as usize) < rows.len() => {
+            let mut idx = rand::seq::index::sample(rng, rows.len(), n as usize).into_vec();
+            idx.sort_unstable();
+            idx.into_iter().map(|i| &rows[i]).collect()
+        }
+        _ => rows.iter().collect(),
+    }
+}
+
 /// What the dataset stage writes, plus counts for its metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatasetOutput {

@@ -358,6 +358,16 @@ fn run_stops_at_first_unbuilt_stage_with_a_clear_message() {
     let s = status(&tiny(), &store, &[]);
     assert_eq!(s["prep@2"].state, "cached");
     assert_eq!(s["base"].state, "missing");
+    // --from reruns that node and what follows it; upstream stays as it is.
+    let o = sr(&tiny(), &store, &["run", "--from", "prep@2", "--force", "--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["nodes"].as_array().expect("nodes").len(), 1, "{v:#}");
+    assert_eq!(v["nodes"][0]["node"], "prep@2");
+    assert_eq!(v["nodes"][0]["outcome"], "miss");
+    assert_eq!(v["nodes"][0]["content_digest"].as_str(), s["prep@2"].digest.as_deref(), "same bytes again");
+    let blocked: Vec<&str> = v["blocked"].as_array().expect("blocked").iter().map(|b| b["node"].as_str().expect("node")).collect();
+    assert_eq!(blocked, ["rollout@2", "judge@2", "update@2", "eval@2"]);
 }
 
 #[test]
