@@ -355,7 +355,7 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             let (spec, plan, store) = load(g, None)?;
             let engine = Engine::new(&spec, plan, store);
             let victims = engine.gc_candidates(keep_last)?;
-            if !dry_run {
+            if !dry_run && engine.store.root().exists() {
                 engine.gc(&victims)?;
             }
             if json {
