@@ -142,14 +142,18 @@ impl<'a> Engine<'a> {
 
     /// The newest artifact of every node name in the store.
     pub fn latest_by_node(&self) -> Result<HashMap<String, Artifact>> {
+        Ok(Self::latest_of(self.store.scan()?))
+    }
+
+    fn latest_of(all: Vec<Artifact>) -> HashMap<String, Artifact> {
         let mut latest: HashMap<String, Artifact> = HashMap::new();
-        for a in self.store.scan()? {
+        for a in all {
             let newer = latest.get(&a.manifest.node).is_none_or(|b| a.manifest.timing.started_unix_ms >= b.manifest.timing.started_unix_ms);
             if newer {
                 latest.insert(a.manifest.node.clone(), a);
             }
         }
-        Ok(latest)
+        latest
     }
 
     fn components_for(&self, node: &Node, done: &HashMap<String, Artifact>) -> std::result::Result<KeyComponents, String> {
@@ -165,7 +169,10 @@ impl<'a> Engine<'a> {
 
     /// Every plan node's key and state (the `status` verb).
     pub fn resolve(&self) -> Result<Vec<Resolved>> {
-        let latest = self.latest_by_node()?;
+        // One scan reads every manifest once; lookups by key then hit this index.
+        let all = self.store.scan()?;
+        let by_key: HashMap<(String, Key), Artifact> = all.iter().map(|a| ((a.manifest.stage.clone(), a.manifest.key.clone()), a.clone())).collect();
+        let latest = Self::latest_of(all);
         let mut done: HashMap<String, Artifact> = HashMap::new();
         let mut out = Vec::new();
         for node in &self.plan.nodes {
@@ -174,7 +181,7 @@ impl<'a> Engine<'a> {
             let r = match self.components_for(node, &done) {
                 Ok(c) => {
                     let key = c.key();
-                    let art = self.store.load(node.id.kind, &key)?;
+                    let art = by_key.get(&(node.id.kind.to_string(), key.clone())).cloned();
                     let state = match (&art, prior) {
                         (Some(_), _) => State::Cached,
                         (None, Some(p)) => State::Stale(explain(&c, &p.manifest.components).into_iter().next().unwrap_or_else(|| "key differs".into())),
