@@ -297,16 +297,20 @@ pub fn suite_rows<'a>(seeds: &'a [SeedRow], suite: &str) -> Vec<&'a SeedRow> {
     }
 }
 
-/// A seeded subset of `n` rows (all rows if `n` is `None` or at least their number),
-/// in their original order, so `eval.suites.X.subset` picks the same prompts every time.
-pub fn seeded_subset<'a, T>(rows: &'a [T], n: Option<u32>, rng: &mut impl rand::Rng) -> Vec<&'a T> {
+/// The evaluated prompts of a suite: `n` of its rows (all if `n` is `None` or large),
+/// chosen by [`stable_rank`] over (run seed, suite, prompt id) and kept in file order.
+/// Not keyed by the eval node's key on purpose: every `eval@i` of a run scores the
+/// same prompts, so iterations are comparable.
+pub fn suite_subset<'a>(seeds: &'a [SeedRow], suite: &str, n: Option<u32>, seed: u64) -> Vec<&'a SeedRow> {
+    let rows = suite_rows(seeds, suite);
     match n {
         Some(n) if (n as usize) < rows.len() => {
-            let mut idx = rand::seq::index::sample(rng, rows.len(), n as usize).into_vec();
-            idx.sort_unstable();
-            idx.into_iter().map(|i| &rows[i]).collect()
+            let purpose = format!("eval-subset/{suite}");
+            let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+            let keep = held_out(seed, &purpose, &ids, n as f64 / rows.len() as f64);
+            rows.into_iter().filter(|r| keep.contains(&r.id)).collect()
         }
-        _ => rows.iter().collect(),
+        _ => rows,
     }
 }
 
@@ -468,6 +472,26 @@ mod tests {
         assert_eq!(rows[0].response, "multi\nline");
         assert_eq!(rows[0].harmful_response, Some(true));
         assert_eq!(rows[0].category, "bias");
+    }
+
+    #[test]
+    fn suite_subset_is_stable_and_sized() {
+        let row = |i: usize, suite: &str| SeedRow {
+            id: format!("id{i}"),
+            text: format!("t{i}"),
+            label: "harmful".into(),
+            source: "s".into(),
+            category: String::new(),
+            split: "eval".into(),
+            suite: Some(suite.into()),
+        };
+        let seeds: Vec<SeedRow> = (0..50).map(|i| row(i, if i % 2 == 0 { "a" } else { "b" })).collect();
+        let a = suite_subset(&seeds, "a", Some(10), 8888);
+        assert_eq!(a.len(), 10);
+        assert!(a.iter().all(|r| r.suite.as_deref() == Some("a")));
+        assert_eq!(a, suite_subset(&seeds, "a", Some(10), 8888));
+        assert_ne!(a, suite_subset(&seeds, "a", Some(10), 1));
+        assert_eq!(suite_subset(&seeds, "a", None, 8888).len(), 25);
     }
 
     #[test]
