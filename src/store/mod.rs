@@ -247,8 +247,8 @@ impl Store {
     }
 
     /// Publish: digest every file in the staging dir, fsync them, write the manifest last
-    /// (fsynced), then rename the directory into place. `fill` completes the manifest
-    /// draft with the file list and content digest filled in by the store. With `replace`
+    /// (fsynced), then rename the directory into place. The store fills the draft's file
+    /// list (keeping rows/schema the stage recorded) and content digest. With `replace`
     /// an existing artifact of the same key is swapped out (used by `run --force`).
     pub fn publish(&self, staging: Staging, mut manifest: Manifest, replace: bool) -> Result<Artifact> {
         let root = self.root.clone();
