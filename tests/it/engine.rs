@@ -1,1 +1,507 @@
-//! Integration tests: engine
+//! Integration tests: engine — spawn the built binary on tests/fixtures/tiny.yaml with
+//! temporary stores, and check keys, caching, determinism, crash-resume, corruption,
+//! config errors and the Parquet files' readability in pyarrow.
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_self-redteam")
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tiny() -> PathBuf {
+    root().join("tests/fixtures/tiny.yaml")
+}
+
+/// The tiny config's text with its relative source paths made absolute, so a variant can
+/// live in a temp dir.
+fn tiny_text_abs() -> String {
+    let text = std::fs::read_to_string(tiny()).expect("read tiny.yaml");
+    text.replace("../../.cache", &root().join(".cache").display().to_string())
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+fn sr(config: &Path, store: &Path, args: &[&str]) -> Output {
+    Command::new(bin()).arg("--config").arg(config).arg("--store").arg(store).args(args).output().expect("spawn self-redteam")
+}
+
+fn text(o: &Output) -> String {
+    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Build dataset, prep@1, prep@2 (the built stages) into `store`.
+fn build(config: &Path, store: &Path) -> Output {
+    let o = sr(config, store, &["run", "--only", "dataset", "prep@1", "prep@2", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    o
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct NodeStatus {
+    key: Option<String>,
+    digest: Option<String>,
+    state: String,
+    reason: Option<String>,
+}
+
+fn status(config: &Path, store: &Path, extra: &[&str]) -> BTreeMap<String, NodeStatus> {
+    let mut args = vec!["status", "--json"];
+    args.extend_from_slice(extra);
+    let o = sr(config, store, &args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("status json");
+    v["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().expect("name").to_string(),
+                NodeStatus {
+                    key: n["key"].as_str().map(str::to_string),
+                    digest: n["content_digest"].as_str().map(str::to_string),
+                    state: n["state"].as_str().expect("state").to_string(),
+                    reason: n["reason"].as_str().map(str::to_string),
+                },
+            )
+        })
+        .collect()
+}
+
+fn keys(s: &BTreeMap<String, NodeStatus>) -> BTreeMap<String, Option<String>> {
+    s.iter().map(|(n, st)| (n.clone(), st.key.clone())).collect()
+}
+
+/// Every file of every artifact: (stage/key/file) → bytes, manifests excluded.
+fn data_files(store: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for stage in std::fs::read_dir(store).expect("store").flatten() {
+        let sname = stage.file_name().to_string_lossy().to_string();
+        if sname.starts_with('.') || !stage.path().is_dir() {
+            continue;
+        }
+        for art in std::fs::read_dir(stage.path()).expect("stage").flatten() {
+            for f in std::fs::read_dir(art.path()).expect("artifact").flatten() {
+                let fname = f.file_name().to_string_lossy().to_string();
+                if fname != "manifest.json" {
+                    out.insert(format!("{sname}/{}/{fname}", art.file_name().to_string_lossy()), std::fs::read(f.path()).expect("read"));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn artifact_dir(store: &Path, stage: &str, key: &str) -> PathBuf {
+    store.join(stage).join(key)
+}
+
+#[test]
+fn keys_ignore_comments_order_whitespace_defaults_store_path_and_log_level() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store_a = tmp.path().join("a");
+    build(&tiny(), &store_a);
+    let base = status(&tiny(), &store_a, &[]);
+    for n in ["dataset", "prep@1", "prep@2"] {
+        assert_eq!(base[n].state, "cached", "{n}: {:?}", base[n]);
+    }
+    assert!(base["base"].key.is_some() && base["judge-fit"].key.is_some());
+    assert_eq!(base["rollout@1"].key, None, "rollout@1 waits for base");
+
+    let abs = tiny_text_abs();
+    // Comments, blank lines, reordered sections and keys, flow style.
+    let reordered = format!(
+        "# a comment\n\nprep: {{seeds_per_iteration: 8}}   # trailing\n\n{}\n",
+        abs.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n").replace("prep:\n  seeds_per_iteration: 8\n", "")
+    );
+    // Spelled-out defaults.
+    let spelled = abs.replace("prep:\n  seeds_per_iteration: 8\n", "prep:\n  seeds_per_iteration: 8\n  harmful_fraction: 0.5\n  revise_fraction: 0.5\n")
+        + "reward:\n  type: general_sum\n  remove_ties: true\n";
+    let spelled = spelled.replace("  max_rows_per_file: 40\n", "  max_rows_per_file: 40\n  max_prompt_chars: 500\n  dedupe: true\n");
+    assert_ne!(spelled, abs);
+    for (name, variant) in [("reordered.yaml", reordered), ("spelled.yaml", spelled), ("abs.yaml", abs.clone())] {
+        let cfg = write_config(tmp.path(), name, &variant);
+        let s = status(&cfg, &store_a, &[]);
+        assert_eq!(keys(&s), keys(&base), "{name} changed keys:\n{variant}");
+        assert_eq!(s["prep@2"].state, "cached", "{name}");
+    }
+    // Another store path (a copy), and another log level.
+    let store_b = tmp.path().join("elsewhere/deeper/b");
+    std::fs::create_dir_all(store_b.parent().expect("parent")).expect("mkdir");
+    let cp = Command::new("cp").arg("-r").arg(&store_a).arg(&store_b).status().expect("cp");
+    assert!(cp.success());
+    let moved = status(&tiny(), &store_b, &["--log-level", "debug"]);
+    assert_eq!(keys(&moved), keys(&base));
+    assert_eq!(moved["prep@1"].digest, base["prep@1"].digest);
+    assert_eq!(moved["prep@1"].state, "cached");
+}
+
+#[test]
+fn key_changes_with_params_seed_sources_and_input_content_and_status_says_why() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    build(&tiny(), &store);
+    let base = status(&tiny(), &store, &[]);
+    let abs = tiny_text_abs();
+
+    // prep params: prep keys change, dataset does not; status says stale with the reason.
+    let cfg = write_config(tmp.path(), "prep6.yaml", &abs.replace("seeds_per_iteration: 8", "seeds_per_iteration: 6"));
+    let s = status(&cfg, &store, &[]);
+    assert_eq!(s["dataset"].key, base["dataset"].key);
+    assert_ne!(s["prep@1"].key, base["prep@1"].key);
+    assert_eq!(s["prep@1"].state, "stale");
+    assert_eq!(s["prep@1"].reason.as_deref(), Some("params.seeds_per_iteration changed 8 → 6"));
+    let o = sr(&cfg, &store, &["explain", "prep@1"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "params.seeds_per_iteration changed 8 → 6");
+
+    // Run seed: every key changes.
+    let cfg = write_config(tmp.path(), "seed.yaml", &abs.replace("seed: 8888", "seed: 7"));
+    let s = status(&cfg, &store, &[]);
+    assert_ne!(s["dataset"].key, base["dataset"].key);
+    assert_ne!(s["base"].key, base["base"].key);
+    assert!(s["dataset"].reason.as_deref().is_some_and(|r| r.contains("seed changed 8888 → 7")), "{:?}", s["dataset"]);
+
+    // A pinned file's sha256: the dataset key changes (and the reason names the file).
+    let sha = "ccf76355d0d661bcf81f57f70baa1db9299da8aa9352f39b3672cf3da560d3e0";
+    let pinned = abs.replace("  max_rows_per_file: 40\n", &format!("  max_rows_per_file: 40\n  harmful:\n    - {{format: advbench_prompt, path: pyrit/pyrit/datasets/seed_datasets/local/adv_bench.prompt, sha256: {sha}, name: advbench}}\n"));
+    let pinned_cfg = write_config(tmp.path(), "pinned.yaml", &pinned);
+    let o = sr(&pinned_cfg, &store, &["run", "--only", "dataset"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let s_pinned = status(&pinned_cfg, &store, &[]);
+    let s_other = status(&write_config(tmp.path(), "pinned2.yaml", &pinned.replace(sha, &"0".repeat(64))), &store, &[]);
+    assert_ne!(s_pinned["dataset"].key, s_other["dataset"].key);
+    assert_eq!(s_other["dataset"].reason.as_deref(), Some("file dataset.harmful[0] changed sha256 ccf76355d0d6 → 000000000000"));
+
+    // Input content: a dataset param that changes its rows changes prep's key with the
+    // same prep params; one that leaves the bytes alone keeps prep cached (early cutoff).
+    let fewer = write_config(tmp.path(), "fewer.yaml", &abs.replace("max_rows_per_file: 40", "max_rows_per_file: 30"));
+    build(&fewer, &store);
+    let s = status(&fewer, &store, &[]);
+    assert_ne!(s["dataset"].digest, base["dataset"].digest);
+    assert_ne!(s["prep@1"].key, base["prep@1"].key);
+    let same_bytes = write_config(tmp.path(), "same.yaml", &abs.replace("max_rows_per_file: 40\n", "max_rows_per_file: 40\n  max_prompt_chars: 100000\n"));
+    let tight = write_config(tmp.path(), "tight.yaml", &abs.replace("max_rows_per_file: 40\n", "max_rows_per_file: 40\n  max_prompt_chars: 90000\n"));
+    build(&same_bytes, &store);
+    let o = sr(&tight, &store, &["run", "--only", "dataset", "prep@1", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["nodes"][0]["outcome"], "miss", "dataset key differs: recomputed");
+    assert_eq!(v["nodes"][1]["outcome"], "hit", "same dataset bytes: prep@1 stays cached\n{v:#}");
+}
+
+#[test]
+fn two_runs_into_two_empty_stores_are_byte_identical() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    build(&tiny(), &a);
+    build(&tiny(), &b);
+    let (fa, fb) = (data_files(&a), data_files(&b));
+    assert_eq!(fa.len(), 4, "seeds, judge_train, 2 × prep: {:?}", fa.keys().collect::<Vec<_>>());
+    assert_eq!(fa, fb);
+    let (sa, sb) = (status(&tiny(), &a, &[]), status(&tiny(), &b, &[]));
+    assert_eq!(sa, sb);
+    // The two iterations draw different batches.
+    let p1 = fa.iter().find(|(k, _)| k.starts_with(&format!("prep/{}", sa["prep@1"].key.as_deref().expect("key")))).expect("prep@1");
+    let p2 = fa.iter().find(|(k, _)| k.starts_with(&format!("prep/{}", sa["prep@2"].key.as_deref().expect("key")))).expect("prep@2");
+    assert_ne!(p1.1, p2.1);
+}
+
+#[test]
+fn kill_9_mid_stage_then_resume_recomputes_nothing_finished() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(tiny())
+        .arg("--store")
+        .arg(&store)
+        .args(["run", "--only", "dataset", "prep@1", "prep@2"])
+        .env("SELF_REDTEAM_FAILPOINT", "prep@2")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = lines.next().expect("run ended before reaching the failpoint").expect("read");
+        seen.push(line.clone());
+        if line.starts_with("failpoint prep@2") {
+            break;
+        }
+    }
+    // The paused run holds the store lock: a second writer is refused.
+    let o = sr(&tiny(), &store, &["run", "--only", "dataset"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is locked by another run"), "{}", text(&o));
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    let after_crash = status(&tiny(), &store, &[]);
+    assert_eq!(after_crash["dataset"].state, "cached", "{seen:?}");
+    assert_eq!(after_crash["prep@1"].state, "cached");
+    assert_eq!(after_crash["prep@2"].state, "missing", "nothing half-written looks complete");
+    let tmpdirs = std::fs::read_dir(store.join(".tmp")).expect(".tmp").count();
+    assert_eq!(tmpdirs, 1, "the interrupted stage's staging dir is left in .tmp");
+    let ds_manifest = artifact_dir(&store, "dataset", after_crash["dataset"].key.as_deref().expect("key")).join("manifest.json");
+    let before = std::fs::read(&ds_manifest).expect("manifest");
+
+    let o = sr(&tiny(), &store, &["run", "--only", "dataset", "prep@1", "prep@2", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let outcomes: Vec<(String, String)> = v["nodes"].as_array().expect("nodes").iter().map(|n| (n["node"].as_str().expect("n").to_string(), n["outcome"].as_str().expect("o").to_string())).collect();
+    assert_eq!(outcomes, [("dataset".to_string(), "hit".to_string()), ("prep@1".into(), "hit".into()), ("prep@2".into(), "miss".into())]);
+    assert_eq!(std::fs::read(&ds_manifest).expect("manifest"), before, "finished node untouched");
+    assert_eq!(std::fs::read_dir(store.join(".tmp")).expect(".tmp").count(), 0, "leftovers cleaned");
+
+    let clean = tmp.path().join("clean");
+    build(&tiny(), &clean);
+    let (s1, s2) = (status(&tiny(), &store, &[]), status(&tiny(), &clean, &[]));
+    for n in ["dataset", "prep@1", "prep@2"] {
+        assert_eq!(s1[n].digest, s2[n].digest, "{n}");
+        assert!(s1[n].digest.is_some());
+    }
+}
+
+#[test]
+fn flipped_byte_is_caught_by_verify_and_refused_by_its_consumer() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    build(&tiny(), &store);
+    let o = sr(&tiny(), &store, &["verify", "--all", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let s = status(&tiny(), &store, &[]);
+    let seeds = artifact_dir(&store, "dataset", s["dataset"].key.as_deref().expect("key")).join("seeds.parquet");
+    let mut bytes = std::fs::read(&seeds).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&seeds, &bytes).expect("flip");
+
+    let o = sr(&tiny(), &store, &["verify", "--all", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let bad: Vec<&Value> = v["artifacts"].as_array().expect("arr").iter().filter(|a| a["ok"] == false).collect();
+    assert_eq!(bad.len(), 1, "{v:#}");
+    assert_eq!(bad[0]["node"], "dataset");
+    assert!(bad[0]["problems"][0].as_str().expect("msg").contains("seeds.parquet does not match its manifest"), "{v:#}");
+
+    let prep1 = artifact_dir(&store, "prep", s["prep@1"].key.as_deref().expect("key"));
+    let before = std::fs::read(prep1.join("prep.parquet")).expect("read");
+    let o = sr(&tiny(), &store, &["run", "--only", "prep@1", "--force"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("refusing input dataset") && err.contains("seeds.parquet does not match its manifest"), "{err}");
+    assert_eq!(std::fs::read(prep1.join("prep.parquet")).expect("read"), before, "the cached prep@1 is kept");
+}
+
+#[test]
+fn bad_config_missing_source_and_wrong_sha256_fail_clearly_and_publish_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let abs = tiny_text_abs();
+    let cases = [
+        ("unknown.yaml", abs.replace("seeds_per_iteration: 8", "seeds_per_iter: 8"), vec!["prep.seeds_per_iter", "line", "unknown field"]),
+        ("type.yaml", abs.replace("seeds_per_iteration: 8", "seeds_per_iteration: lots"), vec!["prep.seeds_per_iteration", "line"]),
+        (
+            "field.yaml",
+            abs.replace("  max_rows_per_file: 40\n", "  max_rows_per_file: 40\n  harmful:\n    - {path: a.prompt, sha256: x}\n"),
+            vec!["dataset.harmful[0] (line 14", "missing field `format`"],
+        ),
+        ("ref.yaml", abs.replace("    harmbench: {subset: 4}", "    harmbenchh: {subset: 4}"), vec!["eval.suites.harmbenchh", "no such suite"]),
+        ("fraction.yaml", abs.replace("seeds_per_iteration: 8", "seeds_per_iteration: 8\n  harmful_fraction: 1.5"), vec!["prep.harmful_fraction", "between 0 and 1"]),
+        (
+            "missing.yaml",
+            abs.replace(&root().join(".cache/sources").display().to_string(), &tmp.path().join("nowhere").display().to_string()),
+            vec!["is missing", "nowhere/pyrit/pyrit/datasets/seed_datasets/local/adv_bench.prompt", "dataset (dataset.harmful[0])"],
+        ),
+        (
+            "sha.yaml",
+            abs.replace("  max_rows_per_file: 40\n", &format!("  max_rows_per_file: 40\n  harmful:\n    - {{format: advbench_prompt, path: pyrit/pyrit/datasets/seed_datasets/local/adv_bench.prompt, sha256: {}}}\n", "0".repeat(64))),
+            vec!["sha256 ccf76355d0d661bcf81f57f70baa1db9299da8aa9352f39b3672cf3da560d3e0 does not match the pinned 0000", "adv_bench.prompt"],
+        ),
+    ];
+    for (name, cfg_text, needles) in cases {
+        let cfg = write_config(tmp.path(), name, &cfg_text);
+        let store = tmp.path().join(format!("store-{name}"));
+        let o = sr(&cfg, &store, &["run"]);
+        assert_eq!(o.status.code(), Some(1), "{name}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        for n in needles {
+            assert!(err.contains(n), "{name}: {n:?} not in {err}");
+        }
+        let published: Vec<String> = std::fs::read_dir(&store)
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| !n.starts_with('.')).collect())
+            .unwrap_or_default();
+        assert!(published.is_empty(), "{name}: published {published:?}");
+    }
+}
+
+#[test]
+fn run_stops_at_first_unbuilt_stage_with_a_clear_message() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    let o = sr(&tiny(), &store, &["run"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("stopped at base: the `base` stage"), "{err}");
+    assert!(err.contains("miss  prep@2"), "independent built nodes still ran: {err}");
+    let s = status(&tiny(), &store, &[]);
+    assert_eq!(s["prep@2"].state, "cached");
+    assert_eq!(s["base"].state, "missing");
+    // --from reruns that node and what follows it; upstream stays as it is.
+    let o = sr(&tiny(), &store, &["run", "--from", "prep@2", "--force", "--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["nodes"].as_array().expect("nodes").len(), 1, "{v:#}");
+    assert_eq!(v["nodes"][0]["node"], "prep@2");
+    assert_eq!(v["nodes"][0]["outcome"], "miss");
+    assert_eq!(v["nodes"][0]["content_digest"].as_str(), s["prep@2"].digest.as_deref(), "same bytes again");
+    let blocked: Vec<&str> = v["blocked"].as_array().expect("blocked").iter().map(|b| b["node"].as_str().expect("node")).collect();
+    assert_eq!(blocked, ["rollout@2", "judge@2", "update@2", "eval@2"]);
+}
+
+#[test]
+fn prep_marks_half_of_each_class_and_dataset_keeps_eval_out_of_training() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    build(&tiny(), &store);
+    let o = sr(&tiny(), &store, &["show", "prep@1", "--rows", "8", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let rows = v["rows"]["prep.parquet"]["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 8);
+    let count = |dt: &str| rows.iter().filter(|r| r["data_type"] == dt).count();
+    assert_eq!((count("generated_harmful"), count("vanilla_harmful"), count("generated_benign"), count("vanilla_benign")), (2, 2, 2, 2));
+    assert!(rows.iter().all(|r| (r["revise"] == "true") == r["data_type"].as_str().expect("dt").starts_with("generated")));
+    assert_eq!(v["manifest"]["metrics"]["seeds"], 8);
+
+    // Show by key prefix and lineage back to the sources.
+    let s = status(&tiny(), &store, &[]);
+    let prefix = &s["dataset"].key.as_deref().expect("key")[..10];
+    let o = sr(&tiny(), &store, &["show", prefix, "--json", "--rows", "1"]);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["manifest"]["node"], "dataset");
+    let seeds_total = v["rows"]["seeds.parquet"]["total_rows"].as_u64().expect("n");
+    assert!(seeds_total > 200, "{seeds_total}");
+    let o = sr(&tiny(), &store, &["lineage", "prep@2", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["inputs"][0]["node"], "dataset");
+    assert_eq!(v["inputs"][0]["role"], "dataset");
+    assert!(v["inputs"][0]["sources"].as_array().expect("sources").len() > 10);
+
+    // `log` has one row per built iteration with prep's metrics.
+    let o = sr(&tiny(), &store, &["log", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["iterations"].as_array().expect("its").len(), 2);
+    assert_eq!(v["iterations"][1]["metrics"]["prep.generated_benign"], 2);
+}
+
+#[test]
+fn verify_recompute_and_gc_work_on_real_artifacts() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    build(&tiny(), &store);
+    let o = sr(&tiny(), &store, &["verify", "prep@1", "--recompute", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["artifacts"][0]["recompute"]["identical"], true, "{v:#}");
+
+    // A second prep variant makes the first unreachable; gc removes it, keep-last spares it.
+    let cfg = write_config(tmp.path(), "p6.yaml", &tiny_text_abs().replace("seeds_per_iteration: 8", "seeds_per_iteration: 6"));
+    build(&cfg, &store);
+    let o = sr(&cfg, &store, &["gc", "--keep-last", "1", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["removed"].as_array().expect("arr").len(), 0);
+    let o = sr(&cfg, &store, &["gc", "--dry-run", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let mut nodes: Vec<&str> = v["removed"].as_array().expect("arr").iter().map(|r| r["node"].as_str().expect("node")).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["prep@1", "prep@2"]);
+    let o = sr(&cfg, &store, &["gc", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(status(&tiny(), &store, &[])["prep@1"].state, "stale", "only the 6-seed prep@1 is left");
+    assert_eq!(status(&cfg, &store, &[])["prep@1"].state, "cached");
+}
+
+#[test]
+fn every_parquet_artifact_opens_unchanged_in_pyarrow() {
+    let python = root().join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/setup.sh (it creates .venv with pyarrow)", python.display());
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    build(&tiny(), &store);
+    let script = r#"
+import json, pathlib, sys
+import pyarrow.parquet as pq
+out = {}
+for mf in sorted(pathlib.Path(sys.argv[1]).glob("*/*/manifest.json")):
+    m = json.loads(mf.read_text())
+    for f in m["files"]:
+        if f["name"].endswith(".parquet"):
+            t = pq.read_table(mf.parent / f["name"])
+            out[m["node"] + "/" + f["name"]] = {"rows": t.num_rows, "manifest_rows": f["rows"], "columns": t.column_names,
+                                                "created_by": pq.ParquetFile(mf.parent / f["name"]).metadata.created_by}
+print(json.dumps(out))
+"#;
+    let o = Command::new(&python).arg("-c").arg(script).arg(&store).output().expect("run python");
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let files = v.as_object().expect("obj");
+    assert_eq!(files.len(), 4, "{v:#}");
+    for (name, f) in files {
+        assert_eq!(f["rows"], f["manifest_rows"], "{name}");
+        assert_eq!(f["created_by"], "self-redteam", "{name}");
+    }
+    assert_eq!(v["dataset/seeds.parquet"]["columns"], serde_json::json!(["id", "text", "label", "source", "category", "split", "suite"]));
+    assert_eq!(v["prep@1/prep.parquet"]["rows"], 8);
+}
+
+#[test]
+fn dataset_from_the_pinned_sources_keeps_every_eval_prompt_out_of_training() {
+    use self_redteam::schema::{judge_train::JudgeTrainSchema, read_parquet, seeds::SeedsSchema};
+    use std::collections::HashSet;
+    let spec = self_redteam::spec::Spec::load(&root().join("pipeline.yaml")).expect("default pipeline.yaml is valid");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    let o = sr(&root().join("pipeline.yaml"), &store, &["run", "--only", "dataset", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let dir = store.join("dataset").join(v["nodes"][0]["key"].as_str().expect("key"));
+    let seeds = read_parquet::<SeedsSchema>(&dir.join("seeds.parquet")).expect("seeds");
+    let judge = read_parquet::<JudgeTrainSchema>(&dir.join("judge_train.parquet")).expect("judge");
+    let count = |split: &str, suite: Option<&str>, label: &str| seeds.iter().filter(|r| r.split == split && r.suite.as_deref() == suite && r.label == label).count();
+    // HarmBench test, standard functional category only (resources.md: 159 of 320).
+    assert_eq!(count("eval", Some("harmbench"), "harmful"), 159);
+    assert_eq!(count("eval", Some("overrefusal"), "benign"), 150);
+    assert!(count("eval", Some("strongreject"), "harmful") >= 300);
+    assert!(count("eval", Some("donotanswer"), "harmful") >= 900);
+    let adv_eval = count("eval", Some("advbench"), "harmful");
+    assert!((90..=105).contains(&adv_eval), "20% of AdvBench: {adv_eval}");
+    let benign_eval = count("eval", Some("benign"), "benign");
+    let benign_train = count("train", None, "benign");
+    let benign_total = (benign_eval + benign_train) as f64;
+    assert!((benign_eval as f64 - 0.1 * benign_total).abs() <= 1.0, "{benign_eval} of {benign_total}");
+    assert!(benign_total > 1800.0, "{benign_total}");
+    assert!(count("holdout_attacker", None, "harmful") > 30);
+    assert!(count("train", None, "harmful") > 300);
+    // Unique ids, nothing over 500 chars, and no eval prompt in training or judge data.
+    let ids: HashSet<&str> = seeds.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), seeds.len(), "deduplicated");
+    assert!(seeds.iter().all(|r| r.text.chars().count() <= spec.raw.dataset.max_prompt_chars as usize));
+    let eval: HashSet<&str> = seeds.iter().filter(|r| r.split == "eval").map(|r| r.id.as_str()).collect();
+    let eval_norm: HashSet<String> = seeds.iter().filter(|r| r.split == "eval").map(|r| self_redteam::data::normalise(&r.text)).collect();
+    assert!(seeds.iter().filter(|r| r.split != "eval").all(|r| !eval.contains(r.id.as_str()) && !eval_norm.contains(&self_redteam::data::normalise(&r.text))));
+    assert!(judge.len() > 500, "{}", judge.len());
+    assert!(judge.iter().all(|j| !eval_norm.contains(&self_redteam::data::normalise(&j.prompt))), "a judge-training prompt is an eval prompt");
+    assert!(judge.iter().any(|j| j.refusal == Some(true)) && judge.iter().any(|j| j.harmful_response == Some(true)));
+}

@@ -1,0 +1,42 @@
+//! `dataset` stage: the seed pool, held-out suites and judge-training pairs from the
+//! pinned sources (logic in `crate::data::build_dataset`). Outputs `seeds.parquet` and
+//! `judge_train.parquet`. Registered in stages/mod.rs.
+use std::collections::BTreeMap;
+
+use super::{Stage, StageContext};
+use crate::schema::judge_train::JudgeTrainSchema;
+use crate::schema::seeds::SeedsSchema;
+
+/// Bump when the output for the same sources and params would change.
+pub const VERSION: u32 = 1;
+
+pub struct Dataset;
+
+impl Stage for Dataset {
+    fn kind(&self) -> &'static str {
+        "dataset"
+    }
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
+        // The engine verified every pinned source's sha256 before any node ran.
+        let out = crate::data::build_dataset(ctx.spec, ctx.seed)?;
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for r in &out.seeds {
+            let bucket = match &r.suite {
+                Some(s) => format!("eval.{s}"),
+                None => format!("{}.{}", r.split, r.label),
+            };
+            *counts.entry(bucket).or_default() += 1;
+        }
+        ctx.output.write_parquet::<SeedsSchema>(&out.seeds)?;
+        ctx.output.write_parquet::<JudgeTrainSchema>(&out.judge_train)?;
+        ctx.output.metric("rows", counts);
+        ctx.output.metric("judge_train_rows", out.judge_train.len());
+        ctx.output.metric("dropped_long", out.dropped_long);
+        ctx.output.metric("dropped_duplicate", out.dropped_duplicate);
+        ctx.output.metric("dropped_eval_overlap", out.dropped_eval_overlap);
+        Ok(())
+    }
+}
