@@ -56,6 +56,15 @@ pub struct RopeScaling {
     pub original_max_position_embeddings: Option<usize>,
 }
 
+/// transformers 5 `rope_parameters`: theta plus the scaling fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RopeParameters {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    #[serde(flatten)]
+    pub scaling: RopeScaling,
+}
+
 fn one() -> f64 {
     1.0
 }
@@ -106,6 +115,10 @@ pub struct LlamaConfig {
     pub rope_theta: f64,
     #[serde(default)]
     pub rope_scaling: Option<RopeScaling>,
+    /// transformers >= 5 writes theta and scaling here instead; `normalize` folds it into
+    /// `rope_theta` / `rope_scaling`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<RopeParameters>,
     /// Llama/Mistral: bias on q, k, v and o. Qwen2 has q/k/v biases whatever this says.
     #[serde(default)]
     pub attention_bias: bool,
@@ -174,6 +187,18 @@ impl LlamaConfig {
                         scaled as f32
                     })
                     .collect()
+            }
+        }
+    }
+
+    /// Folds transformers-5 `rope_parameters` into `rope_theta` / `rope_scaling`.
+    pub fn normalize(&mut self) {
+        if let Some(p) = &self.rope_parameters {
+            if let Some(theta) = p.rope_theta {
+                self.rope_theta = theta;
+            }
+            if p.scaling.rope_type != RopeType::Default {
+                self.rope_scaling = Some(p.scaling.clone());
             }
         }
     }

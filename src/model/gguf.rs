@@ -117,7 +117,8 @@ impl<'a> Cursor<'a> {
             3 => GgufValue::Int(i16::from_le_bytes(self.take(2, key)?.try_into().expect("2")) as i64),
             4 => GgufValue::Uint(self.u32(key)? as u64),
             5 => GgufValue::Int(self.u32(key)? as i32 as i64),
-            6 => GgufValue::Float(f32::from_bits(self.u32(key)?) as f64),
+            // Shortest decimal of the f32, so 1e-5 stays 1e-5 in config.json (not 9.99999974e-6).
+            6 => GgufValue::Float(f32_to_f64_shortest(f32::from_bits(self.u32(key)?))),
             7 => GgufValue::Bool(self.take(1, key)?[0] != 0),
             8 => GgufValue::Str(self.string(key)?),
             9 => {
@@ -327,6 +328,7 @@ impl GgufFile {
             rms_norm_eps: self.get_float(&key("attention.layer_norm_rms_epsilon"))?,
             rope_theta: self.get_float(&key("rope.freq_base")).unwrap_or(10_000.0),
             rope_scaling,
+            rope_parameters: None,
             attention_bias: false,
             mlp_bias: false,
             tie_word_embeddings: tied,
@@ -525,6 +527,10 @@ pub fn unpermute_rows(t: &Tensor, n_heads: i64) -> Tensor {
     let mut view = vec![n_heads, rows / n_heads / 2, 2];
     view.extend_from_slice(&shape[1..]);
     t.reshape(view.as_slice()).transpose(1, 2).contiguous().reshape(shape.as_slice())
+}
+
+fn f32_to_f64_shortest(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
 }
 
 fn f16_at(b: &[u8], i: usize) -> f32 {

@@ -317,7 +317,9 @@ pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
             return Err(ModelError::UnsupportedArchitecture { path, found: mt.to_string() });
         }
     }
-    serde_json::from_value(raw).map_err(|source| ModelError::Json { path, source })
+    let mut cfg: LlamaConfig = serde_json::from_value(raw).map_err(|source| ModelError::Json { path, source })?;
+    cfg.normalize();
+    Ok(cfg)
 }
 
 /// A tiny random Llama (2 layers, hidden 32, 4 heads / 2 KV heads, untied head, vocab 259)
@@ -341,6 +343,7 @@ pub fn tiny_random_llama(seed: u64) -> Policy {
         rms_norm_eps: 1e-5,
         rope_theta: 10_000.0,
         rope_scaling: None,
+        rope_parameters: None,
         attention_bias: false,
         mlp_bias: false,
         tie_word_embeddings: false,
