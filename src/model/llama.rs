@@ -134,30 +134,18 @@ impl Attention {
             }
             None => (k, v),
         };
-        // GQA by expanding kv heads to query heads (a view, then one contiguous copy inside
-        // the attention kernel), as HF's `repeat_kv` does.
+        // GQA without copying keys/values: the n_rep query heads that share a kv head are
+        // folded into the query-length axis, q [B, kv, n_rep*T, hd] against k/v [B, kv, S, hd].
+        // (HF's `repeat_kv` materialises n_rep copies of the whole cache on every step.)
         let n_rep = num_heads / num_kv_heads;
-        let (k, v) = if n_rep == 1 {
-            (k, v)
+        let attn = if n_rep == 1 {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None::<f64>, false)
         } else {
-            let kv_len = k.size()[2];
-            let expand = |t: Tensor| {
-                t.unsqueeze(2)
-                    .expand([b_sz, num_kv_heads, n_rep, kv_len, head_dim], false)
-                    .reshape([b_sz, num_heads, kv_len, head_dim])
-            };
-            (expand(k), expand(v))
+            let q = q.contiguous().view([b_sz, num_kv_heads, n_rep * seq_len, head_dim]);
+            let mask = mask.repeat([1, 1, n_rep, 1]);
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None::<f64>, false)
+                .view([b_sz, num_heads, seq_len, head_dim])
         };
-        let attn = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            Some(mask),
-            0.0,
-            false,
-            None::<f64>,
-            false,
-        );
         let attn = attn.transpose(1, 2).reshape([b_sz, seq_len, num_heads * head_dim]);
         self.o_proj.forward(&attn)
     }
