@@ -60,6 +60,36 @@ def check_dequant():
     return worst
 
 
+def dequant_blocks_golden():
+    """Random blocks of every supported type, dequantized by gguf.quants.dequantize.
+    Scale fields are set to finite f16 values; every other byte pattern is a valid block."""
+    import gguf
+    from gguf.constants import GGMLQuantizationType as Q
+    rng = np.random.default_rng(7)
+    f16 = lambda x: np.array([x], dtype=np.float16).tobytes()
+    out = {}
+    layouts = {"Q8_0": (Q.Q8_0, 34, [0]), "Q4_0": (Q.Q4_0, 18, [0]), "Q4_1": (Q.Q4_1, 20, [0, 2]),
+               "Q4_K": (Q.Q4_K, 144, [0, 2]), "Q6_K": (Q.Q6_K, 210, [208])}
+    for name, (qt, size, scale_offsets) in layouts.items():
+        blocks = []
+        for _ in range(2):
+            b = bytearray(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+            for off in scale_offsets:
+                b[off:off + 2] = f16(rng.uniform(-0.5, 0.5))
+            blocks.append(bytes(b))
+        raw = np.frombuffer(b"".join(blocks), dtype=np.uint8)
+        vals = gguf.quants.dequantize(raw, qt).ravel()
+        out[name] = {"type_id": int(qt), "hex": raw.tobytes().hex(), "values": r(vals)}
+    for name, qt, dtype in (("F16", Q.F16, np.float16), ("F32", Q.F32, np.float32)):
+        raw = rng.normal(size=64).astype(dtype).view(np.uint8)
+        out[name] = {"type_id": int(qt), "hex": raw.tobytes().hex(),
+                     "values": r(gguf.quants.dequantize(raw, qt).ravel())}
+    bf = (rng.normal(size=64).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    out["BF16"] = {"type_id": int(Q.BF16), "hex": bf.tobytes().hex(),
+                   "values": r(gguf.quants.dequantize(bf, Q.BF16).ravel())}
+    return out
+
+
 def smollm2_golden():
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(EXPORT)
@@ -114,6 +144,10 @@ def minilm_golden():
 
 if __name__ == "__main__":
     os.makedirs(GOLDEN, exist_ok=True)
+    with open(os.path.join(GOLDEN, "gguf_blocks.json"), "w") as f:
+        json.dump(dequant_blocks_golden(), f)
+    if "--blocks-only" in sys.argv:
+        sys.exit(0)
     if "--skip-export" not in sys.argv:
         export_smollm2()
     golden = {"generated_by": "scripts/golden_model.py",

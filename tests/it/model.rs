@@ -303,3 +303,25 @@ fn minilm_embeddings_match_sentence_transformers() {
         assert!((norm - 1.0).abs() < 1e-5);
     }
 }
+
+#[test]
+fn every_supported_ggml_type_dequantizes_like_gguf_py() {
+    // Random blocks dequantized by gguf.quants.dequantize (scripts/golden_model.py,
+    // `dequant_blocks_golden`), stored in tests/golden/gguf_blocks.json.
+    let p = root().join("tests/golden/gguf_blocks.json");
+    let blocks: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).expect("read")).expect("json");
+    let mut seen = Vec::new();
+    for (name, b) in blocks.as_object().expect("map") {
+        let hex = b["hex"].as_str().expect("hex");
+        let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect();
+        let expected = floats(&b["values"]);
+        let mut ours = vec![0f32; expected.len()];
+        model::gguf::dequantize_into(b["type_id"].as_u64().expect("id") as u32, &bytes, &mut ours).expect("supported");
+        for (i, (o, e)) in ours.iter().zip(&expected).enumerate() {
+            assert!((o - e).abs() <= 1e-6 * e.abs().max(1.0), "{name}[{i}]: {o} vs {e}");
+        }
+        seen.push(name.clone());
+    }
+    seen.sort();
+    assert_eq!(seen, ["BF16", "F16", "F32", "Q4_0", "Q4_1", "Q4_K", "Q6_K", "Q8_0"]);
+}
