@@ -50,6 +50,16 @@ fn rotate_half(x: &Tensor) -> Tensor {
     Tensor::cat(&[-x2, x1], -1)
 }
 
+/// Which keys each query may attend to.
+#[derive(Debug)]
+pub enum AttentionMask {
+    /// Key j is visible to query i iff j <= i: for rows without left padding and no cache
+    /// (right padding only affects positions after the last real token, never read).
+    Causal,
+    /// Boolean [B, 1, T, S], true = may attend (see `Llama::attention_mask`).
+    Explicit(Tensor),
+}
+
 /// Preallocated per-layer key/value cache for batched decoding.
 #[derive(Debug)]
 pub struct KvCache {
@@ -109,13 +119,13 @@ impl Attention {
         }
     }
 
-    /// `mask` is a boolean [B, 1, T, S] (true = may attend); `cache` holds S - T earlier keys.
+    /// `cache` holds S - T earlier keys; see `AttentionMask` for the mask.
     fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: &AttentionMask,
         cache: Option<(&mut Tensor, &mut Tensor, i64)>,
     ) -> Tensor {
         let (b_sz, seq_len, _) = x.size3().expect("attention input is [B, T, D]");
@@ -134,17 +144,36 @@ impl Attention {
             }
             None => (k, v),
         };
-        // GQA without copying keys/values: the n_rep query heads that share a kv head are
-        // folded into the query-length axis, q [B, kv, n_rep*T, hd] against k/v [B, kv, S, hd].
-        // (HF's `repeat_kv` materialises n_rep copies of the whole cache on every step.)
         let n_rep = num_heads / num_kv_heads;
-        let attn = if n_rep == 1 {
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None::<f64>, false)
-        } else {
-            let q = q.contiguous().view([b_sz, num_kv_heads, n_rep * seq_len, head_dim]);
-            let mask = mask.repeat([1, 1, n_rep, 1]);
-            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None::<f64>, false)
-                .view([b_sz, num_heads, seq_len, head_dim])
+        let attn = match mask {
+            // Plain causal attention (training on unpadded / right-padded rows, no cache): the
+            // fused causal kernel, kv heads expanded (cheap next to the training compute).
+            AttentionMask::Causal => {
+                let (k, v) = if n_rep == 1 {
+                    (k, v)
+                } else {
+                    let kv_len = k.size()[2];
+                    let expand = |t: Tensor| {
+                        t.unsqueeze(2)
+                            .expand([b_sz, num_kv_heads, n_rep, kv_len, head_dim], false)
+                            .reshape([b_sz, num_heads, kv_len, head_dim])
+                    };
+                    (expand(k), expand(v))
+                };
+                Tensor::scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, 0.0, true, None::<f64>, false)
+            }
+            // GQA without copying keys/values: the n_rep query heads that share a kv head are
+            // folded into the query-length axis, q [B, kv, n_rep*T, hd] against k/v [B, kv, S, hd].
+            // (HF's `repeat_kv` materialises n_rep copies of the whole cache on every step.)
+            AttentionMask::Explicit(mask) if n_rep > 1 => {
+                let q = q.contiguous().view([b_sz, num_kv_heads, n_rep * seq_len, head_dim]);
+                let mask = mask.repeat([1, 1, n_rep, 1]);
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None::<f64>, false)
+                    .view([b_sz, num_heads, seq_len, head_dim])
+            }
+            AttentionMask::Explicit(mask) => {
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None::<f64>, false)
+            }
         };
         let attn = attn.transpose(1, 2).reshape([b_sz, seq_len, num_heads * head_dim]);
         self.o_proj.forward(&attn)
@@ -253,6 +282,17 @@ impl Llama {
         input_ids: &Tensor,
         positions: &Tensor,
         mask: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        self.hidden_states_with(input_ids, positions, &AttentionMask::Explicit(mask.shallow_clone()), cache)
+    }
+
+    /// `hidden_states` with any `AttentionMask`. `Causal` must not be used with a non-empty cache.
+    pub fn hidden_states_with(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        mask: &AttentionMask,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor {
         let (_, seq_len) = input_ids.size2().expect("input_ids is [B, T]");
@@ -287,8 +327,18 @@ impl Llama {
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
         let (_, seq_len) = input_ids.size2().expect("input_ids is [B, T]");
         let positions = positions_from_mask(attention_mask);
-        let mask = Self::attention_mask(attention_mask, 0, seq_len);
-        self.lm_head(&self.hidden_states(input_ids, &positions, &mask, None))
+        // Rows whose padding is all on the right (or absent) need only the causal mask, which
+        // lets libtorch use its fused causal kernel. One host sync to find out.
+        let valid = attention_mask.to_kind(Kind::Int64);
+        let right_padded = seq_len < 2
+            || bool::try_from(valid.narrow(1, 1, seq_len - 1).le_tensor(&valid.narrow(1, 0, seq_len - 1)).all())
+                .unwrap_or(false);
+        let mask = if right_padded {
+            AttentionMask::Causal
+        } else {
+            AttentionMask::Explicit(Self::attention_mask(attention_mask, 0, seq_len))
+        };
+        self.lm_head(&self.hidden_states_with(input_ids, &positions, &mask, None))
     }
 }
 
