@@ -538,10 +538,10 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 }
 
 /// Dequantises `data` of ggml type `ty` into `out` (ggml-quants.c `dequantize_row_*`).
-/// Err(()) for an unsupported type.
-pub fn dequantize_into(ty: u32, data: &[u8], out: &mut [f32]) -> std::result::Result<(), ()> {
+/// `Err(ty)` for an unsupported type.
+pub fn dequantize_into(ty: u32, data: &[u8], out: &mut [f32]) -> std::result::Result<(), u32> {
     use ggml_type::*;
-    let (block, size) = block_layout(ty).ok_or(())?;
+    let (block, size) = block_layout(ty).ok_or(ty)?;
     let blocks = out.par_chunks_mut(block).zip(data.par_chunks(size));
     match ty {
         F32 => blocks.for_each(|(o, b)| o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
@@ -617,7 +617,7 @@ pub fn dequantize_into(ty: u32, data: &[u8], out: &mut [f32]) -> std::result::Re
                 }
             }
         }),
-        _ => return Err(()),
+        _ => return Err(ty),
     }
     Ok(())
 }

@@ -109,6 +109,7 @@ fn choose(logits: &Tensor, uniforms: &Tensor, params: &SamplingParams) -> Tensor
 const FINISHED_CHECK_EVERY: usize = 4;
 
 /// Generates for `prompts` (token ids, unpadded) with one seed per row.
+#[allow(clippy::explicit_counter_loop)] // `next_pos` is a device tensor, not a counter
 pub(crate) fn generate_ids(
     model: &Llama,
     prompts: &[Vec<TokenId>],
