@@ -325,3 +325,36 @@ fn every_supported_ggml_type_dequantizes_like_gguf_py() {
     seen.sort();
     assert_eq!(seen, ["BF16", "F16", "F32", "Q4_0", "Q4_1", "Q4_K", "Q6_K", "Q8_0"]);
 }
+
+#[test]
+fn sharded_hf_checkpoint_with_index_loads_like_a_single_file() {
+    let policy = tiny_random_llama(4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    policy.save_hf_dir(dir.path()).expect("save");
+    // Re-shard model.safetensors into two files plus model.safetensors.index.json.
+    let all = model::tensors::load_safetensors(&dir.path().join("model.safetensors")).expect("load");
+    std::fs::remove_file(dir.path().join("model.safetensors")).expect("rm");
+    let names: Vec<&String> = all.keys().collect();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
+        model::tensors::save_safetensors(&dir.path().join(file), part.iter().map(|n| (n.as_str(), &all[*n])))
+            .expect("shard");
+        for n in part {
+            weight_map.insert((*n).clone(), file.into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).expect("index");
+    let reloaded = Policy::load(dir.path(), Device::Cpu, Kind::Float).expect("sharded load");
+    let ids = Tensor::from_slice(&[1i64, 70, 80, 90]).view([1, 4]);
+    let a = to_vec(&policy.logits(&ids, &ids.ones_like()));
+    let b = to_vec(&reloaded.logits(&ids, &ids.ones_like()));
+    assert_eq!(a, b);
+    // A missing shard is an I/O error naming that shard.
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).expect("rm");
+    match Policy::load(dir.path(), Device::Cpu, Kind::Float) {
+        Err(ModelError::Io { path, .. }) => assert!(path.ends_with("model-00002-of-00002.safetensors")),
+        other => panic!("expected Io error, got {:?}", other.err()),
+    }
+}
