@@ -120,6 +120,10 @@ pub(crate) fn generate_ids(
     kind: Kind,
 ) -> RawSamples {
     let _guard = tch::no_grad_guard();
+    if params.max_new_tokens == 0 {
+        let n = prompts.len();
+        return RawSamples { tokens: vec![Vec::new(); n], logprobs: vec![Vec::new(); n], finished_by_stop: vec![false; n] };
+    }
     let b_sz = prompts.len() as i64;
     let prompt_len = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1) as i64;
     let max_new = params.max_new_tokens as i64;
