@@ -1,1 +1,45 @@
-//! Model runtime (placeholder)
+//! Model runtime: one Llama-family decoder in tch (Llama 3.x, Mistral, Qwen2/2.5, SmolLM2),
+//! GGUF and HF-directory loading, HF-directory saving, the tokenizer + chat template, the
+//! batched sampler, the training log-prob forward, and the MiniLM sentence encoder.
+//! Called by the `base`/`update`/rollout stages, the RL code (log-probs, parameters), the judge
+//! (probe embeddings) and eval (SBERT diversity).
+//!
+//! # API for the rest of the crate
+//! ```text
+//! Policy::load(path, device, kind) -> Result<Policy>        // *.gguf file or HF dir
+//! policy.save_hf_dir(dir) -> Result<()>                      // deterministic bytes
+//! policy.tokenizer().encode_chat(&[ChatMessage], add_generation_prompt, Some(prefix))
+//!     -> Result<Vec<TokenId>>                                // render_chat gives the text
+//! policy.generate(&prompts, &seeds, &SamplingParams) -> Result<Vec<Sample>>
+//!     // Sample { token_ids, logprobs (T = 1, unfiltered), finished_by_stop, text }
+//! SequenceBatch::new(&prompts, &responses, pad_id, device)   // right padded
+//! policy.token_logprobs(&batch) -> TokenLogprobs { logprobs [B, T-1], mask [B, T-1] }
+//! policy.frozen_copy() -> Result<Policy>                     // reference / old policy
+//! policy.named_parameters() / trainable_parameters() -> Vec<(String, Tensor)>
+//! policy.var_store() / var_store_mut() / copy_weights_from(&other)
+//! tensors::{save_safetensors, load_safetensors}              // optimiser state etc.
+//! SentenceEncoder::load(dir, device)?.encode(&texts) -> Result<Vec<Vec<f32>>>
+//! tiny_random_llama(seed) -> Policy                          // for tests anywhere
+//! ```
+//! Log-probabilities returned by the sampler are those of the model's own distribution at
+//! temperature 1 without top-k/top-p (log π(a_t)), whatever the sampling settings; see
+//! `sampler` for why.
+pub mod bert;
+pub mod config;
+pub mod error;
+pub mod gguf;
+pub mod llama;
+pub mod policy;
+pub mod sampler;
+pub mod tensors;
+pub mod tokenizer;
+
+pub use bert::SentenceEncoder;
+pub use config::LlamaConfig;
+pub use error::ModelError;
+pub use policy::{random_policy, tiny_random_llama, Policy, SequenceBatch, TokenLogprobs};
+pub use sampler::{Sample, SamplingParams};
+pub use tokenizer::{ChatMessage, ChatTokenizer, TokenId};
+
+/// The CoT assistant prefix of method.md §1.2/§1.3, appended after the generation prompt.
+pub const COT_ASSISTANT_PREFIX: &str = "Let's think step by step.\n<think> ";

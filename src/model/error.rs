@@ -1,0 +1,60 @@
+//! The model runtime's error type: one enum, every variant names the file or tensor involved
+//! and what was expected. Callers in stages/ wrap it in `anyhow` and print the chain once.
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading, saving or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: I/O error")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: invalid safetensors file")]
+    Safetensors {
+        path: PathBuf,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// A GGUF file that is truncated or does not follow the format.
+    #[error("{path}: corrupt GGUF at byte {offset}: expected {expected}")]
+    GgufFormat { path: PathBuf, offset: u64, expected: String },
+    #[error("{path}: GGUF metadata key `{key}` is missing or has the wrong type (expected {expected})")]
+    GgufMetadata { path: PathBuf, key: String, expected: String },
+    #[error("{path}: tensor `{tensor}` has ggml type {type_id}, which this runtime does not dequantize (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)")]
+    UnsupportedGgmlType { path: PathBuf, tensor: String, type_id: u32 },
+    #[error("{path}: architecture `{found}` is not supported (expected one of: llama, mistral, qwen2 / LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)")]
+    UnsupportedArchitecture { path: PathBuf, found: String },
+    #[error("{path}: {what} is not supported: {detail}")]
+    Unsupported { path: PathBuf, what: String, detail: String },
+    #[error("{path}: tensor `{name}` is missing")]
+    MissingTensor { path: PathBuf, name: String },
+    #[error("{path}: unexpected tensor `{name}` (not part of the model)")]
+    UnexpectedTensor { path: PathBuf, name: String },
+    #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch { path: PathBuf, name: String, expected: Vec<i64>, found: Vec<i64> },
+    #[error("{path}: tokenizer error: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("chat template error: {message}")]
+    Template { message: String },
+    #[error("no model files found in {path} (expected a *.gguf file or a directory with config.json and *.safetensors)")]
+    NotAModel { path: PathBuf },
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    #[error("torch error")]
+    Torch(#[from] tch::TchError),
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ModelError {
+    let path = path.into();
+    move |source| ModelError::Io { path, source }
+}
