@@ -382,3 +382,4 @@ fn label_readers_parse_the_pinned_files() {
     assert!(refusal_pairs[0].label && !harm_pairs[0].label, "censored answer: refusal, unharmful");
     assert!(!refusal_pairs[1].label && harm_pairs[1].label, "uncensored answer: compliance, harmful");
 }
+
