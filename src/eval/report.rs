@@ -51,6 +51,17 @@ pub struct JudgeAccuracy {
     pub heads: Vec<(String, BinaryMetrics)>,
 }
 
+impl JudgeAccuracy {
+    /// The probe's held-out metrics, one row per trained head.
+    pub fn from_probe_report(judge: &str, judge_key: &str, report: &crate::judge::probe::ProbeReport) -> Self {
+        Self {
+            judge: judge.into(),
+            judge_key: judge_key.into(),
+            heads: report.heads.iter().map(|h| (h.head.name().to_string(), h.held_out)).collect(),
+        }
+    }
+}
+
 /// One example game, shown under its outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExampleGame {

@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Verdict;
+use super::labels::LabelledPair;
+use super::probe::Head;
+use super::{Judge, JudgeError, JudgeInput, Verdict};
 
 /// Confusion counts and the derived scores (positive class = `true`). Precision, recall
 /// and F1 are 0 when undefined (no predicted / no actual positives), as scikit-learn
@@ -95,6 +97,33 @@ pub fn compare_verdicts(predicted: &[Verdict], reference: &[Verdict]) -> Verdict
         response_refusal: head(|v| v.response_refusal),
         response_harmful: head(|v| v.response_harmful),
     }
+}
+
+/// The verdict field a head reads.
+pub fn head_value(v: &Verdict, head: Head) -> Option<bool> {
+    match head {
+        Head::PromptHarmful => v.prompt_harmful,
+        Head::ResponseRefusal => v.response_refusal,
+        Head::ResponseHarmful => v.response_harmful,
+    }
+}
+
+/// Judge human-labelled pairs and score one head against the labels (for
+/// `judge --with FILE` and the report's judge table). `seed_harmful` is passed to judges
+/// that read the seed label (the labelled response sets all use harmful objectives, so
+/// `Some(true)` there). A parse error or n/a counts as a skipped pair, reported beside.
+pub fn score_judge_on_labels(judge: &dyn Judge, head: Head, pairs: &[LabelledPair], seed_harmful: Option<bool>) -> Result<HeadAgreement, JudgeError> {
+    let inputs: Vec<JudgeInput> = pairs
+        .iter()
+        .map(|p| JudgeInput { prompt: p.prompt.clone(), response: p.response.clone(), seed_harmful })
+        .collect();
+    let verdicts = judge.judge_batch(&inputs)?;
+    if verdicts.len() != pairs.len() {
+        return Err(JudgeError::CountMismatch { backend: judge.name().to_string(), expected: pairs.len(), got: verdicts.len() });
+    }
+    Ok(HeadAgreement::from_options(
+        verdicts.iter().zip(pairs).map(|(v, p)| (if v.parse_error { None } else { head_value(v, head) }, Some(p.label))),
+    ))
 }
 
 #[cfg(test)]

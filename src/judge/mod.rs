@@ -83,7 +83,7 @@ pub enum JudgeError {
     #[error(transparent)]
     Cache(#[from] cache::CacheError),
     #[error("probe judge: {0}")]
-    Probe(String),
+    Probe(#[from] probe::ProbeError),
 }
 
 /// A judge backend. `judge_batch` returns one verdict per input, in order. A transient

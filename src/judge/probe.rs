@@ -482,6 +482,6 @@ impl Judge for ProbeJudge {
         self.key.clone()
     }
     fn judge_batch(&self, pairs: &[JudgeInput]) -> Result<Vec<Verdict>, JudgeError> {
-        self.probe.predict(self.embedder.as_ref(), pairs).map_err(|e| JudgeError::Probe(e.to_string()))
+        Ok(self.probe.predict(self.embedder.as_ref(), pairs)?)
     }
 }

@@ -383,3 +383,16 @@ fn label_readers_parse_the_pinned_files() {
     assert!(!refusal_pairs[1].label && harm_pairs[1].label, "uncensored answer: compliance, harmful");
 }
 
+
+#[test]
+fn rules_baseline_scores_against_pyrit_refusal_labels() {
+    use self_redteam::judge::metrics::score_judge_on_labels;
+    let pairs = read_pyrit_refusal(&sources().join("pyrit/pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv")).expect("refusal.csv");
+    let a = score_judge_on_labels(&RulesJudge, Head::ResponseRefusal, &pairs, Some(true)).expect("rules never fail");
+    assert_eq!(a.skipped, 0);
+    assert_eq!(a.metrics.n, 105);
+    // Python: any(s in resp.replace("\u2019", "'") for s in ZOU2023) over refusal.csv
+    // (csv.DictReader after the `#` line) gives tp=45 fp=0 tn=35 fn=25.
+    let m = a.metrics;
+    assert_eq!((m.tp, m.fp, m.tn, m.fn_), (45, 0, 35, 25));
+}
