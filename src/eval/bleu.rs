@@ -157,14 +157,17 @@ fn compute_bleu(correct: &[usize; MAX_NGRAM_ORDER], total: &[usize; MAX_NGRAM_OR
 /// Sentence BLEU (0..=100) of `hyp` against pre-processed references.
 pub fn sentence_bleu_with(hyp: &str, refs: &References) -> f64 {
     let toks = tokenize_13a(hyp);
-    let hyp_len = toks.len();
+    bleu_of_counts(&ngram_counts(&toks), toks.len(), refs)
+}
+
+fn bleu_of_counts(hyp: &Ngrams, hyp_len: usize, refs: &References) -> f64 {
     let ref_len = closest_ref_len(hyp_len, &refs.lens);
     let mut correct = [0usize; MAX_NGRAM_ORDER];
     let mut total = [0usize; MAX_NGRAM_ORDER];
-    for (g, c) in ngram_counts(&toks) {
+    for (g, &c) in hyp {
         let n = g.len() - 1;
         total[n] += c;
-        if let Some(&rc) = refs.ngrams.get(&g) {
+        if let Some(&rc) = refs.ngrams.get(g) {
             correct[n] += c.min(rc);
         }
     }
@@ -176,12 +179,31 @@ pub fn sentence_bleu<S: AsRef<str>>(hyp: &str, refs: &[S]) -> f64 {
     sentence_bleu_with(hyp, &References::new(refs))
 }
 
-/// Per-text BLEU against all other texts of the set (0..=100 each).
+/// Per-text BLEU against all other texts of the set (0..=100 each). Each text is
+/// tokenised once; the references of text i are the max-merged n-gram counts of all j ≠ i
+/// (the same statistics sacreBLEU builds from the raw strings).
 pub fn self_bleu_scores<S: AsRef<str>>(texts: &[S]) -> Vec<f64> {
-    (0..texts.len())
+    let counted: Vec<(Ngrams, usize)> = texts
+        .iter()
+        .map(|t| {
+            let toks = tokenize_13a(t.as_ref());
+            (ngram_counts(&toks), toks.len())
+        })
+        .collect();
+    (0..counted.len())
         .map(|i| {
-            let others: Vec<&str> = texts.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, t)| t.as_ref()).collect();
-            sentence_bleu(texts[i].as_ref(), &others)
+            let mut refs = References { ngrams: Ngrams::new(), lens: Vec::with_capacity(counted.len().saturating_sub(1)) };
+            for (j, (ng, len)) in counted.iter().enumerate() {
+                if j == i {
+                    continue;
+                }
+                refs.lens.push(*len);
+                for (g, &c) in ng {
+                    let e = refs.ngrams.entry(g.clone()).or_insert(0);
+                    *e = (*e).max(c);
+                }
+            }
+            bleu_of_counts(&counted[i].0, counted[i].1, &refs)
         })
         .collect()
 }
