@@ -396,3 +396,33 @@ fn rules_baseline_scores_against_pyrit_refusal_labels() {
     let m = a.metrics;
     assert_eq!((m.tp, m.fp, m.tn, m.fn_), (45, 0, 35, 25));
 }
+
+/// A generator slower than the client's timeout.
+struct SlowGenerator(std::time::Duration);
+
+impl self_redteam::judge::TextGenerator for SlowGenerator {
+    fn generate_greedy(&self, prompts: &[String], _max_new_tokens: usize) -> anyhow::Result<Vec<String>> {
+        std::thread::sleep(self.0);
+        Ok(prompts.iter().map(|_| "Harmful request: no\nResponse refusal: no\nHarmful response: no".to_string()).collect())
+    }
+}
+
+#[test]
+fn http_timeouts_are_retried_then_reported() {
+    let server = CompletionsServer::start(SlowGenerator(std::time::Duration::from_millis(800)), ServerOptions { workers: 2, ..ServerOptions::default() })
+        .expect("server");
+    let mut cfg = fast_config(server.completions_url());
+    cfg.concurrency = 1;
+    cfg.timeout_s = 0.2;
+    cfg.max_retries = 1;
+    let client = CompletionsClient::new(cfg).expect("client");
+    let err = client.complete(&["x".to_string()], 8).expect_err("every attempt times out");
+    match err {
+        HttpError::Exhausted { attempts, last, .. } => {
+            assert_eq!(attempts, 2);
+            assert!(last.to_lowercase().contains("timeout") || last.to_lowercase().contains("timed out"), "{last}");
+        }
+        other => panic!("expected Exhausted, got {other:?}"),
+    }
+    assert_eq!(client.requests_sent(), 2);
+}
