@@ -27,7 +27,10 @@ pub struct PlotSpec {
 
 impl PlotSpec {
     pub fn new(title: &str, key_prefix: &str) -> Self {
-        Self { title: title.into(), key_prefix: key_prefix.into() }
+        Self {
+            title: title.into(),
+            key_prefix: key_prefix.into(),
+        }
     }
 }
 
@@ -38,7 +41,10 @@ pub fn default_plots() -> Vec<PlotSpec> {
         PlotSpec::new("Attack success rate per suite", "asr/"),
         PlotSpec::new("Refusal rate on harmful prompts per suite", "refusal/"),
         PlotSpec::new("Over-refusal (refusal on benign prompts)", "over_refusal/"),
-        PlotSpec::new("Diversity (1 - SBERT similarity, 1 - Self-BLEU)", "diversity/"),
+        PlotSpec::new(
+            "Diversity (1 - SBERT similarity, 1 - Self-BLEU)",
+            "diversity/",
+        ),
         PlotSpec::new("KL to the reference policy", "kl"),
     ]
 }
@@ -53,11 +59,19 @@ pub struct JudgeAccuracy {
 
 impl JudgeAccuracy {
     /// The probe's held-out metrics, one row per trained head.
-    pub fn from_probe_report(judge: &str, judge_key: &str, report: &crate::judge::probe::ProbeReport) -> Self {
+    pub fn from_probe_report(
+        judge: &str,
+        judge_key: &str,
+        report: &crate::judge::probe::ProbeReport,
+    ) -> Self {
         Self {
             judge: judge.into(),
             judge_key: judge_key.into(),
-            heads: report.heads.iter().map(|h| (h.head.name().to_string(), h.held_out)).collect(),
+            heads: report
+                .heads
+                .iter()
+                .map(|h| (h.head.name().to_string(), h.held_out))
+                .collect(),
         }
     }
 }
@@ -101,7 +115,9 @@ pub fn escape_html(s: &str) -> String {
     out
 }
 
-const PALETTE: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+const PALETTE: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+];
 const W: f64 = 640.0;
 const H: f64 = 260.0;
 const ML: f64 = 56.0;
@@ -117,7 +133,9 @@ fn series(iterations: &[IterationMetrics], prefix: &str) -> BTreeMap<String, Vec
     for it in its {
         for (k, v) in &it.metrics {
             if k.starts_with(prefix) && v.is_finite() {
-                out.entry(k.clone()).or_default().push((f64::from(it.iteration), *v));
+                out.entry(k.clone())
+                    .or_default()
+                    .push((f64::from(it.iteration), *v));
             }
         }
     }
@@ -135,9 +153,18 @@ fn fmt_num(v: f64) -> String {
 fn svg_plot(spec: &PlotSpec, iterations: &[IterationMetrics]) -> String {
     let data = series(iterations, &spec.key_prefix);
     let mut s = String::new();
-    let _ = write!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="{}">"#, escape_html(&spec.title));
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="{}">"#,
+        escape_html(&spec.title)
+    );
     if data.is_empty() {
-        let _ = write!(s, r#"<text x="{}" y="{}" class="nodata">no data</text></svg>"#, W / 2.0 - 24.0, H / 2.0);
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" class="nodata">no data</text></svg>"#,
+            W / 2.0 - 24.0,
+            H / 2.0
+        );
         return s;
     }
     let pts = data.values().flatten();
@@ -159,19 +186,49 @@ fn svg_plot(spec: &PlotSpec, iterations: &[IterationMetrics]) -> String {
     let px = |x: f64| ML + (x - x0) / (x1 - x0) * (W - ML - MR);
     let py = |y: f64| MT + (y1 - y) / (y1 - y0) * (H - MT - MB);
     // Axes and ticks (5 on y, first/last iteration on x).
-    let _ = write!(s, r#"<line x1="{ML}" y1="{}" x2="{}" y2="{}" class="axis"/>"#, H - MB, W - MR, H - MB);
-    let _ = write!(s, r#"<line x1="{ML}" y1="{MT}" x2="{ML}" y2="{}" class="axis"/>"#, H - MB);
+    let _ = write!(
+        s,
+        r#"<line x1="{ML}" y1="{}" x2="{}" y2="{}" class="axis"/>"#,
+        H - MB,
+        W - MR,
+        H - MB
+    );
+    let _ = write!(
+        s,
+        r#"<line x1="{ML}" y1="{MT}" x2="{ML}" y2="{}" class="axis"/>"#,
+        H - MB
+    );
     for t in 0..=4 {
         let y = y0 + (y1 - y0) * f64::from(t) / 4.0;
-        let _ = write!(s, r#"<text x="{}" y="{:.1}" class="tick" text-anchor="end">{}</text>"#, ML - 4.0, py(y) + 4.0, fmt_num(y));
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{:.1}" class="tick" text-anchor="end">{}</text>"#,
+            ML - 4.0,
+            py(y) + 4.0,
+            fmt_num(y)
+        );
     }
     for x in [x0, x1] {
-        let _ = write!(s, r#"<text x="{:.1}" y="{}" class="tick" text-anchor="middle">{}</text>"#, px(x), H - MB + 16.0, fmt_num(x));
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{}" class="tick" text-anchor="middle">{}</text>"#,
+            px(x),
+            H - MB + 16.0,
+            fmt_num(x)
+        );
     }
-    let _ = write!(s, r#"<text x="{:.1}" y="{}" class="tick" text-anchor="middle">iteration</text>"#, (ML + W - MR) / 2.0, H - 2.0);
+    let _ = write!(
+        s,
+        r#"<text x="{:.1}" y="{}" class="tick" text-anchor="middle">iteration</text>"#,
+        (ML + W - MR) / 2.0,
+        H - 2.0
+    );
     for (i, (key, points)) in data.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
-        let coords: Vec<String> = points.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+        let coords: Vec<String> = points
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
         let _ = write!(
             s,
             r#"<polyline class="series" data-key="{}" fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
@@ -179,11 +236,30 @@ fn svg_plot(spec: &PlotSpec, iterations: &[IterationMetrics]) -> String {
             coords.join(" ")
         );
         for &(x, y) in points {
-            let _ = write!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"><title>{} @ {}: {}</title></circle>"#, px(x), py(y), escape_html(key), x, y);
+            let _ = write!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"><title>{} @ {}: {}</title></circle>"#,
+                px(x),
+                py(y),
+                escape_html(key),
+                x,
+                y
+            );
         }
         let ly = MT + 14.0 * i as f64 + 8.0;
-        let _ = write!(s, r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/>"#, W - MR + 10.0, W - MR + 28.0);
-        let _ = write!(s, r#"<text x="{}" y="{}" class="legend">{}</text>"#, W - MR + 32.0, ly + 4.0, escape_html(key));
+        let _ = write!(
+            s,
+            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/>"#,
+            W - MR + 10.0,
+            W - MR + 28.0
+        );
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" class="legend">{}</text>"#,
+            W - MR + 32.0,
+            ly + 4.0,
+            escape_html(key)
+        );
     }
     s.push_str("</svg>");
     s
@@ -207,13 +283,23 @@ pre{{white-space:pre-wrap;background:#f6f6f6;padding:.5em;max-height:16em;overfl
     }
     h.push_str("<h2>Metrics over iterations</h2>\n");
     for p in &input.plots {
-        let _ = writeln!(h, "<figure><figcaption>{}</figcaption>{}</figure>", escape_html(&p.title), svg_plot(p, &input.iterations));
+        let _ = writeln!(
+            h,
+            "<figure><figcaption>{}</figcaption>{}</figure>",
+            escape_html(&p.title),
+            svg_plot(p, &input.iterations)
+        );
     }
     h.push_str("<h2>Judge held-out accuracy</h2>\n");
     match &input.judge {
         None => h.push_str("<p>No held-out accuracy recorded for this judge.</p>\n"),
         Some(j) => {
-            let _ = writeln!(h, "<p>Judge <b>{}</b>, key <code>{}</code></p>", escape_html(&j.judge), escape_html(&j.judge_key));
+            let _ = writeln!(
+                h,
+                "<p>Judge <b>{}</b>, key <code>{}</code></p>",
+                escape_html(&j.judge),
+                escape_html(&j.judge_key)
+            );
             h.push_str("<table><tr><th>head</th><th>accuracy</th><th>precision</th><th>recall</th><th>F1</th><th>n</th></tr>\n");
             for (head, m) in &j.heads {
                 let _ = writeln!(
@@ -259,7 +345,10 @@ pre{{white-space:pre-wrap;background:#f6f6f6;padding:.5em;max-height:16em;overfl
 
 /// Write the report atomically (temp file + rename) to `path`.
 pub fn write_report(input: &ReportInput, path: &std::path::Path) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or_else(|| std::path::Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| std::path::Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut tmp, render_report(input).as_bytes())?;
     tmp.persist(path).map_err(|e| e.error)?;

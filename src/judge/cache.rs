@@ -23,7 +23,10 @@ pub const CACHE_SCHEME: &str = "verdict-cache/v1";
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("verdict cache {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("verdict cache entry {path} is corrupt: {detail}")]
     Corrupt { path: PathBuf, detail: String },
 }
@@ -35,7 +38,12 @@ pub struct EntryKey(pub String);
 pub fn entry_key(judge: &JudgeKey, input: &JudgeInput, uses_seed_label: bool) -> EntryKey {
     let mut h = blake3::Hasher::new();
     // Length-prefixed fields: no two different tuples hash the same byte stream.
-    for field in [CACHE_SCHEME.as_bytes(), judge.0.as_bytes(), input.prompt.as_bytes(), input.response.as_bytes()] {
+    for field in [
+        CACHE_SCHEME.as_bytes(),
+        judge.0.as_bytes(),
+        input.prompt.as_bytes(),
+        input.response.as_bytes(),
+    ] {
         h.update(&(field.len() as u64).to_le_bytes());
         h.update(field);
     }
@@ -72,7 +80,10 @@ impl VerdictCache {
     /// Open (creating if needed) a cache directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(|source| CacheError::Io { path: root.clone(), source })?;
+        std::fs::create_dir_all(&root).map_err(|source| CacheError::Io {
+            path: root.clone(),
+            source,
+        })?;
         Ok(Self { root })
     }
 
@@ -92,7 +103,10 @@ impl VerdictCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(CacheError::Io { path, source }),
         };
-        let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| CacheError::Corrupt { path: path.clone(), detail: e.to_string() })?;
+        let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| CacheError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
         if entry.scheme != CACHE_SCHEME {
             return Ok(None);
         }
@@ -100,16 +114,43 @@ impl VerdictCache {
     }
 
     /// Store a verdict atomically (temp file in the same directory, then rename).
-    pub fn put(&self, key: &EntryKey, judge: &JudgeKey, verdict: &Verdict) -> Result<(), CacheError> {
+    pub fn put(
+        &self,
+        key: &EntryKey,
+        judge: &JudgeKey,
+        verdict: &Verdict,
+    ) -> Result<(), CacheError> {
         let path = self.path_of(key);
-        let dir = path.parent().expect("entry path has a fan-out parent").to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|source| CacheError::Io { path: dir.clone(), source })?;
-        let entry = Entry { scheme: CACHE_SCHEME.into(), judge: judge.clone(), verdict: verdict.clone() };
+        let dir = path
+            .parent()
+            .expect("entry path has a fan-out parent")
+            .to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|source| CacheError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let entry = Entry {
+            scheme: CACHE_SCHEME.into(),
+            judge: judge.clone(),
+            verdict: verdict.clone(),
+        };
         let bytes = serde_json::to_vec(&entry).expect("verdict entries always serialise");
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|source| CacheError::Io { path: dir.clone(), source })?;
-        std::io::Write::write_all(&mut tmp, &bytes).map_err(|source| CacheError::Io { path: tmp.path().to_path_buf(), source })?;
-        tmp.as_file().sync_all().map_err(|source| CacheError::Io { path: tmp.path().to_path_buf(), source })?;
-        tmp.persist(&path).map_err(|e| CacheError::Io { path: path.clone(), source: e.error })?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|source| CacheError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        std::io::Write::write_all(&mut tmp, &bytes).map_err(|source| CacheError::Io {
+            path: tmp.path().to_path_buf(),
+            source,
+        })?;
+        tmp.as_file().sync_all().map_err(|source| CacheError::Io {
+            path: tmp.path().to_path_buf(),
+            source,
+        })?;
+        tmp.persist(&path).map_err(|e| CacheError::Io {
+            path: path.clone(),
+            source: e.error,
+        })?;
         Ok(())
     }
 }
@@ -117,7 +158,11 @@ impl VerdictCache {
 /// Judge `inputs` through the cache: hits are read, misses are judged in one batch (in
 /// input order) and stored. If the judge fails, nothing from this call is stored and the
 /// error is returned.
-pub fn judge_cached(judge: &dyn Judge, cache: &VerdictCache, inputs: &[JudgeInput]) -> Result<(Vec<Verdict>, CacheStats), JudgeError> {
+pub fn judge_cached(
+    judge: &dyn Judge,
+    cache: &VerdictCache,
+    inputs: &[JudgeInput],
+) -> Result<(Vec<Verdict>, CacheStats), JudgeError> {
     let jkey = judge.key();
     let seeded = judge.uses_seed_label();
     let keys: Vec<EntryKey> = inputs.iter().map(|i| entry_key(&jkey, i, seeded)).collect();
@@ -130,17 +175,29 @@ pub fn judge_cached(judge: &dyn Judge, cache: &VerdictCache, inputs: &[JudgeInpu
         }
         out.push(hit);
     }
-    let stats = CacheStats { hits: inputs.len() - miss_idx.len(), misses: miss_idx.len() };
+    let stats = CacheStats {
+        hits: inputs.len() - miss_idx.len(),
+        misses: miss_idx.len(),
+    };
     if !miss_idx.is_empty() {
         let batch: Vec<JudgeInput> = miss_idx.iter().map(|&i| inputs[i].clone()).collect();
         let verdicts = judge.judge_batch(&batch)?;
         if verdicts.len() != batch.len() {
-            return Err(JudgeError::CountMismatch { backend: judge.name().to_string(), expected: batch.len(), got: verdicts.len() });
+            return Err(JudgeError::CountMismatch {
+                backend: judge.name().to_string(),
+                expected: batch.len(),
+                got: verdicts.len(),
+            });
         }
         for (&i, v) in miss_idx.iter().zip(verdicts) {
             cache.put(&keys[i], &jkey, &v)?;
             out[i] = Some(v);
         }
     }
-    Ok((out.into_iter().map(|v| v.expect("every slot is a hit or a judged miss")).collect(), stats))
+    Ok((
+        out.into_iter()
+            .map(|v| v.expect("every slot is a hit or a judged miss"))
+            .collect(),
+        stats,
+    ))
 }

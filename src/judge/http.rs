@@ -86,11 +86,19 @@ pub enum HttpError {
     #[error("environment variable {var} (named by api_key_env) is not set")]
     MissingApiKey { var: String },
     #[error("POST {url} failed after {attempts} attempts; last error: {last}")]
-    Exhausted { url: String, attempts: u32, last: String },
+    Exhausted {
+        url: String,
+        attempts: u32,
+        last: String,
+    },
     #[error("POST {url} failed permanently (not retried): {detail}")]
     Permanent { url: String, detail: String },
     #[error("POST {url}: reply has {got} choices for {expected} prompts")]
-    Choices { url: String, expected: usize, got: usize },
+    Choices {
+        url: String,
+        expected: usize,
+        got: usize,
+    },
 }
 
 #[derive(Serialize)]
@@ -130,7 +138,10 @@ pub struct CompletionsClient {
 impl std::fmt::Debug for CompletionsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the key.
-        f.debug_struct("CompletionsClient").field("config", &self.config).field("api_key", &self.api_key.as_ref().map(|_| "<set>")).finish()
+        f.debug_struct("CompletionsClient")
+            .field("config", &self.config)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .finish()
     }
 }
 
@@ -138,24 +149,39 @@ impl CompletionsClient {
     /// Validate the config and read the API key from the named environment variable.
     pub fn new(config: CompletionsConfig) -> Result<Self, HttpError> {
         if config.concurrency == 0 || config.prompts_per_request == 0 {
-            return Err(HttpError::Config("concurrency and prompts_per_request must be at least 1".into()));
+            return Err(HttpError::Config(
+                "concurrency and prompts_per_request must be at least 1".into(),
+            ));
         }
         if !(config.timeout_s > 0.0 && config.timeout_s.is_finite()) {
-            return Err(HttpError::Config(format!("timeout_s must be positive, got {}", config.timeout_s)));
+            return Err(HttpError::Config(format!(
+                "timeout_s must be positive, got {}",
+                config.timeout_s
+            )));
         }
         if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
-            return Err(HttpError::Config(format!("url must start with http:// or https://, got {:?}", config.url)));
+            return Err(HttpError::Config(format!(
+                "url must start with http:// or https://, got {:?}",
+                config.url
+            )));
         }
         let api_key = match &config.api_key_env {
             None => None,
-            Some(var) => Some(std::env::var(var).map_err(|_| HttpError::MissingApiKey { var: var.clone() })?),
+            Some(var) => Some(
+                std::env::var(var).map_err(|_| HttpError::MissingApiKey { var: var.clone() })?,
+            ),
         };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs_f64(config.timeout_s)))
             .http_status_as_error(false)
             .build()
             .into();
-        Ok(Self { config, api_key, agent, requests_sent: AtomicUsize::new(0) })
+        Ok(Self {
+            config,
+            api_key,
+            agent,
+            requests_sent: AtomicUsize::new(0),
+        })
     }
 
     pub fn config(&self) -> &CompletionsConfig {
@@ -170,9 +196,14 @@ impl CompletionsClient {
     /// Complete every prompt greedily; outputs in input order. Chunks of
     /// `prompts_per_request` are sent by up to `concurrency` worker threads; the first
     /// chunk that fails for good fails the batch (the other workers stop taking chunks).
-    pub fn complete(&self, prompts: &[String], max_tokens: usize) -> Result<Vec<String>, HttpError> {
+    pub fn complete(
+        &self,
+        prompts: &[String],
+        max_tokens: usize,
+    ) -> Result<Vec<String>, HttpError> {
         let chunks: Vec<&[String]> = prompts.chunks(self.config.prompts_per_request).collect();
-        let results: Vec<Mutex<Option<Vec<String>>>> = chunks.iter().map(|_| Mutex::new(None)).collect();
+        let results: Vec<Mutex<Option<Vec<String>>>> =
+            chunks.iter().map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
         let failure: Mutex<Option<HttpError>> = Mutex::new(None);
         let workers = self.config.concurrency.min(chunks.len()).max(1);
@@ -215,20 +246,31 @@ impl CompletionsClient {
         Ok(out)
     }
 
-    fn complete_chunk(&self, chunk: &[String], max_tokens: usize) -> Result<Vec<String>, HttpError> {
+    fn complete_chunk(
+        &self,
+        chunk: &[String],
+        max_tokens: usize,
+    ) -> Result<Vec<String>, HttpError> {
         let url = &self.config.url;
         let mut last = String::new();
         let attempts = self.config.max_retries + 1;
         for attempt in 0..attempts {
             if attempt > 0 {
                 let factor = 1u64.checked_shl(attempt - 1).unwrap_or(u64::MAX);
-                let delay = self.config.backoff_initial_ms.saturating_mul(factor).min(self.config.backoff_max_ms);
+                let delay = self
+                    .config
+                    .backoff_initial_ms
+                    .saturating_mul(factor)
+                    .min(self.config.backoff_max_ms);
                 std::thread::sleep(Duration::from_millis(delay));
             }
             match self.attempt(chunk, max_tokens) {
                 Ok(texts) => return Ok(texts),
                 Err(Attempt::Permanent(detail)) => {
-                    return Err(HttpError::Permanent { url: url.clone(), detail });
+                    return Err(HttpError::Permanent {
+                        url: url.clone(),
+                        detail,
+                    });
                 }
                 Err(Attempt::Transient(detail)) => {
                     tracing::warn!(url = %url, attempt = attempt + 1, of = attempts, "transient completions failure: {detail}");
@@ -236,12 +278,25 @@ impl CompletionsClient {
                 }
             }
         }
-        Err(HttpError::Exhausted { url: url.clone(), attempts, last })
+        Err(HttpError::Exhausted {
+            url: url.clone(),
+            attempts,
+            last,
+        })
     }
 
     fn attempt(&self, chunk: &[String], max_tokens: usize) -> Result<Vec<String>, Attempt> {
-        let body = CompletionRequest { model: &self.config.model, prompt: chunk, max_tokens, temperature: 0.0, top_p: 1.0 };
-        let mut req = self.agent.post(&self.config.url).header("Content-Type", "application/json");
+        let body = CompletionRequest {
+            model: &self.config.model,
+            prompt: chunk,
+            max_tokens,
+            temperature: 0.0,
+            top_p: 1.0,
+        };
+        let mut req = self
+            .agent
+            .post(&self.config.url)
+            .header("Content-Type", "application/json");
         if let Some(key) = &self.api_key {
             req = req.header("Authorization", &format!("Bearer {key}"));
         }
@@ -253,11 +308,17 @@ impl CompletionsClient {
         let status = resp.status().as_u16();
         if status == 429 || status >= 500 {
             let text = resp.body_mut().read_to_string().unwrap_or_default();
-            return Err(Attempt::Transient(format!("HTTP {status}: {}", truncate(&text, 200))));
+            return Err(Attempt::Transient(format!(
+                "HTTP {status}: {}",
+                truncate(&text, 200)
+            )));
         }
         if status != 200 {
             let text = resp.body_mut().read_to_string().unwrap_or_default();
-            return Err(Attempt::Permanent(format!("HTTP {status}: {}", truncate(&text, 200))));
+            return Err(Attempt::Permanent(format!(
+                "HTTP {status}: {}",
+                truncate(&text, 200)
+            )));
         }
         let reply: CompletionReply = match resp.body_mut().read_json() {
             Ok(r) => r,
@@ -265,7 +326,11 @@ impl CompletionsClient {
             Err(e) => return Err(classify_transport_error(e)),
         };
         if reply.choices.len() != chunk.len() {
-            return Err(Attempt::Permanent(format!("reply has {} choices for {} prompts", reply.choices.len(), chunk.len())));
+            return Err(Attempt::Permanent(format!(
+                "reply has {} choices for {} prompts",
+                reply.choices.len(),
+                chunk.len()
+            )));
         }
         // Order by `index` when the server gives it (vLLM does; order is not promised).
         let mut texts: Vec<Option<String>> = vec![None; chunk.len()];
@@ -273,10 +338,17 @@ impl CompletionsClient {
             let i = c.index.unwrap_or(pos);
             match texts.get_mut(i) {
                 Some(slot @ None) => *slot = Some(c.text),
-                _ => return Err(Attempt::Permanent(format!("reply has a duplicate or out-of-range choice index {i}"))),
+                _ => {
+                    return Err(Attempt::Permanent(format!(
+                        "reply has a duplicate or out-of-range choice index {i}"
+                    )))
+                }
             }
         }
-        Ok(texts.into_iter().map(|t| t.expect("indices are a permutation: count checked, duplicates rejected")).collect())
+        Ok(texts
+            .into_iter()
+            .map(|t| t.expect("indices are a permutation: count checked, duplicates rejected"))
+            .collect())
     }
 }
 

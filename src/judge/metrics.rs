@@ -40,7 +40,11 @@ impl BinaryMetrics {
         m.accuracy = div(m.tp + m.tn, m.n);
         m.precision = div(m.tp, m.tp + m.fp);
         m.recall = div(m.tp, m.tp + m.fn_);
-        m.f1 = if m.precision + m.recall == 0.0 { 0.0 } else { 2.0 * m.precision * m.recall / (m.precision + m.recall) };
+        m.f1 = if m.precision + m.recall == 0.0 {
+            0.0
+        } else {
+            2.0 * m.precision * m.recall / (m.precision + m.recall)
+        };
         m
     }
 
@@ -68,7 +72,10 @@ impl HeadAgreement {
                 _ => skipped += 1,
             }
         }
-        Self { metrics: BinaryMetrics::from_pairs(kept), skipped }
+        Self {
+            metrics: BinaryMetrics::from_pairs(kept),
+            skipped,
+        }
     }
 }
 
@@ -82,7 +89,11 @@ pub struct VerdictAgreement {
 }
 
 pub fn compare_verdicts(predicted: &[Verdict], reference: &[Verdict]) -> VerdictAgreement {
-    assert_eq!(predicted.len(), reference.len(), "one reference verdict per prediction");
+    assert_eq!(
+        predicted.len(),
+        reference.len(),
+        "one reference verdict per prediction"
+    );
     let head = |f: fn(&Verdict) -> Option<bool>| {
         HeadAgreement::from_options(predicted.iter().zip(reference).map(|(p, r)| {
             if p.parse_error || r.parse_error {
@@ -112,18 +123,40 @@ pub fn head_value(v: &Verdict, head: Head) -> Option<bool> {
 /// `judge --with FILE` and the report's judge table). `seed_harmful` is passed to judges
 /// that read the seed label (the labelled response sets all use harmful objectives, so
 /// `Some(true)` there). A parse error or n/a counts as a skipped pair, reported beside.
-pub fn score_judge_on_labels(judge: &dyn Judge, head: Head, pairs: &[LabelledPair], seed_harmful: Option<bool>) -> Result<HeadAgreement, JudgeError> {
+pub fn score_judge_on_labels(
+    judge: &dyn Judge,
+    head: Head,
+    pairs: &[LabelledPair],
+    seed_harmful: Option<bool>,
+) -> Result<HeadAgreement, JudgeError> {
     let inputs: Vec<JudgeInput> = pairs
         .iter()
-        .map(|p| JudgeInput { prompt: p.prompt.clone(), response: p.response.clone(), seed_harmful })
+        .map(|p| JudgeInput {
+            prompt: p.prompt.clone(),
+            response: p.response.clone(),
+            seed_harmful,
+        })
         .collect();
     let verdicts = judge.judge_batch(&inputs)?;
     if verdicts.len() != pairs.len() {
-        return Err(JudgeError::CountMismatch { backend: judge.name().to_string(), expected: pairs.len(), got: verdicts.len() });
+        return Err(JudgeError::CountMismatch {
+            backend: judge.name().to_string(),
+            expected: pairs.len(),
+            got: verdicts.len(),
+        });
     }
-    Ok(HeadAgreement::from_options(
-        verdicts.iter().zip(pairs).map(|(v, p)| (if v.parse_error { None } else { head_value(v, head) }, Some(p.label))),
-    ))
+    Ok(HeadAgreement::from_options(verdicts.iter().zip(pairs).map(
+        |(v, p)| {
+            (
+                if v.parse_error {
+                    None
+                } else {
+                    head_value(v, head)
+                },
+                Some(p.label),
+            )
+        },
+    )))
 }
 
 #[cfg(test)]
@@ -145,7 +178,11 @@ mod tests {
 
     #[test]
     fn missing_sides_are_skipped() {
-        let a = HeadAgreement::from_options([(Some(true), Some(true)), (None, Some(true)), (Some(false), None)]);
+        let a = HeadAgreement::from_options([
+            (Some(true), Some(true)),
+            (None, Some(true)),
+            (Some(false), None),
+        ]);
         assert_eq!(a.skipped, 2);
         assert_eq!(a.metrics.n, 1);
     }

@@ -35,7 +35,11 @@ pub struct JudgeInput {
 
 impl JudgeInput {
     pub fn new(prompt: impl Into<String>, response: impl Into<String>) -> Self {
-        Self { prompt: prompt.into(), response: response.into(), seed_harmful: None }
+        Self {
+            prompt: prompt.into(),
+            response: response.into(),
+            seed_harmful: None,
+        }
     }
     pub fn with_seed_label(mut self, seed_harmful: bool) -> Self {
         self.seed_harmful = Some(seed_harmful);
@@ -77,7 +81,11 @@ pub enum JudgeError {
     #[error("embedder failed while judging a batch of {batch} texts: {source:#}")]
     Embedder { batch: usize, source: anyhow::Error },
     #[error("{backend} returned {got} outputs for {expected} inputs")]
-    CountMismatch { backend: String, expected: usize, got: usize },
+    CountMismatch {
+        backend: String,
+        expected: usize,
+        got: usize,
+    },
     #[error(transparent)]
     Http(#[from] http::HttpError),
     #[error(transparent)]
@@ -106,19 +114,33 @@ pub trait Judge {
 /// only the newly generated text for each prompt, in order. Prompts are complete strings
 /// (special tokens already in the text; the implementation must not add any).
 pub trait TextGenerator {
-    fn generate_greedy(&self, prompts: &[String], max_new_tokens: usize) -> anyhow::Result<Vec<String>>;
+    fn generate_greedy(
+        &self,
+        prompts: &[String],
+        max_new_tokens: usize,
+    ) -> anyhow::Result<Vec<String>>;
 }
 
 /// Lets a generator that is not `Sync` (a tch model) serve from several threads.
 impl<T: TextGenerator> TextGenerator for std::sync::Mutex<T> {
-    fn generate_greedy(&self, prompts: &[String], max_new_tokens: usize) -> anyhow::Result<Vec<String>> {
-        let guard = self.lock().map_err(|_| anyhow::anyhow!("text generator mutex poisoned"))?;
+    fn generate_greedy(
+        &self,
+        prompts: &[String],
+        max_new_tokens: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let guard = self
+            .lock()
+            .map_err(|_| anyhow::anyhow!("text generator mutex poisoned"))?;
         guard.generate_greedy(prompts, max_new_tokens)
     }
 }
 
 impl<T: TextGenerator + ?Sized> TextGenerator for std::sync::Arc<T> {
-    fn generate_greedy(&self, prompts: &[String], max_new_tokens: usize) -> anyhow::Result<Vec<String>> {
+    fn generate_greedy(
+        &self,
+        prompts: &[String],
+        max_new_tokens: usize,
+    ) -> anyhow::Result<Vec<String>> {
         (**self).generate_greedy(prompts, max_new_tokens)
     }
 }

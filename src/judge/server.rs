@@ -32,7 +32,13 @@ pub struct ServerOptions {
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { bind: "127.0.0.1:0".into(), model_name: "local".into(), fail_first: 0, workers: 2, max_tokens_limit: 4096 }
+        Self {
+            bind: "127.0.0.1:0".into(),
+            model_name: "local".into(),
+            fail_first: 0,
+            workers: 2,
+            max_tokens_limit: 4096,
+        }
     }
 }
 
@@ -78,12 +84,18 @@ impl CompletionsServer {
     where
         G: TextGenerator + Send + Sync + 'static,
     {
-        let server = tiny_http::Server::http(options.bind.as_str())
-            .map_err(|e| ServerError::Bind { bind: options.bind.clone(), detail: e.to_string() })?;
+        let server =
+            tiny_http::Server::http(options.bind.as_str()).map_err(|e| ServerError::Bind {
+                bind: options.bind.clone(),
+                detail: e.to_string(),
+            })?;
         let addr = server
             .server_addr()
             .to_ip()
-            .ok_or_else(|| ServerError::Bind { bind: options.bind.clone(), detail: "not an IP listener".into() })?;
+            .ok_or_else(|| ServerError::Bind {
+                bind: options.bind.clone(),
+                detail: "not an IP listener".into(),
+            })?;
         let server = Arc::new(server);
         let generator = Arc::new(generator);
         let requests_seen = Arc::new(AtomicUsize::new(0));
@@ -103,7 +115,12 @@ impl CompletionsServer {
                 })
             })
             .collect();
-        Ok(Self { server, addr, workers, requests_seen })
+        Ok(Self {
+            server,
+            addr,
+            workers,
+            requests_seen,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -135,7 +152,9 @@ impl Drop for CompletionsServer {
 fn respond_json(request: tiny_http::Request, status: u16, body: serde_json::Value) {
     let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
         .expect("static header is valid");
-    let response = tiny_http::Response::from_string(body.to_string()).with_status_code(status).with_header(header);
+    let response = tiny_http::Response::from_string(body.to_string())
+        .with_status_code(status)
+        .with_header(header);
     // The client may have gone away (timeout); nothing useful to do then.
     let _ = request.respond(response);
 }
@@ -144,26 +163,65 @@ fn error_body(message: &str, kind: &str) -> serde_json::Value {
     json!({"error": {"message": message, "type": kind}})
 }
 
-fn handle(mut request: tiny_http::Request, n: usize, generator: &dyn TextGenerator, options: &ServerOptions) {
-    if request.method() != &tiny_http::Method::Post || request.url().split('?').next() != Some("/v1/completions") {
-        return respond_json(request, 404, error_body("only POST /v1/completions is served", "not_found"));
+fn handle(
+    mut request: tiny_http::Request,
+    n: usize,
+    generator: &dyn TextGenerator,
+    options: &ServerOptions,
+) {
+    if request.method() != &tiny_http::Method::Post
+        || request.url().split('?').next() != Some("/v1/completions")
+    {
+        return respond_json(
+            request,
+            404,
+            error_body("only POST /v1/completions is served", "not_found"),
+        );
     }
     if n < options.fail_first {
-        return respond_json(request, 503, error_body("injected failure (fail_first)", "unavailable"));
+        return respond_json(
+            request,
+            503,
+            error_body("injected failure (fail_first)", "unavailable"),
+        );
     }
     let mut body = String::new();
     if let Err(e) = request.as_reader().read_to_string(&mut body) {
-        return respond_json(request, 400, error_body(&format!("cannot read body: {e}"), "invalid_request_error"));
+        return respond_json(
+            request,
+            400,
+            error_body(&format!("cannot read body: {e}"), "invalid_request_error"),
+        );
     }
     let parsed: Request = match serde_json::from_str(&body) {
         Ok(r) => r,
-        Err(e) => return respond_json(request, 400, error_body(&format!("bad request JSON: {e}"), "invalid_request_error")),
+        Err(e) => {
+            return respond_json(
+                request,
+                400,
+                error_body(&format!("bad request JSON: {e}"), "invalid_request_error"),
+            )
+        }
     };
     if parsed.temperature.is_some_and(|t| t != 0.0) {
-        return respond_json(request, 400, error_body("this server decodes greedily: temperature must be 0", "invalid_request_error"));
+        return respond_json(
+            request,
+            400,
+            error_body(
+                "this server decodes greedily: temperature must be 0",
+                "invalid_request_error",
+            ),
+        );
     }
     if parsed.max_tokens > options.max_tokens_limit {
-        return respond_json(request, 400, error_body(&format!("max_tokens over {}", options.max_tokens_limit), "invalid_request_error"));
+        return respond_json(
+            request,
+            400,
+            error_body(
+                &format!("max_tokens over {}", options.max_tokens_limit),
+                "invalid_request_error",
+            ),
+        );
     }
     let prompts = match parsed.prompt {
         PromptField::One(p) => vec![p],
@@ -186,8 +244,19 @@ fn handle(mut request: tiny_http::Request, n: usize, generator: &dyn TextGenerat
         Ok(texts) => respond_json(
             request,
             500,
-            error_body(&format!("generator returned {} texts for {} prompts", texts.len(), prompts.len()), "server_error"),
+            error_body(
+                &format!(
+                    "generator returned {} texts for {} prompts",
+                    texts.len(),
+                    prompts.len()
+                ),
+                "server_error",
+            ),
         ),
-        Err(e) => respond_json(request, 500, error_body(&format!("generation failed: {e:#}"), "server_error")),
+        Err(e) => respond_json(
+            request,
+            500,
+            error_body(&format!("generation failed: {e:#}"), "server_error"),
+        ),
     }
 }
