@@ -42,6 +42,15 @@ pub struct CompletionsConfig {
     pub backoff_initial_ms: u64,
     #[serde(default = "default_backoff_max")]
     pub backoff_max_ms: u64,
+    /// Sent as `add_special_tokens` (a vLLM/SGLang extension; llama.cpp ignores it). The
+    /// WildGuard text already starts with `<s>`, so the server must not add a second BOS:
+    /// default `Some(false)`. Set `None` for servers that reject unknown fields.
+    #[serde(default = "default_add_special_tokens")]
+    pub add_special_tokens: Option<bool>,
+}
+
+fn default_add_special_tokens() -> Option<bool> {
+    Some(false)
 }
 
 fn default_concurrency() -> usize {
@@ -75,6 +84,7 @@ impl CompletionsConfig {
             max_retries: default_retries(),
             backoff_initial_ms: default_backoff_initial(),
             backoff_max_ms: default_backoff_max(),
+            add_special_tokens: default_add_special_tokens(),
         }
     }
 }
@@ -108,6 +118,8 @@ struct CompletionRequest<'a> {
     max_tokens: usize,
     temperature: f64,
     top_p: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    add_special_tokens: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -292,6 +304,7 @@ impl CompletionsClient {
             max_tokens,
             temperature: 0.0,
             top_p: 1.0,
+            add_special_tokens: self.config.add_special_tokens,
         };
         let mut req = self
             .agent

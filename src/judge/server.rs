@@ -4,6 +4,9 @@
 //! by tests. Greedy only: a request with `temperature` other than 0 is refused (400),
 //! since the generator cannot sample.
 //!
+//! Prompts are passed to the generator as complete strings: no special tokens are added
+//! (`add_special_tokens: true` is refused).
+//!
 //! `fail_first` makes the first N requests answer HTTP 503 (to exercise client retries).
 
 use std::net::SocketAddr;
@@ -64,6 +67,10 @@ struct Request {
     temperature: Option<f64>,
     #[serde(default)]
     model: Option<String>,
+    /// vLLM extension. `TextGenerator` prompts are complete strings and never get special
+    /// tokens added, so `true` is refused rather than silently ignored.
+    #[serde(default)]
+    add_special_tokens: Option<bool>,
 }
 
 fn default_max_tokens() -> usize {
@@ -209,6 +216,16 @@ fn handle(
             400,
             error_body(
                 "this server decodes greedily: temperature must be 0",
+                "invalid_request_error",
+            ),
+        );
+    }
+    if parsed.add_special_tokens == Some(true) {
+        return respond_json(
+            request,
+            400,
+            error_body(
+                "this server never adds special tokens: send add_special_tokens=false or omit it",
                 "invalid_request_error",
             ),
         );

@@ -253,6 +253,15 @@ fn http_client_does_not_retry_a_bad_request() {
         .send_json(serde_json::json!({"prompt": "x", "temperature": 0.7}))
         .expect("request");
     assert_eq!(resp.status().as_u16(), 400);
+    let resp = agent
+        .post(&server.completions_url())
+        .send_json(serde_json::json!({"prompt": ["x"], "add_special_tokens": true}))
+        .expect("request");
+    assert_eq!(
+        resp.status().as_u16(),
+        400,
+        "a second BOS would be silently different"
+    );
     let url = format!("http://{}/v1/nothing", server.addr());
     let client = CompletionsClient::new(fast_config(url)).expect("client");
     let before = server.requests_seen();
