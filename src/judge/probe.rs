@@ -457,7 +457,9 @@ impl Probe {
         };
         let meta_json =
             serde_json::to_string(&meta).map_err(|e| ProbeError::Format(e.to_string()))?;
-        let mut buffers: Vec<(String, Vec<u8>, usize)> = Vec::new();
+        // The threshold decides predictions, so it is stored bit-exactly as a tensor too.
+        let mut buffers: Vec<(String, Vec<u8>, usize)> =
+            vec![("threshold".into(), self.threshold.to_le_bytes().to_vec(), 1)];
         for (h, head) in &self.heads {
             let w: Vec<u8> = head.weights.iter().flat_map(|v| v.to_le_bytes()).collect();
             buffers.push((format!("{}.weight", h.name()), w, head.weights.len()));
@@ -542,18 +544,42 @@ impl Probe {
                 },
             );
         }
+        let threshold = match read("threshold")?.as_deref() {
+            Some([t]) => *t,
+            _ => {
+                return Err(ProbeError::Format(
+                    "missing or malformed `threshold` tensor".into(),
+                ))
+            }
+        };
         Ok(Self {
             embed_dim: meta.embed_dim,
-            threshold: meta.threshold,
+            threshold,
             heads,
             config: meta.config,
             report: meta.report,
         })
     }
 
-    /// blake3 of the serialised probe (its identity in judge keys).
+    /// Identity of the probe in judge keys: blake3 over exactly what decides its
+    /// predictions (version, embedding dim, threshold bits, each head's weight and bias
+    /// bits). Not over the JSON metadata: serde_json's default float parsing is only
+    /// best-effort, so a reloaded report could differ in the last bit and must not change
+    /// the key. Weights live in f64 tensors and round-trip exactly.
     pub fn digest(&self) -> Result<String, ProbeError> {
-        Ok(blake3::hash(&self.to_bytes()?).to_hex().to_string())
+        let mut h = blake3::Hasher::new();
+        h.update(&PROBE_VERSION.to_le_bytes());
+        h.update(&(self.embed_dim as u64).to_le_bytes());
+        h.update(&self.threshold.to_bits().to_le_bytes());
+        for (head, m) in &self.heads {
+            h.update(head.name().as_bytes());
+            h.update(&(m.weights.len() as u64).to_le_bytes());
+            for w in &m.weights {
+                h.update(&w.to_bits().to_le_bytes());
+            }
+            h.update(&m.bias.to_bits().to_le_bytes());
+        }
+        Ok(h.finalize().to_hex().to_string())
     }
 
     /// Predict verdicts. An empty response gives n/a for refusal and response harm

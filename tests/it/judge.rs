@@ -452,6 +452,15 @@ fn probe_learns_separable_synthetic_heads_and_serialises_deterministically() {
     assert_eq!(bytes, again.to_bytes().expect("serialise"));
     let back = Probe::from_bytes(&bytes).expect("deserialise");
     assert_eq!(back, probe);
+    assert_eq!(
+        back.digest().expect("digest"),
+        probe.digest().expect("digest")
+    );
+    assert_eq!(
+        back.to_bytes().expect("serialise"),
+        bytes,
+        "reload → same bytes"
+    );
     // A different seed gives a different split.
     let other = train_probe(
         &SyntheticEmbedder,
