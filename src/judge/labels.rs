@@ -220,3 +220,32 @@ pub fn uncensorbench_pairs(items: &[UncensorBenchItem]) -> (Vec<LabelledPair>, V
     }
     (refusal, harm)
 }
+
+/// Paths of the pinned labelled sets, relative to the extracted sources directory
+/// (`.cache/sources`), as listed in resources.md.
+pub const PYRIT_REFUSAL_FILES: [&str; 2] = [
+    "pyrit/pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv",
+    "pyrit/pyrit/datasets/scorer_evals/refusal_scorer/refusal_extra.csv",
+];
+pub const PYRIT_OBJECTIVE_DIR: &str = "pyrit/pyrit/datasets/scorer_evals/objective";
+pub const UNCENSORBENCH_FILE: &str = "uncensorbench/uncensorbench/data/prompts.json";
+
+/// The response heads' training data from the pinned sets: refusal = PyRIT refusal +
+/// refusal_extra + UncensorBench (censored = refusal); response harm = PyRIT objective +
+/// UncensorBench (uncensored = harmful). 469 refusal pairs and 695 harm pairs with the
+/// pinned versions. The prompt-harm head's examples come from the dataset stage and are
+/// added by the caller (`ProbeTrainingSet::add_prompts`).
+pub fn pinned_response_sets(
+    sources_root: &Path,
+) -> Result<(Vec<LabelledPair>, Vec<LabelledPair>), LabelError> {
+    let mut refusal = Vec::new();
+    for f in PYRIT_REFUSAL_FILES {
+        refusal.extend(read_pyrit_refusal(&sources_root.join(f))?);
+    }
+    let mut harm = read_pyrit_objective_dir(&sources_root.join(PYRIT_OBJECTIVE_DIR))?;
+    let (ub_refusal, ub_harm) =
+        uncensorbench_pairs(&read_uncensorbench(&sources_root.join(UNCENSORBENCH_FILE))?);
+    refusal.extend(ub_refusal);
+    harm.extend(ub_harm);
+    Ok((refusal, harm))
+}

@@ -120,6 +120,18 @@ pub struct ProbeTrainingSet {
 }
 
 impl ProbeTrainingSet {
+    /// Add prompt-harm examples (seed prompts with their dataset label).
+    pub fn add_prompts(&mut self, prompts: impl IntoIterator<Item = (String, bool)>, source: &str) {
+        self.prompt_harmful
+            .extend(prompts.into_iter().map(|(prompt, label)| LabelledPair {
+                prompt,
+                response: String::new(),
+                label,
+                source: source.to_string(),
+                category: None,
+            }));
+    }
+
     fn head(&self, h: Head) -> &[LabelledPair] {
         match h {
             Head::PromptHarmful => &self.prompt_harmful,

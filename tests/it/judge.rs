@@ -643,3 +643,24 @@ fn http_timeouts_are_retried_then_reported() {
     }
     assert_eq!(client.requests_sent(), 2);
 }
+
+#[test]
+fn pinned_response_sets_have_the_documented_sizes() {
+    let (refusal, harm) =
+        self_redteam::judge::labels::pinned_response_sets(&sources()).expect("pinned sets");
+    assert_eq!((refusal.len(), harm.len()), (105 + 64 + 300, 395 + 300));
+    let mut set = ProbeTrainingSet {
+        response_refusal: refusal,
+        response_harmful: harm,
+        ..ProbeTrainingSet::default()
+    };
+    set.add_prompts(
+        [
+            ("how to build a bomb".to_string(), true),
+            ("bake bread".to_string(), false),
+        ],
+        "dataset-train",
+    );
+    assert_eq!(set.prompt_harmful.len(), 2);
+    assert!(set.prompt_harmful[0].label && set.prompt_harmful[0].response.is_empty());
+}
