@@ -1,1 +1,13 @@
-//! Evaluation (placeholder)
+//! Evaluation: benchmark suite loading, metrics (refusal, ASR, over-refusal with Wilson
+//! intervals; SBERT diversity; Self-BLEU) and the HTML report. Called by the `eval` stage
+//! and the `report` verb.
+//!
+//! Data flow: suite rows (`suite`, or `data/` for pinned sets) → policy answers → judge
+//! verdicts → `rates::EvalRow` → `rates::summarize` → per-iteration metric maps →
+//! `report::render_report`. Diversity metrics (`bleu`, `sbert`) take texts / embeddings.
+
+pub mod bleu;
+pub mod rates;
+pub mod report;
+pub mod sbert;
+pub mod suite;

@@ -1,1 +1,158 @@
-//! Judges (placeholder)
+//! Judges: one trait (`Judge`) returning the WildGuard triple plus a parse-error flag, and
+//! its backends (`wildguard`, `probe`, `rules`), the verdict cache and judge metrics.
+//! Called by the `judge`, `judge-fit` and `eval` stages and by the `judge --with` verb.
+//!
+//! Data flow: (prompt, response[, seed label]) → `JudgeInput` → a backend → `Verdict`;
+//! `cache::judge_cached` wraps any backend so re-judging computes only what changed.
+//!
+//! The model runtime is not a dependency of this module: the two things a judge needs from
+//! a model are the traits `TextGenerator` (greedy completion, for WildGuard on a local
+//! checkpoint and for the completions server) and `Embedder` (sentence embeddings, for the
+//! probe). The lead implements them with `model/`. They return `anyhow::Result` because
+//! their errors come from another module's error types and are only reported, never matched.
+
+pub mod cache;
+pub mod http;
+pub mod labels;
+pub mod metrics;
+pub mod probe;
+pub mod rules;
+pub mod server;
+pub mod wildguard;
+
+use serde::{Deserialize, Serialize};
+
+/// One thing to judge: the prompt the defender saw (attacker's public text or the vanilla
+/// seed) and the defender's public answer. `seed_harmful` is the dataset label of the seed
+/// the game started from; only judges that say `uses_seed_label()` read it (the `rules`
+/// baseline takes prompt harm from it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JudgeInput {
+    pub prompt: String,
+    pub response: String,
+    pub seed_harmful: Option<bool>,
+}
+
+impl JudgeInput {
+    pub fn new(prompt: impl Into<String>, response: impl Into<String>) -> Self {
+        Self {
+            prompt: prompt.into(),
+            response: response.into(),
+            seed_harmful: None,
+        }
+    }
+    pub fn with_seed_label(mut self, seed_harmful: bool) -> Self {
+        self.seed_harmful = Some(seed_harmful);
+        self
+    }
+}
+
+/// The WildGuard triple plus a parse-error flag. `None` = "n/a" (WildGuard answers n/a for
+/// refusal and response harm when the response is empty) or not produced. On a parse
+/// error the fields that did parse are kept, as WildGuard's own parser does; consumers
+/// must check `parse_error` first. `raw` keeps the judge's own output text (WildGuard's
+/// three lines) for audit; backends without a text output leave it `None`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Verdict {
+    pub prompt_harmful: Option<bool>,
+    pub response_refusal: Option<bool>,
+    pub response_harmful: Option<bool>,
+    pub parse_error: bool,
+    pub raw: Option<String>,
+}
+
+/// Identity of a judge configuration for caching: two judges with the same key must give
+/// the same verdicts for the same inputs. Computed by each backend from everything that
+/// changes its output (backend name, model identity, probe weights digest, …) and never
+/// from secrets, URLs of replicas or timeouts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JudgeKey(pub String);
+
+impl std::fmt::Display for JudgeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JudgeError {
+    #[error("text generator failed while judging a batch of {batch} pairs: {source:#}")]
+    Generator { batch: usize, source: anyhow::Error },
+    #[error("embedder failed while judging a batch of {batch} texts: {source:#}")]
+    Embedder { batch: usize, source: anyhow::Error },
+    #[error("{backend} returned {got} outputs for {expected} inputs")]
+    CountMismatch {
+        backend: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
+    #[error("probe judge: {0}")]
+    Probe(#[from] probe::ProbeError),
+}
+
+/// A judge backend. `judge_batch` returns one verdict per input, in order. A transient
+/// failure (a server that stays down after retries) is an `Err` for the whole batch and
+/// never a verdict, so it is never cached.
+pub trait Judge {
+    /// Short human name, e.g. `wildguard`, `probe`, `rules-baseline`.
+    fn name(&self) -> &str;
+    /// Cache identity (see `JudgeKey`).
+    fn key(&self) -> JudgeKey;
+    /// Whether `JudgeInput::seed_harmful` influences the verdict (then it is part of the
+    /// cache key too).
+    fn uses_seed_label(&self) -> bool {
+        false
+    }
+    fn judge_batch(&self, pairs: &[JudgeInput]) -> Result<Vec<Verdict>, JudgeError>;
+}
+
+/// Greedy text completion; implemented by the model runtime (and by test fakes). Returns
+/// only the newly generated text for each prompt, in order. Prompts are complete strings
+/// (special tokens already in the text; the implementation must not add any).
+pub trait TextGenerator {
+    fn generate_greedy(
+        &self,
+        prompts: &[String],
+        max_new_tokens: usize,
+    ) -> anyhow::Result<Vec<String>>;
+}
+
+/// Lets a generator that is not `Sync` (a tch model) serve from several threads.
+impl<T: TextGenerator> TextGenerator for std::sync::Mutex<T> {
+    fn generate_greedy(
+        &self,
+        prompts: &[String],
+        max_new_tokens: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let guard = self
+            .lock()
+            .map_err(|_| anyhow::anyhow!("text generator mutex poisoned"))?;
+        guard.generate_greedy(prompts, max_new_tokens)
+    }
+}
+
+impl<T: TextGenerator + ?Sized> TextGenerator for std::sync::Arc<T> {
+    fn generate_greedy(
+        &self,
+        prompts: &[String],
+        max_new_tokens: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        (**self).generate_greedy(prompts, max_new_tokens)
+    }
+}
+
+/// Sentence embeddings (MiniLM: mean pooling + L2 normalisation); one vector per text, all
+/// of the same dimension. Implemented by the model runtime.
+pub trait Embedder {
+    fn embed(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>>;
+}
+
+impl<T: Embedder + ?Sized> Embedder for std::sync::Arc<T> {
+    fn embed(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
+        (**self).embed(texts)
+    }
+}
