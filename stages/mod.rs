@@ -39,6 +39,7 @@
 //! Errors: stages return `anyhow::Result` because they glue many libraries together; the
 //! engine adds the node name. A failed stage publishes nothing.
 pub mod dataset;
+pub mod eval;
 pub mod prep;
 
 use std::collections::BTreeMap;
@@ -82,7 +83,7 @@ pub static REGISTRY: &[StageEntry] = &[
     StageEntry { kind: "rollout", version: 1, implementation: None, missing: "the `rollout` stage (self-play games; game/RL issue) is not built yet" },
     StageEntry { kind: "judge", version: 1, implementation: None, missing: "the `judge` stage (verdicts and rewards; judge issue) is not built yet" },
     StageEntry { kind: "update", version: 1, implementation: None, missing: "the `update` stage (REINFORCE++ step; RL issue) is not built yet" },
-    StageEntry { kind: "eval", version: 1, implementation: None, missing: "the `eval` stage (benchmarks and metrics; eval issue) is not built yet" },
+    StageEntry { kind: "eval", version: eval::VERSION, implementation: Some(&eval::Eval), missing: "" },
 ];
 
 /// The registry row of a kind.
