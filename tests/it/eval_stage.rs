@@ -217,7 +217,8 @@ fn eval0_runs_in_the_engine_and_feeds_log_report_and_compare() {
     assert!(html.contains("eval: harmful prompt, refused") && html.contains("I cannot help with that."), "examples per outcome");
     let eval_key = serde_json::from_slice::<Value>(&sr(&cfg, &store, &["show", "eval@0", "--json"]).stdout).expect("json")["manifest"]["key"].as_str().expect("key").to_string();
     assert!(html.contains(&format!("eval/{eval_key}")), "examples name their artifact key");
-    assert!(!html.contains("<script") && !html.contains("http://") && !html.contains("https://"), "self-contained");
+    // Self-contained: no scripts, stylesheets or fetched assets (the SVG namespace URI is not one).
+    assert!(!html.contains("<script") && !html.contains("<link") && !html.contains("src=") && !html.contains("href=\"http"), "self-contained");
 
     // compare: the same store as a config and as a directory agree.
     let o = sr(&cfg, &store, &["compare", cfg.to_str().expect("utf8"), store.to_str().expect("utf8"), "--json"]);
