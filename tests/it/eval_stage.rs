@@ -211,6 +211,10 @@ fn eval0_runs_in_the_engine_and_feeds_log_report_and_compare() {
     let o = sr(&cfg, &store, &["report", "--out", out.to_str().expect("utf8"), "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let html = std::fs::read_to_string(&out).expect("report written");
+    // For scripts/screenshot_report.sh: keep a copy of this real report.
+    if let Ok(keep) = std::env::var("SR_KEEP_REPORT") {
+        std::fs::copy(&out, keep).expect("copy report");
+    }
     assert!(html.starts_with("<!DOCTYPE html>"));
     assert!(html.contains("<svg") && html.contains("data-key=\"asr/harmbench\""), "ASR plot has the harmbench series");
     assert!(html.contains("Headline rates with 95% Wilson intervals") && html.contains("0.500 [0.095, 0.905] (1/2)"), "intervals table");
