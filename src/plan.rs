@@ -168,6 +168,8 @@ impl Plan {
         // from the game templates, so those enter too.
         let mut eval_section = to_value(&raw.eval);
         strip_paths(&mut eval_section);
+        // Batch size changes speed, never outputs (rows are independent of batch mates).
+        eval_section.as_object_mut().expect("eval is a map").remove("batch_size");
         let r = &raw.rollout;
         let eval_params = json!({
             "eval": eval_section, "judge": judge_params.clone(), "cot": r.cot,

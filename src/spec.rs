@@ -548,6 +548,10 @@ pub struct EvalParams {
     /// Most new tokens the policy may generate per eval prompt (the paper forces 8,192 and
     /// then cuts the answer to `max_answer_tokens`; on CPU this caps the cost).
     pub max_new_tokens: u32,
+    /// Prompts per generation batch (rows are independent of their batch mates, so this
+    /// changes speed only; CPU decoding is dominated by per-step overhead, so larger
+    /// batches than the rollout's pay off).
+    pub batch_size: u32,
     /// Revise `holdout_attacker` seeds greedily instead of sampling at the rollout
     /// temperature (the paper samples; diversity of greedy revisions measures less).
     pub attacker_greedy: bool,
@@ -592,7 +596,7 @@ impl Default for EvalParams {
         for name in ["harmbench", "strongreject", "donotanswer", "advbench", "overrefusal", "benign"] {
             suites.insert(name.to_string(), EvalSuiteParams { subset: Some(100) });
         }
-        EvalParams { every: 5, suites, max_answer_tokens: 256, greedy: true, max_new_tokens: 256, attacker_greedy: false, custom_suites: BTreeMap::new() }
+        EvalParams { every: 5, suites, max_answer_tokens: 256, greedy: true, max_new_tokens: 256, batch_size: 32, attacker_greedy: false, custom_suites: BTreeMap::new() }
     }
 }
 
@@ -750,6 +754,9 @@ impl Spec {
                 all.push("holdout_attacker");
                 return Err(bad(&format!("eval.suites.{name}"), format!("no such suite; known suites: {}", all.join(", "))));
             }
+        }
+        if raw.eval.batch_size == 0 {
+            return Err(bad("eval.batch_size", "must be at least 1".into()));
         }
         if raw.eval.max_new_tokens == 0 {
             return Err(bad("eval.max_new_tokens", "must be at least 1".into()));

@@ -126,3 +126,23 @@ pub fn gather(engine: &Engine<'_>) -> anyhow::Result<Gathered> {
 pub fn is_headline(name: &str) -> bool {
     ["reward/", "asr/", "refusal/", "over_refusal/", "compliance/", "diversity/", "judge/", "kl/"].iter().any(|p| name.starts_with(p))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn names(stage: &str, v: Value) -> Vec<(String, f64)> {
+        canonical_metrics(stage, v.as_object().expect("object"))
+    }
+
+    #[test]
+    fn canonical_names_follow_the_patterns() {
+        assert_eq!(names("judge", json!({"attacker_reward_mean": 0.5, "games": 8, "judge": "probe"})), vec![("reward/attacker_reward_mean".to_string(), 0.5)]);
+        assert_eq!(names("update", json!({"kl_mean": 0.1, "loss": 2.0, "skill": 1.0})), vec![("kl/kl_mean".to_string(), 0.1)]);
+        assert_eq!(names("judge-fit", json!({"refusal.accuracy": 0.9, "refusal.n": 40})), vec![("judge/refusal.accuracy".to_string(), 0.9)]);
+        let e = names("eval", json!({"asr/harmbench": 0.25, "rows": 7, "attacker/n": 3, "intervals": {"asr/harmbench": {"k": 1}}}));
+        assert_eq!(e, vec![("asr/harmbench".to_string(), 0.25)]);
+        assert!(is_headline("asr/harmbench") && is_headline("reward/attacker_reward_mean") && !is_headline("attacker/faithfulness"));
+    }
+}

@@ -293,6 +293,10 @@ fn eval_timing_on_smollm2_default_config() {
             p.subset = Some(n);
         }
     }
+    if let Some(n) = std::env::var("SR_EVAL_MAX_NEW").ok().and_then(|s| s.parse().ok()) {
+        spec.raw.eval.max_new_tokens = n;
+        spec.raw.rollout.max_new_tokens = n;
+    }
     tch::set_num_threads(spec.raw.run.threads as i32);
     let ds = self_redteam::data::build_dataset(&spec, spec.raw.run.seed).expect("dataset");
     let policy = self_redteam::model::Policy::load(&spec.base_model_path, tch::Device::Cpu, tch::Kind::Float).expect("SmolLM2");
@@ -306,7 +310,13 @@ fn eval_timing_on_smollm2_default_config() {
     let out = evaluate(&EvalInputs { spec: &spec, seeds: &ds.seeds, policy: &policy, judge: judge.as_ref(), embedder: Some(&emb as &dyn Embedder), rng: &rng, check_cancelled: &ok, progress: &progress }).expect("evaluate");
     let secs = t0.elapsed().as_secs_f64();
     let tokens: u64 = out.rows.iter().map(|r| u64::from(r.output_tokens)).sum();
-    eprintln!("eval: {} defender rows, {} attacker rows, {tokens} defender tokens in {secs:.1}s", out.rows.len(), out.attacker.len());
+    // CPU seconds of this process (utime + stime from /proc, 100 ticks/s): the machine is
+    // shared, so wall time alone overstates the cost.
+    let cpu = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| {
+        let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+        Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+    });
+    eprintln!("eval: {} defender rows, {} attacker rows, {tokens} defender tokens in {secs:.1}s wall, {cpu:?} CPU s (whole process)", out.rows.len(), out.attacker.len());
     eprintln!("{}", serde_json::to_string_pretty(&out.metrics).expect("json"));
 }
 
