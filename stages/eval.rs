@@ -19,6 +19,10 @@
 //!   `eval.attacker_greedy`. Well-formed revisions enter SBERT diversity, Self-BLEU
 //!   diversity and faithfulness (cosine to the seed); the format-violation rate counts all.
 //! - **Subsets**: `data::suite_subset` picks the same prompts for every iteration of a run.
+//! - **Batching**: `eval.batch_size` prompts per generation call, shortest first; outputs do
+//!   not depend on it (row-independent sampler), so it is left out of the key.
+//! - **Judge**: the configured backend (`judge::build::from_spec`), the probe from the
+//!   `judge_model` input (judge-fit); every verdict is stored with the row.
 //!
 //! # Metrics written to the manifest (stable names)
 //! | name | meaning |
