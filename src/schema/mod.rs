@@ -24,8 +24,11 @@
 //! those (nullable column), and `Vec<u32|i32|i64|f32|f64|String>` (list column).
 pub mod column;
 pub mod judge_train;
+pub mod judged;
 pub mod prep;
+pub mod rollout;
 pub mod seeds;
+pub mod update_steps;
 
 use std::path::Path;
 use std::sync::Arc;
