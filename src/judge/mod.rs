@@ -11,8 +11,10 @@
 //! probe). The lead implements them with `model/`. They return `anyhow::Result` because
 //! their errors come from another module's error types and are only reported, never matched.
 
+pub mod build;
 pub mod cache;
 pub mod http;
+pub mod keywords;
 pub mod labels;
 pub mod metrics;
 pub mod probe;
