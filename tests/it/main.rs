@@ -4,3 +4,4 @@ mod eval;
 mod game_rl;
 mod judge;
 mod model;
+mod selfplay;
