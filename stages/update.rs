@@ -248,3 +248,26 @@ impl Stage for Update {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn spec(text: &str) -> Spec {
+        Spec::from_yaml(text, Path::new("/p/pipeline.yaml")).expect("valid")
+    }
+
+    #[test]
+    fn schedule_length_is_derived_from_expected_samples_or_taken_as_configured() {
+        // selfplay: 8 defender + 4 attacker samples = 12 → 3 steps of 4, times 10 iterations.
+        let s = spec("prep: {seeds_per_iteration: 8}\nupdate: {micro_batch_size: 4}\n");
+        assert_eq!(schedule_steps(&s, 10), 30);
+        let s = spec("prep: {seeds_per_iteration: 8}\nrollout: {mode: attacker_only}\nupdate: {micro_batch_size: 4}\n");
+        assert_eq!(schedule_steps(&s, 10), 10);
+        let s = spec("prep: {seeds_per_iteration: 8}\nrollout: {mode: defender_only}\nupdate: {micro_batch_size: 3}\n");
+        assert_eq!(schedule_steps(&s, 2), 6);
+        let s = spec("update: {schedule_steps: 77}\n");
+        assert_eq!(schedule_steps(&s, 2), 77);
+    }
+}
