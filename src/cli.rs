@@ -70,10 +70,32 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// One row per iteration with the metrics that exist so far.
+    /// One row per iteration with the headline metrics (rewards, ASR, refusal,
+    /// over-refusal, diversity, judge accuracy) that exist so far.
     Log {
         #[arg(long)]
         iterations: Option<u32>,
+        /// Every manifest metric instead of the headline columns.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one self-contained HTML report (plots over iterations, judge accuracy, examples).
+    Report {
+        /// Output file.
+        #[arg(long, default_value = "report.html")]
+        out: PathBuf,
+        #[arg(long)]
+        iterations: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs side by side: final (and base) evaluation of each RUN (a pipeline file,
+    /// resolved against --store, or a store directory).
+    Compare {
+        #[arg(value_name = "RUN", required = true, num_args = 1..)]
+        runs: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -253,14 +275,24 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Log { iterations, json } => {
+        Command::Log { iterations, all, json } => {
             let (spec, plan, store) = load(g, iterations)?;
             let engine = Engine::new(&spec, plan, store);
             let rows = engine.log()?;
+            // Headline columns: canonical names (src/verbs/mod.rs) matched by pattern.
+            let gathered = crate::verbs::gather(&engine)?;
+            let headline: std::collections::BTreeMap<u32, std::collections::BTreeMap<String, Value>> = gathered
+                .metrics
+                .iter()
+                .map(|(i, m)| (*i, m.iter().filter(|(k, _)| crate::verbs::is_headline(k)).map(|(k, v)| (k.clone(), json!(v))).collect()))
+                .collect();
+            let use_headline = !all && headline.values().any(|m| !m.is_empty());
             if json {
-                let v: Vec<Value> = rows.iter().map(|(i, m)| json!({"iteration": i, "metrics": m})).collect();
+                // {"iterations": [{"iteration", "metrics": {stage.name: value}, "headline": {canonical name: number}}]}
+                let v: Vec<Value> = rows.iter().map(|(i, m)| json!({"iteration": i, "metrics": m, "headline": headline.get(i).cloned().unwrap_or_default()})).collect();
                 print_json(&json!({"iterations": v}))?;
             } else {
+                let rows = if use_headline { headline } else { rows };
                 let mut cols: Vec<&String> = rows.values().flat_map(|m| m.keys()).collect();
                 cols.sort();
                 cols.dedup();
@@ -281,6 +313,30 @@ pub fn main_with(cli: Cli) -> Result<i32> {
                     }
                     writeln!(out)?;
                 }
+            }
+            Ok(0)
+        }
+        Command::Report { out, iterations, json } => {
+            let (spec, plan, store) = load(g, iterations)?;
+            let engine = Engine::new(&spec, plan, store);
+            let summary = crate::verbs::report::write(&engine, &out)?;
+            if json {
+                print_json(&serde_json::to_value(&summary)?)?;
+            } else {
+                eprintln!("wrote {} ({} iteration(s), eval at {:?}, {} example(s))", summary.path.display(), summary.iterations.len(), summary.evals, summary.examples);
+            }
+            Ok(0)
+        }
+        Command::Compare { runs, json } => {
+            let mut loaded = Vec::new();
+            for r in &runs {
+                loaded.push(crate::verbs::compare::load_run(r, &g.store)?);
+            }
+            if json {
+                // {"runs": [RunMetrics]}, "metrics": [names]}
+                print_json(&json!({"runs": loaded, "metrics": crate::verbs::compare::metric_names(&loaded)}))?;
+            } else {
+                print!("{}", crate::verbs::compare::render_table(&loaded));
             }
             Ok(0)
         }

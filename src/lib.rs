@@ -18,5 +18,6 @@ pub mod rl; // REINFORCE++: KL, returns, per-role normalisation, clipped loss, L
 pub mod schema; // one module per Parquet artifact
 pub mod spec; // pipeline.yaml -> typed, validated spec
 pub mod store; // content-addressed artifact store
+pub mod verbs; // whole-store read verbs: report (HTML), compare (runs side by side)
 #[path = "../stages/mod.rs"]
 pub mod stages; // one thin file per stage kind, and the registry

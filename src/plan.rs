@@ -25,7 +25,10 @@
 //! rollout ← `rollout` + `template_digest` (game::template_digest); judge ← `judge` + `reward`; update ← `update` +
 //! `schedule_iterations` (= the spec's `run.iterations`, so `run --iterations 3` computes
 //! the first 3 iterations of the configured schedule and stays cached when extended);
-//! eval ← `eval` + `judge` + `rollout.cot`.
+//! eval ← `eval` (custom suite paths removed; each file by sha256 as
+//! `eval.custom_suites.<name>`) + `judge` + `rollout.cot` + the rollout sampling settings
+//! (the attacker eval samples with them) + `template_digest`; files: the MiniLM weights
+//! when `holdout_attacker` is evaluated.
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -160,13 +163,35 @@ impl Plan {
             let efile = PinnedFile { name: "judge.probe.embedder".into(), sha256: raw.judge.probe.embedder_sha256.clone(), path: spec.embedder_dir.join("model.safetensors") };
             nodes.push(Node { id: id("judge-fit", None), inputs: vec![("dataset", id("dataset", None))], params: judge_params.clone(), files: vec![efile] });
         }
-        let eval_params = json!({"eval": to_value(&raw.eval), "judge": judge_params.clone(), "cot": raw.rollout.cot});
+        // eval: custom suite paths leave the params; each file enters as `files` instead.
+        // The attacker eval samples with the rollout settings, and both roles' prompts come
+        // from the game templates, so those enter too.
+        let mut eval_section = to_value(&raw.eval);
+        strip_paths(&mut eval_section);
+        let r = &raw.rollout;
+        let eval_params = json!({
+            "eval": eval_section, "judge": judge_params.clone(), "cot": r.cot,
+            "attacker_sampling": {"temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k, "max_new_tokens": r.max_new_tokens},
+            "template_digest": crate::game::template_digest().to_hex(),
+        });
+        let mut eval_files: Vec<PinnedFile> = Vec::new();
+        if raw.eval.suites.contains_key("holdout_attacker") {
+            // SBERT diversity reads MiniLM directly (whatever the judge backend).
+            eval_files.push(PinnedFile { name: "judge.probe.embedder".into(), sha256: raw.judge.probe.embedder_sha256.clone(), path: spec.embedder_dir.join("model.safetensors") });
+        }
+        for (name, c) in &raw.eval.custom_suites {
+            let path = spec.config_relative(&c.path);
+            // Without a pin, hash the file now; an unreadable file gets an impossible digest
+            // so the engine's pre-run check reports it by name.
+            let sha256 = c.sha256.clone().unwrap_or_else(|| crate::store::key::sha256_file(&path).unwrap_or_else(|_| "0".repeat(64)));
+            eval_files.push(PinnedFile { name: format!("eval.custom_suites.{name}"), sha256, path });
+        }
         let eval_node = |i: u32, policy: NodeId| {
             let mut inputs = vec![("policy", policy), ("dataset", id("dataset", None))];
             if probe {
                 inputs.push(("judge_model", id("judge-fit", None)));
             }
-            Node { id: id("eval", Some(i)), inputs, params: eval_params.clone(), files: vec![] }
+            Node { id: id("eval", Some(i)), inputs, params: eval_params.clone(), files: eval_files.clone() }
         };
         // The game templates' digest enters the rollout key, so rewording a prompt reruns it.
         let mut rollout_params = to_value(&raw.rollout);

@@ -549,6 +549,46 @@ pub struct EvalParams {
     pub suites: BTreeMap<String, EvalSuiteParams>,
     pub max_answer_tokens: u32,
     pub greedy: bool,
+    /// Most new tokens the policy may generate per eval prompt (the paper forces 8,192 and
+    /// then cuts the answer to `max_answer_tokens`; on CPU this caps the cost).
+    pub max_new_tokens: u32,
+    /// Revise `holdout_attacker` seeds greedily instead of sampling at the rollout
+    /// temperature (the paper samples; diversity of greedy revisions measures less).
+    pub attacker_greedy: bool,
+    /// Users' own suites: local CSV/JSONL/Parquet files, same metrics as the pinned ones.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub custom_suites: BTreeMap<String, CustomSuiteParams>,
+}
+
+/// `eval.custom_suites.<name>`: a local prompt file evaluated like the pinned suites. With a
+/// `response_column`, the given responses are judged instead of generated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomSuiteParams {
+    /// `.csv`, `.jsonl` or `.parquet`, relative to the config file.
+    pub path: String,
+    /// Optional pin; without one the file's sha256 is computed when the plan is built (it
+    /// enters the eval key either way, so editing the file reruns eval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default = "default_prompt_column")]
+    pub prompt_column: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_column: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category_column: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_column: Option<String>,
+    /// Label of rows without a label cell (required when there is no `label_column`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<Label>,
+    /// Seeded subset size (as for the pinned suites); `None` = every row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<u32>,
+}
+
+fn default_prompt_column() -> String {
+    "prompt".into()
 }
 impl Default for EvalParams {
     fn default() -> Self {
@@ -556,7 +596,7 @@ impl Default for EvalParams {
         for name in ["harmbench", "strongreject", "donotanswer", "advbench", "overrefusal", "benign"] {
             suites.insert(name.to_string(), EvalSuiteParams { subset: Some(100) });
         }
-        EvalParams { every: 5, suites, max_answer_tokens: 256, greedy: true }
+        EvalParams { every: 5, suites, max_answer_tokens: 256, greedy: true, max_new_tokens: 256, attacker_greedy: false, custom_suites: BTreeMap::new() }
     }
 }
 
@@ -715,6 +755,29 @@ impl Spec {
                 return Err(bad(&format!("eval.suites.{name}"), format!("no such suite; known suites: {}", all.join(", "))));
             }
         }
+        if raw.eval.max_new_tokens == 0 {
+            return Err(bad("eval.max_new_tokens", "must be at least 1".into()));
+        }
+        for (name, c) in &raw.eval.custom_suites {
+            let at = format!("eval.custom_suites.{name}");
+            if !is_name(name) {
+                return Err(bad(&at, "suite names are lowercase letters, digits and `_`".into()));
+            }
+            if raw.eval.suites.contains_key(name) || d.eval_suites.contains_key(name) || GENERATED_SUITES.contains(&name.as_str()) || name == "holdout_attacker" {
+                return Err(bad(&at, format!("`{name}` is already a suite name; pick another")));
+            }
+            if c.path.trim().is_empty() {
+                return Err(bad(&format!("{at}.path"), "must name a .csv, .jsonl or .parquet file".into()));
+            }
+            if let Some(sha) = &c.sha256 {
+                if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                    return Err(bad(&format!("{at}.sha256"), format!("must be 64 lowercase hex digits, got {sha:?}")));
+                }
+            }
+            if c.label.is_none() && c.label_column.is_none() {
+                return Err(bad(&at, "needs `label` (harmful | benign) or `label_column`".into()));
+            }
+        }
         if raw.base.model.path.trim().is_empty() {
             return Err(bad("base.model.path", format!("bad path {:?}", raw.base.model.path)));
         }
@@ -727,6 +790,15 @@ impl Spec {
             config_file: file.to_path_buf(),
             raw,
         })
+    }
+
+    /// A path written in the config file, resolved against the config file's directory.
+    pub fn config_relative(&self, p: &str) -> PathBuf {
+        let path = Path::new(p);
+        if path.is_absolute() {
+            return path.to_path_buf();
+        }
+        self.config_file.parent().map(|d| d.join(path)).unwrap_or_else(|| path.to_path_buf())
     }
 
     /// Absolute path of a source file (for reading; never for keys).

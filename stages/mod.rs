@@ -40,6 +40,7 @@
 //! engine adds the node name. A failed stage publishes nothing.
 pub mod base;
 pub mod dataset;
+pub mod eval;
 pub mod judge;
 pub mod prep;
 pub mod rollout;
@@ -86,7 +87,7 @@ pub static REGISTRY: &[StageEntry] = &[
     StageEntry { kind: "rollout", version: rollout::VERSION, implementation: Some(&rollout::Rollout), missing: "" },
     StageEntry { kind: "judge", version: judge::VERSION, implementation: Some(&judge::JudgeStage), missing: "" },
     StageEntry { kind: "update", version: update::VERSION, implementation: Some(&update::Update), missing: "" },
-    StageEntry { kind: "eval", version: 1, implementation: None, missing: "the `eval` stage (benchmarks and metrics; eval issue) is not built yet" },
+    StageEntry { kind: "eval", version: eval::VERSION, implementation: Some(&eval::Eval), missing: "" },
 ];
 
 /// The registry row of a kind.

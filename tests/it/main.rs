@@ -1,6 +1,7 @@
 //! The one integration-test binary: every behaviour test of the crate links here.
 mod engine;
 mod eval;
+mod eval_stage;
 mod game_rl;
 mod judge;
 mod model;
