@@ -4,13 +4,13 @@
 //!
 //! Workloads (same on both sides, 2 intra-op threads):
 //! - sampling: SmolLM2-135M (GGUF dequantized to f32), chat-templated prompts, temperature 1,
-//!   top_p 1, exactly `NEW_TOKENS` new tokens (stop tokens disabled), batch 1 and 16;
+//!   top_p 1, exactly BENCH_NEW_TOKENS (default 128) new tokens (stop tokens disabled), batch 1 and 16;
 //! - training: batch 8 × 256 tokens, per-token log-probs, mean loss, backward, AdamW step.
 use self_redteam::model::{ChatMessage, Policy, SamplingParams, SequenceBatch};
 use std::time::Instant;
 use tch::{nn, nn::OptimizerConfig, Device, Kind};
 
-const NEW_TOKENS: usize = 128;
+const NEW_TOKENS_DEFAULT: usize = 128;
 
 fn main() -> anyhow::Result<()> {
     let threads: i32 = std::env::var("BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
@@ -29,9 +29,15 @@ fn main() -> anyhow::Result<()> {
         .map(|i| policy.tokenizer().encode_chat(&[ChatMessage::user(questions[i % 4])], true, None))
         .collect::<Result<_, _>>()?;
     // A stop id outside the vocabulary: every row generates exactly NEW_TOKENS tokens.
-    let params = SamplingParams { max_new_tokens: NEW_TOKENS, stop_token_ids: vec![u32::MAX], ..Default::default() };
+    let new_tokens: usize =
+        std::env::var("BENCH_NEW_TOKENS").ok().and_then(|t| t.parse().ok()).unwrap_or(NEW_TOKENS_DEFAULT);
+    let params = SamplingParams { max_new_tokens: new_tokens, stop_token_ids: vec![u32::MAX], ..Default::default() };
+    // BENCH_PARTS=sampling|training (default both) so a run can be split and interleaved
+    // with the PyTorch side when the machine is shared.
+    let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "sampling,training".into());
     let mut sampling = serde_json::Map::new();
-    for batch in [1usize, 16] {
+    let batches: &[usize] = if parts.contains("sampling") { &[1, 16] } else { &[] };
+    for &batch in batches {
         let seeds: Vec<u64> = (0..batch as u64).collect();
         // Warm-up (allocator, kernels), then one timed run.
         policy.generate(&prompts[..batch], &seeds, &SamplingParams { max_new_tokens: 8, ..params.clone() })?;
@@ -43,6 +49,10 @@ fn main() -> anyhow::Result<()> {
         sampling.insert(format!("batch_{batch}_seconds"), secs.into());
     }
 
+    if !parts.contains("training") {
+        println!("{}", serde_json::json!({"side": "rust-tch", "threads": threads, "sampling": sampling}));
+        return Ok(());
+    }
     // Training: batch 8 × 256 (prompt 64 + response 192 tokens), seeded ids.
     let (b_sz, prompt_len, seq_len) = (8usize, 64usize, 256usize);
     let vocab = policy.config().vocab_size as u64;

@@ -16,7 +16,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORT = os.environ.get("SMOLLM2_EXPORT_DIR", "/tmp/smollm2_hf_export")
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
-NEW_TOKENS = 128
+NEW_TOKENS = int(os.environ.get("BENCH_NEW_TOKENS", "128"))
 QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.",
              "Explain photosynthesis in one paragraph.", "How do I sort a list in Python?"]
 
@@ -28,6 +28,9 @@ def rust_side():
     return json.loads([l for l in out.splitlines() if l.startswith("{")][-1])
 
 
+PARTS = os.environ.get("BENCH_PARTS", "sampling,training")
+
+
 def torch_side():
     from transformers import AutoModelForCausalLM, AutoTokenizer
     torch.set_num_threads(THREADS)
@@ -37,7 +40,7 @@ def torch_side():
     texts = [tok.apply_chat_template([{"role": "user", "content": QUESTIONS[i % 4]}], tokenize=False,
                                      add_generation_prompt=True) for i in range(16)]
     sampling = {}
-    for batch in (1, 16):
+    for batch in ((1, 16) if "sampling" in PARTS else ()):
         enc = tok(texts[:batch], return_tensors="pt", padding=True, add_special_tokens=False)
         kw = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, pad_token_id=tok.pad_token_id)
         with torch.no_grad():
@@ -49,6 +52,8 @@ def torch_side():
         tokens = (out.shape[1] - enc.input_ids.shape[1]) * batch
         sampling[f"batch_{batch}_tokens_per_s"] = tokens / secs
         sampling[f"batch_{batch}_seconds"] = secs
+    if "training" not in PARTS:
+        return {"side": "pytorch-transformers", "threads": THREADS, "torch": torch.__version__, "sampling": sampling}
     model.train()
     g = torch.Generator().manual_seed(12345)
     ids = torch.randint(0, model.config.vocab_size, (8, 256), generator=g)
@@ -80,7 +85,8 @@ if __name__ == "__main__":
     rust = rust_side() if "--torch-only" not in sys.argv else None
     pt = torch_side()
     print(json.dumps({"rust": rust, "torch": pt}, indent=1))
-    if rust:
+    if rust and "sampling" in PARTS:
         for k in ("batch_1_tokens_per_s", "batch_16_tokens_per_s"):
             print(f"sampling {k}: rust/torch = {rust['sampling'][k] / pt['sampling'][k]:.2f}x")
+    if rust and "training" in PARTS:
         print(f"training tokens/s: rust/torch = {rust['training']['tokens_per_s'] / pt['training']['tokens_per_s']:.2f}x")

@@ -141,6 +141,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sample from a policy: a store REF (`base`, `update@3`, a key) or a GGUF file / HF dir.
+    Generate {
+        /// REF or PATH of the model.
+        #[arg(long)]
+        model: String,
+        /// How each PROMPT is wrapped (game attacker prompt, defender prompt, or plain chat).
+        #[arg(long, value_enum, default_value = "plain")]
+        role: crate::generate::GenerateRole,
+        /// Argmax decoding instead of the rollout's sampling settings.
+        #[arg(long)]
+        greedy: bool,
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
+        #[arg(long)]
+        iterations: Option<u32>,
+        /// Token ids and log-probs as JSON.
+        #[arg(long)]
+        json: bool,
+        /// One or more prompts, run as one batch.
+        #[arg(value_name = "PROMPT", required = true)]
+        prompts: Vec<String>,
+    },
     /// Remove artifacts the current plan does not reach.
     Gc {
         #[arg(long)]
@@ -406,6 +428,18 @@ pub fn main_with(cli: Cli) -> Result<i32> {
                 print_json(&json!({"artifacts": results}))?;
             }
             Ok(if bad > 0 { 1 } else { 0 })
+        }
+        Command::Generate { model, role, greedy, max_new_tokens, iterations, json, prompts } => {
+            let spec = Spec::load(&g.config)?;
+            let out = crate::generate::generate(&spec, &g.store, iterations, &crate::generate::GenerateOptions { model, role, greedy, max_new_tokens, prompts })?;
+            if json {
+                print_json(&serde_json::to_value(&out)?)?;
+            } else {
+                for o in &out {
+                    println!("{}", o.output);
+                }
+            }
+            Ok(0)
         }
         Command::Gc { dry_run, keep_last, json } => {
             let (spec, plan, store) = load(g, None)?;

@@ -382,6 +382,7 @@ impl<'a> Engine<'a> {
             verified: Default::default(),
             cancel: &CANCEL,
             bars,
+            store_root: target.root().to_path_buf(),
         };
         let result = stage.run(&mut ctx);
         spinner.finish_and_clear();

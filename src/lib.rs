@@ -10,6 +10,7 @@ pub mod data; // readers for the pinned source files of resources.md
 pub mod engine; // runs a plan against a store: skip hits, run misses, in order
 pub mod eval; // suites, metrics (refusal, ASR, over-refusal, SBERT, Self-BLEU), report
 pub mod game; // roles, prompts, hidden-CoT parsing, outcomes and the reward table
+pub mod generate; // sample from a policy: the `generate` verb, game-prompt rendering
 pub mod judge; // judge backends behind one trait; verdict cache
 pub mod model; // Llama-family decoder in tch, GGUF/HF loading, tokenizer, sampler, BERT
 pub mod plan; // spec -> concrete DAG of nodes with keys

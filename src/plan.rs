@@ -13,7 +13,7 @@
 //! |---|---|
 //! | `judge-fit` | `dataset` → dataset |
 //! | `prep@i` | `dataset` → dataset |
-//! | `rollout@i` | `policy` → base (i = 1) or update@(i−1); `prep` → prep@i |
+//! | `rollout@i` | `policy` → base (i = 1) or update@(i−1); `prep` → prep@i; `reference` → base (attacker_only only) |
 //! | `judge@i` | `rollout` → rollout@i; `judge_model` → judge-fit (probe backend only) |
 //! | `update@i` | `policy` → base or update@(i−1); `optimizer` → update@(i−1) (i > 1); `reference` → base; `rollout` → rollout@i; `judge` → judge@i |
 //! | `eval@i` | `policy` → base (i = 0) or update@i; `dataset` → dataset; `judge_model` → judge-fit (probe) |
@@ -22,7 +22,7 @@
 //! the key by its sha256 under a logical name instead):
 //! dataset ← `dataset` without `sources_dir` and file paths; base ← `base.dtype`,
 //! `base.model.format`; judge-fit ← `judge` without `probe.embedder_dir`; prep ← `prep`;
-//! rollout ← `rollout`; judge ← `judge` + `reward`; update ← `update` +
+//! rollout ← `rollout` + `template_digest` (game::template_digest); judge ← `judge` + `reward`; update ← `update` +
 //! `schedule_iterations` (= the spec's `run.iterations`, so `run --iterations 3` computes
 //! the first 3 iterations of the configured schedule and stays cached when extended);
 //! eval ← `eval` (custom suite paths removed; each file by sha256 as
@@ -195,12 +195,23 @@ impl Plan {
             }
             Node { id: id("eval", Some(i)), inputs, params: eval_params.clone(), files: eval_files.clone() }
         };
+        // The game templates' digest enters the rollout key, so rewording a prompt reruns it.
+        let mut rollout_params = to_value(&raw.rollout);
+        rollout_params.as_object_mut().expect("rollout is a map").insert("template_digest".into(), Value::String(crate::game::template_digest().to_hex()));
+        let rollout_inputs = |raw: &crate::spec::RawSpec, policy: NodeId, i: u32| {
+            let mut v = vec![("policy", policy), ("prep", id("prep", Some(i)))];
+            // Attacker-only: the frozen base model is the defender (method.md §6).
+            if raw.rollout.mode == crate::spec::GameMode::AttackerOnly {
+                v.push(("reference", id("base", None)));
+            }
+            v
+        };
         let eval_its = spec.eval_iterations(n);
         nodes.push(eval_node(0, id("base", None)));
         for i in 1..=n {
             let policy = if i == 1 { id("base", None) } else { id("update", Some(i - 1)) };
             nodes.push(Node { id: id("prep", Some(i)), inputs: vec![("dataset", id("dataset", None))], params: to_value(&raw.prep), files: vec![] });
-            nodes.push(Node { id: id("rollout", Some(i)), inputs: vec![("policy", policy.clone()), ("prep", id("prep", Some(i)))], params: to_value(&raw.rollout), files: vec![] });
+            nodes.push(Node { id: id("rollout", Some(i)), inputs: rollout_inputs(raw, policy.clone(), i), params: rollout_params.clone(), files: vec![] });
             let mut jin = vec![("rollout", id("rollout", Some(i)))];
             if probe {
                 jin.push(("judge_model", id("judge-fit", None)));

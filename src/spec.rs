@@ -273,6 +273,10 @@ pub const GENERATED_SUITES: [&str; 2] = ["advbench", "benign"];
 pub enum ModelFormat {
     Gguf,
     HfDir,
+    /// The built-in tiny random Llama of `model::tiny_random_llama` (byte tokenizer, ChatML
+    /// template), seeded with the run seed; `path` is ignored and `sha256` is `{}`. For tests:
+    /// the whole DAG runs in seconds without any checkpoint file.
+    TinyRandom,
 }
 
 /// Floating-point type of the policy weights.

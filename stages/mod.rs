@@ -38,9 +38,13 @@
 //!
 //! Errors: stages return `anyhow::Result` because they glue many libraries together; the
 //! engine adds the node name. A failed stage publishes nothing.
+pub mod base;
 pub mod dataset;
 pub mod eval;
+pub mod judge;
 pub mod prep;
+pub mod rollout;
+pub mod update;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -77,12 +81,12 @@ pub struct StageEntry {
 /// Every stage kind of the DAG (DESIGN.md). Unbuilt kinds still appear in `plan`/`status`.
 pub static REGISTRY: &[StageEntry] = &[
     StageEntry { kind: "dataset", version: dataset::VERSION, implementation: Some(&dataset::Dataset), missing: "" },
-    StageEntry { kind: "base", version: 1, implementation: None, missing: "the `base` stage (import GGUF/HF checkpoint → policy safetensors; model issue) is not built yet" },
+    StageEntry { kind: "base", version: base::VERSION, implementation: Some(&base::Base), missing: "" },
     StageEntry { kind: "judge-fit", version: 1, implementation: None, missing: "the `judge-fit` stage (train the probe judge; judge issue) is not built yet" },
     StageEntry { kind: "prep", version: prep::VERSION, implementation: Some(&prep::Prep), missing: "" },
-    StageEntry { kind: "rollout", version: 1, implementation: None, missing: "the `rollout` stage (self-play games; game/RL issue) is not built yet" },
-    StageEntry { kind: "judge", version: 1, implementation: None, missing: "the `judge` stage (verdicts and rewards; judge issue) is not built yet" },
-    StageEntry { kind: "update", version: 1, implementation: None, missing: "the `update` stage (REINFORCE++ step; RL issue) is not built yet" },
+    StageEntry { kind: "rollout", version: rollout::VERSION, implementation: Some(&rollout::Rollout), missing: "" },
+    StageEntry { kind: "judge", version: judge::VERSION, implementation: Some(&judge::JudgeStage), missing: "" },
+    StageEntry { kind: "update", version: update::VERSION, implementation: Some(&update::Update), missing: "" },
     StageEntry { kind: "eval", version: eval::VERSION, implementation: Some(&eval::Eval), missing: "" },
 ];
 
@@ -218,6 +222,8 @@ pub struct StageContext<'a> {
     pub(crate) cancel: &'a AtomicBool,
     /// Bars of this run (drawn on stderr only when it is a TTY).
     pub(crate) bars: indicatif::MultiProgress,
+    /// Root of the store the node publishes into (for store-level caches, never for keys).
+    pub(crate) store_root: PathBuf,
 }
 
 impl StageContext<'_> {
@@ -266,6 +272,13 @@ impl StageContext<'_> {
         bar.set_prefix(self.node.clone());
         bar.set_message(message.to_string());
         Progress { bar }
+    }
+
+    /// The store root. Stages may keep caches under a dot-directory there (the judge's
+    /// `.verdict-cache`): store scans only list stage directories, so `gc`/`verify`/`status`
+    /// never see them.
+    pub fn store_root(&self) -> &std::path::Path {
+        &self.store_root
     }
 
     /// Err after Ctrl-C, so long loops can stop cleanly (nothing is published).

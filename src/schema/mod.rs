@@ -25,8 +25,11 @@
 pub mod column;
 pub mod eval;
 pub mod judge_train;
+pub mod judged;
 pub mod prep;
+pub mod rollout;
 pub mod seeds;
+pub mod update_steps;
 
 use std::path::Path;
 use std::sync::Arc;

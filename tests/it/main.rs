@@ -5,3 +5,4 @@ mod eval_stage;
 mod game_rl;
 mod judge;
 mod model;
+mod selfplay;

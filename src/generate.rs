@@ -1,0 +1,124 @@
+//! Sampling from a policy outside the training loop, and the glue between game prompts and
+//! the model runtime: `render_prompt` (game `ChatPrompt` → rendered text + token ids, used by
+//! the rollout stage) and the `generate` verb (`self-redteam generate --model REF|PATH …`,
+//! called by src/cli.rs), which resolves a policy from the store (digest-verified) or a path
+//! and samples one batch.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::game::{attacker_prompt, defender_prompt, ChatPrompt, DefenderStyle, SeedLabel};
+use crate::model::{ChatMessage, ChatTokenizer, Policy, SamplingParams, TokenId};
+use crate::spec::{RolloutParams, Spec};
+
+/// A game prompt rendered with the model's chat template (generation prompt added, then the
+/// assistant prefix verbatim): the text and its token ids.
+pub fn render_prompt(tokenizer: &ChatTokenizer, prompt: &ChatPrompt) -> Result<(String, Vec<TokenId>)> {
+    let messages: Vec<ChatMessage> = prompt.messages.iter().map(|m| ChatMessage::new(m.role.as_str(), m.content.clone())).collect();
+    let text = tokenizer.render_chat(&messages, true, prompt.assistant_prefix.as_deref())?;
+    let ids = tokenizer.encode(&text, false)?;
+    Ok((text, ids))
+}
+
+/// The rollout sampling settings of the spec (method.md §1.5).
+pub fn rollout_sampling(r: &RolloutParams) -> SamplingParams {
+    SamplingParams {
+        temperature: r.temperature,
+        top_p: r.top_p,
+        top_k: (r.top_k > 0).then_some(r.top_k as usize),
+        max_new_tokens: r.max_new_tokens as usize,
+        stop_token_ids: Vec::new(),
+    }
+}
+
+/// How `generate` wraps each PROMPT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GenerateRole {
+    /// PROMPT is a harmful seed; the attacker prompt of the game asks to revise it (CoT per
+    /// `rollout.cot`).
+    Attacker,
+    /// PROMPT is an attack; the defender prompt of the game (CoT template when `rollout.cot`).
+    Defender,
+    /// PROMPT is one user message in the model's chat template.
+    Plain,
+}
+
+/// Options of one `generate` call.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub model: String,
+    pub role: GenerateRole,
+    pub greedy: bool,
+    pub max_new_tokens: Option<usize>,
+    pub prompts: Vec<String>,
+}
+
+/// One generated answer (`--json` prints a list of these).
+#[derive(Debug, Clone, Serialize)]
+pub struct Generated {
+    pub prompt: String,
+    /// The rendered prompt the model saw.
+    pub rendered_prompt: String,
+    pub prompt_ids: Vec<TokenId>,
+    pub output: String,
+    pub token_ids: Vec<TokenId>,
+    /// log π(token) at temperature 1 (see model::sampler).
+    pub logprobs: Vec<f32>,
+    pub finished_by_stop: bool,
+}
+
+/// Where `--model` points: an existing path (GGUF file or HF dir) or a store REF.
+fn resolve_model(spec: &Spec, store_root: &Path, iterations: Option<u32>, model: &str) -> Result<PathBuf> {
+    let p = Path::new(model);
+    if p.exists() {
+        return Ok(p.to_path_buf());
+    }
+    let plan = crate::plan::Plan::new(spec, iterations);
+    let engine = Engine::new(spec, plan, crate::store::Store::at(store_root));
+    let a = engine.find(model).with_context(|| format!("--model {model:?} is neither a path nor a store REF"))?;
+    for f in crate::stages::base::POLICY_FILES {
+        a.verify_file(f).with_context(|| format!("{} ({}) is not a usable policy artifact", a.manifest.node, a.manifest.stage))?;
+    }
+    Ok(a.dir.clone())
+}
+
+/// Load the model and sample one batch (one row per prompt).
+pub fn generate(spec: &Spec, store_root: &Path, iterations: Option<u32>, opts: &GenerateOptions) -> Result<Vec<Generated>> {
+    if opts.prompts.is_empty() {
+        bail!("generate needs at least one PROMPT");
+    }
+    tch::set_num_threads(spec.raw.run.threads as i32);
+    let path = resolve_model(spec, store_root, iterations, &opts.model)?;
+    let policy = Policy::load(&path, crate::stages::base::tch_device(spec.raw.run.device), crate::stages::base::tch_kind(spec)).with_context(|| format!("load model {}", path.display()))?;
+    let cot = spec.raw.rollout.cot;
+    let mut rendered = Vec::new();
+    for p in &opts.prompts {
+        let chat = match opts.role {
+            GenerateRole::Attacker => attacker_prompt(p, SeedLabel::Harmful, cot),
+            GenerateRole::Defender => defender_prompt(p, if cot { DefenderStyle::Cot } else { DefenderStyle::Plain }),
+            GenerateRole::Plain => defender_prompt(p, DefenderStyle::Plain),
+        };
+        rendered.push(render_prompt(policy.tokenizer(), &chat)?);
+    }
+    let mut params = rollout_sampling(&spec.raw.rollout);
+    if opts.greedy {
+        params.temperature = 0.0;
+    }
+    if let Some(n) = opts.max_new_tokens {
+        params.max_new_tokens = n;
+    }
+    // Row i is seeded from (run seed, i): the same command gives the same samples.
+    let seeds: Vec<u64> = (0..opts.prompts.len() as u64).map(|i| spec.raw.run.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i)).collect();
+    let ids: Vec<Vec<TokenId>> = rendered.iter().map(|(_, ids)| ids.clone()).collect();
+    let samples = policy.generate(&ids, &seeds, &params)?;
+    Ok(opts
+        .prompts
+        .iter()
+        .zip(rendered)
+        .zip(samples)
+        .map(|((prompt, (text, ids)), s)| Generated { prompt: prompt.clone(), rendered_prompt: text, prompt_ids: ids, output: s.text, token_ids: s.token_ids, logprobs: s.logprobs, finished_by_stop: s.finished_by_stop })
+        .collect())
+}

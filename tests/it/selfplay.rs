@@ -1,0 +1,294 @@
+//! Integration tests: the self-play loop (base → rollout → judge → update) through the real
+//! CLI on temporary stores: learning moves the policy in the rewarded direction (and the
+//! other way when the reward flips), kill-and-resume reproduces the uninterrupted result,
+//! artifacts have the documented shape, and `generate` answers with the real SmolLM2.
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+use self_redteam::model::Policy;
+use self_redteam::schema::judged::JudgedSchema;
+use self_redteam::schema::rollout::{GameRow, GamesSchema};
+use self_redteam::schema::update_steps::UpdateStepsSchema;
+use tch::{Device, Kind, Tensor};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_self-redteam")
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tiny_text_abs() -> String {
+    let text = std::fs::read_to_string(root().join("tests/fixtures/tiny.yaml")).expect("read tiny.yaml");
+    text.replace("../../.cache", &root().join(".cache").display().to_string())
+}
+
+fn sr(config: &Path, store: &Path, args: &[&str]) -> Output {
+    Command::new(bin()).arg("--config").arg(config).arg("--store").arg(store).args(args).output().expect("spawn self-redteam")
+}
+
+fn text(o: &Output) -> String {
+    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// `run` until every node but the (not yet built here) eval nodes is done.
+fn run_all(config: &Path, store: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["run"];
+    args.extend_from_slice(extra);
+    let o = sr(config, store, &args);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let ok = o.status.code() == Some(0) || (o.status.code() == Some(3) && stderr.contains("stopped at eval@0"));
+    assert!(ok, "{}", text(&o));
+    o
+}
+
+/// (key, content digest, artifact dir) of a node.
+fn node(config: &Path, store: &Path, name: &str) -> (String, String, PathBuf) {
+    let o = sr(config, store, &["show", name, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("show json");
+    (
+        v["manifest"]["key"].as_str().expect("key").to_string(),
+        v["manifest"]["content_digest"].as_str().expect("digest").to_string(),
+        PathBuf::from(v["dir"].as_str().expect("dir")),
+    )
+}
+
+fn metric(dir: &Path, name: &str) -> Value {
+    let m: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("json");
+    m["metrics"][name].clone()
+}
+
+/// A config for the learning tests: defender-only, no CoT, every seed of one label, and a
+/// keyword judge whose "refusal" is any lowercase ASCII letter. With harmful seeds a refusal
+/// earns the defender +1 and a compliance −1; with benign seeds the signs flip (method.md
+/// §2.3). The response-harm term is constant (+1: no harmful keywords).
+fn learning_config(dir: &Path, harmful_fraction: f64) -> PathBuf {
+    let letters: Vec<String> = ('a'..='z').map(|c| format!("\"{c}\"")).collect();
+    let text = format!(
+        "run: {{seed: 7, iterations: 3, threads: 2}}\n\
+         dataset: {{sources_dir: {src}, max_rows_per_file: 40}}\n\
+         base: {{model: {{format: tiny_random, path: builtin, sha256: {{}}}}}}\n\
+         prep: {{seeds_per_iteration: 16, harmful_fraction: {harmful_fraction}, revise_fraction: 0.0}}\n\
+         rollout: {{max_new_tokens: 8, batch_size: 16, cot: false, mode: defender_only}}\n\
+         judge: {{backend: keywords, keywords: {{refusal: [{letters}]}}}}\n\
+         update: {{lr: 0.02, micro_batch_size: 8, warmup_ratio: 0.0}}\n\
+         eval: {{every: 100, suites: {{harmbench: {{subset: 2}}}}}}\n",
+        src = root().join(".cache/sources").display(),
+        letters = letters.join(", "),
+    );
+    let p = dir.join(format!("learn-{harmful_fraction}.yaml"));
+    std::fs::write(&p, text).expect("write config");
+    p
+}
+
+/// Mean probability mass on lowercase-letter tokens at every response position of `games`'
+/// defender turns (teacher-forced): how likely the rewarded behaviour is under `policy`.
+fn letter_mass(policy: &Policy, games: &[GameRow]) -> f64 {
+    let _g = tch::no_grad_guard();
+    let letters: Vec<i64> = ('a'..='z').map(|c| i64::from(policy.tokenizer().token_to_id(&c.to_string()).expect("byte token"))).collect();
+    let letters = Tensor::from_slice(&letters);
+    let mut total = 0.0;
+    let mut n = 0usize;
+    for g in games {
+        let ids: Vec<i64> = g.defender_prompt_ids.iter().chain(&g.defender_response_ids).map(|&x| i64::from(x)).collect();
+        let (p, t) = (g.defender_prompt_ids.len() as i64, ids.len() as i64);
+        let input = Tensor::from_slice(&ids).view([1, t]);
+        let mask = Tensor::ones([1, t], (Kind::Int64, Device::Cpu));
+        let probs = policy.logits(&input, &mask).to_kind(Kind::Float).softmax(-1, Kind::Float).get(0).narrow(0, p - 1, t - p);
+        let mass = probs.index_select(1, &letters).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        total += mass.sum(Kind::Double).double_value(&[]);
+        n += (t - p) as usize;
+    }
+    total / n as f64
+}
+
+/// Train 3 iterations; return the letter mass under base and under update@3, measured on the
+/// games of rollout@1 (sampled from the base policy).
+fn learn(harmful_fraction: f64) -> (f64, f64) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = learning_config(tmp.path(), harmful_fraction);
+    let store = tmp.path().join("s");
+    run_all(&cfg, &store, &[]);
+    let (_, _, base_dir) = node(&cfg, &store, "base");
+    let (_, _, rollout_dir) = node(&cfg, &store, "rollout@1");
+    let (_, _, judge_dir) = node(&cfg, &store, "judge@1");
+    let (_, _, upd_dir) = node(&cfg, &store, "update@3");
+    let games = self_redteam::schema::read_parquet::<GamesSchema>(&rollout_dir.join("games.parquet")).expect("games");
+    let judged = self_redteam::schema::read_parquet::<JudgedSchema>(&judge_dir.join("judged.parquet")).expect("judged");
+    // The scripted judge sees both kinds of answers, so the update has a signal to follow.
+    let refusals = judged.iter().filter(|j| j.refusal == Some(true)).count();
+    assert!(refusals > 0 && refusals < judged.len(), "need both outcomes in the batch, got {refusals}/{}", judged.len());
+    assert!(judged.iter().all(|j| j.defender_kept && !j.attacker_kept), "defender-only: every defender sample trains");
+    let steps = self_redteam::schema::read_parquet::<UpdateStepsSchema>(&upd_dir.join("steps.parquet")).expect("steps");
+    assert_eq!(steps.iter().map(|s| s.step).collect::<Vec<_>>(), [4, 5], "2 steps per iteration, indices continue across iterations");
+    let base = Policy::load(&base_dir, Device::Cpu, Kind::Float).expect("base policy");
+    let trained = Policy::load(&upd_dir, Device::Cpu, Kind::Float).expect("update@3 policy");
+    let (before, after) = (letter_mass(&base, &games), letter_mass(&trained, &games));
+    eprintln!("harmful_fraction {harmful_fraction}: letter mass base {before:.4} -> update@3 {after:.4}");
+    (before, after)
+}
+
+#[test]
+fn selfplay_updates_make_the_rewarded_response_more_likely() {
+    let (before, after) = learn(1.0);
+    // Harmful seeds: a "refusal" (any lowercase letter) is rewarded.
+    assert!(after > before * 1.5, "letter mass should rise: base {before:.4} -> update@3 {after:.4}");
+}
+
+#[test]
+fn selfplay_updates_make_the_penalised_response_less_likely() {
+    let (before, after) = learn(0.0);
+    // Benign seeds: the same "refusal" is now penalised (wrong refusal, method.md §2.3).
+    assert!(after < before / 1.5, "letter mass should fall: base {before:.4} -> update@3 {after:.4}");
+}
+
+#[test]
+fn kill_during_update_then_resume_gives_the_uninterrupted_policy() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // A learning rate that visibly moves the tiny model, so each policy differs from the last.
+    let cfg = tmp.path().join("tiny.yaml");
+    std::fs::write(&cfg, tiny_text_abs().replace("update:\n  micro_batch_size: 4\n", "update:\n  micro_batch_size: 4\n  lr: 0.01\n")).expect("write");
+
+    let clean = tmp.path().join("clean");
+    run_all(&cfg, &clean, &[]);
+
+    let store = tmp.path().join("crashed");
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--store")
+        .arg(&store)
+        .arg("run")
+        .env("SELF_REDTEAM_FAILPOINT", "update@2")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    loop {
+        let line = lines.next().expect("run ended before reaching the failpoint").expect("read");
+        if line.starts_with("failpoint update@2") {
+            break;
+        }
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+    let o = sr(&cfg, &store, &["show", "update@2"]);
+    assert_ne!(o.status.code(), Some(0), "update@2 must not look complete after the crash: {}", text(&o));
+
+    let o = run_all(&cfg, &store, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("hit   update@1") && err.contains("miss  update@2"), "{err}");
+
+    let (_, d1, dir1) = node(&cfg, &store, "update@1");
+    let (_, d2, dir2) = node(&cfg, &store, "update@2");
+    let (_, c2, _) = node(&cfg, &clean, "update@2");
+    assert_eq!(d2, c2, "resumed update@2 equals the uninterrupted one byte for byte");
+    assert_ne!(d1, d2);
+    assert_ne!(std::fs::read(dir1.join("model.safetensors")).expect("w1"), std::fs::read(dir2.join("model.safetensors")).expect("w2"), "the update changed the weights");
+    // Adam's step count carries over: update@2 continues where update@1 stopped.
+    let s1 = metric(&dir1, "optimizer_steps_total").as_u64().expect("steps 1");
+    let s2 = metric(&dir2, "optimizer_steps_total").as_u64().expect("steps 2");
+    assert_eq!(s2, s1 + metric(&dir2, "optimizer_steps").as_u64().expect("steps"));
+    assert!(s1 > 0);
+}
+
+#[test]
+fn rollout_and_judge_rows_have_the_documented_shape() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = tmp.path().join("tiny.yaml");
+    std::fs::write(&cfg, tiny_text_abs()).expect("write");
+    let store = tmp.path().join("s");
+    run_all(&cfg, &store, &["--iterations", "1"]);
+    let (_, _, rdir) = node(&cfg, &store, "rollout@1");
+    let games = self_redteam::schema::read_parquet::<GamesSchema>(&rdir.join("games.parquet")).expect("games");
+    assert_eq!(games.len(), 8);
+    let (_, _, bdir) = node(&cfg, &store, "base");
+    let base = Policy::load(&bdir, Device::Cpu, Kind::Float).expect("base");
+    for g in &games {
+        let generated = g.data_type.starts_with("generated_");
+        assert_eq!(g.attacker_turn, generated, "{}", g.game_id);
+        if generated {
+            let prompt = g.attacker_prompt.as_deref().expect("attacker prompt");
+            assert!(prompt.contains(&g.seed_text) && prompt.ends_with(self_redteam::game::THINKING_PREFIX), "CoT attacker prompt: {prompt}");
+            assert_eq!(base.tokenizer().encode(prompt, false).expect("encode"), g.attacker_prompt_ids);
+            assert_eq!(g.attacker_response_ids.len(), g.attacker_logprobs.len());
+            assert!(g.attacker_format_violation.is_some());
+        } else {
+            assert_eq!(g.public_attack, g.seed_text, "vanilla seeds go verbatim");
+            assert!(g.attacker_prompt_ids.is_empty() && g.attacker_format_violation.is_none());
+        }
+        assert!(g.defender_prompt.contains(&format!("User: {}", g.public_attack)), "CoT defender template");
+        assert_eq!(g.defender_response_ids.len(), g.defender_logprobs.len());
+        assert!(g.defender_logprobs.iter().all(|l| *l <= 0.0 && l.is_finite()));
+        // The sampler's log-probs are the model's own: the training forward agrees.
+        let toks: Vec<u32> = g.defender_prompt_ids.iter().chain(&g.defender_response_ids).copied().collect();
+        let b = self_redteam::model::SequenceBatch::new(&[g.defender_prompt_ids.clone()], &[g.defender_response_ids.clone()], base.tokenizer().pad_id(), Device::Cpu).expect("batch");
+        let lp = tch::no_grad(|| base.token_logprobs(&b).logprobs);
+        let p = g.defender_prompt_ids.len() as i64;
+        let got: Vec<f32> = Vec::<f32>::try_from(lp.get(0).narrow(0, p - 1, toks.len() as i64 - p)).expect("lp");
+        for (a, e) in got.iter().zip(&g.defender_logprobs) {
+            assert!((a - e).abs() < 1e-3, "forward {a} vs sampler {e}");
+        }
+    }
+    let (_, _, jdir) = node(&cfg, &store, "judge@1");
+    let judged = self_redteam::schema::read_parquet::<JudgedSchema>(&jdir.join("judged.parquet")).expect("judged");
+    assert_eq!(judged.len(), games.len());
+    for (j, g) in judged.iter().zip(&games) {
+        assert_eq!(j.game_id, g.game_id);
+        assert_eq!(j.prompt_harmful, Some(g.label == "harmful"), "keywords judge: prompt harm = seed label");
+        assert_eq!(j.attacker_total.is_some(), g.attacker_turn);
+        let terms = j.defender_refusal.expect("r") + j.defender_response_harm.expect("h") + j.defender_format.expect("cot format");
+        assert_eq!(j.defender_total, Some(terms), "total is the sum of the named terms");
+    }
+    // Judging again hits the verdict cache under the store root.
+    assert!(store.join(".verdict-cache").is_dir());
+    let o = sr(&cfg, &store, &["run", "--only", "judge@1", "--force"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (_, _, jdir) = node(&cfg, &store, "judge@1");
+    assert_eq!(metric(&jdir, "cache_hits").as_u64(), Some(8));
+    assert_eq!(metric(&jdir, "cache_misses").as_u64(), Some(0));
+    let o = sr(&cfg, &store, &["verify", "--all"]);
+    assert_eq!(o.status.code(), Some(0), "the cache dir is not an artifact: {}", text(&o));
+}
+
+#[test]
+fn generate_json_gives_token_ids_and_logprobs_for_a_store_ref() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = tmp.path().join("tiny.yaml");
+    std::fs::write(&cfg, tiny_text_abs()).expect("write");
+    let store = tmp.path().join("s");
+    let o = sr(&cfg, &store, &["run", "--only", "base"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = sr(&cfg, &store, &["generate", "--model", "base", "--role", "attacker", "--max-new-tokens", "5", "--json", "seed one", "seed two"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let rows = v.as_array().expect("list");
+    assert_eq!(rows.len(), 2);
+    for (r, seed) in rows.iter().zip(["seed one", "seed two"]) {
+        assert!(r["rendered_prompt"].as_str().expect("p").contains(seed));
+        let n = r["token_ids"].as_array().expect("ids").len();
+        assert!(n >= 1 && n <= 5);
+        assert_eq!(r["logprobs"].as_array().expect("lp").len(), n);
+    }
+    let o = sr(&cfg, &store, &["generate", "--model", "update@7", "x"]);
+    assert_ne!(o.status.code(), Some(0));
+}
+
+/// The real default checkpoint: `base` of pipeline.yaml imports SmolLM2-135M-Instruct.
+#[test]
+fn generate_greedy_on_the_default_base_knows_the_capital_of_france() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = root().join("pipeline.yaml");
+    let store = tmp.path().join("s");
+    let o = sr(&cfg, &store, &["run", "--only", "base"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = sr(&cfg, &store, &["generate", "--model", "base", "--greedy", "--max-new-tokens", "24", "What is the capital of France?"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let answer = String::from_utf8_lossy(&o.stdout);
+    assert!(answer.contains("Paris"), "{answer}");
+}
