@@ -39,6 +39,7 @@
 //! Errors: stages return `anyhow::Result` because they glue many libraries together; the
 //! engine adds the node name. A failed stage publishes nothing.
 pub mod dataset;
+pub mod judge_fit;
 pub mod prep;
 
 use std::collections::BTreeMap;
@@ -77,7 +78,7 @@ pub struct StageEntry {
 pub static REGISTRY: &[StageEntry] = &[
     StageEntry { kind: "dataset", version: dataset::VERSION, implementation: Some(&dataset::Dataset), missing: "" },
     StageEntry { kind: "base", version: 1, implementation: None, missing: "the `base` stage (import GGUF/HF checkpoint → policy safetensors; model issue) is not built yet" },
-    StageEntry { kind: "judge-fit", version: 1, implementation: None, missing: "the `judge-fit` stage (train the probe judge; judge issue) is not built yet" },
+    StageEntry { kind: "judge-fit", version: judge_fit::VERSION, implementation: Some(&judge_fit::JudgeFit), missing: "" },
     StageEntry { kind: "prep", version: prep::VERSION, implementation: Some(&prep::Prep), missing: "" },
     StageEntry { kind: "rollout", version: 1, implementation: None, missing: "the `rollout` stage (self-play games; game/RL issue) is not built yet" },
     StageEntry { kind: "judge", version: 1, implementation: None, missing: "the `judge` stage (verdicts and rewards; judge issue) is not built yet" },

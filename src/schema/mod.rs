@@ -23,6 +23,7 @@
 //! Column types: `String`, `bool`, `u32`, `u64`, `i32`, `i64`, `f32`, `f64`, `Option<_>` of
 //! those (nullable column), and `Vec<u32|i32|i64|f32|f64|String>` (list column).
 pub mod column;
+pub mod judge_fit;
 pub mod judge_train;
 pub mod prep;
 pub mod seeds;
