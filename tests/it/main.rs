@@ -3,4 +3,5 @@ mod engine;
 mod eval;
 mod game_rl;
 mod judge;
+mod judge_stage;
 mod model;
