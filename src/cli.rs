@@ -173,6 +173,61 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Judge a file of (prompt, response) pairs; with label columns, score the judge.
+    Judge {
+        /// A backend (rules, keywords, probe, wildguard; options from the pipeline file) or
+        /// a judge-fit REF (`judge-fit`, a key or key prefix).
+        #[arg(long = "with", value_name = "REF|SPEC")]
+        with: String,
+        /// CSV, JSONL or Parquet with prompt/response columns and optional label columns
+        /// prompt_harmful, refusal, response_harmful (true/false, 1/0, yes/no).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[arg(long, default_value = "prompt")]
+        prompt_column: String,
+        #[arg(long, default_value = "response")]
+        response_column: String,
+        #[arg(long)]
+        prompt_harmful_column: Option<String>,
+        #[arg(long)]
+        refusal_column: Option<String>,
+        #[arg(long)]
+        response_harmful_column: Option<String>,
+        /// Column with the dataset label judges like `rules` read (default `seed_label`).
+        #[arg(long)]
+        seed_label_column: Option<String>,
+        /// Seed label of every pair (overrides the column).
+        #[arg(long, value_parser = ["harmful", "benign"])]
+        seed_label: Option<String>,
+        /// Judge every pair again instead of reading the store's verdict cache.
+        #[arg(long)]
+        no_cache: bool,
+        /// Verdict rows printed (text output).
+        #[arg(long, default_value_t = 10)]
+        rows: usize,
+        #[arg(long)]
+        iterations: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve a policy (PATH or store REF) as an OpenAI-compatible completions server.
+    Serve {
+        /// GGUF file, HF directory, or a policy artifact REF (`base`, `update@3`, a key).
+        #[arg(long, value_name = "REF|PATH")]
+        model: String,
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        bind: String,
+        /// Model name reported in replies (default: the --model argument).
+        #[arg(long)]
+        name: Option<String>,
+        /// Answer the first N requests with HTTP 503 (to test clients' retries).
+        #[arg(long, default_value_t = 0)]
+        fail_first: usize,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[arg(long)]
+        iterations: Option<u32>,
+    },
 }
 
 /// Exit code when `run` stopped at a stage kind that is not built yet.
@@ -456,6 +511,23 @@ pub fn main_with(cli: Cli) -> Result<i32> {
                 }
                 println!("{} artifact(s) {}", victims.len(), if dry_run { "would be removed" } else { "removed" });
             }
+            Ok(0)
+        }
+        Command::Judge { with, file, prompt_column, response_column, prompt_harmful_column, refusal_column, response_harmful_column, seed_label_column, seed_label, no_cache, rows, iterations, json } => {
+            let spec = Spec::load(&g.config)?;
+            let columns = crate::judge_verb::PairColumns { prompt: prompt_column, response: response_column, prompt_harmful: prompt_harmful_column, refusal: refusal_column, response_harmful: response_harmful_column, seed_label: seed_label_column };
+            let opts = crate::judge_verb::JudgeFileOptions { with: crate::judge_verb::JudgeChoice::parse(&with), file, columns, seed_label: seed_label.map(|s| s == "harmful"), use_cache: !no_cache };
+            let report = crate::judge_verb::judge_file(&spec, &g.store, iterations, &opts)?;
+            if json {
+                print_json(&serde_json::to_value(&report)?)?;
+            } else {
+                print!("{}", crate::judge_verb::render_text(&report, rows));
+            }
+            Ok(0)
+        }
+        Command::Serve { model, bind, name, fail_first, workers, iterations } => {
+            let spec = Spec::load(&g.config)?;
+            crate::serve_verb::serve(&spec, &g.store, iterations, &crate::serve_verb::ServeOptions { model, bind, name, fail_first, workers })?;
             Ok(0)
         }
     }

@@ -12,10 +12,12 @@ pub mod eval; // suites, metrics (refusal, ASR, over-refusal, SBERT, Self-BLEU),
 pub mod game; // roles, prompts, hidden-CoT parsing, outcomes and the reward table
 pub mod generate; // sample from a policy: the `generate` verb, game-prompt rendering
 pub mod judge; // judge backends behind one trait; verdict cache
+pub mod judge_verb; // the `judge --with REF|SPEC FILE` verb: judge a pairs file, score against labels
 pub mod model; // Llama-family decoder in tch, GGUF/HF loading, tokenizer, sampler, BERT
 pub mod plan; // spec -> concrete DAG of nodes with keys
 pub mod rl; // REINFORCE++: KL, returns, per-role normalisation, clipped loss, LR
 pub mod schema; // one module per Parquet artifact
+pub mod serve_verb; // the `serve` verb: a policy behind an OpenAI-compatible completions server
 pub mod spec; // pipeline.yaml -> typed, validated spec
 pub mod store; // content-addressed artifact store
 pub mod verbs; // whole-store read verbs: report (HTML), compare (runs side by side)

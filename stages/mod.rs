@@ -42,6 +42,7 @@ pub mod base;
 pub mod dataset;
 pub mod eval;
 pub mod judge;
+pub mod judge_fit;
 pub mod prep;
 pub mod rollout;
 pub mod update;
@@ -82,7 +83,7 @@ pub struct StageEntry {
 pub static REGISTRY: &[StageEntry] = &[
     StageEntry { kind: "dataset", version: dataset::VERSION, implementation: Some(&dataset::Dataset), missing: "" },
     StageEntry { kind: "base", version: base::VERSION, implementation: Some(&base::Base), missing: "" },
-    StageEntry { kind: "judge-fit", version: 1, implementation: None, missing: "the `judge-fit` stage (train the probe judge; judge issue) is not built yet" },
+    StageEntry { kind: "judge-fit", version: judge_fit::VERSION, implementation: Some(&judge_fit::JudgeFit), missing: "" },
     StageEntry { kind: "prep", version: prep::VERSION, implementation: Some(&prep::Prep), missing: "" },
     StageEntry { kind: "rollout", version: rollout::VERSION, implementation: Some(&rollout::Rollout), missing: "" },
     StageEntry { kind: "judge", version: judge::VERSION, implementation: Some(&judge::JudgeStage), missing: "" },

@@ -4,5 +4,6 @@ mod eval;
 mod eval_stage;
 mod game_rl;
 mod judge;
+mod judge_stage;
 mod model;
 mod selfplay;
