@@ -274,20 +274,7 @@ fn http_client_does_not_retry_a_bad_request() {
     );
 }
 
-fn walk_files(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk_files(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
+use crate::util::walk_files;
 
 /// Counts the pairs each call judges.
 struct Counting<J> {

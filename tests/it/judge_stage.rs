@@ -260,20 +260,7 @@ fn two_rows(dir: &Path) -> PathBuf {
     p
 }
 
-fn walk_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk_files(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
+use crate::util::walk_files;
 
 #[test]
 fn wildguard_judge_over_http_to_served_smollm2_survives_two_failures_and_flags_parse_errors() {

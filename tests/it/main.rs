@@ -7,3 +7,4 @@ mod judge;
 mod judge_stage;
 mod model;
 mod selfplay;
+mod util;
