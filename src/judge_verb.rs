@@ -25,17 +25,13 @@ use serde::Serialize;
 
 use crate::engine::Engine;
 use crate::judge::build::{from_spec, BoxedJudge, PROBE_FILE};
-use crate::judge::cache::{judge_cached, CacheStats, VerdictCache};
+use crate::judge::cache::{judge_cached, CacheStats, VerdictCache, VERDICT_CACHE_DIR};
 use crate::judge::metrics::{compare_verdicts, HeadAgreement};
 use crate::judge::{JudgeInput, Verdict};
 use crate::plan::Plan;
 use crate::spec::{JudgeBackend, Spec};
 use crate::store::{Artifact, Store};
 
-/// Directory of the verdict cache under the store root. The same directory as the `judge`
-/// stage's cache (a dot-directory, so store scans never list it): an audit run and a
-/// pipeline run with the same judge share verdicts.
-pub const VERDICT_CACHE_DIR: &str = ".verdict-cache";
 
 /// Logical name under which judge-fit's key records the embedder weights (src/plan.rs).
 const EMBEDDER_FILE_NAME: &str = "judge.probe.embedder";

@@ -8,7 +8,7 @@ use anyhow::Context;
 use super::rollout::game_options;
 use super::{Stage, StageContext};
 use crate::game::{score_game, training_rewards, CotFormat, GameRecord, JudgeLabels, RewardScheme, Role, RoleReward, ScoredGame, SeedKind, Verdict as GameVerdict};
-use crate::judge::cache::{judge_cached, VerdictCache};
+use crate::judge::cache::{judge_cached, VerdictCache, VERDICT_CACHE_DIR};
 use crate::judge::{JudgeInput, Verdict};
 use crate::schema::judged::{JudgedRow, JudgedSchema};
 use crate::schema::rollout::{GameRow, GamesSchema};
@@ -18,9 +18,6 @@ pub struct JudgeStage;
 /// Bump when this stage's output for the same inputs would change.
 pub const VERSION: u32 = 1;
 
-/// Directory of the verdict cache under the store root (a dot-directory: never scanned as a
-/// stage by the store).
-pub const VERDICT_CACHE_DIR: &str = ".verdict-cache";
 
 pub fn reward_scheme(t: RewardType) -> RewardScheme {
     match t {

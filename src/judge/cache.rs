@@ -20,6 +20,11 @@ use super::{Judge, JudgeError, JudgeInput, JudgeKey, Verdict};
 /// Change this when the inputs to `entry_key` change.
 pub const CACHE_SCHEME: &str = "verdict-cache/v1";
 
+/// Directory of the verdict cache under a store root, shared by the `judge` stage, `eval`
+/// and the `judge` verb (so an audit run and a pipeline run with the same judge share
+/// verdicts). A dot-directory: store scans never list it as a stage.
+pub const VERDICT_CACHE_DIR: &str = ".verdict-cache";
+
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("verdict cache {path}: {source}")]
