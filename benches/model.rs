@@ -36,8 +36,18 @@ fn main() -> anyhow::Result<()> {
     // with the PyTorch side when the machine is shared.
     let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "sampling,training".into());
     let mut sampling = serde_json::Map::new();
-    let batches: &[usize] = if parts.contains("sampling") { &[1, 16] } else { &[] };
-    for &batch in batches {
+    // BENCH_BATCHES=16 (default "1,16") runs only the listed batch sizes, e.g. under a profiler.
+    let batches: Vec<usize> = if parts.contains("sampling") {
+        std::env::var("BENCH_BATCHES")
+            .unwrap_or_else(|_| "1,16".into())
+            .split(',')
+            .map(|b| b.trim().parse().map_err(|_| anyhow::anyhow!("BENCH_BATCHES: expected sizes like 1,16, got {b:?}")))
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    for &batch in &batches {
+        anyhow::ensure!((1..=prompts.len()).contains(&batch), "BENCH_BATCHES: batch sizes must be 1..={}", prompts.len());
         let seeds: Vec<u64> = (0..batch as u64).collect();
         // Warm-up (allocator, kernels), then one timed run.
         policy.generate(&prompts[..batch], &seeds, &SamplingParams { max_new_tokens: 8, ..params.clone() })?;
@@ -49,6 +59,9 @@ fn main() -> anyhow::Result<()> {
         sampling.insert(format!("batch_{batch}_seconds"), secs.into());
     }
 
+    if parts.contains("kernel") {
+        kernel_part(&policy)?;
+    }
     if !parts.contains("training") {
         println!("{}", serde_json::json!({"side": "rust-tch", "threads": threads, "sampling": sampling}));
         return Ok(());
@@ -87,5 +100,49 @@ fn main() -> anyhow::Result<()> {
                      "tokens_per_s": (b_sz * seq_len) as f64 / secs},
     });
     println!("{report}");
+    Ok(())
+}
+
+/// BENCH_PARTS=kernel: one decoding step's linears (every layer's weights, so they stream from
+/// memory as in a real step) through the decode kernel and through `Tensor::linear`, batch 16.
+fn kernel_part(policy: &Policy) -> anyhow::Result<()> {
+    use self_redteam::model::kernels::{small_rows_linear, DecodeThreads};
+    let weights: Vec<tch::Tensor> = policy
+        .named_parameters()
+        .into_iter()
+        .filter(|(name, t)| name.contains("layers.") && t.dim() == 2)
+        .map(|(_, t)| t)
+        .collect();
+    let flops: f64 = weights.iter().map(|w| 2.0 * 16.0 * w.numel() as f64).sum();
+    let time = |f: &dyn Fn()| {
+        f();
+        let start = Instant::now();
+        for _ in 0..5 {
+            f();
+        }
+        start.elapsed().as_secs_f64() / 5.0
+    };
+    let _no_grad = tch::no_grad_guard();
+    let inputs: Vec<tch::Tensor> =
+        weights.iter().map(|w| tch::Tensor::randn([16, w.size()[1]], (Kind::Float, Device::Cpu))).collect();
+    let linear = time(&|| {
+        for (x, w) in inputs.iter().zip(&weights) {
+            let _ = x.linear(w, None::<&tch::Tensor>);
+        }
+    });
+    let _threads = DecodeThreads::enter();
+    let kernel = time(&|| {
+        for (x, w) in inputs.iter().zip(&weights) {
+            let _ = small_rows_linear(x, w, None).expect("kernel applies");
+        }
+    });
+    eprintln!(
+        "decode linears, batch 16, {} matrices: torch linear {:.1} ms ({:.0} GFLOP/s), kernel {:.1} ms ({:.0} GFLOP/s)",
+        weights.len(),
+        linear * 1e3,
+        flops / linear / 1e9,
+        kernel * 1e3,
+        flops / kernel / 1e9
+    );
     Ok(())
 }

@@ -17,9 +17,21 @@ impl Linear {
         let bias = bias.then(|| p.zeros("bias", &[out_dim as i64]));
         Linear { weight, bias }
     }
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+    /// `decode`: a KV-cache decoding step (no gradients needed), where a few rows use the
+    /// weight-streaming CPU kernel of `kernels` when it applies.
+    fn forward(&self, x: &Tensor, decode: bool) -> Tensor {
+        project(x, &self.weight, self.bias.as_ref(), decode)
     }
+}
+
+/// `x · Wᵀ (+ b)` for an HF-layout weight [out, in]; see `Linear::forward` for `decode`.
+fn project(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, decode: bool) -> Tensor {
+    if decode {
+        if let Some(y) = super::kernels::small_rows_linear(x, weight, bias) {
+            return y;
+        }
+    }
+    x.linear(weight, bias)
 }
 
 /// HF `LlamaRMSNorm`: normalise in f32, cast back, then scale.
@@ -130,9 +142,10 @@ impl Attention {
     ) -> Tensor {
         let (b_sz, seq_len, _) = x.size3().expect("attention input is [B, T, D]");
         let (num_heads, num_kv_heads, head_dim) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self.q_proj.forward(x).view([b_sz, seq_len, num_heads, head_dim]).transpose(1, 2);
-        let k = self.k_proj.forward(x).view([b_sz, seq_len, num_kv_heads, head_dim]).transpose(1, 2);
-        let v = self.v_proj.forward(x).view([b_sz, seq_len, num_kv_heads, head_dim]).transpose(1, 2);
+        let decode = cache.is_some();
+        let q = self.q_proj.forward(x, decode).reshape([b_sz, seq_len, num_heads, head_dim]).transpose(1, 2);
+        let k = self.k_proj.forward(x, decode).reshape([b_sz, seq_len, num_kv_heads, head_dim]).transpose(1, 2);
+        let v = self.v_proj.forward(x, decode).reshape([b_sz, seq_len, num_kv_heads, head_dim]).transpose(1, 2);
         // cos/sin are [B, 1, T, head_dim] so they broadcast over heads.
         let q = &q * cos + rotate_half(&q) * sin;
         let k = &k * cos + rotate_half(&k) * sin;
@@ -176,7 +189,7 @@ impl Attention {
             }
         };
         let attn = attn.transpose(1, 2).reshape([b_sz, seq_len, num_heads * head_dim]);
-        self.o_proj.forward(&attn)
+        self.o_proj.forward(&attn, decode)
     }
 }
 
@@ -196,8 +209,9 @@ impl Mlp {
             down_proj: Linear::new(&p / "down_proj", f, d, b),
         }
     }
-    fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+    fn forward(&self, x: &Tensor, decode: bool) -> Tensor {
+        let h = self.gate_proj.forward(x, decode).silu() * self.up_proj.forward(x, decode);
+        self.down_proj.forward(&h, decode)
     }
 }
 
@@ -276,7 +290,9 @@ impl Llama {
     }
 
     /// Final hidden states [B, T, D] for `input_ids` [B, T] at `positions` [B, T] with the
-    /// boolean `mask` [B, 1, T, S]. With a cache, keys/values are appended after its length.
+    /// boolean `mask` [B, 1, T, S]. With a cache, keys/values are appended after its length;
+    /// a cached forward is for inference only: decoding steps of at most `kernels::MAX_ROWS`
+    /// rows may run the linears through the CPU decode kernel, which records no gradient.
     pub fn hidden_states(
         &self,
         input_ids: &Tensor,
@@ -299,6 +315,7 @@ impl Llama {
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
         let (cos, sin) = self.rope_tables(positions, x.kind());
         let past = cache.as_ref().map(|c| c.len).unwrap_or(0);
+        let decode = cache.is_some();
         for (i, layer) in self.layers.iter().enumerate() {
             let residual = x.shallow_clone();
             let h = layer.input_layernorm.forward(&x);
@@ -308,7 +325,7 @@ impl Llama {
             });
             let h = layer.self_attn.forward(&h, &cos, &sin, mask, layer_cache);
             let x1 = residual + h;
-            let h = layer.mlp.forward(&layer.post_attention_layernorm.forward(&x1));
+            let h = layer.mlp.forward(&layer.post_attention_layernorm.forward(&x1), decode);
             x = x1 + h;
         }
         if let Some(c) = cache {
@@ -319,7 +336,16 @@ impl Llama {
 
     /// Logits [.., V] of hidden states [.., D].
     pub fn lm_head(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear(self.lm_head.as_ref().unwrap_or(&self.embed_tokens), None::<&Tensor>)
+        project(hidden, self.head_weight(), None, false)
+    }
+
+    /// `lm_head` for a decoding step: no gradients; a few rows may use the CPU decode kernel.
+    pub fn lm_head_decode(&self, hidden: &Tensor) -> Tensor {
+        project(hidden, self.head_weight(), None, true)
+    }
+
+    fn head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
     /// Full forward without cache: logits [B, T, V] for `input_ids` [B, T] with a 0/1

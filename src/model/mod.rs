@@ -28,6 +28,7 @@ pub mod bert;
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod kernels;
 pub mod llama;
 pub mod policy;
 pub mod sampler;

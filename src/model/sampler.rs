@@ -156,8 +156,12 @@ pub(crate) fn generate_ids(
     let positions = super::llama::positions_from_mask(&prompt_valid);
     let mask = Llama::attention_mask(&prompt_valid, 0, prompt_len);
     let hidden = model.hidden_states(&ids, &positions, &mask, Some(&mut cache));
-    let mut logits = model.lm_head(&hidden.narrow(1, prompt_len - 1, 1).squeeze_dim(1)).to_kind(Kind::Float);
+    let mut logits = model.lm_head_decode(&hidden.narrow(1, prompt_len - 1, 1).squeeze_dim(1)).to_kind(Kind::Float);
     let mut next_pos = positions.narrow(1, prompt_len - 1, 1) + 1;
+    // The prefill above is one big forward on libtorch's threads. On the CPU, the decoding
+    // steps below run their matmuls in the decode kernel's threads and the remaining small
+    // ops on one libtorch thread (see `kernels::DecodeThreads`).
+    let _threads = (device == Device::Cpu).then(super::kernels::DecodeThreads::enter);
 
     let out_tokens = Tensor::full([b_sz, max_new.max(1)], pad_id as i64, (Kind::Int64, device));
     let out_logprobs = Tensor::zeros([b_sz, max_new.max(1)], (Kind::Float, device));
@@ -186,7 +190,7 @@ pub(crate) fn generate_ids(
         let kv = key_valid.narrow(1, 0, total);
         let mask = Llama::attention_mask(&kv, total - 1, 1);
         let hidden = model.hidden_states(&token.view([-1, 1]), &next_pos, &mask, Some(&mut cache));
-        logits = model.lm_head(&hidden.squeeze_dim(1)).to_kind(Kind::Float);
+        logits = model.lm_head_decode(&hidden.squeeze_dim(1)).to_kind(Kind::Float);
         next_pos += 1;
     }
     let tokens: Vec<i64> = Vec::try_from(out_tokens.to_device(Device::Cpu).view([-1])).expect("int64 tokens");
