@@ -201,7 +201,7 @@ fn helper_loop(shared: &Shared, task: usize) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % 1024 != 0 {
+            if !spins.is_multiple_of(1024) {
                 std::hint::spin_loop();
             } else if idle_since.elapsed() > SPIN_BEFORE_PARK {
                 std::thread::park();

@@ -181,7 +181,7 @@ pub(crate) fn generate_ids(
         if step + 1 == max_new {
             break;
         }
-        if (step as usize + 1) % FINISHED_CHECK_EVERY == 0 && bool::try_from(finished.all()).unwrap_or(false) {
+        if (step as usize + 1).is_multiple_of(FINISHED_CHECK_EVERY) && bool::try_from(finished.all()).unwrap_or(false) {
             break;
         }
         // The new token is a real key for rows that were still active when it was produced.

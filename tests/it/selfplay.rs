@@ -227,7 +227,7 @@ fn rollout_and_judge_rows_have_the_documented_shape() {
         assert!(g.defender_logprobs.iter().all(|l| *l <= 0.0 && l.is_finite()));
         // The sampler's log-probs are the model's own: the training forward agrees.
         let toks: Vec<u32> = g.defender_prompt_ids.iter().chain(&g.defender_response_ids).copied().collect();
-        let b = self_redteam::model::SequenceBatch::new(&[g.defender_prompt_ids.clone()], &[g.defender_response_ids.clone()], base.tokenizer().pad_id(), Device::Cpu).expect("batch");
+        let b = self_redteam::model::SequenceBatch::new(std::slice::from_ref(&g.defender_prompt_ids), std::slice::from_ref(&g.defender_response_ids), base.tokenizer().pad_id(), Device::Cpu).expect("batch");
         let lp = tch::no_grad(|| base.token_logprobs(&b).logprobs);
         let p = g.defender_prompt_ids.len() as i64;
         let got: Vec<f32> = Vec::<f32>::try_from(lp.get(0).narrow(0, p - 1, toks.len() as i64 - p)).expect("lp");
@@ -272,7 +272,7 @@ fn generate_json_gives_token_ids_and_logprobs_for_a_store_ref() {
     for (r, seed) in rows.iter().zip(["seed one", "seed two"]) {
         assert!(r["rendered_prompt"].as_str().expect("p").contains(seed));
         let n = r["token_ids"].as_array().expect("ids").len();
-        assert!(n >= 1 && n <= 5);
+        assert!((1..=5).contains(&n));
         assert_eq!(r["logprobs"].as_array().expect("lp").len(), n);
     }
     let o = sr(&cfg, &store, &["generate", "--model", "update@7", "x"]);
