@@ -104,7 +104,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// BENCH_PARTS=kernel: one decoding step's linears (every layer's weights, so they stream from
-/// memory as in a real step) through the decode kernel and through `Tensor::linear`, batch 16.
+/// memory as in a real step) through the decode kernel and through `Tensor::linear`, at
+/// BENCH_KERNEL_ROWS rows (default 16).
 fn kernel_part(policy: &Policy) -> anyhow::Result<()> {
     use self_redteam::model::kernels::{small_rows_linear, DecodeThreads};
     let weights: Vec<tch::Tensor> = policy
@@ -113,7 +114,8 @@ fn kernel_part(policy: &Policy) -> anyhow::Result<()> {
         .filter(|(name, t)| name.contains("layers.") && t.dim() == 2)
         .map(|(_, t)| t)
         .collect();
-    let flops: f64 = weights.iter().map(|w| 2.0 * 16.0 * w.numel() as f64).sum();
+    let rows: i64 = std::env::var("BENCH_KERNEL_ROWS").ok().and_then(|r| r.parse().ok()).unwrap_or(16);
+    let flops: f64 = weights.iter().map(|w| 2.0 * rows as f64 * w.numel() as f64).sum();
     let time = |f: &dyn Fn()| {
         f();
         let start = Instant::now();
@@ -124,7 +126,7 @@ fn kernel_part(policy: &Policy) -> anyhow::Result<()> {
     };
     let _no_grad = tch::no_grad_guard();
     let inputs: Vec<tch::Tensor> =
-        weights.iter().map(|w| tch::Tensor::randn([16, w.size()[1]], (Kind::Float, Device::Cpu))).collect();
+        weights.iter().map(|w| tch::Tensor::randn([rows, w.size()[1]], (Kind::Float, Device::Cpu))).collect();
     let linear = time(&|| {
         for (x, w) in inputs.iter().zip(&weights) {
             let _ = x.linear(w, None::<&tch::Tensor>);
@@ -137,7 +139,7 @@ fn kernel_part(policy: &Policy) -> anyhow::Result<()> {
         }
     });
     eprintln!(
-        "decode linears, batch 16, {} matrices: torch linear {:.1} ms ({:.0} GFLOP/s), kernel {:.1} ms ({:.0} GFLOP/s)",
+        "decode linears, {rows} rows, {} matrices: torch linear {:.1} ms ({:.0} GFLOP/s), kernel {:.1} ms ({:.0} GFLOP/s)",
         weights.len(),
         linear * 1e3,
         flops / linear / 1e9,

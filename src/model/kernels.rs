@@ -1,11 +1,11 @@
-//! CPU matmul for decoding steps: `y = x · Wᵀ` for a few rows `x` [m ≤ 16, k] against an
+//! CPU matmul for decoding steps: `y = x · Wᵀ` for a few rows `x` [m ≤ 64, k] against an
 //! HF-layout weight `W` [n, k], without autograd.
 //!
 //! Why it exists: in a batch-16 decoding step every linear layer is a [16 × k]·[k × n] product
 //! whose cost is reading `W` once. MKL's sgemm (what `Tensor::linear` calls) first copies `W`
 //! into packed panels on every call, and perf showed that copy plus the kernel behind it was
 //! ~65% of a SmolLM2 decoding step. This kernel streams `W` exactly once: `x` is transposed
-//! into a [k × 16] block (one 16-lane vector per k, resident in L1/L2) and each output row is
+//! into [k × 16] blocks (one 16-lane vector per k per 16 rows, resident in L1/L2) and each output row is
 //! `Σ_k W[r, k] · xᵀ[k]` with broadcast-FMAs, eight rows of `W` at a time (eight independent
 //! accumulators hide the FMA latency). Under a `DecodeThreads` guard, rows of `W` are split
 //! across a team of busy-waiting threads, as many as libtorch had.
@@ -27,9 +27,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
-/// The most rows (`x` rows: sequences in a decoding step) the kernel takes; one vector lane each.
-pub const MAX_ROWS: usize = 16;
-const LANES: usize = MAX_ROWS;
+/// The most rows (`x` rows: sequences in a decoding step) the kernel takes. They are done in
+/// groups of `LANES`, one vector lane per row, each group streaming `W` once; past this, a
+/// batched GEMM's reuse of `W` wins.
+pub const MAX_ROWS: usize = 64;
+const LANES: usize = 16;
 /// Rows of `W` per inner block: independent accumulators.
 const BLOCK: usize = 8;
 
@@ -258,23 +260,29 @@ pub fn small_rows_linear_with(isa: Isa, x: &Tensor, weight: &Tensor, bias: Optio
     let x2 = x.reshape([rows as i64, k as i64]).contiguous();
     // SAFETY: `x2` is a contiguous f32 CPU tensor of rows·k elements that outlives `xs`.
     let xs = unsafe { std::slice::from_raw_parts(x2.data_ptr() as *const f32, rows * k) };
-    // xᵀ padded to 16 lanes: xt[kk·16 + m] = x[m, kk].
-    let mut xt = vec![0f32; k * LANES];
-    for (m, row) in xs.chunks_exact(k).enumerate() {
-        for (kk, &v) in row.iter().enumerate() {
-            xt[kk * LANES + m] = v;
-        }
-    }
     // SAFETY: `weight` is a contiguous f32 CPU tensor of n·k elements, borrowed for this call.
     let ws = unsafe { std::slice::from_raw_parts(weight.data_ptr() as *const f32, n * k) };
-    let mut yt = vec![0f32; n * LANES];
-    matmul_xt(isa, &xt, ws, k, &mut yt);
     let out = Tensor::empty([rows as i64, n as i64], (Kind::Float, Device::Cpu));
     // SAFETY: `out` was just allocated contiguous with rows·n f32 elements and is not shared.
     let ys = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, rows * n) };
-    for (r, lanes) in yt.chunks_exact(LANES).enumerate() {
-        for (m, &v) in lanes[..rows].iter().enumerate() {
-            ys[m * n + r] = v;
+    let mut xt = vec![0f32; k * LANES];
+    let mut yt = vec![0f32; n * LANES];
+    for (group, (xs, ys)) in xs.chunks(k * LANES).zip(ys.chunks_mut(n * LANES)).enumerate() {
+        // This group's xᵀ padded to 16 lanes: xt[kk·16 + m] = x[16·group + m, kk].
+        if group > 0 {
+            xt.fill(0.0);
+        }
+        for (m, row) in xs.chunks_exact(k).enumerate() {
+            for (kk, &v) in row.iter().enumerate() {
+                xt[kk * LANES + m] = v;
+            }
+        }
+        matmul_xt(isa, &xt, ws, k, &mut yt);
+        let group_rows = xs.len() / k;
+        for (r, lanes) in yt.chunks_exact(LANES).enumerate() {
+            for (m, &v) in lanes[..group_rows].iter().enumerate() {
+                ys[m * n + r] = v;
+            }
         }
     }
     let out = match bias {
@@ -436,7 +444,7 @@ mod tests {
         tch::manual_seed(7);
         // Odd n (remainder rows), odd k, 1..16 rows, 3-d input, with and without bias.
         for &isa in isas {
-            for &(rows, k, n) in &[(1usize, 5usize, 3usize), (16, 576, 192), (7, 33, 29), (3, 64, 1000)] {
+            for &(rows, k, n) in &[(1usize, 5usize, 3usize), (16, 576, 192), (7, 33, 29), (3, 64, 1000), (17, 40, 24), (64, 96, 50)] {
                 let x = Tensor::randn([rows as i64, 1, k as i64], (Kind::Float, Device::Cpu));
                 let w = Tensor::randn([n as i64, k as i64], (Kind::Float, Device::Cpu));
                 let b = Tensor::randn([n as i64], (Kind::Float, Device::Cpu));
@@ -454,10 +462,10 @@ mod tests {
     fn a_row_gives_the_same_bits_alone_and_in_a_batch() {
         let Some(isa) = Isa::detect() else { return };
         tch::manual_seed(3);
-        let x = Tensor::randn([16, 300], (Kind::Float, Device::Cpu));
+        let x = Tensor::randn([40, 300], (Kind::Float, Device::Cpu));
         let w = Tensor::randn([77, 300], (Kind::Float, Device::Cpu));
         let batch = small_rows_linear_with(isa, &x, &w, None).expect("supported");
-        for row in [0, 5, 15] {
+        for row in [0, 5, 15, 16, 39] {
             let alone = small_rows_linear_with(isa, &x.narrow(0, row, 1), &w, None).expect("supported");
             assert!(alone.equal(&batch.narrow(0, row, 1)), "row {row} differs alone vs in the batch");
         }
@@ -488,7 +496,7 @@ mod tests {
     #[test]
     fn declines_what_it_does_not_handle() {
         let w = Tensor::randn([8, 4], (Kind::Float, Device::Cpu));
-        let too_many = Tensor::randn([17, 4], (Kind::Float, Device::Cpu));
+        let too_many = Tensor::randn([MAX_ROWS as i64 + 1, 4], (Kind::Float, Device::Cpu));
         assert!(small_rows_linear(&too_many, &w, None).is_none());
         let double = Tensor::randn([2, 4], (Kind::Double, Device::Cpu));
         assert!(small_rows_linear(&double, &w.to_kind(Kind::Double), None).is_none());

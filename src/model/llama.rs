@@ -142,7 +142,7 @@ impl Attention {
     ) -> Tensor {
         let (b_sz, seq_len, _) = x.size3().expect("attention input is [B, T, D]");
         let (num_heads, num_kv_heads, head_dim) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let decode = cache.is_some();
+        let decode = cache.is_some() && seq_len == 1;
         let q = self.q_proj.forward(x, decode).reshape([b_sz, seq_len, num_heads, head_dim]).transpose(1, 2);
         let k = self.k_proj.forward(x, decode).reshape([b_sz, seq_len, num_kv_heads, head_dim]).transpose(1, 2);
         let v = self.v_proj.forward(x, decode).reshape([b_sz, seq_len, num_kv_heads, head_dim]).transpose(1, 2);
@@ -291,7 +291,7 @@ impl Llama {
 
     /// Final hidden states [B, T, D] for `input_ids` [B, T] at `positions` [B, T] with the
     /// boolean `mask` [B, 1, T, S]. With a cache, keys/values are appended after its length;
-    /// a cached forward is for inference only: decoding steps of at most `kernels::MAX_ROWS`
+    /// a cached forward is for inference only: single-token steps of at most `kernels::MAX_ROWS`
     /// rows may run the linears through the CPU decode kernel, which records no gradient.
     pub fn hidden_states(
         &self,
@@ -315,7 +315,8 @@ impl Llama {
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
         let (cos, sin) = self.rope_tables(positions, x.kind());
         let past = cache.as_ref().map(|c| c.len).unwrap_or(0);
-        let decode = cache.is_some();
+        // A single-token step with a cache (not the prefill) is a decoding step.
+        let decode = cache.is_some() && seq_len == 1;
         for (i, layer) in self.layers.iter().enumerate() {
             let residual = x.shallow_clone();
             let h = layer.input_layernorm.forward(&x);
