@@ -143,6 +143,12 @@ impl LlamaConfig {
     pub fn head_dim(&self) -> usize {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
     }
+    /// Weights one token's forward multiplies by: every layer's projections plus the LM head.
+    pub fn matmul_weights_per_token(&self) -> usize {
+        let (d, f) = (self.hidden_size, self.intermediate_size);
+        let attn = d * self.head_dim() * (2 * self.num_attention_heads + 2 * self.num_kv_heads());
+        self.num_hidden_layers * (attn + 3 * d * f) + self.vocab_size * d
+    }
     /// q/k/v projections carry a bias (always for Qwen2, `attention_bias` for Llama).
     pub fn qkv_bias(&self) -> bool {
         self.attention_bias || self.model_type == ModelType::Qwen2

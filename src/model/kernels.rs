@@ -95,7 +95,13 @@ impl Drop for DecodeThreads {
     }
 }
 
+/// Below this many weights per decoding step, a team costs more (thread start, spinning) than
+/// it saves; the kernel then runs on the calling thread alone.
+pub const TEAM_MIN_WEIGHTS_PER_STEP: usize = 1 << 22;
+
 thread_local! {
+    /// Per-thread (xᵀ, yᵀ) buffers of `small_rows_linear_with`.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
     static TEAM: RefCell<Option<SpinTeam>> = const { RefCell::new(None) };
 }
 
@@ -265,26 +271,36 @@ pub fn small_rows_linear_with(isa: Isa, x: &Tensor, weight: &Tensor, bias: Optio
     let out = Tensor::empty([rows as i64, n as i64], (Kind::Float, Device::Cpu));
     // SAFETY: `out` was just allocated contiguous with rows·n f32 elements and is not shared.
     let ys = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, rows * n) };
-    let mut xt = vec![0f32; k * LANES];
-    let mut yt = vec![0f32; n * LANES];
-    for (group, (xs, ys)) in xs.chunks(k * LANES).zip(ys.chunks_mut(n * LANES)).enumerate() {
-        // This group's xᵀ padded to 16 lanes: xt[kk·16 + m] = x[16·group + m, kk].
-        if group > 0 {
-            xt.fill(0.0);
-        }
-        for (m, row) in xs.chunks_exact(k).enumerate() {
-            for (kk, &v) in row.iter().enumerate() {
-                xt[kk * LANES + m] = v;
+    SCRATCH.with(|scratch| {
+        let (xt, yt) = &mut *scratch.borrow_mut();
+        // Reused across calls: a fresh multi-MB buffer per call costs page faults and a memset.
+        xt.resize(k * LANES, 0.0);
+        yt.resize(n * LANES, 0.0);
+        let yt = &mut yt[..n * LANES];
+        for (xs, ys) in xs.chunks(k * LANES).zip(ys.chunks_mut(n * LANES)) {
+            let group_rows = xs.len() / k;
+            // This group's xᵀ padded to 16 lanes: xt[kk·16 + m] = x[16·group + m, kk].
+            if group_rows < LANES {
+                xt.fill(0.0);
+            }
+            for (m, row) in xs.chunks_exact(k).enumerate() {
+                for (kk, &v) in row.iter().enumerate() {
+                    xt[kk * LANES + m] = v;
+                }
+            }
+            matmul_xt(isa, xt, ws, k, yt);
+            // y[m, r] = yt[r·16 + m], in blocks of 8 rows of W so the writes are contiguous.
+            for (r0, block) in (0..n).step_by(BLOCK).zip(yt.chunks(BLOCK * LANES)) {
+                let width = block.len() / LANES;
+                for m in 0..group_rows {
+                    let dst = &mut ys[m * n + r0..m * n + r0 + width];
+                    for (b, d) in dst.iter_mut().enumerate() {
+                        *d = block[b * LANES + m];
+                    }
+                }
             }
         }
-        matmul_xt(isa, &xt, ws, k, &mut yt);
-        let group_rows = xs.len() / k;
-        for (r, lanes) in yt.chunks_exact(LANES).enumerate() {
-            for (m, &v) in lanes[..group_rows].iter().enumerate() {
-                ys[m * n + r] = v;
-            }
-        }
-    }
+    });
     let out = match bias {
         Some(b) => out + b,
         None => out,
