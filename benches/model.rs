@@ -6,6 +6,8 @@
 //! - sampling: SmolLM2-135M (GGUF dequantized to f32), chat-templated prompts, temperature 1,
 //!   top_p 1, exactly BENCH_NEW_TOKENS (default 128) new tokens (stop tokens disabled), batch 1 and 16;
 //! - training: batch 8 × 256 tokens, per-token log-probs, mean loss, backward, AdamW step.
+//! - kernel (only with BENCH_PARTS containing `kernel`, Rust side only): one decoding step's
+//!   210 layer matmuls through `Tensor::linear` and through the decode kernel, printed on stderr.
 use self_redteam::model::{ChatMessage, Policy, SamplingParams, SequenceBatch};
 use std::time::Instant;
 use tch::{nn, nn::OptimizerConfig, Device, Kind};
