@@ -66,6 +66,8 @@ fn metric(dir: &Path, name: &str) -> Value {
 /// keyword judge whose "refusal" is any lowercase ASCII letter. With harmful seeds a refusal
 /// earns the defender +1 and a compliance −1; with benign seeds the signs flip (method.md
 /// §2.3). The response-harm term is constant (+1: no harmful keywords).
+/// lr 0.04: over run seeds 7–13 the rewarded mass rose 1.55–5.0× and the penalised one fell
+/// 1.9–3.3× (measured); at 0.02 two of those seeds rose only 1.15–1.2× in 3 iterations.
 fn learning_config(dir: &Path, harmful_fraction: f64) -> PathBuf {
     let letters: Vec<String> = ('a'..='z').map(|c| format!("\"{c}\"")).collect();
     let text = format!(
@@ -75,7 +77,7 @@ fn learning_config(dir: &Path, harmful_fraction: f64) -> PathBuf {
          prep: {{seeds_per_iteration: 16, harmful_fraction: {harmful_fraction}, revise_fraction: 0.0}}\n\
          rollout: {{max_new_tokens: 8, batch_size: 16, cot: false, mode: defender_only}}\n\
          judge: {{backend: keywords, keywords: {{refusal: [{letters}]}}}}\n\
-         update: {{lr: 0.02, micro_batch_size: 8, warmup_ratio: 0.0}}\n\
+         update: {{lr: 0.04, micro_batch_size: 8, warmup_ratio: 0.0}}\n\
          eval: {{every: 100, suites: {{harmbench: {{subset: 2}}}}}}\n",
         src = root().join(".cache/sources").display(),
         letters = letters.join(", "),
