@@ -4,10 +4,10 @@
 //! Why it exists: in a batch-16 decoding step every linear layer is a [16 × k]·[k × n] product
 //! whose cost is reading `W` once. MKL's sgemm (what `Tensor::linear` calls) first copies `W`
 //! into packed panels on every call, and perf showed that copy plus the kernel behind it was
-//! ~65% of a SmolLM2 decoding step. This kernel streams `W` exactly once: `x` is transposed
-//! into [k × 16] blocks (one 16-lane vector per k per 16 rows, resident in L1/L2) and each output row is
-//! `Σ_k W[r, k] · xᵀ[k]` with broadcast-FMAs, eight rows of `W` at a time (eight independent
-//! accumulators hide the FMA latency). Under a `DecodeThreads` guard, rows of `W` are split
+//! ~65% of a SmolLM2 decoding step. This kernel streams `W` once per 16 rows of `x`, without
+//! copying it: each 16 rows of `x` are transposed into a [k × 16] block (one 16-lane vector per
+//! k, resident in L1/L2) and each output row is `Σ_k W[r, k] · xᵀ[k]` with broadcast-FMAs,
+//! eight rows of `W` at a time (eight independent accumulators hide the FMA latency). Under a `DecodeThreads` guard, rows of `W` are split
 //! across a team of busy-waiting threads, as many as libtorch had.
 //!
 //! Numerics: every output element is the sequential f32 FMA sum over k, in the same order
@@ -15,7 +15,7 @@
 //! depend on its batch at all. It differs from MKL's blocked sum by float rounding only.
 //!
 //! Used only where the caller knows no gradient is needed (the KV-cache decoding path); any
-//! input it does not handle (non-CPU, non-f32, > 16 rows, no AVX2/FMA) returns `None` and the
+//! input it does not handle (non-CPU, non-f32, > 64 rows, no AVX2/FMA) returns `None` and the
 //! caller falls back to `Tensor::linear`.
 // The one module with `unsafe`: SIMD intrinsics and raw views of tensor memory; every block
 // states the invariant it relies on.
