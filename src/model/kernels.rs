@@ -274,9 +274,10 @@ pub fn small_rows_linear_with(isa: Isa, x: &Tensor, weight: &Tensor, bias: Optio
     SCRATCH.with(|scratch| {
         let (xt, yt) = &mut *scratch.borrow_mut();
         // Reused across calls: a fresh multi-MB buffer per call costs page faults and a memset.
-        xt.resize(k * LANES, 0.0);
-        yt.resize(n * LANES, 0.0);
-        let yt = &mut yt[..n * LANES];
+        // Only this call's k·16 / n·16 prefix is used (and zero-filled when padding is needed).
+        xt.resize(xt.len().max(k * LANES), 0.0);
+        yt.resize(yt.len().max(n * LANES), 0.0);
+        let (xt, yt) = (&mut xt[..k * LANES], &mut yt[..n * LANES]);
         for (xs, ys) in xs.chunks(k * LANES).zip(ys.chunks_mut(n * LANES)) {
             let group_rows = xs.len() / k;
             // This group's xᵀ padded to 16 lanes: xt[kk·16 + m] = x[16·group + m, kk].

@@ -131,7 +131,8 @@ impl Attention {
         }
     }
 
-    /// `cache` holds S - T earlier keys; see `AttentionMask` for the mask.
+    /// `cache` holds S - T earlier keys; see `AttentionMask` for the mask and
+    /// `Linear::forward` for `decode`.
     fn forward(
         &self,
         x: &Tensor,
@@ -139,13 +140,13 @@ impl Attention {
         sin: &Tensor,
         mask: &AttentionMask,
         cache: Option<(&mut Tensor, &mut Tensor, i64)>,
+        decode: bool,
     ) -> Tensor {
         let (b_sz, seq_len, _) = x.size3().expect("attention input is [B, T, D]");
         let (num_heads, num_kv_heads, head_dim) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let decode = cache.is_some() && seq_len == 1;
-        let q = self.q_proj.forward(x, decode).reshape([b_sz, seq_len, num_heads, head_dim]).transpose(1, 2);
-        let k = self.k_proj.forward(x, decode).reshape([b_sz, seq_len, num_kv_heads, head_dim]).transpose(1, 2);
-        let v = self.v_proj.forward(x, decode).reshape([b_sz, seq_len, num_kv_heads, head_dim]).transpose(1, 2);
+        let q = self.q_proj.forward(x, decode).view([b_sz, seq_len, num_heads, head_dim]).transpose(1, 2);
+        let k = self.k_proj.forward(x, decode).view([b_sz, seq_len, num_kv_heads, head_dim]).transpose(1, 2);
+        let v = self.v_proj.forward(x, decode).view([b_sz, seq_len, num_kv_heads, head_dim]).transpose(1, 2);
         // cos/sin are [B, 1, T, head_dim] so they broadcast over heads.
         let q = &q * cos + rotate_half(&q) * sin;
         let k = &k * cos + rotate_half(&k) * sin;
@@ -324,7 +325,7 @@ impl Llama {
                 let (keys, values) = (&mut c.keys[i], &mut c.values[i]);
                 (keys, values, past)
             });
-            let h = layer.self_attn.forward(&h, &cos, &sin, mask, layer_cache);
+            let h = layer.self_attn.forward(&h, &cos, &sin, mask, layer_cache, decode);
             let x1 = residual + h;
             let h = layer.mlp.forward(&layer.post_attention_layernorm.forward(&x1), decode);
             x = x1 + h;
