@@ -19,6 +19,11 @@ fn main() {
         }
         eprintln!("interrupt: finishing cleanly (Ctrl-C again to quit now)");
     });
+    // A typo in the decode-kernel switch must not silently fall back to the default kernel.
+    if let Err(e) = self_redteam::model::kernels::isa_cap_from_env() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     let code = match main_with(cli) {
         Ok(code) => code,
         Err(e) => {

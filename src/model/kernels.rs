@@ -42,18 +42,59 @@ pub enum Isa {
     Avx2Fma,
 }
 
+/// Environment variable that caps the decode kernel's instruction set: `avx512` (the default:
+/// the best the CPU has), `avx2` (never the AVX-512 kernel, as on an AVX2-only CPU such as an
+/// AMD EPYC of this project's machine kind) or `off` (no kernel: every matmul goes through
+/// `Tensor::linear`). `scripts/isa_avx2.sh` sets it together with the switches that move
+/// libtorch's own kernels (ATen, MKL, oneDNN) to AVX2, so one machine can run the paths of the
+/// other; the binary rejects any other value at start-up (`isa_cap_from_env`).
+pub const ISA_ENV: &str = "SELF_REDTEAM_DECODE_ISA";
+
+/// The most capable kernel `ISA_ENV` allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsaCap {
+    Avx512,
+    Avx2,
+    Off,
+}
+
+/// `ISA_ENV` parsed: `Ok(None)` when unset or empty, an error naming the variable and the
+/// accepted values otherwise.
+pub fn isa_cap_from_env() -> Result<Option<IsaCap>, String> {
+    match std::env::var(ISA_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(v)) => Err(format!("{ISA_ENV}={v:?}: expected avx512, avx2 or off")),
+        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "" => Ok(None),
+            "avx512" => Ok(Some(IsaCap::Avx512)),
+            "avx2" => Ok(Some(IsaCap::Avx2)),
+            "off" => Ok(Some(IsaCap::Off)),
+            _ => Err(format!("{ISA_ENV}={v:?}: expected avx512, avx2 or off")),
+        },
+    }
+}
+
 impl Isa {
-    /// The best kernel the running CPU supports, if any.
+    /// The best kernel the running CPU supports, if any, within the cap of `ISA_ENV` (read
+    /// once per process; an invalid value is reported by the binary before any work and
+    /// counts as unset here).
     pub fn detect() -> Option<Isa> {
+        static DETECTED: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| Isa::detect_with(isa_cap_from_env().ok().flatten().unwrap_or(IsaCap::Avx512)))
+    }
+
+    /// The best kernel the running CPU supports within `cap`.
+    pub fn detect_with(cap: IsaCap) -> Option<Isa> {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            if cap == IsaCap::Avx512 && std::arch::is_x86_feature_detected!("avx512f") {
                 return Some(Isa::Avx512);
             }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if cap != IsaCap::Off && std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 return Some(Isa::Avx2Fma);
             }
         }
+        let _ = cap;
         None
     }
 }
@@ -236,7 +277,8 @@ pub fn small_rows_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> 
 /// `small_rows_linear` with a chosen kernel (tests run both on one machine). The caller must
 /// make sure the CPU supports `isa` (`Isa::detect`); `None` otherwise.
 pub fn small_rows_linear_with(isa: Isa, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Option<Tensor> {
-    let supported = match Isa::detect() {
+    // What the CPU can run, whatever `ISA_ENV` says (tests pick kernels explicitly).
+    let supported = match Isa::detect_with(IsaCap::Avx512) {
         Some(Isa::Avx512) => true,
         Some(Isa::Avx2Fma) => isa == Isa::Avx2Fma,
         None => false,
@@ -455,8 +497,19 @@ mod tests {
     }
 
     #[test]
+    fn the_isa_cap_never_raises_what_the_cpu_has() {
+        let best = Isa::detect_with(IsaCap::Avx512);
+        assert_eq!(Isa::detect_with(IsaCap::Off), None);
+        let capped = Isa::detect_with(IsaCap::Avx2);
+        assert!(capped.is_none() || capped == Some(Isa::Avx2Fma), "{capped:?}");
+        if best.is_some() {
+            assert_eq!(capped, Some(Isa::Avx2Fma), "every AVX-512 CPU of this kind also has AVX2+FMA");
+        }
+    }
+
+    #[test]
     fn matches_double_precision_linear_for_every_kernel_and_shape() {
-        let Some(best) = Isa::detect() else { return };
+        let Some(best) = Isa::detect_with(IsaCap::Avx512) else { return };
         let isas: &[Isa] = if best == Isa::Avx512 { &[Isa::Avx512, Isa::Avx2Fma] } else { &[Isa::Avx2Fma] };
         tch::manual_seed(7);
         // Odd n (remainder rows), odd k, 1..16 rows, 3-d input, with and without bias.
