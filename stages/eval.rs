@@ -232,7 +232,7 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
     let cot = r.cot;
     let policy = inputs.policy;
     let batch = e.batch_size as usize;
-    let rollout_params = SamplingParams { temperature: r.temperature, top_p: r.top_p, top_k: (r.top_k > 0).then_some(r.top_k as usize), max_new_tokens: r.max_new_tokens as usize, stop_token_ids: Vec::new() };
+    let rollout_params = SamplingParams { temperature: r.temperature, top_p: r.top_p, top_k: (r.top_k > 0).then_some(r.top_k as usize), max_new_tokens: r.max_new_tokens as usize, ..Default::default() };
 
     // ---- defender suites ----
     let items = defender_items(spec, inputs.seeds)?;

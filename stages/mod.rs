@@ -45,6 +45,7 @@ pub mod judge;
 pub mod judge_fit;
 pub mod prep;
 pub mod rollout;
+pub mod sft_data;
 pub mod update;
 
 use std::collections::BTreeMap;
@@ -84,6 +85,7 @@ pub static REGISTRY: &[StageEntry] = &[
     StageEntry { kind: "dataset", version: dataset::VERSION, implementation: Some(&dataset::Dataset), missing: "" },
     StageEntry { kind: "base", version: base::VERSION, implementation: Some(&base::Base), missing: "" },
     StageEntry { kind: "judge-fit", version: judge_fit::VERSION, implementation: Some(&judge_fit::JudgeFit), missing: "" },
+    StageEntry { kind: "sft-data", version: sft_data::VERSION, implementation: Some(&sft_data::SftData), missing: "" },
     StageEntry { kind: "prep", version: prep::VERSION, implementation: Some(&prep::Prep), missing: "" },
     StageEntry { kind: "rollout", version: rollout::VERSION, implementation: Some(&rollout::Rollout), missing: "" },
     StageEntry { kind: "judge", version: judge::VERSION, implementation: Some(&judge::JudgeStage), missing: "" },
@@ -139,11 +141,12 @@ pub struct OutputWriter {
     dir: PathBuf,
     files: BTreeMap<String, FileEntry>,
     metrics: serde_json::Map<String, serde_json::Value>,
+    timing: BTreeMap<String, f64>,
 }
 
 impl OutputWriter {
     pub(crate) fn new(dir: PathBuf) -> Self {
-        OutputWriter { dir, files: BTreeMap::new(), metrics: serde_json::Map::new() }
+        OutputWriter { dir, files: BTreeMap::new(), metrics: serde_json::Map::new(), timing: BTreeMap::new() }
     }
 
     fn entry(&mut self, name: &str) -> anyhow::Result<&mut FileEntry> {
@@ -198,8 +201,14 @@ impl OutputWriter {
         self.metrics.insert(name.to_string(), v);
     }
 
-    pub(crate) fn into_parts(self) -> (Vec<FileEntry>, serde_json::Map<String, serde_json::Value>) {
-        (self.files.into_values().collect(), self.metrics)
+    /// Record the seconds a named part of the work took (kept in the manifest's `timing`,
+    /// never in metrics: metrics are outputs and must not change between identical reruns).
+    pub fn time_part(&mut self, name: &str, seconds: f64) {
+        self.timing.insert(name.to_string(), seconds);
+    }
+
+    pub(crate) fn into_parts(self) -> (Vec<FileEntry>, serde_json::Map<String, serde_json::Value>, BTreeMap<String, f64>) {
+        (self.files.into_values().collect(), self.metrics, self.timing)
     }
 }
 

@@ -23,7 +23,7 @@ pub struct Rollout;
 /// Bump when this stage's output for the same inputs would change.
 /// 2: decoding steps use the CPU decode kernel (src/model/kernels.rs), whose float rounding
 /// differs from MKL's, so sampled tokens can differ.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3; // 3: min_new_tokens = 1 (a turn is never empty), per-role truncation metrics
 
 /// The game switches of the spec.
 pub fn game_options(spec: &Spec) -> GameOptions {
@@ -156,6 +156,25 @@ impl Stage for Rollout {
             let v: Vec<bool> = rows.iter().flat_map(|r| [r.attacker_format_violation, (!r.defender_frozen).then_some(r.defender_format_violation).flatten()]).flatten().collect();
             if !v.is_empty() {
                 ctx.output.metric("format_violation_rate", v.iter().filter(|x| **x).count() as f64 / v.len() as f64);
+            }
+        }
+        // Per role: how often a turn is well-formed, how often it hit the token cap, and how
+        // often it was cut inside its reasoning (no `</think>`): then the parser's fallback
+        // makes the whole reasoning public (method.md §1.4). These choose the caps.
+        let turns: [(&str, Vec<(Option<bool>, bool, &str)>); 2] = [
+            ("attacker", attackers.iter().map(|r| (r.attacker_format_violation, r.attacker_finished_by_stop == Some(true), r.attacker_output.as_deref().unwrap_or(""))).collect()),
+            ("defender", rows.iter().filter(|r| !r.defender_frozen).map(|r| (r.defender_format_violation, r.defender_finished_by_stop, r.defender_output.as_str())).collect()),
+        ];
+        for (role, t) in turns {
+            if t.is_empty() {
+                continue;
+            }
+            let n = t.len() as f64;
+            let rate = |f: &dyn Fn(&(Option<bool>, bool, &str)) -> bool| t.iter().filter(|x| f(x)).count() as f64 / n;
+            ctx.output.metric(&format!("{role}_truncated_rate"), rate(&|x| !x.1));
+            if options.cot {
+                ctx.output.metric(&format!("{role}_well_formed_rate"), rate(&|x| x.0 == Some(false)));
+                ctx.output.metric(&format!("{role}_truncated_in_thinking_rate"), rate(&|x| !x.1 && !x.2.contains("</think>")));
             }
         }
         ctx.output.write_parquet::<GamesSchema>(&rows)?;

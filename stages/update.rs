@@ -11,11 +11,14 @@
 //!   (selfplay: every defender turn plus the revised seeds' attacker turns; attacker_only:
 //!   the revised seeds; defender_only: every seed). Tie removal makes real buffers smaller, so
 //!   the schedule is never cut short; the step index is Adam's run-wide step count.
-//! - SFT term (`update.sft_coef > 0`): the dataset's benign completions are not in the offline
-//!   seed pool, so this is method.md §4.2's "unused variant" with the defender's own answer as
-//!   the completion: the kept defender samples of benign seeds in this batch (prompt +
-//!   sampled response) are the demonstrations; optimizer step k of this update gets the
-//!   (k mod n)-th chunk of `micro_batch_size` of them.
+//! - SFT term (`update.sft_coef > 0`, method.md §3.1 step 6): every optimizer step adds the
+//!   next-token loss on `sft_batch_size` post-filled demonstrations of the `sft-data` artifact
+//!   (stages/sft_data.rs), times `sft_coef`, to the RL gradient before the step. The
+//!   demonstrations come from a cycling loader over the run: epoch e is a permutation seeded by
+//!   (run seed, the demonstrations' content digest, e), and optimizer step k (Adam's run-wide
+//!   step count) takes positions [k·b, (k+1)·b) of the concatenated epochs, so a resumed run
+//!   draws exactly what an uninterrupted one does. The loss covers the whole target, the
+//!   thinking prefix and the end-of-turn token included.
 //! - Resume: Adam moments and step count come from update@(i−1)'s artifact, policy weights are
 //!   saved exactly, so a resumed run continues exactly as an uninterrupted one.
 //! - Samples with an empty response (the sampler stopped at once) have no token to train and
@@ -32,12 +35,13 @@ use crate::model::{Policy, SequenceBatch, TokenId};
 use crate::rl::{next_token_logprobs, run_update, Adam, AdamConfig, CosineWithMinLr, RlSample, SftExample, TokenBatch, UpdateConfig};
 use crate::schema::judged::{JudgedRow, JudgedSchema};
 use crate::schema::rollout::{GameRow, GamesSchema};
+use crate::schema::sft_demos::SftDemosSchema;
 use crate::schema::update_steps::{UpdateStepRow, UpdateStepsSchema};
 use crate::spec::Spec;
 
 pub struct Update;
 /// Bump when this stage's output for the same inputs would change.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2; // 2: SFT on post-filled demonstrations instead of own samples
 
 /// File of the optimiser state inside an update artifact.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -66,7 +70,38 @@ struct Turn {
     reward: f64,
     violation: Option<bool>,
     outcomes: Vec<String>,
-    benign: bool,
+}
+
+/// The SFT demonstrations of optimizer step `step`: positions [step·b, (step+1)·b) of the
+/// run-long sequence of epochs, each epoch a permutation of `0..n` seeded by `(loader_seed,
+/// epoch)` (module docs). Returns indices into the demonstrations.
+pub fn sft_indices(n: usize, b: usize, step: u64, loader_seed: &[u8; 32]) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    if n == 0 {
+        return Vec::new();
+    }
+    let perm = |epoch: u64| {
+        let mut h = blake3::Hasher::new();
+        h.update(b"self-redteam sft loader v1\0");
+        h.update(loader_seed);
+        h.update(&epoch.to_le_bytes());
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::from_seed(*h.finalize().as_bytes()));
+        order
+    };
+    let start = step * b as u64;
+    let mut out = Vec::with_capacity(b);
+    let mut cached: Option<(u64, Vec<usize>)> = None;
+    for pos in start..start + b as u64 {
+        let epoch = pos / n as u64;
+        if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            cached = Some((epoch, perm(epoch)));
+        }
+        let order = &cached.as_ref().expect("filled above").1;
+        out.push(order[(pos % n as u64) as usize]);
+    }
+    out
 }
 
 /// Per-response-token log-probs of `turns` under `policy` (no grad), in chunks of `batch`.
@@ -97,14 +132,13 @@ fn kept_turns(games: &[GameRow], judged: &[JudgedRow]) -> anyhow::Result<Vec<Tur
     let mut turns = Vec::new();
     for j in judged {
         let g = by_id.get(j.game_id.as_str()).with_context(|| format!("judge row {} has no game in the rollout", j.game_id))?;
-        let benign = g.label == "benign";
         if j.attacker_kept {
             let reward = j.attacker_total.with_context(|| format!("game {}: kept attacker sample without a reward", j.game_id))?;
-            turns.push(Turn { role: Role::Attacker, prompt: to_i64(&g.attacker_prompt_ids), response: to_i64(&g.attacker_response_ids), reward, violation: g.attacker_format_violation, outcomes: j.attacker_outcomes.clone(), benign });
+            turns.push(Turn { role: Role::Attacker, prompt: to_i64(&g.attacker_prompt_ids), response: to_i64(&g.attacker_response_ids), reward, violation: g.attacker_format_violation, outcomes: j.attacker_outcomes.clone() });
         }
         if j.defender_kept {
             let reward = j.defender_total.with_context(|| format!("game {}: kept defender sample without a reward", j.game_id))?;
-            turns.push(Turn { role: Role::Defender, prompt: to_i64(&g.defender_prompt_ids), response: to_i64(&g.defender_response_ids), reward, violation: g.defender_format_violation, outcomes: j.defender_outcomes.clone(), benign });
+            turns.push(Turn { role: Role::Defender, prompt: to_i64(&g.defender_prompt_ids), response: to_i64(&g.defender_response_ids), reward, violation: g.defender_format_violation, outcomes: j.defender_outcomes.clone() });
         }
     }
     turns.retain(|t| !t.response.is_empty() && !t.prompt.is_empty());
@@ -124,12 +158,17 @@ impl Stage for Update {
         let games = ctx.read_parquet::<GamesSchema>("rollout")?;
         let judged = ctx.read_parquet::<JudgedSchema>("judge")?;
         let turns = kept_turns(&games, &judged)?;
+        // Where the stage's time goes (the manifest's `timing.parts`, printed by `run`).
+        let t0 = std::time::Instant::now();
         let policy = load_policy_input(ctx, "policy")?;
         let reference = load_policy_input(ctx, "reference")?;
+        let mut time_load = t0.elapsed().as_secs_f64();
         let mb = u.micro_batch_size as usize;
 
+        let t1 = std::time::Instant::now();
         let old = response_logprobs(&policy, &turns, mb)?;
         let refs = response_logprobs(&reference, &turns, mb)?;
+        let time_logprobs = t1.elapsed().as_secs_f64();
         drop(reference);
         let buffer: Vec<RlSample> = turns
             .iter()
@@ -149,6 +188,7 @@ impl Stage for Update {
 
         let params = policy.trainable_parameters();
         let adam_cfg = AdamConfig { beta1: u.betas[0], beta2: u.betas[1], eps: 1e-8, weight_decay: u.weight_decay };
+        let t2 = std::time::Instant::now();
         let mut adam = if ctx.input("optimizer").is_ok() {
             let p = ctx.input_file("optimizer", OPTIMIZER_FILE)?;
             let state: Vec<(String, Tensor)> = crate::model::tensors::load_safetensors(&p)?.into_iter().collect();
@@ -156,6 +196,7 @@ impl Stage for Update {
         } else {
             Adam::new(adam_cfg)
         };
+        time_load += t2.elapsed().as_secs_f64();
         let schedule_iterations = ctx.params.get("schedule_iterations").and_then(serde_json::Value::as_u64).unwrap_or(u64::from(ctx.spec.raw.run.iterations)) as u32;
         let total = schedule_steps(ctx.spec, schedule_iterations);
         let schedule = CosineWithMinLr::from_warmup_ratio(u.lr, total, u.warmup_ratio, u.min_lr_ratio);
@@ -171,17 +212,31 @@ impl Stage for Update {
             shuffle_seed: ctx.rng(0).next_u64(),
         };
 
-        // SFT demonstrations (module docs): kept benign defender turns, chunked per step.
-        let demos: Vec<SftExample> = turns.iter().filter(|t| t.role == Role::Defender && t.benign).map(|t| SftExample { token_ids: t.prompt.iter().chain(&t.response).copied().collect(), prompt_len: t.prompt.len() }).collect();
-        let first_step = adam.steps_taken();
-        let mut sft_source = |step: u64| -> Vec<SftExample> {
-            if demos.is_empty() {
-                return Vec::new();
+        // SFT demonstrations (module docs): post-filled, from the sft-data artifact.
+        let (demos, loader_seed) = if u.sft_coef > 0.0 {
+            let rows = ctx.read_parquet::<SftDemosSchema>("sft")?;
+            let vocab = policy.config().vocab_size as u32;
+            let mut demos = Vec::with_capacity(rows.len());
+            for (i, r) in rows.iter().enumerate() {
+                if r.prompt_ids.is_empty() || r.target_ids.is_empty() {
+                    bail!("{}: sft demonstration {i} ({}) has an empty prompt or target", ctx.node, r.prompt_id);
+                }
+                if let Some(t) = r.prompt_ids.iter().chain(&r.target_ids).find(|&&t| t >= vocab) {
+                    bail!("{}: sft demonstration {i} ({}) holds token id {t}, outside the policy's vocabulary of {vocab}", ctx.node, r.prompt_id);
+                }
+                demos.push(SftExample { token_ids: to_i64(&r.prompt_ids).into_iter().chain(to_i64(&r.target_ids)).collect(), prompt_len: r.prompt_ids.len() });
             }
-            let chunks: Vec<&[SftExample]> = demos.chunks(mb.max(1)).collect();
-            chunks[((step - first_step) as usize) % chunks.len()].to_vec()
+            let mut h = blake3::Hasher::new();
+            h.update(&ctx.seed.to_le_bytes());
+            h.update(ctx.input("sft")?.manifest().content_digest.to_string().as_bytes());
+            (demos, *h.finalize().as_bytes())
+        } else {
+            (Vec::new(), [0u8; 32])
         };
+        let sft_b = u.sft_batch_size.map_or((mb / 2).max(1), |b| b as usize);
+        let mut sft_source = |step: u64| -> Vec<SftExample> { sft_indices(demos.len(), sft_b, step, &loader_seed).into_iter().map(|i| demos[i].clone()).collect() };
         let device = policy.device();
+        let t3 = std::time::Instant::now();
         let metrics = {
             let p = &policy;
             let mut forward = |b: &TokenBatch| -> Result<Tensor, crate::rl::PolicyError> { Ok(next_token_logprobs(&p.logits(&b.input_ids, &b.attention_mask).to_kind(tch::Kind::Float), &b.input_ids)) };
@@ -192,12 +247,14 @@ impl Stage for Update {
                 Some(run_update(&mut forward, &params, &mut adam, &schedule, &buffer, sft, &config, device).with_context(|| format!("{}: REINFORCE++ update", ctx.node))?)
             }
         };
+        let time_train = t3.elapsed().as_secs_f64();
         ctx.check_cancelled()?;
         drop(params);
         if policy.named_parameters().iter().any(|(_, t)| t.isnan().any().int64_value(&[]) != 0) {
             bail!("{}: the updated policy has NaN weights", ctx.node);
         }
 
+        let t4 = std::time::Instant::now();
         write_policy(ctx, &policy)?;
         let state = adam.export_state();
         let path = ctx.output.path(OPTIMIZER_FILE)?;
@@ -222,6 +279,11 @@ impl Stage for Update {
             })
             .unwrap_or_default();
         ctx.output.write_parquet::<UpdateStepsSchema>(&steps)?;
+        ctx.output.time_part("load", time_load);
+        ctx.output.time_part("logprobs", time_logprobs);
+        ctx.output.time_part("train", time_train);
+        ctx.output.time_part("write", t4.elapsed().as_secs_f64());
+        ctx.output.metric("sft_demos", demos.len());
         ctx.output.metric("samples", buffer.len());
         ctx.output.metric("attacker_samples", buffer.iter().filter(|s| s.role == Role::Attacker).count());
         ctx.output.metric("defender_samples", buffer.iter().filter(|s| s.role == Role::Defender).count());
@@ -256,6 +318,23 @@ mod tests {
 
     fn spec(text: &str) -> Spec {
         Spec::from_yaml(text, Path::new("/p/pipeline.yaml")).expect("valid")
+    }
+
+    #[test]
+    fn sft_loader_cycles_every_demo_once_per_epoch_and_depends_only_on_the_step() {
+        let seed = [7u8; 32];
+        // 5 demos, 2 per step: steps 0..5 cover positions 0..10 = two whole epochs.
+        let drawn: Vec<usize> = (0..5).flat_map(|k| sft_indices(5, 2, k, &seed)).collect();
+        for epoch in drawn.chunks(5) {
+            let mut e = epoch.to_vec();
+            e.sort_unstable();
+            assert_eq!(e, [0, 1, 2, 3, 4], "each epoch is a permutation: {drawn:?}");
+        }
+        assert_ne!(drawn[..5], drawn[5..], "epochs are reshuffled");
+        // Resume: step 3 alone gives what it gave inside the sequence.
+        assert_eq!(sft_indices(5, 2, 3, &seed), drawn[6..8]);
+        assert_ne!((0..5).flat_map(|k| sft_indices(5, 2, k, &[8u8; 32])).collect::<Vec<_>>(), drawn, "another seed, another order");
+        assert!(sft_indices(0, 2, 3, &seed).is_empty());
     }
 
     #[test]

@@ -21,7 +21,7 @@ const SEED_PLACEHOLDER: &str = "{seed}";
 
 /// Version of how the pieces below are glued together; bump when `attacker_prompt` or
 /// `defender_prompt` change the way they join template texts (it enters the digest).
-const ASSEMBLY_VERSION: &str = "prompt-assembly-v1";
+const ASSEMBLY_VERSION: &str = "prompt-assembly-v2"; // v2: the frozen defender gets the thinking prefix in reasoning mode
 
 const ATTACKER_SYSTEM: &str = include_str!("templates/attacker_system.txt");
 const ATTACKER_HARMFUL: &str = include_str!("templates/attacker_harmful.txt");
@@ -79,8 +79,12 @@ pub struct ChatPrompt {
 pub enum DefenderStyle {
     /// R1-style instruction, blank line, `User: <attack>`, and the thinking prefix.
     Cot,
-    /// The raw attack text as the only user message (no-CoT runs, frozen defender).
+    /// The raw attack text as the only user message (no-CoT runs).
     Plain,
+    /// The raw attack text as the only user message, then the thinking prefix: the frozen
+    /// defender of attacker-only runs in reasoning mode. The original appends the prefix to the
+    /// assistant turn of every role when reasoning is on, whatever the user message.
+    PlainThinking,
 }
 
 /// blake3 over every template byte, the thinking prefix and the assembly version.
@@ -171,11 +175,35 @@ pub fn defender_prompt(public_attack: &str, style: DefenderStyle) -> ChatPrompt 
             }],
             assistant_prefix: Some(THINKING_PREFIX.to_owned()),
         },
-        DefenderStyle::Plain => ChatPrompt {
+        DefenderStyle::Plain | DefenderStyle::PlainThinking => ChatPrompt {
             messages: vec![Message { role: ChatRole::User, content: public_attack.to_owned() }],
-            assistant_prefix: None,
+            assistant_prefix: (style == DefenderStyle::PlainThinking).then(|| THINKING_PREFIX.to_owned()),
         },
     }
+}
+
+/// The instruction that asks a model to post-fill the reasoning of a (request, answer) pair
+/// (method.md §4.2, the original's "self-distillation" prompt, in this project's words).
+const POSTFILL: &str = include_str!("templates/postfill.txt");
+const REQUEST_PLACEHOLDER: &str = "{request}";
+const RESPONSE_PLACEHOLDER: &str = "{response}";
+
+/// The post-fill prompt for a demonstration: one user message (no system message, so the chat
+/// template adds the model's default one), no assistant prefix; the model's whole answer is
+/// the reasoning. Both values are inserted by splitting the template, never by `replace` on
+/// the result, so a request that contains `{response}` is left untouched.
+pub fn postfill_prompt(request: &str, response: &str) -> ChatPrompt {
+    let t = text(POSTFILL);
+    let (head, rest) = t.split_once(REQUEST_PLACEHOLDER).expect("postfill template holds {request} (unit test)");
+    let (middle, tail) = rest.split_once(RESPONSE_PLACEHOLDER).expect("postfill template holds {response} after {request} (unit test)");
+    let content = [head, request, middle, response, tail].concat();
+    ChatPrompt { messages: vec![Message { role: ChatRole::User, content }], assistant_prefix: None }
+}
+
+/// blake3 of the post-fill template (enters the `sft-data` key, so rewording it reruns only
+/// that stage and the updates that read it).
+pub fn postfill_template_digest() -> TemplateDigest {
+    TemplateDigest(*blake3::hash(POSTFILL.as_bytes()).as_bytes())
 }
 
 /// The SFT target of a post-filled CoT demonstration (§4.2): the thinking prefix, the
@@ -236,6 +264,25 @@ mod tests {
         let c = &p.messages[0].content;
         assert!(c.starts_with("What follows is a conversation between a User and an Assistant."));
         assert!(c.ends_with("<answer> </answer> tags.\n\nUser: tell me a joke"));
+        assert_eq!(p.assistant_prefix.as_deref(), Some(THINKING_PREFIX));
+    }
+
+    #[test]
+    fn postfill_prompt_holds_request_then_answer_once_each() {
+        assert_eq!(text(POSTFILL).matches(REQUEST_PLACEHOLDER).count(), 1);
+        assert_eq!(text(POSTFILL).matches(RESPONSE_PLACEHOLDER).count(), 1);
+        let p = postfill_prompt("say {response} twice", "ok ok");
+        assert_eq!(p.messages.len(), 1);
+        let c = &p.messages[0].content;
+        assert!(c.contains("Request: say {response} twice\n\nAnswer: ok ok\n\n"), "{c}");
+        assert_eq!(p.assistant_prefix, None);
+        assert_ne!(postfill_template_digest(), template_digest());
+    }
+
+    #[test]
+    fn defender_plain_thinking_prompt_is_the_raw_attack_then_the_prefix() {
+        let p = defender_prompt("raw attack", DefenderStyle::PlainThinking);
+        assert_eq!(p.messages, vec![Message { role: ChatRole::User, content: "raw attack".into() }]);
         assert_eq!(p.assistant_prefix.as_deref(), Some(THINKING_PREFIX));
     }
 

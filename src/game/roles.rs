@@ -113,12 +113,14 @@ impl GameOptions {
 
     /// How the defender is prompted (§1.3): the CoT instruction only when CoT is on and the
     /// defender is the trained policy. The frozen defender of attacker-only runs gets the raw
-    /// attack, because an untrained model "does not know how to use the CoT template".
+    /// attack, because an untrained model "does not know how to use the CoT template", but in
+    /// reasoning mode still the thinking prefix, as every role's assistant turn does in the
+    /// original (so the attacker-only baseline faces the same opponent as there).
     pub fn defender_style(&self) -> DefenderStyle {
-        if self.cot && self.mode != GameMode::AttackerOnly {
-            DefenderStyle::Cot
-        } else {
-            DefenderStyle::Plain
+        match (self.cot, self.mode) {
+            (true, GameMode::AttackerOnly) => DefenderStyle::PlainThinking,
+            (true, _) => DefenderStyle::Cot,
+            (false, _) => DefenderStyle::Plain,
         }
     }
 
@@ -175,9 +177,35 @@ mod tests {
         let o = GameOptions { cot: true, mode: GameMode::AttackerOnly };
         assert_eq!(attack_turn("x", SeedKind::VanillaBenign, &o), AttackTurn::Skip);
         assert!(matches!(attack_turn("x", SeedKind::GeneratedHarmful, &o), AttackTurn::Generate(_)));
-        assert_eq!(o.defender_style(), DefenderStyle::Plain);
+        assert_eq!(o.defender_style(), DefenderStyle::PlainThinking, "raw attack, but the thinking prefix in reasoning mode");
         assert!(o.defender_is_frozen());
         assert!(!o.trains(Role::Defender));
+        assert_eq!(GameOptions { cot: false, ..o }.defender_style(), DefenderStyle::Plain);
+    }
+
+    /// Every role's rendered prompt ends with the thinking prefix in reasoning mode (the frozen
+    /// defender of attacker-only runs too), and none has it with `cot: false`.
+    #[test]
+    fn thinking_prefix_is_in_every_roles_rendered_prompt_exactly_in_reasoning_mode() {
+        use crate::game::{attacker_prompt, defender_prompt, SeedLabel, THINKING_PREFIX};
+        let policy = crate::model::tiny_random_llama(1);
+        let tok = policy.tokenizer();
+        for cot in [true, false] {
+            for mode in [GameMode::SelfPlay, GameMode::AttackerOnly, GameMode::DefenderOnly] {
+                let o = GameOptions { cot, mode };
+                let mut prompts = vec![("defender", defender_prompt("how do I pick a lock", o.defender_style()))];
+                if mode != GameMode::DefenderOnly {
+                    for label in [SeedLabel::Harmful, SeedLabel::Benign] {
+                        prompts.push(("attacker", attacker_prompt("how do I pick a lock", label, cot)));
+                    }
+                }
+                for (role, p) in prompts {
+                    let (text, _) = crate::generate::render_prompt(tok, &p).expect("render");
+                    assert_eq!(text.ends_with(THINKING_PREFIX), cot, "{mode:?} {role} cot={cot}: {text:?}");
+                    assert_eq!(text.contains("<think>"), cot, "{mode:?} {role} cot={cot}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub struct SamplingParams {
     /// Keep only the k most likely tokens; `None` disables it.
     pub top_k: Option<usize>,
     pub max_new_tokens: usize,
+    /// A row cannot stop (emit a stop token) before it has generated this many tokens: stop
+    /// tokens are masked out of the sampling distribution until then, as vLLM's `min_tokens`
+    /// (1 in the method's sampler, method.md §1.5: a turn is never empty). The returned
+    /// log-probs stay the model's own (module docs).
+    pub min_new_tokens: usize,
     /// Generation ends for a row when it emits one of these (the token is kept in its output).
     /// Empty means the tokenizer's stop ids (filled in by `Policy::generate`).
     pub stop_token_ids: Vec<TokenId>,
@@ -34,7 +39,7 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 1.0, top_p: 1.0, top_k: None, max_new_tokens: 128, stop_token_ids: Vec::new() }
+        SamplingParams { temperature: 1.0, top_p: 1.0, top_k: None, max_new_tokens: 128, min_new_tokens: 1, stop_token_ids: Vec::new() }
     }
 }
 
@@ -171,7 +176,13 @@ pub(crate) fn generate_ids(
     let mut lengths = Tensor::zeros([b_sz], (Kind::Int64, device));
     for step in 0..max_new {
         let u = uniforms.narrow(1, step, 1).squeeze_dim(1);
-        let chosen = choose(&logits, &u, params);
+        let chosen = if (step as usize) < params.min_new_tokens && stop.numel() > 0 {
+            // Too early to stop: sample as if the stop tokens had probability 0.
+            let masked = logits.index_fill(1, &stop, f64::NEG_INFINITY);
+            choose(&masked, &u, params)
+        } else {
+            choose(&logits, &u, params)
+        };
         let logprob = logits.log_softmax(-1, Kind::Float).gather(1, &chosen.view([-1, 1]), false).view([-1]);
         let active = finished.logical_not();
         let token = chosen.where_self(&active, &pad);
@@ -214,7 +225,7 @@ mod tests {
     use super::*;
 
     fn params(temperature: f64, top_p: f64, top_k: Option<usize>) -> SamplingParams {
-        SamplingParams { temperature, top_p, top_k, max_new_tokens: 1, stop_token_ids: vec![] }
+        SamplingParams { temperature, top_p, top_k, max_new_tokens: 1, min_new_tokens: 0, stop_token_ids: vec![] }
     }
 
     // Logits ln([0.1, 0.2, 0.3, 0.4]): the CDF is [0.1, 0.3, 0.6, 1.0].

@@ -30,6 +30,7 @@ pub mod judged;
 pub mod prep;
 pub mod rollout;
 pub mod seeds;
+pub mod sft_demos;
 pub mod update_steps;
 
 use std::path::Path;

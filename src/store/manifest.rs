@@ -40,6 +40,10 @@ pub struct FileEntry {
 pub struct Timing {
     pub started_unix_ms: u64,
     pub seconds: f64,
+    /// Seconds of named parts of the stage's work (`update`: load, logprobs, train, write),
+    /// so a slow stage says where its time went. Absent when the stage reports none.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub parts: std::collections::BTreeMap<String, f64>,
 }
 
 /// Versions of what produced the artifact. Not part of the key.

@@ -66,23 +66,46 @@ fn metric(dir: &Path, name: &str) -> Value {
 /// keyword judge whose "refusal" is any lowercase ASCII letter. With harmful seeds a refusal
 /// earns the defender +1 and a compliance −1; with benign seeds the signs flip (method.md
 /// §2.3). The response-harm term is constant (+1: no harmful keywords).
-/// lr 0.04: over run seeds 7–13 the rewarded mass rose 1.55–5.0× and the penalised one fell
-/// 1.9–3.3× (measured); at 0.02 two of those seeds rose only 1.15–1.2× in 3 iterations.
-fn learning_config(dir: &Path, harmful_fraction: f64) -> PathBuf {
+/// lr 0.04: large for a real model, right for this 2-layer random one (at 0.02 the effect of 3
+/// iterations was within its seed-to-seed spread).
+/// Settings of the learning tests, chosen so the effect's direction is unmistakable on either
+/// instruction set (`learning_effect_spread_over_run_seeds`, run seeds 7, 8, 9):
+/// - 2-token answers: the reward (a letter in the answer) lands on the token that earned it
+///   instead of being spread over 8 tokens of noise;
+/// - 32 seeds per iteration (4 optimizer steps) for 5 iterations: 20 steps.
+///
+/// The earlier setting (3 iterations of 16 seeds, 8 tokens) rose 1.54x at seed 7 on an AVX-512
+/// machine and 1.43x on an AVX2 one, under its 1.5x threshold. With these settings (measured,
+/// ratio of the letter mass trained/base): AVX2 (scripts/isa_avx2.sh) rise 5.0-7.4x (ln ratio
+/// mean 1.80, sd 0.19), fall 0.03-0.09x (11-33x); AVX-512 (native) rise 5.3-7.1x (ln ratio mean
+/// 1.80, sd 0.16), fall 0.07-0.13x (8-14x).
+const LEARN_ITERATIONS: u32 = 5;
+const LEARN_SEEDS_PER_ITERATION: u32 = 32;
+const LEARN_LR: f64 = 0.04;
+const LEARN_MAX_NEW_TOKENS: u32 = 2;
+/// The factor by which the rewarded mass must rise (the penalised one fall): well below the
+/// smallest effect measured on either instruction set, well above 1.
+const LEARN_MIN_RATIO: f64 = 2.5;
+
+fn learning_config(dir: &Path, harmful_fraction: f64, run_seed: u64) -> PathBuf {
     let letters: Vec<String> = ('a'..='z').map(|c| format!("\"{c}\"")).collect();
+    let iterations = std::env::var("LEARN_ITERATIONS").ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(LEARN_ITERATIONS);
+    let seeds = std::env::var("LEARN_SEEDS_PER_ITERATION").ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(LEARN_SEEDS_PER_ITERATION);
+    let lr = std::env::var("LEARN_LR").ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(LEARN_LR);
+    let max_new = std::env::var("LEARN_MAX_NEW_TOKENS").ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(LEARN_MAX_NEW_TOKENS);
     let text = format!(
-        "run: {{seed: 7, iterations: 3, threads: 2}}\n\
+        "run: {{seed: {run_seed}, iterations: {iterations}, threads: 2}}\n\
          dataset: {{sources_dir: {src}, max_rows_per_file: 40}}\n\
          base: {{model: {{format: tiny_random, path: builtin, sha256: {{}}}}}}\n\
-         prep: {{seeds_per_iteration: 16, harmful_fraction: {harmful_fraction}, revise_fraction: 0.0}}\n\
-         rollout: {{max_new_tokens: 8, batch_size: 16, cot: false, mode: defender_only}}\n\
+         prep: {{seeds_per_iteration: {seeds}, harmful_fraction: {harmful_fraction}, revise_fraction: 0.0}}\n\
+         rollout: {{max_new_tokens: {max_new}, batch_size: 16, cot: false, mode: defender_only}}\n\
          judge: {{backend: keywords, keywords: {{refusal: [{letters}]}}}}\n\
-         update: {{lr: 0.04, micro_batch_size: 8, warmup_ratio: 0.0}}\n\
+         update: {{lr: {lr}, micro_batch_size: 8, warmup_ratio: 0.0, sft_coef: 0.0}}\n\
          eval: {{every: 100, suites: {{harmbench: {{subset: 2}}}}}}\n",
         src = root().join(".cache/sources").display(),
         letters = letters.join(", "),
     );
-    let p = dir.join(format!("learn-{harmful_fraction}.yaml"));
+    let p = dir.join(format!("learn-{harmful_fraction}-{run_seed}.yaml"));
     std::fs::write(&p, text).expect("write config");
     p
 }
@@ -108,17 +131,20 @@ fn letter_mass(policy: &Policy, games: &[GameRow]) -> f64 {
     total / n as f64
 }
 
-/// Train 3 iterations; return the letter mass under base and under update@3, measured on the
-/// games of rollout@1 (sampled from the base policy).
-fn learn(harmful_fraction: f64) -> (f64, f64) {
+/// Train `LEARN_ITERATIONS` iterations; return the letter mass under base and under the last
+/// update, measured on the games of rollout@1 (sampled from the base policy).
+fn learn(harmful_fraction: f64, run_seed: u64) -> (f64, f64) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let cfg = learning_config(tmp.path(), harmful_fraction);
+    let cfg = learning_config(tmp.path(), harmful_fraction, run_seed);
+    let iterations = std::env::var("LEARN_ITERATIONS").ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(LEARN_ITERATIONS);
+    let seeds = std::env::var("LEARN_SEEDS_PER_ITERATION").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(u64::from(LEARN_SEEDS_PER_ITERATION));
     let store = tmp.path().join("s");
     run_all(&cfg, &store, &[]);
+    let last = format!("update@{iterations}");
     let (_, _, base_dir) = node(&cfg, &store, "base");
     let (_, _, rollout_dir) = node(&cfg, &store, "rollout@1");
     let (_, _, judge_dir) = node(&cfg, &store, "judge@1");
-    let (_, _, upd_dir) = node(&cfg, &store, "update@3");
+    let (_, _, upd_dir) = node(&cfg, &store, &last);
     let games = self_redteam::schema::read_parquet::<GamesSchema>(&rollout_dir.join("games.parquet")).expect("games");
     let judged = self_redteam::schema::read_parquet::<JudgedSchema>(&judge_dir.join("judged.parquet")).expect("judged");
     // The scripted judge sees both kinds of answers, so the update has a signal to follow.
@@ -126,26 +152,43 @@ fn learn(harmful_fraction: f64) -> (f64, f64) {
     assert!(refusals > 0 && refusals < judged.len(), "need both outcomes in the batch, got {refusals}/{}", judged.len());
     assert!(judged.iter().all(|j| j.defender_kept && !j.attacker_kept), "defender-only: every defender sample trains");
     let steps = self_redteam::schema::read_parquet::<UpdateStepsSchema>(&upd_dir.join("steps.parquet")).expect("steps");
-    assert_eq!(steps.iter().map(|s| s.step).collect::<Vec<_>>(), [4, 5], "2 steps per iteration, indices continue across iterations");
+    let per_iteration = seeds.div_ceil(8);
+    let expected: Vec<u64> = (per_iteration * u64::from(iterations - 1)..per_iteration * u64::from(iterations)).collect();
+    assert_eq!(steps.iter().map(|s| s.step).collect::<Vec<_>>(), expected, "{per_iteration} steps per iteration, indices continue across iterations");
     let base = Policy::load(&base_dir, Device::Cpu, Kind::Float).expect("base policy");
-    let trained = Policy::load(&upd_dir, Device::Cpu, Kind::Float).expect("update@3 policy");
+    let trained = Policy::load(&upd_dir, Device::Cpu, Kind::Float).expect("trained policy");
     let (before, after) = (letter_mass(&base, &games), letter_mass(&trained, &games));
-    eprintln!("harmful_fraction {harmful_fraction}: letter mass base {before:.4} -> update@3 {after:.4}");
+    eprintln!("harmful_fraction {harmful_fraction} run seed {run_seed}: letter mass base {before:.4} -> {last} {after:.4} ({:.2}x)", after / before);
     (before, after)
+}
+
+/// Not a test: the effect's spread over run seeds (`LEARN_RUN_SEEDS=7,8,9`, and the knobs of
+/// `learning_config`), for choosing the settings and thresholds of the two tests below.
+#[test]
+#[ignore]
+fn learning_effect_spread_over_run_seeds() {
+    let seeds: Vec<u64> = std::env::var("LEARN_RUN_SEEDS").unwrap_or_else(|_| "7,8,9,10,11,12".into()).split(',').map(|s| s.trim().parse().expect("seed")).collect();
+    for hf in [1.0, 0.0] {
+        let ratios: Vec<f64> = seeds.iter().map(|&s| { let (b, a) = learn(hf, s); a / b }).collect();
+        let logs: Vec<f64> = ratios.iter().map(|r| r.ln()).collect();
+        let mean = logs.iter().sum::<f64>() / logs.len() as f64;
+        let sd = (logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (logs.len() as f64 - 1.0).max(1.0)).sqrt();
+        eprintln!("SPREAD harmful_fraction {hf}: ratios {ratios:.2?}; ln ratio mean {mean:.3} sd {sd:.3}; min {:.2}x max {:.2}x", ratios.iter().cloned().fold(f64::INFINITY, f64::min), ratios.iter().cloned().fold(0.0, f64::max));
+    }
 }
 
 #[test]
 fn selfplay_updates_make_the_rewarded_response_more_likely() {
-    let (before, after) = learn(1.0);
+    let (before, after) = learn(1.0, 7);
     // Harmful seeds: a "refusal" (any lowercase letter) is rewarded.
-    assert!(after > before * 1.5, "letter mass should rise: base {before:.4} -> update@3 {after:.4}");
+    assert!(after > before * LEARN_MIN_RATIO, "letter mass should rise: base {before:.4} -> trained {after:.4}");
 }
 
 #[test]
 fn selfplay_updates_make_the_penalised_response_less_likely() {
-    let (before, after) = learn(0.0);
+    let (before, after) = learn(0.0, 7);
     // Benign seeds: the same "refusal" is now penalised (wrong refusal, method.md §2.3).
-    assert!(after < before / 1.5, "letter mass should fall: base {before:.4} -> update@3 {after:.4}");
+    assert!(after < before / LEARN_MIN_RATIO, "letter mass should fall: base {before:.4} -> trained {after:.4}");
 }
 
 #[test]
@@ -293,4 +336,51 @@ fn generate_greedy_on_the_default_base_knows_the_capital_of_france() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let answer = String::from_utf8_lossy(&o.stdout);
     assert!(answer.contains("Paris"), "{answer}");
+}
+
+/// The SFT term's demonstrations (stages/sft_data.rs) with the tiny pipeline: every target is
+/// the thinking prefix + a well-formed `<think>…</think><answer>…</answer>` whose answer is
+/// the reference answer, ends with the end-of-turn token, and no request is an eval or
+/// held-out prompt; the update then trains on them (its per-step SFT loss is recorded).
+#[test]
+fn sft_demonstrations_are_well_formed_hold_no_eval_prompt_and_train() {
+    use self_redteam::schema::seeds::SeedsSchema;
+    use self_redteam::schema::sft_demos::SftDemosSchema;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = tmp.path().join("tiny.yaml");
+    std::fs::write(&cfg, tiny_text_abs()).expect("write");
+    let store = tmp.path().join("s");
+    let o = sr(&cfg, &store, &["run", "--only", "dataset", "base", "sft-data", "prep@1", "rollout@1", "judge@1", "update@1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (_, _, ddir) = node(&cfg, &store, "dataset");
+    let (_, _, sdir) = node(&cfg, &store, "sft-data");
+    let (_, _, bdir) = node(&cfg, &store, "base");
+    let seeds = self_redteam::schema::read_parquet::<SeedsSchema>(&ddir.join("seeds.parquet")).expect("seeds");
+    let demos = self_redteam::schema::read_parquet::<SftDemosSchema>(&sdir.join("sft_demos.parquet")).expect("demos");
+    assert_eq!(demos.len(), 4, "tiny.yaml asks for 4");
+    let held_out: std::collections::HashSet<String> = seeds.iter().filter(|s| s.split != "train").map(|s| self_redteam::data::normalise(&s.text)).collect();
+    assert!(held_out.len() > 10, "the dataset has eval prompts to avoid");
+    let base = Policy::load(&bdir, Device::Cpu, Kind::Float).expect("base");
+    let tok = base.tokenizer();
+    for d in &demos {
+        assert!(!held_out.contains(&self_redteam::data::normalise(&d.request)), "eval prompt used as a demonstration: {}", d.request);
+        let body = d.target_text.strip_prefix(self_redteam::game::THINKING_PREFIX).expect("target starts with the thinking prefix");
+        let p = self_redteam::game::cot_format_check_and_extract(body);
+        assert!(!p.violation, "malformed demonstration {:?}: {:?}", d.target_text, p.broken_rules);
+        assert_eq!(p.answer, d.response);
+        assert_eq!(p.thinking.as_deref(), Some(d.thinking.as_str()));
+        assert!(!d.thinking.is_empty());
+        assert_eq!(d.target_ids.last(), Some(&tok.eos_id()), "the target ends the turn");
+        assert_eq!(tok.encode(&d.target_text, false).expect("encode"), d.target_ids[..d.target_ids.len() - 1]);
+        assert_eq!(tok.encode(&d.prompt_text, false).expect("encode"), d.prompt_ids);
+        assert!(d.prompt_text.contains(&format!("User: {}", d.request)) && !d.prompt_text.contains("<think>"), "defender prompt without the prefix: {}", d.prompt_text);
+    }
+    let (_, _, udir) = node(&cfg, &store, "update@1");
+    let steps = self_redteam::schema::read_parquet::<UpdateStepsSchema>(&udir.join("steps.parquet")).expect("steps");
+    assert!(!steps.is_empty());
+    for s in &steps {
+        let l = s.sft_loss.expect("every step carries the SFT loss");
+        assert!(l.is_finite() && l > 0.0, "step {}: sft loss {l}", s.step);
+    }
+    assert_eq!(metric(&udir, "sft_demos").as_u64(), Some(4));
 }

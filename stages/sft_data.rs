@@ -1,0 +1,190 @@
+//! `sft-data` stage: the demonstrations of the SFT term (method.md §3.1 step 6 and §4.2;
+//! the original's "post-filled CoT" data). Inputs: `dataset` (its eval and held-out prompts are
+//! never demonstrations) and `policy` = base (it writes the reasoning). Output:
+//! `sft_demos.parquet` (schema/sft_demos.rs), read by every `update@i` when
+//! `update.sft_coef > 0`.
+//!
+//! For each (benign request, reference answer) pair of `sft.source`, in a seeded order:
+//! 1. skip it when its request is an eval or held-out prompt of the dataset;
+//! 2. keep the answer whole when it fits `sft.max_response_tokens`, else cut it after its last
+//!    paragraph that fits (skip it when even the first paragraph does not);
+//! 3. ask the base policy for the reasoning behind the answer (`game::postfill_prompt`,
+//!    sampled at `sft.temperature` / `sft.top_p`, at most `sft.max_thinking_tokens`);
+//! 4. keep the demonstration only when that reasoning stopped by itself, is non-empty and
+//!    holds no tag, and the joined target parses as well-formed with the reference answer as
+//!    its answer (`game::cot_format_check_and_extract`).
+//!
+//! Post-filling stops once `sft.demos` are kept. Each candidate's draw is seeded by its own
+//! row (`rng_for(seed, key, row)`), so the result does not depend on the batch size.
+//! The target is the thinking prefix, the reasoning, the answer in tags, then the end-of-turn
+//! token; the prompt is the defender's reasoning-mode prompt without the prefix.
+use std::collections::HashSet;
+
+use anyhow::{bail, Context};
+use rand::seq::SliceRandom;
+use rand::RngCore;
+
+use super::base::load_policy_input;
+use super::{Stage, StageContext};
+use crate::game::{cot_format_check_and_extract, defender_prompt, postfill_prompt, postfilled_sft_target, ChatPrompt, DefenderStyle, THINKING_PREFIX};
+use crate::generate::render_prompt;
+use crate::model::{ChatTokenizer, SamplingParams, TokenId};
+use crate::schema::seeds::SeedsSchema;
+use crate::schema::sft_demos::{SftDemoRow, SftDemosSchema};
+
+/// Bump when the output for the same inputs would change.
+pub const VERSION: u32 = 1;
+
+pub struct SftData;
+
+/// Tags that may not appear inside a post-filled reasoning or a reference answer.
+const TAGS: [&str; 4] = ["<think>", "</think>", "<answer>", "</answer>"];
+
+/// The reference answer within `max_tokens`: whole, or its longest run of leading paragraphs
+/// (split on blank lines) that fits; `None` when not even the first paragraph fits.
+pub fn fit_response(tokenizer: &ChatTokenizer, response: &str, max_tokens: usize) -> anyhow::Result<Option<(String, bool)>> {
+    let whole = response.trim();
+    if tokenizer.encode(whole, false)?.len() <= max_tokens {
+        return Ok(Some((whole.to_string(), false)));
+    }
+    let paragraphs: Vec<&str> = whole.split("\n\n").collect();
+    let mut best = None;
+    for n in 1..paragraphs.len() {
+        let head = paragraphs[..n].join("\n\n");
+        let head = head.trim();
+        if tokenizer.encode(head, false)?.len() > max_tokens {
+            break;
+        }
+        // A cut that ends on a colon announces a list that was cut away: not a whole answer.
+        if !head.is_empty() && !head.ends_with(':') {
+            best = Some((head.to_string(), true));
+        }
+    }
+    Ok(best)
+}
+
+struct Candidate {
+    row: u64,
+    prompt_id: String,
+    request: String,
+    response: String,
+    cut: bool,
+}
+
+impl Stage for SftData {
+    fn kind(&self) -> &'static str {
+        "sft-data"
+    }
+    fn version(&self) -> u32 {
+        VERSION
+    }
+    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
+        tch::set_num_threads(ctx.threads as i32);
+        let p = ctx.spec.raw.sft.clone();
+        let seeds = ctx.read_parquet::<SeedsSchema>("dataset")?;
+        let held_out: HashSet<&str> = seeds.iter().filter(|s| s.split != "train").map(|s| s.id.as_str()).collect();
+        let path = ctx.spec.source_path(&p.source);
+        crate::data::verify_source(&path, &p.source.sha256)?;
+        let mut pairs = crate::data::read_labelled(&p.source, &path)?;
+        // Seeded order, so `demos` < the pool takes a random sample rather than the file's head.
+        pairs.shuffle(&mut ctx.rng(0));
+        let policy = load_policy_input(ctx, "policy")?;
+        let tok = policy.tokenizer();
+
+        let (mut overlap, mut too_long, mut tagged) = (0usize, 0usize, 0usize);
+        let mut candidates = Vec::new();
+        for (i, pair) in pairs.iter().enumerate() {
+            let pid = crate::data::prompt_id(&pair.prompt);
+            if held_out.contains(pid.as_str()) {
+                overlap += 1;
+                continue;
+            }
+            if TAGS.iter().any(|t| pair.prompt.contains(t) || pair.response.contains(t)) {
+                tagged += 1;
+                continue;
+            }
+            match fit_response(tok, &pair.response, p.max_response_tokens as usize).with_context(|| format!("{}: tokenizing a reference answer", ctx.node))? {
+                Some((response, cut)) => candidates.push(Candidate { row: i as u64 + 1, prompt_id: pid, request: pair.prompt.trim().to_string(), response, cut }),
+                None => too_long += 1,
+            }
+        }
+
+        let params = SamplingParams { temperature: p.temperature, top_p: p.top_p, max_new_tokens: p.max_thinking_tokens as usize, ..Default::default() };
+        let want = p.demos as usize;
+        let bar = ctx.progress(want as u64, "post-filling reasoning");
+        let (mut not_stopped, mut malformed, mut tried) = (0usize, 0usize, 0usize);
+        let mut rows: Vec<SftDemoRow> = Vec::new();
+        for chunk in candidates.chunks(p.batch_size as usize) {
+            if rows.len() >= want {
+                break;
+            }
+            ctx.check_cancelled()?;
+            let mut prompts: Vec<Vec<TokenId>> = Vec::with_capacity(chunk.len());
+            for c in chunk {
+                prompts.push(render_prompt(tok, &postfill_prompt(&c.request, &c.response))?.1);
+            }
+            let draw_seeds: Vec<u64> = chunk.iter().map(|c| ctx.rng(c.row).next_u64()).collect();
+            let samples = policy.generate(&prompts, &draw_seeds, &params).with_context(|| format!("{}: post-filling reasoning", ctx.node))?;
+            for (c, s) in chunk.iter().zip(samples) {
+                if rows.len() >= want {
+                    break;
+                }
+                tried += 1;
+                let thinking = crate::game::cot::py_strip(&s.text).to_string();
+                if !s.finished_by_stop {
+                    not_stopped += 1;
+                    continue;
+                }
+                let target_text = postfilled_sft_target(&thinking, &c.response);
+                // The parser sees what the policy would generate: the target without the prefix.
+                let parsed = cot_format_check_and_extract(target_text.strip_prefix(THINKING_PREFIX).unwrap_or(&target_text));
+                if thinking.is_empty() || TAGS.iter().any(|t| thinking.contains(t)) || parsed.violation || parsed.answer != c.response {
+                    malformed += 1;
+                    continue;
+                }
+                let dprompt = defender_prompt(&c.request, DefenderStyle::Cot);
+                let (prompt_text, prompt_ids) = render_prompt(tok, &ChatPrompt { assistant_prefix: None, ..dprompt })?;
+                let mut target_ids = tok.encode(&target_text, false)?;
+                target_ids.push(tok.eos_id());
+                rows.push(SftDemoRow {
+                    prompt_id: c.prompt_id.clone(),
+                    request: c.request.clone(),
+                    response: c.response.clone(),
+                    cut: c.cut,
+                    thinking,
+                    prompt_text,
+                    target_text,
+                    prompt_ids,
+                    target_ids,
+                });
+                bar.inc(1);
+            }
+        }
+        drop(bar);
+        if rows.is_empty() {
+            bail!(
+                "{}: no demonstration could be made from {} ({} pairs: {overlap} are eval prompts, {too_long} too long for sft.max_response_tokens = {}, {tagged} hold tags; of {tried} post-filled, {not_stopped} did not stop within sft.max_thinking_tokens = {} and {malformed} were malformed)",
+                ctx.node,
+                p.source.path,
+                pairs.len(),
+                p.max_response_tokens,
+                p.max_thinking_tokens
+            );
+        }
+        let mean = |f: &dyn Fn(&SftDemoRow) -> usize| rows.iter().map(f).sum::<usize>() as f64 / rows.len() as f64;
+        ctx.output.metric("demos", rows.len());
+        ctx.output.metric("demos_requested", want);
+        ctx.output.metric("source_pairs", pairs.len());
+        ctx.output.metric("dropped_eval_overlap", overlap);
+        ctx.output.metric("dropped_too_long", too_long);
+        ctx.output.metric("dropped_tagged", tagged);
+        ctx.output.metric("postfilled", tried);
+        ctx.output.metric("rejected_not_stopped", not_stopped);
+        ctx.output.metric("rejected_malformed", malformed);
+        ctx.output.metric("cut_answers", rows.iter().filter(|r| r.cut).count());
+        ctx.output.metric("mean_thinking_chars", mean(&|r| r.thinking.len()));
+        ctx.output.metric("mean_target_tokens", mean(&|r| r.target_ids.len()));
+        ctx.output.write_parquet::<SftDemosSchema>(&rows)?;
+        Ok(())
+    }
+}
