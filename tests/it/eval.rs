@@ -330,7 +330,7 @@ fn report_has_one_polyline_point_per_iteration_and_escapes_text() {
     let points_of = |key: &str| -> usize {
         let pl = polylines
             .iter()
-            .find(|p| p.contains(&format!("data-key=\"{key}\"")))
+            .find(|p| p.split("/>").next().is_some_and(|tag| tag.contains(&format!("data-key=\"{key}\""))))
             .expect("series present");
         let pts = pl
             .split("points=\"")
