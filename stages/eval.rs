@@ -68,7 +68,10 @@ use crate::spec::{Dtype, Label, Spec};
 /// Bump when this stage's output for the same inputs would change.
 /// 2: decoding steps use the CPU decode kernel (src/model/kernels.rs), whose float rounding
 /// differs from MKL's, so sampled tokens can differ.
-pub const VERSION: u32 = 2;
+/// 3: generation batches are also capped by prompt tokens (rows should not depend on their
+/// batch, but no cached eval should mix the two batchings), and the adversarial suites'
+/// headline is ASR.
+pub const VERSION: u32 = 3;
 
 /// The attacker-diversity split (method.md §4.1, §5.3).
 pub const HOLDOUT_ATTACKER: &str = "holdout_attacker";
