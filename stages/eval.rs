@@ -491,3 +491,24 @@ impl Stage for Eval {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_batches_cap_rows_and_prompt_tokens() {
+        // Lengths sorted ascending as generate_all orders them: 5 short prompts, then 3
+        // jailbreak-length ones. batch 4 → at most 4 rows and 4 × 256 = 1024 tokens.
+        let lens = [10, 20, 30, 40, 50, 600, 700, 1500];
+        let order: Vec<usize> = (0..lens.len()).collect();
+        let b = batches(&order, &lens, 4);
+        assert_eq!(b, vec![vec![0, 1, 2, 3], vec![4], vec![5], vec![6], vec![7]]);
+        // Every index exactly once, in order.
+        assert_eq!(b.concat(), order);
+        // Short prompts alone: only the row cap applies.
+        assert_eq!(batches(&[0, 1, 2], &[5, 5, 5], 2), vec![vec![0, 1], vec![2]]);
+        // batch 0 is treated as 1.
+        assert_eq!(batches(&[0, 1], &[5, 5], 0), vec![vec![0], vec![1]]);
+    }
+}
