@@ -627,8 +627,8 @@ pub struct EvalSuiteParams {
 pub struct EvalParams {
     /// Evaluate every this many iterations (and always on 0 and the last).
     pub every: u32,
-    /// Suites by name: a `dataset.eval_suites` name, `advbench`, `benign` or
-    /// `holdout_attacker`.
+    /// Suites by name: a `dataset.eval_suites` or `dataset.adversarial_suites` name,
+    /// `advbench`, `benign` or `holdout_attacker`.
     pub suites: BTreeMap<String, EvalSuiteParams>,
     pub max_answer_tokens: u32,
     pub greedy: bool,

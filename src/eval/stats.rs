@@ -306,15 +306,6 @@ pub fn format_p(p: Option<f64>) -> String {
     }
 }
 
-/// One line of text for a change: `0.083 → 0.042  Δ −0.042 [−0.120, 0.031]  p=0.6250 (b=2 c=1, n=100)`.
-pub fn format_change(c: &Change) -> String {
-    let tail = match (c.discordant, c.mcnemar_p) {
-        (Some((b, cc)), p) => format!("McNemar p={} (b={b} c={cc}, n={})", format_p(p), c.after.n),
-        _ => format!("unpaired (n={} vs {})", c.before.n, c.after.n),
-    };
-    format!("{:.3} -> {:.3}  diff {:+.3} [{:+.3}, {:+.3}]  {tail}", c.before.value, c.after.value, c.difference, c.lo, c.hi)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
