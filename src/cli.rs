@@ -344,31 +344,52 @@ pub fn main_with(cli: Cli) -> Result<i32> {
                 .map(|(i, m)| (*i, m.iter().filter(|(k, _)| crate::verbs::is_headline(k)).map(|(k, v)| (k.clone(), json!(v))).collect()))
                 .collect();
             let use_headline = !all && headline.values().any(|m| !m.is_empty());
+            // Paired change of every suite's rates from the first to the last evaluation
+            // (same prompts: eval subsets are seeded by the run seed, not the iteration).
+            let span = match (gathered.evals.iter().next(), gathered.evals.iter().next_back()) {
+                (Some((i0, a0)), Some((i1, a1))) if i0 != i1 => Some((*i0, *i1, crate::verbs::eval_changes(a0, a1)?)),
+                _ => None,
+            };
             if json {
-                // {"iterations": [{"iteration", "metrics": {stage.name: value}, "headline": {canonical name: number}}]}
+                // {"iterations": [{"iteration", "metrics": {stage.name: value}, "headline": {canonical name: number}}],
+                //  "changes": null | {"from": i, "to": j, "suites": [eval::stats::SuiteChange]}}
                 let v: Vec<Value> = rows.iter().map(|(i, m)| json!({"iteration": i, "metrics": m, "headline": headline.get(i).cloned().unwrap_or_default()})).collect();
-                print_json(&json!({"iterations": v}))?;
+                let changes = span.as_ref().map(|(i0, i1, c)| json!({"from": i0, "to": i1, "suites": c}));
+                print_json(&json!({"iterations": v, "changes": changes}))?;
             } else {
                 let rows = if use_headline { headline } else { rows };
                 let mut cols: Vec<&String> = rows.values().flat_map(|m| m.keys()).collect();
                 cols.sort();
                 cols.dedup();
+                // Headers: in-distribution suites (held-out slices of a training source) are
+                // labelled, e.g. `refusal/advbench(in-dist)`.
+                let headers: Vec<String> = cols
+                    .iter()
+                    .map(|c| match c.split_once('/') {
+                        Some((_, suite)) if crate::eval::stats::in_distribution(suite) => format!("{c}(in-dist)"),
+                        _ => c.to_string(),
+                    })
+                    .collect();
                 let mut out = std::io::stdout().lock();
                 write!(out, "{:<5}", "iter")?;
-                for c in &cols {
-                    write!(out, " {c:>w$}", w = c.len().max(6))?;
+                for h in &headers {
+                    write!(out, " {h:>w$}", w = h.len().max(6))?;
                 }
                 writeln!(out)?;
                 for (i, m) in &rows {
                     write!(out, "{i:<5}")?;
-                    for c in &cols {
+                    for (c, h) in cols.iter().zip(&headers) {
                         let v = m.get(*c).map_or("-".to_string(), |v| match v {
                             Value::Number(n) => n.as_f64().filter(|f| f.fract() != 0.0).map_or(n.to_string(), |f| format!("{f:.4}")),
                             other => other.to_string(),
                         });
-                        write!(out, " {v:>w$}", w = c.len().max(6))?;
+                        write!(out, " {v:>w$}", w = h.len().max(6))?;
                     }
                     writeln!(out)?;
+                }
+                if let Some((i0, i1, changes)) = &span {
+                    writeln!(out, "\nchange eval@{i0} -> eval@{i1} on the same prompts:")?;
+                    write!(out, "{}", crate::verbs::render_changes(changes))?;
                 }
             }
             Ok(0)
@@ -385,10 +406,7 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Compare { runs, json } => {
-            let mut loaded = Vec::new();
-            for r in &runs {
-                loaded.push(crate::verbs::compare::load_run(r, &g.store)?);
-            }
+            let loaded = crate::verbs::compare::load_runs(&runs, &g.store)?;
             if json {
                 // {"runs": [RunMetrics]}, "metrics": [names]}
                 print_json(&json!({"runs": loaded, "metrics": crate::verbs::compare::metric_names(&loaded)}))?;

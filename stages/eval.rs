@@ -19,8 +19,14 @@
 //!   `eval.attacker_greedy`. Well-formed revisions enter SBERT diversity, Self-BLEU
 //!   diversity and faithfulness (cosine to the seed); the format-violation rate counts all.
 //! - **Subsets**: `data::suite_subset` picks the same prompts for every iteration of a run.
-//! - **Batching**: `eval.batch_size` prompts per generation call, shortest first; outputs do
-//!   not depend on it (row-independent sampler), so it is left out of the key.
+//! - **Batching**: `eval.batch_size` prompts per generation call, shortest first, and at
+//!   most `batch_size × 256` prompt tokens per call (long jailbreak prompts go in smaller
+//!   batches); outputs do not depend on it (row-independent sampler), so it is left out of
+//!   the key.
+//! - **Adversarial suites** (`harmbench_dan`, `jailbreak_wild`, any
+//!   `dataset.adversarial_suites` entry) are harmful-labelled suites like the others: ASR is
+//!   the headline (`suite_kind`: the name contains `harmbench`, or the suite is
+//!   adversarial), refusal is reported beside it.
 //! - **Judge**: the configured backend (`judge::build::from_spec`), the probe from the
 //!   `judge_model` input (judge-fit); every verdict is stored with the row.
 //!
@@ -62,7 +68,10 @@ use crate::spec::{Dtype, Label, Spec};
 /// Bump when this stage's output for the same inputs would change.
 /// 2: decoding steps use the CPU decode kernel (src/model/kernels.rs), whose float rounding
 /// differs from MKL's, so sampled tokens can differ.
-pub const VERSION: u32 = 2;
+/// 3: generation batches are also capped by prompt tokens (rows should not depend on their
+/// batch, but no cached eval should mix the two batchings), and the adversarial suites'
+/// headline is ASR.
+pub const VERSION: u32 = 3;
 
 /// The attacker-diversity split (method.md §4.1, §5.3).
 pub const HOLDOUT_ATTACKER: &str = "holdout_attacker";
@@ -130,15 +139,42 @@ fn render(policy: &Policy, prompt: &crate::game::ChatPrompt) -> anyhow::Result<V
     Ok(policy.tokenizer().encode(&text, false)?)
 }
 
-/// Generate for every prompt in batches of `batch`, shortest prompts first (less padding);
-/// results come back in input order. Rows are independent of their batch mates (model
-/// sampler), so the order changes nothing but speed.
+/// Prompt tokens per batch row below which a batch is not shrunk (see [`batches`]).
+const ROW_TOKENS: usize = 256;
+
+/// Split `order` (indices sorted by prompt length) into generation batches of at most
+/// `batch` rows and at most `batch × ROW_TOKENS` prompt tokens (padded to the batch's
+/// longest), at least one row each. The token budget keeps the prefill's attention
+/// buffers (rows × length²) bounded for the long jailbreak prompts of the adversarial
+/// suites (≈ 1,500 tokens), where a full batch of 48 would need gigabytes.
+fn batches(order: &[usize], lens: &[usize], batch: usize) -> Vec<Vec<usize>> {
+    let budget = batch.max(1) * ROW_TOKENS;
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    for &i in order {
+        // Sorted ascending, so the newest row is the longest.
+        let rows = cur.len() + 1;
+        if !cur.is_empty() && (rows > batch.max(1) || rows * lens[i].max(ROW_TOKENS) > budget) {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Generate for every prompt in batches ([`batches`]), shortest prompts first (less
+/// padding); results come back in input order. Rows are independent of their batch mates
+/// (model sampler), so the order and batch sizes change nothing but speed and memory.
 fn generate_all(inputs: &EvalInputs<'_>, prompts: &[Vec<TokenId>], seeds: &[u64], params: &SamplingParams, batch: usize, what: &str) -> anyhow::Result<Vec<Sample>> {
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|i| (prompts[*i].len(), *i));
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     let mut out: Vec<Option<Sample>> = vec![None; prompts.len()];
     let mut done = 0u64;
-    for chunk in order.chunks(batch.max(1)) {
+    for chunk in batches(&order, &lens, batch) {
         (inputs.check_cancelled)()?;
         let p: Vec<Vec<TokenId>> = chunk.iter().map(|i| prompts[*i].clone()).collect();
         let s: Vec<u64> = chunk.iter().map(|i| seeds[*i]).collect();
@@ -316,7 +352,8 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
     let mut kinds = BTreeMap::new();
     for s in rows.iter().map(|r| r.suite.as_str()).collect::<std::collections::BTreeSet<_>>() {
         let all_benign = rows.iter().filter(|r| r.suite == s).all(|r| r.label == "benign");
-        kinds.insert(s.to_string(), suite_kind(s, all_benign));
+        let kind = if spec.raw.dataset.adversarial_suites.contains_key(s) { SuiteKind::Asr } else { suite_kind(s, all_benign) };
+        kinds.insert(s.to_string(), kind);
     }
     let mut metrics = serde_json::Map::new();
     let mut intervals = serde_json::Map::new();
@@ -452,5 +489,26 @@ impl Stage for Eval {
             ctx.output.metric(&k, v);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_batches_cap_rows_and_prompt_tokens() {
+        // Lengths sorted ascending as generate_all orders them: 5 short prompts, then 3
+        // jailbreak-length ones. batch 4 → at most 4 rows and 4 × 256 = 1024 tokens.
+        let lens = [10, 20, 30, 40, 50, 600, 700, 1500];
+        let order: Vec<usize> = (0..lens.len()).collect();
+        let b = batches(&order, &lens, 4);
+        assert_eq!(b, vec![vec![0, 1, 2, 3], vec![4], vec![5], vec![6], vec![7]]);
+        // Every index exactly once, in order.
+        assert_eq!(b.concat(), order);
+        // Short prompts alone: only the row cap applies.
+        assert_eq!(batches(&[0, 1, 2], &[5, 5, 5], 2), vec![vec![0, 1], vec![2]]);
+        // batch 0 is treated as 1.
+        assert_eq!(batches(&[0, 1], &[5, 5], 0), vec![vec![0], vec![1]]);
     }
 }

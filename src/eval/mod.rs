@@ -10,4 +10,5 @@ pub mod bleu;
 pub mod rates;
 pub mod report;
 pub mod sbert;
+pub mod stats;
 pub mod suite;

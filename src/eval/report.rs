@@ -2,6 +2,10 @@
 //! assets) with line plots of metrics over iterations, the judge's held-out accuracy and
 //! example games per outcome with their artifact keys. Called by the `report` verb and
 //! the end of `run`. All text from users, models and files is HTML-escaped.
+//!
+//! Rates are drawn with their 95% Wilson interval as a shaded band (from the eval
+//! manifest's `intervals`); the legend sits under the plot, one entry per line, so no
+//! label is cut off however long or many; in-distribution suites are labelled.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,6 +20,9 @@ use crate::judge::metrics::BinaryMetrics;
 pub struct IterationMetrics {
     pub iteration: u32,
     pub metrics: BTreeMap<String, f64>,
+    /// 95% intervals (lo, hi) of the metrics that are rates, by the same key.
+    #[serde(default)]
+    pub intervals: BTreeMap<String, (f64, f64)>,
 }
 
 /// One plot: every metric whose key starts with `key_prefix` is one line.
@@ -121,25 +128,43 @@ const PALETTE: [&str; 8] = [
 const W: f64 = 640.0;
 const H: f64 = 260.0;
 const ML: f64 = 56.0;
-const MR: f64 = 170.0;
+const MR: f64 = 16.0;
+/// Height of one legend line under a plot.
+const LEGEND_LINE: f64 = 16.0;
 const MT: f64 = 16.0;
 const MB: f64 = 32.0;
 
-/// Series of one plot: metric key → (iteration, value) for the iterations that have it.
-fn series(iterations: &[IterationMetrics], prefix: &str) -> BTreeMap<String, Vec<(f64, f64)>> {
-    let mut out: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+/// One point of a series: iteration, value and (for rates) its 95% interval.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    x: f64,
+    y: f64,
+    band: Option<(f64, f64)>,
+}
+
+/// Series of one plot: metric key → points for the iterations that have it.
+fn series(iterations: &[IterationMetrics], prefix: &str) -> BTreeMap<String, Vec<Point>> {
+    let mut out: BTreeMap<String, Vec<Point>> = BTreeMap::new();
     let mut its: Vec<&IterationMetrics> = iterations.iter().collect();
     its.sort_by_key(|m| m.iteration);
     for it in its {
         for (k, v) in &it.metrics {
             if k.starts_with(prefix) && v.is_finite() {
-                out.entry(k.clone())
-                    .or_default()
-                    .push((f64::from(it.iteration), *v));
+                let band = it.intervals.get(k).copied().filter(|(lo, hi)| lo.is_finite() && hi.is_finite());
+                out.entry(k.clone()).or_default().push(Point { x: f64::from(it.iteration), y: *v, band });
             }
         }
     }
     out
+}
+
+/// A series' legend label: in-distribution suites (held-out slices of a training source)
+/// are marked.
+fn legend_label(key: &str) -> String {
+    match key.split_once('/') {
+        Some((_, suite)) if crate::eval::stats::in_distribution(suite) => format!("{key} (in-distribution)"),
+        _ => key.to_string(),
+    }
 }
 
 fn fmt_num(v: f64) -> String {
@@ -153,9 +178,10 @@ fn fmt_num(v: f64) -> String {
 fn svg_plot(spec: &PlotSpec, iterations: &[IterationMetrics]) -> String {
     let data = series(iterations, &spec.key_prefix);
     let mut s = String::new();
+    let total_h = H + LEGEND_LINE * data.len() as f64;
     let _ = write!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="{}">"#,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{total_h}" viewBox="0 0 {W} {total_h}" role="img" aria-label="{}">"#,
         escape_html(&spec.title)
     );
     if data.is_empty() {
@@ -169,11 +195,12 @@ fn svg_plot(spec: &PlotSpec, iterations: &[IterationMetrics]) -> String {
     }
     let pts = data.values().flatten();
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in pts {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
+    for p in pts {
+        let (lo, hi) = p.band.unwrap_or((p.y, p.y));
+        x0 = x0.min(p.x);
+        x1 = x1.max(p.x);
+        y0 = y0.min(p.y).min(lo);
+        y1 = y1.max(p.y).max(hi);
     }
     if x1 == x0 {
         x1 = x0 + 1.0;
@@ -225,9 +252,20 @@ fn svg_plot(spec: &PlotSpec, iterations: &[IterationMetrics]) -> String {
     );
     for (i, (key, points)) in data.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
+        // The 95% interval band: upper ends left to right, lower ends back.
+        if points.iter().all(|p| p.band.is_some()) {
+            let mut band: Vec<String> = points.iter().map(|p| format!("{:.1},{:.1}", px(p.x), py(p.band.map_or(p.y, |b| b.1)))).collect();
+            band.extend(points.iter().rev().map(|p| format!("{:.1},{:.1}", px(p.x), py(p.band.map_or(p.y, |b| b.0)))));
+            let _ = write!(
+                s,
+                r#"<polygon class="band" data-key="{}" fill="{color}" fill-opacity="0.12" stroke="{color}" stroke-opacity="0.35" stroke-dasharray="3,3" points="{}"/>"#,
+                escape_html(key),
+                band.join(" ")
+            );
+        }
         let coords: Vec<String> = points
             .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .map(|p| format!("{:.1},{:.1}", px(p.x), py(p.y)))
             .collect();
         let _ = write!(
             s,
@@ -235,30 +273,32 @@ fn svg_plot(spec: &PlotSpec, iterations: &[IterationMetrics]) -> String {
             escape_html(key),
             coords.join(" ")
         );
-        for &(x, y) in points {
+        for p in points {
+            let band = p.band.map(|(lo, hi)| format!(" [{lo:.3}, {hi:.3}]")).unwrap_or_default();
             let _ = write!(
                 s,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"><title>{} @ {}: {}</title></circle>"#,
-                px(x),
-                py(y),
+                r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{color}"><title>{} @ {}: {}{band}</title></circle>"#,
+                px(p.x),
+                py(p.y),
                 escape_html(key),
-                x,
-                y
+                p.x,
+                p.y
             );
         }
-        let ly = MT + 14.0 * i as f64 + 8.0;
+        // Legend under the plot, one line per series (never clipped at the right edge).
+        let ly = H + LEGEND_LINE * i as f64 + 4.0;
         let _ = write!(
             s,
-            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/>"#,
-            W - MR + 10.0,
-            W - MR + 28.0
+            r#"<line x1="{ML}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/>"#,
+            ML + 18.0
         );
+        let band_note = if points.iter().any(|p| p.band.is_some()) { " (band: 95% Wilson interval)" } else { "" };
         let _ = write!(
             s,
-            r#"<text x="{}" y="{}" class="legend">{}</text>"#,
-            W - MR + 32.0,
+            r#"<text x="{}" y="{}" class="legend">{}{band_note}</text>"#,
+            ML + 24.0,
             ly + 4.0,
-            escape_html(key)
+            escape_html(&legend_label(key))
         );
     }
     s.push_str("</svg>");

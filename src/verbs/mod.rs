@@ -15,6 +15,11 @@
 //! - one whose name contains `kl` as a word part becomes `kl/<name>`;
 //! - the `judge-fit` metrics whose name contains `accuracy` become `judge/<name>` on every
 //!   iteration row (the judge is fitted once).
+//!
+//! # Paired changes
+//! [`eval_changes`] joins two `eval` artifacts' `eval.parquet` rows on (suite, prompt id)
+//! and gives each suite's rate change with its Newcombe interval and exact McNemar p-value
+//! (src/eval/stats.rs); [`render_changes`] is the text table `log` and `compare` print.
 pub mod compare;
 pub mod report;
 
@@ -23,12 +28,17 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::engine::Engine;
+use crate::eval::stats::{format_p, suite_changes, suite_label, SuiteChange};
+use crate::schema::eval::{EvalRecord, EvalSchema, EvalSummarySchema};
 use crate::store::Artifact;
 
 /// Metrics per iteration under canonical names, plus the artifacts they came from.
 #[derive(Debug, Clone, Default)]
 pub struct Gathered {
     pub metrics: BTreeMap<u32, BTreeMap<String, f64>>,
+    /// 95% Wilson intervals (lo, hi) of the eval rates, by iteration and canonical name
+    /// (the eval manifest's `intervals`).
+    pub intervals: BTreeMap<u32, BTreeMap<String, (f64, f64)>>,
     /// `eval@i` artifacts by iteration.
     pub evals: BTreeMap<u32, Artifact>,
     /// Other per-iteration artifacts: (stage, iteration) → artifact.
@@ -86,6 +96,18 @@ pub fn canonical_metrics(stage: &str, metrics: &serde_json::Map<String, Value>) 
     out
 }
 
+/// The eval manifest's `intervals` (`{rate name: {k, n, lo, hi}}`) as name → (lo, hi).
+pub fn eval_intervals(metrics: &serde_json::Map<String, Value>) -> BTreeMap<String, (f64, f64)> {
+    let Some(Value::Object(m)) = metrics.get("intervals") else { return BTreeMap::new() };
+    m.iter()
+        .filter_map(|(k, v)| {
+            let lo = v.get("lo")?.as_f64()?;
+            let hi = v.get("hi")?.as_f64()?;
+            Some((k.clone(), (lo, hi)))
+        })
+        .collect()
+}
+
 /// Gather the current plan's artifacts (`engine.resolve`) into canonical metrics.
 pub fn gather(engine: &Engine<'_>) -> anyhow::Result<Gathered> {
     let mut g = Gathered::default();
@@ -106,6 +128,7 @@ pub fn gather(engine: &Engine<'_>) -> anyhow::Result<Gathered> {
                     row.entry(k).or_insert(v);
                 }
                 if stage == "eval" {
+                    g.intervals.insert(i, eval_intervals(&a.manifest.metrics));
                     g.evals.insert(i, a);
                 } else {
                     g.stages.insert((stage, i), a);
@@ -125,6 +148,57 @@ pub fn gather(engine: &Engine<'_>) -> anyhow::Result<Gathered> {
 /// over-refusal and compliance per suite, diversity, judge accuracy, KL.
 pub fn is_headline(name: &str) -> bool {
     ["reward/", "asr/", "refusal/", "over_refusal/", "compliance/", "diversity/", "judge/", "kl/"].iter().any(|p| name.starts_with(p))
+}
+
+/// Every row of an eval artifact's `eval.parquet` (digest-checked).
+pub fn eval_rows(a: &Artifact) -> anyhow::Result<Vec<EvalRecord>> {
+    let p = a.verify_file("eval.parquet")?;
+    Ok(crate::schema::read_parquet::<EvalSchema>(&p)?)
+}
+
+/// Suite → its headline metric name (`asr`, `refusal`, `compliance`), from
+/// `eval_summary.parquet`.
+pub fn eval_headlines(a: &Artifact) -> anyhow::Result<BTreeMap<String, String>> {
+    let p = a.verify_file("eval_summary.parquet")?;
+    let rows = crate::schema::read_parquet::<EvalSummarySchema>(&p)?;
+    Ok(rows.into_iter().filter(|r| r.headline && r.category == crate::stages::eval::ALL).map(|r| (r.suite, r.metric)).collect())
+}
+
+/// Per-suite rate changes from `before` to `after` (two eval artifacts; paired on prompt
+/// ids where the suites hold the same prompts). Headlines come from `after`.
+pub fn eval_changes(before: &Artifact, after: &Artifact) -> anyhow::Result<Vec<SuiteChange>> {
+    let mut heads = eval_headlines(before)?;
+    heads.extend(eval_headlines(after)?);
+    Ok(suite_changes(&eval_rows(before)?, &eval_rows(after)?, &heads))
+}
+
+/// The text table of changes: one row per suite and rate, headline rates marked `*`,
+/// in-distribution suites labelled.
+pub fn render_changes(changes: &[SuiteChange]) -> String {
+    let labels: Vec<String> = changes.iter().map(|c| suite_label(&c.suite)).collect();
+    let w = labels.iter().map(String::len).max().unwrap_or(5).max(5);
+    let mut s = format!("{:<w$}  {:<11}  {:>6}  {:>6}  {:>7}  {:>17}  {:>14}  {:>7}  {:>9}\n", "suite", "rate", "before", "after", "diff", "95% interval", "one-sided 95%", "p", "pairs");
+    for (c, label) in changes.iter().zip(&labels) {
+        let ch = &c.change;
+        let metric = if c.headline { format!("{}*", c.metric) } else { c.metric.clone() };
+        let pairs = match ch.discordant {
+            Some((b, cc)) => format!("{} b{b}c{cc}", c.shared_prompts),
+            None => format!("{}/{}", ch.before.n, ch.after.n),
+        };
+        let interval = format!("[{:+.3}, {:+.3}]", ch.lo, ch.hi);
+        let one = format!("[{:+.3}, {:+.3}]", ch.lo_one_sided, ch.hi_one_sided);
+        s.push_str(&format!(
+            "{label:<w$}  {metric:<11}  {:>6.3}  {:>6.3}  {:>+7.3}  {interval:>17}  {one:>14}  {:>7}  {pairs:>9}\n",
+            ch.before.value,
+            ch.after.value,
+            ch.difference,
+            format_p(ch.mcnemar_p),
+        ));
+    }
+    s.push_str("* headline rate. diff = after - before; 95% interval: Newcombe (1998) method 10 (paired on prompt ids; unpaired where the prompts differ);\n");
+    s.push_str("one-sided 95%: the difference is above the left / below the right bound at 95%; p: exact McNemar (two-sided; '-' when unpaired);\n");
+    s.push_str("pairs: shared prompts and discordant pairs b (1 -> 0), c (0 -> 1), or n before/after when unpaired. In-distribution suites are held-out slices of a training source.\n");
+    s
 }
 
 #[cfg(test)]

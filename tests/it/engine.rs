@@ -496,7 +496,14 @@ fn dataset_from_the_pinned_sources_keeps_every_eval_prompt_out_of_training() {
     // Unique ids, nothing over 500 chars, and no eval prompt in training or judge data.
     let ids: HashSet<&str> = seeds.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids.len(), seeds.len(), "deduplicated");
-    assert!(seeds.iter().all(|r| r.text.chars().count() <= spec.raw.dataset.max_prompt_chars as usize));
+    let adversarial = |r: &&self_redteam::schema::seeds::SeedRow| r.suite.as_deref().is_some_and(|s| spec.raw.dataset.adversarial_suites.contains_key(s));
+    assert!(seeds.iter().filter(|r| !adversarial(r)).all(|r| r.text.chars().count() <= spec.raw.dataset.max_prompt_chars as usize));
+    // Adversarial suites: every HarmBench test behaviour in a template, under their own cap.
+    assert_eq!(count("eval", Some("harmbench_dan"), "harmful"), 159);
+    assert_eq!(count("eval", Some("jailbreak_wild"), "harmful"), 159);
+    assert!(seeds.iter().filter(adversarial).all(|r| r.text.chars().count() <= spec.raw.dataset.adversarial_max_prompt_chars as usize));
+    let manifest: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("json");
+    assert_eq!(manifest["metrics"]["dropped_long_adversarial"], 0, "{:#}", manifest["metrics"]);
     let eval: HashSet<&str> = seeds.iter().filter(|r| r.split == "eval").map(|r| r.id.as_str()).collect();
     let eval_norm: HashSet<String> = seeds.iter().filter(|r| r.split == "eval").map(|r| self_redteam::data::normalise(&r.text)).collect();
     assert!(seeds.iter().filter(|r| r.split != "eval").all(|r| !eval.contains(r.id.as_str()) && !eval_norm.contains(&self_redteam::data::normalise(&r.text))));

@@ -291,9 +291,16 @@ fn report_has_one_polyline_point_per_iteration_and_escapes_text() {
             m.insert("asr/harmbench".to_string(), 0.5);
         }
         m.insert("kl".to_string(), 0.01 * f64::from(i));
+        let mut intervals = BTreeMap::new();
+        if i != 2 {
+            intervals.insert("asr/harmbench".to_string(), (0.2, 0.8));
+        }
+        m.insert("refusal/advbench".to_string(), 0.25);
+        intervals.insert("refusal/advbench".to_string(), (0.05, 0.7));
         its.push(IterationMetrics {
             iteration: i,
             metrics: m,
+            intervals,
         });
     }
     let input = ReportInput {
@@ -323,7 +330,7 @@ fn report_has_one_polyline_point_per_iteration_and_escapes_text() {
     let points_of = |key: &str| -> usize {
         let pl = polylines
             .iter()
-            .find(|p| p.contains(&format!("data-key=\"{key}\"")))
+            .find(|p| p.split("/>").next().is_some_and(|tag| tag.contains(&format!("data-key=\"{key}\""))))
             .expect("series present");
         let pts = pl
             .split("points=\"")
@@ -334,7 +341,19 @@ fn report_has_one_polyline_point_per_iteration_and_escapes_text() {
             .expect("closing quote");
         pts.split(' ').count()
     };
-    assert_eq!(polylines.len(), 4, "reward x2, asr, kl");
+    assert_eq!(polylines.len(), 5, "reward x2, asr, refusal, kl");
+    // One 95% band per rate series, with 2 points per iteration (upper, then lower).
+    let bands: Vec<&str> = html.split("<polygon class=\"band\"").skip(1).collect();
+    assert_eq!(bands.len(), 2, "asr and refusal have intervals");
+    let band_points = bands
+        .iter()
+        .find(|b| b.contains("data-key=\"asr/harmbench\""))
+        .and_then(|b| b.split("points=\"").nth(1))
+        .and_then(|p| p.split('"').next())
+        .expect("asr band points");
+    assert_eq!(band_points.split(' ').count(), 6, "3 iterations x (hi, lo)");
+    assert!(html.contains("refusal/advbench (in-distribution)"), "advbench is labelled in the legend");
+    assert!(html.contains("(band: 95% Wilson interval)"));
     assert_eq!(points_of("reward/attacker"), 4);
     assert_eq!(points_of("reward/defender"), 4);
     assert_eq!(points_of("asr/harmbench"), 3, "iteration 2 has no asr");
@@ -351,8 +370,8 @@ fn report_has_one_polyline_point_per_iteration_and_escapes_text() {
     );
     assert_eq!(
         html.matches("no data").count(),
-        3,
-        "refusal, over-refusal, diversity have no data"
+        2,
+        "over-refusal, diversity have no data"
     );
     assert!(
         !html.contains("src=") && !html.contains("<link") && !html.contains("href="),

