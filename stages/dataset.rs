@@ -7,8 +7,9 @@ use super::{Stage, StageContext};
 use crate::schema::judge_train::JudgeTrainSchema;
 use crate::schema::seeds::SeedsSchema;
 
-/// Bump when the output for the same sources and params would change.
-pub const VERSION: u32 = 1;
+/// Bump when the output for the same sources and params would change. 2: PyRIT objective
+/// answers that achieved the objective carry `refusal = false`.
+pub const VERSION: u32 = 2;
 
 pub struct Dataset;
 
