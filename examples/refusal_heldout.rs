@@ -64,16 +64,19 @@ fn main() -> anyhow::Result<()> {
     let embedder = CachedEmbedder { table };
     let mut old = data.clone();
     old.response_refusal.retain(|e| e.source != "pyrit_objective");
-    for (name, set, rf) in [
-        ("v1 probe: embedding features, old data", &old, RefusalFeatures::Embedding),
-        ("embedding features, new data", &data, RefusalFeatures::Embedding),
-        ("phrases, new data", &data, RefusalFeatures::Phrases),
-        ("phrases_opening (new default), new data", &data, RefusalFeatures::PhrasesOpening),
+    let iters: usize = std::env::var("ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(config.iterations);
+    config.l2 = std::env::var("L2").ok().and_then(|v| v.parse().ok()).unwrap_or(config.l2);
+    for (name, set, rf, balance, iterations) in [
+        ("v1 probe: embedding features, old data, unbalanced, 200 iterations", &old, RefusalFeatures::Embedding, false, 200),
+        ("embedding features, new data, balanced", &data, RefusalFeatures::Embedding, true, iters),
+        ("phrases, new data, balanced", &data, RefusalFeatures::Phrases, true, iters),
+        ("phrases_opening, new data, unbalanced", &data, RefusalFeatures::PhrasesOpening, false, iters),
+        ("phrases_opening (new default), new data, balanced", &data, RefusalFeatures::PhrasesOpening, true, iters),
     ] {
-        let cfg = ProbeTrainConfig { refusal_features: rf, ..config.clone() };
+        let cfg = ProbeTrainConfig { refusal_features: rf, balance_refusal_classes: balance, iterations, ..config.clone() };
         let probe = train_probe(&embedder, set, &cfg)?;
         let h = &probe.report.heads[0];
-        println!("\n## {name}");
+        println!("\n## {name} ({} iterations)", cfg.iterations);
         println!("| held out | n | refusals | accuracy | precision | recall |");
         println!("|---|---|---|---|---|---|");
         let line = |what: &str, m: &self_redteam::judge::metrics::BinaryMetrics| {

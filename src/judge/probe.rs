@@ -136,6 +136,12 @@ pub struct ProbeTrainConfig {
     /// The refusal head's features.
     #[serde(default)]
     pub refusal_features: RefusalFeatures,
+    /// Weigh the refusal head's two classes equally in its loss (each class's examples
+    /// share half the weight). Its sources' refusal rates run from 0% (AlpacaEval, PyRIT
+    /// objective) to 60% (PyRIT refusal): unweighted, the head learns the pooled 17% base
+    /// rate and under-calls refusals wherever they are common.
+    #[serde(default)]
+    pub balance_refusal_classes: bool,
 }
 
 impl Default for ProbeTrainConfig {
@@ -147,6 +153,7 @@ impl Default for ProbeTrainConfig {
             iterations: 1000,
             threshold: 0.5,
             refusal_features: RefusalFeatures::default(),
+            balance_refusal_classes: true,
         }
     }
 }
@@ -263,7 +270,20 @@ pub fn fit_logistic(
     l2: f64,
     iterations: usize,
 ) -> (LogisticHead, f64) {
+    fit_logistic_weighted(xs, ys, None, l2, iterations)
+}
+
+/// `fit_logistic` with per-example weights in the mean log-loss (Σ wᵢ·lossᵢ / Σ wᵢ);
+/// `None` = all 1.
+pub fn fit_logistic_weighted(
+    xs: &[Vec<f64>],
+    ys: &[bool],
+    sample_weights: Option<&[f64]>,
+    l2: f64,
+    iterations: usize,
+) -> (LogisticHead, f64) {
     let n = xs.len();
+    let sw = |i: usize| sample_weights.map_or(1.0, |w| w[i]);
     let d = xs.first().map_or(0, |x| x.len());
     let max_sq = xs.iter().map(|x| dot(x, x)).fold(0.0_f64, f64::max) + 1.0; // + bias feature
     let step = 1.0 / (0.25 * max_sq + l2);
@@ -271,7 +291,10 @@ pub fn fit_logistic(
     let mut b = 0.0;
     let (mut w_prev, mut b_prev) = (w.clone(), b);
     let mut grad_w = vec![0.0; d];
-    let nf = n.max(1) as f64;
+    let nf = match sample_weights {
+        Some(w) => w.iter().sum::<f64>().max(f64::MIN_POSITIVE),
+        None => n.max(1) as f64,
+    };
     for t in 0..iterations {
         // Nesterov look-ahead point v = θ + (t-1)/(t+2)·(θ − θ_prev).
         let mom = if t == 0 {
@@ -287,8 +310,8 @@ pub fn fit_logistic(
         let vb = b + mom * (b - b_prev);
         grad_w.iter_mut().for_each(|g| *g = 0.0);
         let mut grad_b = 0.0;
-        for (x, &y) in xs.iter().zip(ys) {
-            let r = sigmoid(dot(&vw, x) + vb) - if y { 1.0 } else { 0.0 };
+        for (i, (x, &y)) in xs.iter().zip(ys).enumerate() {
+            let r = sw(i) * (sigmoid(dot(&vw, x) + vb) - if y { 1.0 } else { 0.0 });
             for (g, xi) in grad_w.iter_mut().zip(x) {
                 *g += r * xi;
             }
@@ -310,7 +333,8 @@ pub fn fit_logistic(
     let loss = xs
         .iter()
         .zip(ys)
-        .map(|(x, &y)| {
+        .enumerate()
+        .map(|(i, (x, &y))| {
             let z = dot(&head.weights, x) + head.bias;
             // log(1 + e^z) − y·z, computed stably.
             let softplus = if z > 0.0 {
@@ -318,7 +342,7 @@ pub fn fit_logistic(
             } else {
                 z.exp().ln_1p()
             };
-            softplus - if y { z } else { 0.0 }
+            sw(i) * (softplus - if y { z } else { 0.0 })
         })
         .sum::<f64>()
         / nf
@@ -534,7 +558,12 @@ pub fn train_probe(
                 return None;
             }
             let x: Vec<Vec<f64>> = train.iter().map(|&i| xs[i].clone()).collect();
-            Some(fit_logistic(&x, &ys, config.l2, config.iterations))
+            let weights = (h == Head::ResponseRefusal && config.balance_refusal_classes).then(|| {
+                let pos = ys.iter().filter(|&&y| y).count() as f64;
+                let neg = ys.len() as f64 - pos;
+                ys.iter().map(|&y| if y { 0.5 / pos } else { 0.5 / neg } * ys.len() as f64).collect::<Vec<f64>>()
+            });
+            Some(fit_logistic_weighted(&x, &ys, weights.as_deref(), config.l2, config.iterations))
         };
         let score = |m: &LogisticHead, test: &[usize]| {
             BinaryMetrics::from_pairs(test.iter().map(|&i| (m.probability(&xs[i]) >= config.threshold, ex[i].label)))
