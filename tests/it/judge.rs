@@ -421,6 +421,7 @@ fn probe_learns_separable_synthetic_heads_and_serialises_deterministically() {
         iterations: 400,
         threshold: 0.5,
         refusal_features: RefusalFeatures::PhrasesOpening,
+        balance_refusal_classes: true,
     };
     let probe = train_probe(&SyntheticEmbedder, &data, &cfg).expect("training succeeds");
     assert_eq!(probe.embed_dim, 27);
@@ -740,4 +741,28 @@ fn refusal_feature_sets_have_their_documented_widths_and_reload() {
             .expect("predict");
         assert_eq!(v[0].response_refusal, Some(true), "{rf:?}");
     }
+}
+
+#[test]
+fn weighted_fit_equals_fit_on_duplicated_examples() {
+    use self_redteam::judge::probe::{fit_logistic, fit_logistic_weighted};
+    let xs = vec![vec![0.2, -1.0], vec![1.0, 0.5], vec![-0.3, 0.8], vec![0.9, -0.2]];
+    let ys = vec![true, false, true, false];
+    // Weight 2 on example 0 is the same loss as example 0 twice (the mean is over Σw = 5).
+    let (w, loss_w) = fit_logistic_weighted(&xs, &ys, Some(&[2.0, 1.0, 1.0, 1.0]), 1e-3, 300);
+    let mut xd = xs.clone();
+    xd.push(xs[0].clone());
+    let mut yd = ys.clone();
+    yd.push(true);
+    let (d, _) = fit_logistic(&xd, &yd, 1e-3, 300);
+    // Same objective; the step 1/L depends on max|x|² only, which duplication keeps.
+    for (a, b) in w.weights.iter().zip(&d.weights) {
+        assert!((a - b).abs() < 1e-9, "{:?} vs {:?}", w.weights, d.weights);
+    }
+    assert!((w.bias - d.bias).abs() < 1e-9);
+    // Unit weights are the unweighted fit exactly.
+    let (u, loss_u) = fit_logistic_weighted(&xs, &ys, Some(&[1.0; 4]), 1e-3, 300);
+    let (p, loss_p) = fit_logistic(&xs, &ys, 1e-3, 300);
+    assert_eq!((u.weights, u.bias, loss_u), (p.weights, p.bias, loss_p));
+    assert!(loss_w > 0.0);
 }
