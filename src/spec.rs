@@ -491,8 +491,13 @@ pub struct ProbeParams {
     pub epochs: u32,
     pub lr: f64,
     pub l2: f64,
-    /// Share of the labelled sets kept out of fitting to measure accuracy.
+    /// Share of the labelled sets kept out of fitting to measure accuracy (the by-row
+    /// split; the per-source scores leave out one whole source group instead).
     pub holdout_fraction: f64,
+    /// The refusal head's features: `phrases_opening` (default: embeddings, refusal-phrase
+    /// features and the opening sentence's embedding), `phrases`, or `embedding` (probe v1,
+    /// for comparison). See src/judge/probe.rs.
+    pub refusal_features: crate::judge::probe::RefusalFeatures,
 }
 impl Default for ProbeParams {
     fn default() -> Self {
@@ -503,6 +508,7 @@ impl Default for ProbeParams {
             lr: 0.1,
             l2: 1e-3,
             holdout_fraction: 0.2,
+            refusal_features: crate::judge::probe::RefusalFeatures::default(),
         }
     }
 }

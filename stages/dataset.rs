@@ -10,7 +10,8 @@ use crate::schema::seeds::SeedsSchema;
 
 /// Bump when the output for the same sources and params would change.
 /// 2: adversarial suites (`dataset.adversarial_suites`), behaviours they wrap are kept out
-/// of training and judge training, metric `dropped_long_adversarial`.
+/// of training and judge training, metric `dropped_long_adversarial`; PyRIT objective
+/// answers that achieved the objective carry `refusal = false`.
 pub const VERSION: u32 = 2;
 
 pub struct Dataset;

@@ -9,7 +9,19 @@
 //! - prompt_harmful: the dataset's `train` split seeds (harmful and benign, labelled by
 //!   their source), plus the prompts of the labelled response sets that carry a prompt
 //!   label (PyRIT objectives, UncensorBench: all harmful), one example per distinct prompt;
-//! - response_refusal / response_harmful: the `judge_train.parquet` pairs with that label.
+//! - response_refusal / response_harmful: the `judge_train.parquet` pairs with that label
+//!   (refusal: PyRIT refusal + refusal_extra, UncensorBench censored = refusal and
+//!   uncensored = compliance, PyRIT objective answers that achieved the harmful objective =
+//!   compliance, AlpacaEval reference answers = compliance).
+//!
+//! Each example's `source` is its **source group** (`source_group`): one group per
+//! labelling protocol of the pinned sets (`pyrit_refusal` for both refusal files,
+//! `pyrit_objective` for the 14 objective files, `uncensorbench`, `alpaca_eval`); a seed's
+//! group is its seed source. The probe reports held-out scores per group, each from a head
+//! fitted without that group (probe.rs, "by source"), beside the by-row split; both go to
+//! `judge_fit_metrics.parquet` (column `split`: `row` | `source`) and the manifest
+//! (`<head>.accuracy|…` by row; `<head>.by_source.<group>.accuracy|precision|recall|f1|n`
+//! for the two response heads), which `show`, `log` and `report` print.
 //!
 //! No prompt used by evaluation is trained on: the dataset stage already drops labelled
 //! pairs whose prompt is an eval prompt, and this stage also drops any example whose prompt
@@ -18,22 +30,23 @@
 //!
 //! The held-out split is seeded by the run seed, not the node key, so changing `l2` or
 //! `epochs` re-fits on the same split and the held-out scores stay comparable.
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::Context;
 
 use super::{Stage, StageContext};
 use crate::judge::build::{load_embedder, PROBE_FILE};
 use crate::judge::labels::LabelledPair;
-use crate::judge::probe::{train_probe, ProbeReport, ProbeTrainConfig, ProbeTrainingSet};
+use crate::judge::probe::{texts_for, train_probe, Head, ProbeReport, ProbeTrainConfig, ProbeTrainingSet};
 use crate::judge::Embedder;
 use crate::schema::judge_fit::{HeadMetricsRow, JudgeFitMetricsSchema};
 use crate::schema::judge_train::{JudgeExampleRow, JudgeTrainSchema};
 use crate::schema::seeds::{SeedRow, SeedsSchema};
-use crate::spec::ProbeParams;
+use crate::spec::{DatasetParams, ProbeParams, SourceFormat};
 
-/// Bump when the output for the same inputs would change.
-pub const VERSION: u32 = 1;
+/// Bump when the output for the same inputs would change. 2: refusal phrase and
+/// opening-sentence features, per-source held-out metrics, metrics Parquet v2.
+pub const VERSION: u32 = 2;
 
 pub struct JudgeFit;
 
@@ -48,9 +61,28 @@ pub struct FitData {
     pub dropped_eval_overlap: usize,
 }
 
-/// Assemble the three heads' examples from the dataset artifact (see the module header).
+/// The source group of each `dataset.judge_train` file, by its `source` name: one group per
+/// labelling protocol (module header). A name not listed maps to itself.
+pub fn source_groups(d: &DatasetParams) -> BTreeMap<String, String> {
+    d.judge_train
+        .iter()
+        .map(|f| {
+            let group = match f.format {
+                SourceFormat::PyritRefusalCsv => "pyrit_refusal".to_string(),
+                SourceFormat::PyritObjectiveCsv => "pyrit_objective".to_string(),
+                SourceFormat::UncensorbenchJson => "uncensorbench".to_string(),
+                SourceFormat::AlpacaEvalResponses => "alpaca_eval".to_string(),
+                _ => f.source_name(),
+            };
+            (f.source_name(), group)
+        })
+        .collect()
+}
+
+/// Assemble the three heads' examples from the dataset artifact (see the module header);
+/// `groups` maps a pair's `source` to its source group (`source_groups`).
 /// Deterministic: follows the input row order.
-pub fn training_set(seeds: &[SeedRow], pairs: &[JudgeExampleRow]) -> FitData {
+pub fn training_set(seeds: &[SeedRow], pairs: &[JudgeExampleRow], groups: &BTreeMap<String, String>) -> FitData {
     let held_out: HashSet<&str> = seeds.iter().filter(|s| s.split != "train").map(|s| s.id.as_str()).collect();
     let mut dropped = 0usize;
     let mut set = ProbeTrainingSet::default();
@@ -66,7 +98,8 @@ pub fn training_set(seeds: &[SeedRow], pairs: &[JudgeExampleRow]) -> FitData {
             dropped += 1;
             continue;
         }
-        let pair = |label: bool, response: &str| LabelledPair { prompt: r.prompt.clone(), response: response.to_string(), label, source: r.source.clone(), category: Some(r.category.clone()).filter(|c| !c.is_empty()) };
+        let source = groups.get(&r.source).cloned().unwrap_or_else(|| r.source.clone());
+        let pair = |label: bool, response: &str| LabelledPair { prompt: r.prompt.clone(), response: response.to_string(), label, source: source.clone(), category: Some(r.category.clone()).filter(|c| !c.is_empty()) };
         if let Some(l) = r.prompt_harmful {
             if prompt_seen.insert(pid) {
                 set.prompt_harmful.push(pair(l, ""));
@@ -86,42 +119,42 @@ pub fn training_set(seeds: &[SeedRow], pairs: &[JudgeExampleRow]) -> FitData {
 /// (every iteration sees every example). `lr` is not used: the trainer's step is fixed at
 /// 1/L from the data (probe.rs), which needs no tuning and cannot diverge.
 pub fn train_config(p: &ProbeParams, seed: u64) -> ProbeTrainConfig {
-    ProbeTrainConfig { seed, held_out_fraction: p.holdout_fraction, l2: p.l2, iterations: p.epochs as usize, ..ProbeTrainConfig::default() }
+    ProbeTrainConfig { seed, held_out_fraction: p.holdout_fraction, l2: p.l2, iterations: p.epochs as usize, refusal_features: p.refusal_features, ..ProbeTrainConfig::default() }
 }
 
-/// The held-out report as Parquet rows.
+/// The held-out report as Parquet rows: first each head's by-row split (`split` = `row`,
+/// `source` empty; what `show` previews first), then per head one row per left-out source
+/// group (`split` = `source`).
 pub fn metric_rows(report: &ProbeReport) -> Vec<HeadMetricsRow> {
-    report
-        .heads
-        .iter()
-        .map(|h| {
-            let m = &h.held_out;
-            HeadMetricsRow {
-                head: h.head.name().to_string(),
-                train_n: h.train_n as u64,
-                n: m.n as u64,
-                tp: m.tp as u64,
-                fp: m.fp as u64,
-                tn: m.tn as u64,
-                fn_: m.fn_ as u64,
-                accuracy: m.accuracy,
-                precision: m.precision,
-                recall: m.recall,
-                f1: m.f1,
-                train_loss: h.train_loss,
-            }
-        })
-        .collect()
+    let row = |head: Head, split: &str, source: &str, train_n: usize, m: &crate::judge::metrics::BinaryMetrics, train_loss: Option<f64>| HeadMetricsRow {
+        head: head.name().to_string(),
+        split: split.to_string(),
+        source: source.to_string(),
+        train_n: train_n as u64,
+        n: m.n as u64,
+        tp: m.tp as u64,
+        fp: m.fp as u64,
+        tn: m.tn as u64,
+        fn_: m.fn_ as u64,
+        accuracy: m.accuracy,
+        precision: m.precision,
+        recall: m.recall,
+        f1: m.f1,
+        train_loss,
+    };
+    let by_row = report.heads.iter().map(|h| row(h.head, "row", "", h.train_n, &h.held_out, Some(h.train_loss)));
+    let by_source = report.heads.iter().flat_map(|h| h.by_source.iter().map(move |s| row(h.head, "source", &s.source, s.train_n, &s.held_out, None)));
+    by_row.chain(by_source).collect()
 }
 
-/// Every text the trainer embeds for these examples (probe.rs: prompts; responses; the
-/// joint `prompt\n\nresponse` text), distinct, shortest first.
-pub fn texts_to_embed(set: &ProbeTrainingSet) -> Vec<String> {
-    let mut texts: HashSet<String> = set.prompt_harmful.iter().map(|e| e.prompt.clone()).collect();
-    for e in set.response_refusal.iter().chain(&set.response_harmful) {
-        texts.insert(e.prompt.clone());
-        texts.insert(e.response.clone());
-        texts.insert(format!("{}\n\n{}", e.prompt, e.response));
+/// Every text the trainer embeds for these examples (`probe::texts_for` of each head),
+/// distinct, shortest first.
+pub fn texts_to_embed(set: &ProbeTrainingSet, config: &ProbeTrainConfig) -> Vec<String> {
+    let mut texts: HashSet<String> = HashSet::new();
+    for (h, examples) in [(Head::PromptHarmful, &set.prompt_harmful), (Head::ResponseRefusal, &set.response_refusal), (Head::ResponseHarmful, &set.response_harmful)] {
+        for e in examples {
+            texts.extend(texts_for(h, config.refusal_features, &e.prompt, &e.response));
+        }
     }
     let mut texts: Vec<String> = texts.into_iter().collect();
     texts.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
@@ -183,11 +216,11 @@ impl Stage for JudgeFit {
         crate::data::verify_source(&weights, &p.embedder_sha256).with_context(|| format!("judge.probe: the sentence embedder's weights {} do not match judge.probe.embedder_sha256", weights.display()))?;
         let seeds = ctx.read_parquet::<SeedsSchema>("dataset")?;
         let pairs = ctx.read_parquet::<JudgeTrainSchema>("dataset")?;
-        let data = training_set(&seeds, &pairs);
+        let data = training_set(&seeds, &pairs, &source_groups(&ctx.spec.raw.dataset));
         let encoder = load_embedder(&ctx.spec.embedder_dir, tch_device(ctx.device))?;
         let config = train_config(&p, ctx.seed);
         let t0 = std::time::Instant::now();
-        let texts = texts_to_embed(&data.set);
+        let texts = texts_to_embed(&data.set, &config);
         let bar = ctx.progress(texts.len() as u64, "embedding");
         let embedder = PrefetchedEmbedder::build(&encoder, texts, EMBED_BATCH, |n| {
             bar.inc(n as u64);
@@ -203,12 +236,19 @@ impl Stage for JudgeFit {
         let rows = metric_rows(&probe.report);
         ctx.output.write_parquet::<JudgeFitMetricsSchema>(&rows)?;
         for r in &rows {
-            ctx.output.metric(&format!("{}.accuracy", r.head), r.accuracy);
-            ctx.output.metric(&format!("{}.precision", r.head), r.precision);
-            ctx.output.metric(&format!("{}.recall", r.head), r.recall);
-            ctx.output.metric(&format!("{}.f1", r.head), r.f1);
-            ctx.output.metric(&format!("{}.n", r.head), r.n);
-            ctx.output.metric(&format!("{}.train_n", r.head), r.train_n);
+            // By row: `<head>.…`; by source, response heads only (the prompt head's groups
+            // are the seed sources, one class each: in the Parquet, kept out of `log`).
+            let prefix = match r.split.as_str() {
+                "row" => r.head.clone(),
+                _ if r.head == Head::PromptHarmful.name() => continue,
+                _ => format!("{}.by_source.{}", r.head, r.source),
+            };
+            ctx.output.metric(&format!("{prefix}.accuracy"), r.accuracy);
+            ctx.output.metric(&format!("{prefix}.precision"), r.precision);
+            ctx.output.metric(&format!("{prefix}.recall"), r.recall);
+            ctx.output.metric(&format!("{prefix}.f1"), r.f1);
+            ctx.output.metric(&format!("{prefix}.n"), r.n);
+            ctx.output.metric(&format!("{prefix}.train_n"), r.train_n);
         }
         ctx.output.metric("dropped_eval_overlap", data.dropped_eval_overlap);
         Ok(())
@@ -237,7 +277,8 @@ mod tests {
             pair("steal a car", "here is how", Some(true), Some(false), Some(true)),
             pair("write a poem", "roses", None, Some(false), None),
         ];
-        let d = training_set(&seeds, &pairs);
+        let groups = BTreeMap::from([("src".to_string(), "group".to_string())]);
+        let d = training_set(&seeds, &pairs, &groups);
         assert_eq!(d.dropped_eval_overlap, 2);
         let prompts: Vec<(&str, bool)> = d.set.prompt_harmful.iter().map(|e| (e.prompt.as_str(), e.label)).collect();
         assert_eq!(prompts, [("make a bomb", true), ("bake bread", false), ("steal a car", true)]);

@@ -340,12 +340,16 @@ pub fn read_labelled(f: &SourceFile, path: &Path) -> Result<Vec<LabelledResponse
         SourceFormat::PyritObjectiveCsv => csv_records(path, &text)?
             .iter()
             .map(|r| {
+                let achieved = score(path, field(path, r, "human_score")?)?;
                 Ok(LabelledResponse {
                     prompt: field(path, r, "objective")?.trim().to_string(),
                     response: field(path, r, "assistant_response")?.to_string(),
                     prompt_harmful: Some(true),
-                    refusal: None,
-                    harmful_response: Some(score(path, field(path, r, "human_score")?)?),
+                    // An answer that achieved the harmful objective is by definition not a
+                    // refusal; one that did not may be a refusal, a partial refusal or a
+                    // harmless answer, so it has no refusal label.
+                    refusal: if achieved { Some(false) } else { None },
+                    harmful_response: Some(achieved),
                     category: field(path, r, "harm_category")?.to_string(),
                 })
             })

@@ -17,6 +17,7 @@ pub mod http;
 pub mod keywords;
 pub mod labels;
 pub mod metrics;
+pub mod phrases;
 pub mod probe;
 pub mod rules;
 pub mod server;

@@ -78,7 +78,7 @@ Explain how photosynthesis works.,\"Plants capture sunlight with chlorophyll and
 #[test]
 fn judge_fit_held_out_accuracy_reaches_0_9_on_prompt_harm_and_refusal() {
     let f = fitted();
-    let v = json_of(&sr(&pipeline(), &f.store, &["show", "judge-fit", "--json"]));
+    let v = json_of(&sr(&pipeline(), &f.store, &["show", "judge-fit", "--json", "--rows", "100"]));
     let m = &v["manifest"]["metrics"];
     let num = |k: &str| m[k].as_f64().unwrap_or_else(|| panic!("metric {k} missing: {m}"));
     eprintln!("judge-fit held-out metrics: {m}");
@@ -90,23 +90,36 @@ fn judge_fit_held_out_accuracy_reaches_0_9_on_prompt_harm_and_refusal() {
         assert!(num(&format!("{head}.train_n")) > num(&format!("{head}.n")), "{head}: {m}");
         assert!(num(&format!("{head}.f1")) > 0.5, "{head}: {m}");
     }
+    // Held out by source (leave one source group out): every labelling protocol of the
+    // refusal head is scored by a head that never saw it.
+    for group in ["alpaca_eval", "pyrit_objective", "pyrit_refusal", "uncensorbench"] {
+        let n = num(&format!("response_refusal.by_source.{group}.n"));
+        assert!(n >= 50.0, "{group}: {m}");
+        num(&format!("response_refusal.by_source.{group}.recall"));
+    }
     // The metrics Parquet is what `show` previews, and agrees with the manifest.
     let p = &v["rows"]["judge_fit_metrics.parquet"];
-    assert_eq!(p["total_rows"], 3, "{p}");
     let cols: Vec<&str> = p["columns"].as_array().expect("columns").iter().map(|c| c.as_str().expect("name")).collect();
-    assert_eq!(cols, ["head", "train_n", "n", "tp", "fp", "tn", "fn_", "accuracy", "precision", "recall", "f1", "train_loss"]);
-    for row in p["rows"].as_array().expect("rows") {
+    assert_eq!(cols, ["head", "split", "source", "train_n", "n", "tp", "fp", "tn", "fn_", "accuracy", "precision", "recall", "f1", "train_loss"]);
+    let rows = p["rows"].as_array().expect("rows");
+    assert_eq!(rows.iter().filter(|r| r["split"] == "row").count(), 3, "{p}");
+    for row in rows {
         let cell = |c: &str| row[c].as_str().unwrap_or_else(|| panic!("{c} in {row}")).parse::<f64>().expect("number");
         let head = row["head"].as_str().expect("head");
         assert_eq!(cell("n"), cell("tp") + cell("fp") + cell("tn") + cell("fn_"), "{row}");
         assert!(((cell("tp") + cell("tn")) / cell("n") - cell("accuracy")).abs() < 1e-9, "{row}");
-        assert!((cell("accuracy") - num(&format!("{head}.accuracy"))).abs() < 1e-9, "{row}");
+        let key = match row["split"].as_str().expect("split") {
+            "row" => format!("{head}.accuracy"),
+            _ if head == "prompt_harmful" => continue,
+            _ => format!("{head}.by_source.{}.accuracy", row["source"].as_str().expect("source")),
+        };
+        assert!((cell("accuracy") - num(&key)).abs() < 1e-9, "{row}");
     }
     // The human-readable `show` prints the same metrics.
     let o = sr(&pipeline(), &f.store, &["show", "judge-fit"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("prompt_harmful.accuracy") && out.contains("judge_fit_metrics.parquet (3 rows"), "{out}");
+    assert!(out.contains("prompt_harmful.accuracy") && out.contains("response_refusal.by_source.uncensorbench.recall") && out.contains("judge_fit_metrics.parquet ("), "{out}");
 }
 
 #[test]
