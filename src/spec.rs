@@ -498,6 +498,9 @@ pub struct ProbeParams {
     /// features and the opening sentence's embedding), `phrases`, or `embedding` (probe v1,
     /// for comparison). See src/judge/probe.rs.
     pub refusal_features: crate::judge::probe::RefusalFeatures,
+    /// L2 of the refusal head (the other heads use `l2`): stronger, because held out by
+    /// source it generalises better (src/judge/probe.rs `refusal_l2`).
+    pub refusal_l2: f64,
 }
 impl Default for ProbeParams {
     fn default() -> Self {
@@ -509,6 +512,7 @@ impl Default for ProbeParams {
             l2: 1e-3,
             holdout_fraction: 0.2,
             refusal_features: crate::judge::probe::RefusalFeatures::default(),
+            refusal_l2: 0.01,
         }
     }
 }
@@ -902,6 +906,11 @@ impl Spec {
             return Err(bad("rollout.batch_size", "must be at least 1".into()));
         }
         fraction("judge.probe.holdout_fraction", raw.judge.probe.holdout_fraction)?;
+        for (path, v) in [("judge.probe.l2", raw.judge.probe.l2), ("judge.probe.refusal_l2", raw.judge.probe.refusal_l2)] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(bad(path, format!("must be a finite number >= 0, got {v}")));
+            }
+        }
         if raw.judge.backend == JudgeBackend::Wildguard && raw.judge.wildguard.url.is_none() && raw.judge.wildguard.model.is_none() {
             return Err(bad("judge.wildguard", "the wildguard backend needs `url` (a server) or `model` (a local checkpoint)".into()));
         }

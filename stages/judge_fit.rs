@@ -119,7 +119,7 @@ pub fn training_set(seeds: &[SeedRow], pairs: &[JudgeExampleRow], groups: &BTree
 /// (every iteration sees every example). `lr` is not used: the trainer's step is fixed at
 /// 1/L from the data (probe.rs), which needs no tuning and cannot diverge.
 pub fn train_config(p: &ProbeParams, seed: u64) -> ProbeTrainConfig {
-    ProbeTrainConfig { seed, held_out_fraction: p.holdout_fraction, l2: p.l2, iterations: p.epochs as usize, refusal_features: p.refusal_features, ..ProbeTrainConfig::default() }
+    ProbeTrainConfig { seed, held_out_fraction: p.holdout_fraction, l2: p.l2, iterations: p.epochs as usize, refusal_features: p.refusal_features, refusal_l2: Some(p.refusal_l2), ..ProbeTrainConfig::default() }
 }
 
 /// The held-out report as Parquet rows: first each head's by-row split (`split` = `row`,

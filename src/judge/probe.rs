@@ -142,6 +142,12 @@ pub struct ProbeTrainConfig {
     /// rate and under-calls refusals wherever they are common.
     #[serde(default)]
     pub balance_refusal_classes: bool,
+    /// L2 of the refusal head alone (`None`: `l2`). Held out by source (leave one source
+    /// group out), a stronger penalty generalises better: at 0.01 the v2 features scored
+    /// 0.867 accuracy / 0.418 recall pooled over left-out sources against 0.838 / 0.329 at
+    /// 1e-3, for 0.941 vs 0.955 by row (examples/refusal_heldout.rs, README judge section).
+    #[serde(default)]
+    pub refusal_l2: Option<f64>,
 }
 
 impl Default for ProbeTrainConfig {
@@ -154,6 +160,7 @@ impl Default for ProbeTrainConfig {
             threshold: 0.5,
             refusal_features: RefusalFeatures::default(),
             balance_refusal_classes: true,
+            refusal_l2: None,
         }
     }
 }
@@ -563,7 +570,8 @@ pub fn train_probe(
                 let neg = ys.len() as f64 - pos;
                 ys.iter().map(|&y| if y { 0.5 / pos } else { 0.5 / neg } * ys.len() as f64).collect::<Vec<f64>>()
             });
-            Some(fit_logistic_weighted(&x, &ys, weights.as_deref(), config.l2, config.iterations))
+            let l2 = if h == Head::ResponseRefusal { config.refusal_l2.unwrap_or(config.l2) } else { config.l2 };
+            Some(fit_logistic_weighted(&x, &ys, weights.as_deref(), l2, config.iterations))
         };
         let score = |m: &LogisticHead, test: &[usize]| {
             BinaryMetrics::from_pairs(test.iter().map(|&i| (m.probability(&xs[i]) >= config.threshold, ex[i].label)))

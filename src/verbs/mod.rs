@@ -14,7 +14,12 @@
 //!   `reward/<name>` (e.g. judge's `attacker_reward_mean` → `reward/attacker_reward_mean`);
 //! - one whose name contains `kl` as a word part becomes `kl/<name>`;
 //! - the `judge-fit` metrics whose name contains `accuracy` become `judge/<name>` on every
-//!   iteration row (the judge is fitted once).
+//!   iteration row (the judge is fitted once);
+//! - `rollout`'s `<role>_well_formed_rate` becomes `format/<role>_well_formed` (headline) and
+//!   its `<role>_truncated_rate` / `<role>_truncated_in_thinking_rate` become
+//!   `truncation/<role>` / `truncation/<role>_in_thinking` (turns that hit the token cap, and
+//!   those cut inside their reasoning, whose whole reasoning then goes public);
+//! - `update`'s `sft_loss` becomes `sft/loss`.
 //!
 //! # Paired changes
 //! [`eval_changes`] joins two `eval` artifacts' `eval.parquet` rows on (suite, prompt id)
@@ -87,6 +92,18 @@ pub fn canonical_metrics(stage: &str, metrics: &serde_json::Map<String, Value>) 
             if k.to_lowercase().contains("accuracy") {
                 out.push((format!("judge/{k}"), v));
             }
+        } else if stage == "rollout" && (k.ends_with("_well_formed_rate") || k.contains("_truncated")) {
+            let role = k.split('_').next().unwrap_or_default();
+            let name = if k.ends_with("_well_formed_rate") {
+                format!("format/{role}_well_formed")
+            } else if k.ends_with("_truncated_in_thinking_rate") {
+                format!("truncation/{role}_in_thinking")
+            } else {
+                format!("truncation/{role}")
+            };
+            out.push((name, v));
+        } else if stage == "update" && k == "sft_loss" {
+            out.push(("sft/loss".into(), v));
         } else if k.to_lowercase().contains("reward") {
             out.push((if k.starts_with("reward/") { k } else { format!("reward/{k}") }, v));
         } else if has_kl(&k) {
@@ -147,7 +164,7 @@ pub fn gather(engine: &Engine<'_>) -> anyhow::Result<Gathered> {
 /// Whether a canonical metric is a `log` headline column: rewards, ASR, refusal,
 /// over-refusal and compliance per suite, diversity, judge accuracy, KL.
 pub fn is_headline(name: &str) -> bool {
-    ["reward/", "asr/", "refusal/", "over_refusal/", "compliance/", "diversity/", "judge/", "kl/"].iter().any(|p| name.starts_with(p))
+    ["reward/", "format/", "asr/", "refusal/", "over_refusal/", "compliance/", "diversity/", "judge/", "kl/"].iter().any(|p| name.starts_with(p))
 }
 
 /// Every row of an eval artifact's `eval.parquet` (digest-checked).
@@ -218,5 +235,9 @@ mod tests {
         let e = names("eval", json!({"asr/harmbench": 0.25, "rows": 7, "attacker/n": 3, "intervals": {"asr/harmbench": {"k": 1}}}));
         assert_eq!(e, vec![("asr/harmbench".to_string(), 0.25)]);
         assert!(is_headline("asr/harmbench") && is_headline("reward/attacker_reward_mean") && !is_headline("attacker/faithfulness"));
+        let r = names("rollout", json!({"defender_well_formed_rate": 0.75, "attacker_truncated_rate": 0.5, "defender_truncated_in_thinking_rate": 0.25, "games": 8}));
+        assert_eq!(r, vec![("truncation/attacker".to_string(), 0.5), ("truncation/defender_in_thinking".to_string(), 0.25), ("format/defender_well_formed".to_string(), 0.75)]);
+        assert_eq!(names("update", json!({"sft_loss": 1.5})), vec![("sft/loss".to_string(), 1.5)]);
+        assert!(is_headline("format/defender_well_formed") && !is_headline("truncation/defender"));
     }
 }
