@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Regenerate configs/{attacker_only,defender_only,no_cot}.yaml from pipeline.yaml, so the
+ablations differ from the default run only in what their header says (same budget, same
+evaluation). configs/gpu.yaml is written by hand. Run from the project root:
+    python3 scripts/gen_configs.py
+"""
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BASE = (ROOT / "pipeline.yaml").read_text()
+HEADER = BASE.splitlines()[0]
+
+ABLATIONS = {
+    "attacker_only": (
+        "# Ablation (method.md §6, `no_defender_turn`): attacker-only RL against the frozen initial\n"
+        "# model as a static defender (raw attack, thinking prefix). Differs from pipeline.yaml\n"
+        "# only in rollout.mode (written by scripts/gen_configs.py).",
+        [(r"  mode: selfplay .*", "  mode: attacker_only  # static defender: the frozen base model answers")],
+    ),
+    "defender_only": (
+        "# Ablation (method.md §6, `no_attacker_turn`): defender-only RL against a static attacker:\n"
+        "# every seed goes to the defender verbatim. Differs from pipeline.yaml in rollout.mode and\n"
+        "# in dropping the holdout attacker eval (the paper has none for this variant); written by\n"
+        "# scripts/gen_configs.py.",
+        [
+            (r"  mode: selfplay .*", "  mode: defender_only  # static attacker: seeds go to the defender verbatim"),
+            (r"    holdout_attacker: .*\n", ""),
+        ],
+    ),
+    "no_cot": (
+        "# Ablation (method.md §6, `direct_chat_no_cot`): self-play without hidden chain of thought\n"
+        "# (no <think>/<answer> format, no format reward; the SFT term, whose demonstrations are in\n"
+        "# the reasoning format, is off). Differs from pipeline.yaml in rollout.cot and\n"
+        "# update.sft_coef (written by scripts/gen_configs.py).",
+        [
+            (r"  cot: true", "  cot: false"),
+            (r"  sft_coef: 1\.0 .*", "  sft_coef: 0.0         # the demonstrations are in the reasoning format"),
+        ],
+    ),
+}
+
+for name, (header, subs) in ABLATIONS.items():
+    text = BASE.replace(HEADER, header, 1)
+    text = text.replace("sources_dir: .cache/", "sources_dir: ../.cache/").replace("path: .cache/", "path: ../.cache/")
+    for pattern, repl in subs:
+        text, n = re.subn(pattern, repl, text, count=1)
+        assert n == 1, (name, pattern)
+    (ROOT / "configs" / f"{name}.yaml").write_text(text)
+    print(f"wrote configs/{name}.yaml")
