@@ -422,6 +422,7 @@ fn probe_learns_separable_synthetic_heads_and_serialises_deterministically() {
         threshold: 0.5,
         refusal_features: RefusalFeatures::PhrasesOpening,
         balance_refusal_classes: true,
+        refusal_l2: None,
     };
     let probe = train_probe(&SyntheticEmbedder, &data, &cfg).expect("training succeeds");
     assert_eq!(probe.embed_dim, 27);
