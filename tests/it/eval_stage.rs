@@ -405,10 +405,13 @@ fn ablation_configs_differ_from_the_default_only_where_needed() {
     let mut c = load("no_cot.yaml");
     assert!(!c.rollout.cot);
     c.rollout.cot = true;
+    // The SFT demonstrations are in the reasoning format: no SFT term without it.
+    assert_eq!(c.update.sft_coef, 0.0);
+    c.update.sft_coef = base.update.sft_coef;
     assert_eq!(c, base);
     let g = load("gpu.yaml");
     assert_eq!(g.run.device, self_redteam::spec::Device::Cuda);
     assert!(g.eval.suites.values().all(|s| s.subset.is_none()));
     assert_eq!(g.eval.suites.keys().collect::<Vec<_>>(), base.eval.suites.keys().collect::<Vec<_>>());
-    assert_eq!((g.prep, g.rollout, g.update, g.reward), (base.prep, base.rollout, base.update, base.reward));
+    assert_eq!((g.prep, g.rollout, g.update, g.reward, g.sft), (base.prep, base.rollout, base.update, base.reward, base.sft));
 }

@@ -373,7 +373,9 @@ fn sft_demonstrations_are_well_formed_hold_no_eval_prompt_and_train() {
         assert_eq!(d.target_ids.last(), Some(&tok.eos_id()), "the target ends the turn");
         assert_eq!(tok.encode(&d.target_text, false).expect("encode"), d.target_ids[..d.target_ids.len() - 1]);
         assert_eq!(tok.encode(&d.prompt_text, false).expect("encode"), d.prompt_ids);
-        assert!(d.prompt_text.contains(&format!("User: {}", d.request)) && !d.prompt_text.contains("<think>"), "defender prompt without the prefix: {}", d.prompt_text);
+        // The defender's reasoning-mode prompt, ending at the assistant header: the thinking
+        // prefix is the start of the target instead.
+        assert!(d.prompt_text.contains(&format!("User: {}", d.request)) && d.prompt_text.ends_with("assistant\n") && !d.prompt_text.contains("Let's think step by step."), "defender prompt without the prefix: {}", d.prompt_text);
     }
     let (_, _, udir) = node(&cfg, &store, "update@1");
     let steps = self_redteam::schema::read_parquet::<UpdateStepsSchema>(&udir.join("steps.parquet")).expect("steps");
