@@ -87,12 +87,16 @@ const LEARN_MAX_NEW_TOKENS: u32 = 2;
 /// smallest effect measured on either instruction set, well above 1.
 const LEARN_MIN_RATIO: f64 = 2.5;
 
+/// A learning-test setting: the environment variable `name` when set and parseable (for
+/// `learning_effect_spread_over_run_seeds`), else `default`.
+fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
 fn learning_config(dir: &Path, harmful_fraction: f64, run_seed: u64) -> PathBuf {
     let letters: Vec<String> = ('a'..='z').map(|c| format!("\"{c}\"")).collect();
-    let iterations = std::env::var("LEARN_ITERATIONS").ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(LEARN_ITERATIONS);
-    let seeds = std::env::var("LEARN_SEEDS_PER_ITERATION").ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(LEARN_SEEDS_PER_ITERATION);
-    let lr = std::env::var("LEARN_LR").ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(LEARN_LR);
-    let max_new = std::env::var("LEARN_MAX_NEW_TOKENS").ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(LEARN_MAX_NEW_TOKENS);
+    let (iterations, seeds) = (knob("LEARN_ITERATIONS", LEARN_ITERATIONS), knob("LEARN_SEEDS_PER_ITERATION", LEARN_SEEDS_PER_ITERATION));
+    let (lr, max_new) = (knob("LEARN_LR", LEARN_LR), knob("LEARN_MAX_NEW_TOKENS", LEARN_MAX_NEW_TOKENS));
     let text = format!(
         "run: {{seed: {run_seed}, iterations: {iterations}, threads: 2}}\n\
          dataset: {{sources_dir: {src}, max_rows_per_file: 40}}\n\
@@ -136,8 +140,8 @@ fn letter_mass(policy: &Policy, games: &[GameRow]) -> f64 {
 fn learn(harmful_fraction: f64, run_seed: u64) -> (f64, f64) {
     let tmp = tempfile::tempdir().expect("tmp");
     let cfg = learning_config(tmp.path(), harmful_fraction, run_seed);
-    let iterations = std::env::var("LEARN_ITERATIONS").ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(LEARN_ITERATIONS);
-    let seeds = std::env::var("LEARN_SEEDS_PER_ITERATION").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(u64::from(LEARN_SEEDS_PER_ITERATION));
+    let iterations = knob("LEARN_ITERATIONS", LEARN_ITERATIONS);
+    let seeds = u64::from(knob("LEARN_SEEDS_PER_ITERATION", LEARN_SEEDS_PER_ITERATION));
     let store = tmp.path().join("s");
     run_all(&cfg, &store, &[]);
     let last = format!("update@{iterations}");
