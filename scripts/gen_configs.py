@@ -20,12 +20,11 @@ ABLATIONS = {
     ),
     "defender_only": (
         "# Ablation (method.md §6, `no_attacker_turn`): defender-only RL against a static attacker:\n"
-        "# every seed goes to the defender verbatim. Differs from pipeline.yaml in rollout.mode and\n"
-        "# in dropping the holdout attacker eval (the paper has none for this variant); written by\n"
-        "# scripts/gen_configs.py.",
+        "# every seed goes to the defender verbatim. Differs from pipeline.yaml only in rollout.mode\n"
+        "# (the holdout attacker eval is kept, so eval@0 is the default run's, shared through the\n"
+        "# store; written by scripts/gen_configs.py).",
         [
             (r"  mode: selfplay .*", "  mode: defender_only  # static attacker: seeds go to the defender verbatim"),
-            (r"    holdout_attacker: .*\n", ""),
         ],
     ),
     "no_cot": (

