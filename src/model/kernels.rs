@@ -148,38 +148,87 @@ thread_local! {
 
 /// Idle time after which a helper stops spinning and parks until the next job.
 const SPIN_BEFORE_PARK: Duration = Duration::from_millis(2);
+/// Spins of the owner, waiting for chunks a helper claimed, before it yields its core: on a
+/// loaded machine that helper may be descheduled, and yielding lets it (or anything) run.
+const SPINS_BEFORE_YIELD: u32 = 4096;
 
-/// A job: `f(task)` for task 0 (the owner) and 1..=helpers. Lifetime-erased; see `SpinTeam::run`.
+/// A job: `f(chunk)` for chunks 0..total. Lifetime-erased; see `SpinTeam::run`.
 #[derive(Clone, Copy)]
 struct Job(*const (dyn Fn(usize) + Sync + 'static));
 
+/// The claim word: job epoch (high 32 bits), chunk count (16 bits), next unclaimed chunk
+/// (low 16 bits). One atomic, so a claim is valid only for the epoch it read: a thread that
+/// wakes late for an old job cannot take a chunk of a newer one.
+fn ticket(epoch: u64, total: usize, next: usize) -> u64 {
+    (epoch << 32) | ((total as u64) << 16) | next as u64
+}
+fn ticket_parts(t: u64) -> (u64, usize, usize) {
+    (t >> 32, ((t >> 16) & 0xffff) as usize, (t & 0xffff) as usize)
+}
+
 struct Shared {
-    /// Bumped by the owner after writing `job`; helpers run the job once per new value.
-    epoch: AtomicU64,
+    /// See [`ticket`]. The owner writes `job` and resets `completed` before publishing a new
+    /// epoch here (Release); claimants read `job` only after a successful claim (Acquire).
+    ticket: AtomicU64,
     job: UnsafeCell<Option<Job>>,
-    /// Helpers that finished the current job.
-    done: AtomicUsize,
+    /// Chunks of the current job finished (by anyone).
+    completed: AtomicUsize,
     panicked: AtomicBool,
     stop: AtomicBool,
 }
 
-// SAFETY: `job` is written only by the owner while no helper reads it (before bumping `epoch`,
-// after every helper reported `done` for the previous job); helpers read it only after
-// observing the new `epoch` (Release/Acquire). The closure it points to is `Sync`.
+// SAFETY: `job` is written only by the owner between jobs, when every chunk of the previous
+// job has completed and so no claimant is reading it; a claimant reads it only after winning a
+// chunk of the current epoch, and the owner does not return (nor write `job`) before that
+// chunk completes. The closure it points to is `Sync`.
 unsafe impl Sync for Shared {}
 unsafe impl Send for Shared {}
 
+impl Shared {
+    /// Claims and runs chunks of epoch `epoch` until none is left unclaimed (returns at once
+    /// when that epoch is over).
+    fn work(&self, epoch: u64) {
+        loop {
+            let t = self.ticket.load(Ordering::Acquire);
+            let (e, total, next) = ticket_parts(t);
+            if e != epoch || next >= total {
+                return;
+            }
+            if self.ticket.compare_exchange_weak(t, t + 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                continue;
+            }
+            // SAFETY: we won chunk `next` of this epoch: the owner wrote `job` before publishing
+            // it and keeps the closure alive until this chunk is reported `completed`.
+            let job = unsafe { *self.job.get() }.expect("job is set before its epoch");
+            let f = unsafe { &*job.0 };
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(next))).is_err() {
+                self.panicked.store(true, Ordering::Release);
+            }
+            self.completed.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// The decode kernel's thread team. Work is handed out as chunks that any member claims, the
+/// owner included, rather than one fixed share per thread: on a machine shared with other
+/// processes a helper may be descheduled for a whole scheduler tick, and a fixed share would
+/// hold every one of a step's ~210 matmuls up by that long; with claimed chunks the others take
+/// over its share and only a chunk already started is waited for.
 struct SpinTeam {
     shared: Arc<Shared>,
     helpers: Vec<JoinHandle<()>>,
+    epoch: std::cell::Cell<u64>,
 }
 
 impl SpinTeam {
+    /// Chunks per team member: enough that a member who falls behind costs a small fraction.
+    const CHUNKS_PER_THREAD: usize = 8;
+
     fn new(helpers: usize) -> SpinTeam {
         let shared = Arc::new(Shared {
-            epoch: AtomicU64::new(0),
+            ticket: AtomicU64::new(0),
             job: UnsafeCell::new(None),
-            done: AtomicUsize::new(0),
+            completed: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
@@ -188,40 +237,48 @@ impl SpinTeam {
                 let shared = Arc::clone(&shared);
                 std::thread::Builder::new()
                     .name(format!("decode-kernel-{task}"))
-                    .spawn(move || helper_loop(&shared, task))
+                    .spawn(move || helper_loop(&shared))
                     .expect("spawning a decode kernel thread")
             })
             .collect();
-        SpinTeam { shared, helpers }
+        SpinTeam { shared, helpers, epoch: std::cell::Cell::new(0) }
     }
 
     fn size(&self) -> usize {
         self.helpers.len() + 1
     }
 
-    /// Runs `f(0)` here and `f(1..size)` on the helpers; returns when all have finished.
-    fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+    /// Runs `f(c)` for every chunk `c` in `0..chunks` (1 ≤ chunks ≤ 65535), each exactly once,
+    /// on whichever team member claims it; returns when all have finished.
+    fn run(&self, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
+        assert!((1..=0xffff).contains(&chunks), "chunk count {chunks} out of range");
         let shared = &*self.shared;
-        shared.done.store(0, Ordering::Relaxed);
-        // SAFETY: lifetime erasure only; this function does not return before every helper
-        // has finished calling `f` (the `done` wait below), so `f` outlives its uses.
+        let epoch = (self.epoch.get() + 1) & 0xffff_ffff;
+        self.epoch.set(epoch);
+        shared.completed.store(0, Ordering::Relaxed);
+        shared.panicked.store(false, Ordering::Relaxed);
+        // SAFETY: lifetime erasure only; this function does not return before every chunk has
+        // completed (the wait below), and only a chunk's claimant calls `f`.
         let job = Job(unsafe {
             std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync + 'static)>(f)
         });
-        // SAFETY: no helper is reading `job` (all reported `done` for the previous epoch).
+        // SAFETY: every chunk of the previous job completed, so nobody reads `job` now.
         unsafe { *shared.job.get() = Some(job) };
-        shared.epoch.fetch_add(1, Ordering::Release);
+        shared.ticket.store(ticket(epoch, chunks, 0), Ordering::Release);
         for h in &self.helpers {
             h.thread().unpark();
         }
-        let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0)));
-        while shared.done.load(Ordering::Acquire) < self.helpers.len() {
-            std::hint::spin_loop();
+        shared.work(epoch);
+        let mut spins = 0u32;
+        while shared.completed.load(Ordering::Acquire) < chunks {
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(SPINS_BEFORE_YIELD) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
         }
-        if let Err(payload) = own {
-            std::panic::resume_unwind(payload);
-        }
-        assert!(!shared.panicked.load(Ordering::Acquire), "a decode kernel thread panicked");
+        assert!(!shared.panicked.load(Ordering::Acquire), "the decode kernel panicked");
     }
 }
 
@@ -235,19 +292,18 @@ impl Drop for SpinTeam {
     }
 }
 
-fn helper_loop(shared: &Shared, task: usize) {
+fn helper_loop(shared: &Shared) {
     let mut seen = 0u64;
     loop {
         let mut idle_since = Instant::now();
         let mut spins = 0u32;
-        loop {
+        let epoch = loop {
             if shared.stop.load(Ordering::Acquire) {
                 return;
             }
-            let epoch = shared.epoch.load(Ordering::Acquire);
+            let epoch = ticket_parts(shared.ticket.load(Ordering::Acquire)).0;
             if epoch != seen {
-                seen = epoch;
-                break;
+                break epoch;
             }
             spins = spins.wrapping_add(1);
             if !spins.is_multiple_of(1024) {
@@ -256,15 +312,9 @@ fn helper_loop(shared: &Shared, task: usize) {
                 std::thread::park();
                 idle_since = Instant::now();
             }
-        }
-        // SAFETY: the owner wrote `job` before bumping `epoch`, which we observed (Acquire),
-        // and keeps the closure alive until we report `done`.
-        let job = unsafe { *shared.job.get() }.expect("job is set before its epoch");
-        let f = unsafe { &*job.0 };
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(task))).is_err() {
-            shared.panicked.store(true, Ordering::Release);
-        }
-        shared.done.fetch_add(1, Ordering::Release);
+        };
+        seen = epoch;
+        shared.work(epoch);
     }
 }
 
@@ -379,14 +429,19 @@ fn matmul_xt(isa: Isa, xt: &[f32], w: &[f32], k: usize, yt: &mut [f32]) {
             run(0, yt);
             return;
         };
-        // Task t owns rows [t·per, (t+1)·per) of the output: disjoint, so shared as a raw pointer.
-        let per = n.div_ceil(threads).div_ceil(BLOCK) * BLOCK;
+        // Chunk c owns rows [c·per, (c+1)·per) of the output (whole blocks of 8): disjoint, so
+        // shared as a raw pointer. Every row is computed by the same code whichever thread
+        // claims it, so the bits do not depend on the team or on who did what.
+        let blocks = n.div_ceil(BLOCK);
+        let chunks = blocks.min(threads * SpinTeam::CHUNKS_PER_THREAD).min(0xffff);
+        let per = blocks.div_ceil(chunks) * BLOCK;
+        let chunks = n.div_ceil(per);
         let out = SendPtr(yt.as_mut_ptr());
-        team.run(&|task| {
-            let r0 = (task * per).min(n);
-            let r1 = ((task + 1) * per).min(n);
+        team.run(chunks, &|chunk| {
+            let r0 = (chunk * per).min(n);
+            let r1 = ((chunk + 1) * per).min(n);
             let out = &out;
-            // SAFETY: tasks write disjoint row ranges of `yt`, which outlives `team.run`.
+            // SAFETY: chunks write disjoint row ranges of `yt`, which outlives `team.run`.
             let out = unsafe { std::slice::from_raw_parts_mut(out.0.add(r0 * LANES), (r1 - r0) * LANES) };
             if r1 > r0 {
                 run(r0, out);
@@ -395,9 +450,9 @@ fn matmul_xt(isa: Isa, xt: &[f32], w: &[f32], k: usize, yt: &mut [f32]) {
     });
 }
 
-/// `yt`'s base pointer, shared with the team (tasks write disjoint ranges).
+/// `yt`'s base pointer, shared with the team (chunks write disjoint ranges).
 struct SendPtr(*mut f32);
-// SAFETY: see `matmul_xt`: each task derives a disjoint sub-slice.
+// SAFETY: see `matmul_xt`: each chunk derives a disjoint sub-slice.
 unsafe impl Sync for SendPtr {}
 
 #[cfg(target_arch = "x86_64")]
@@ -561,6 +616,33 @@ mod tests {
         }
         assert_eq!(tch::get_num_threads(), 3, "the guard restores libtorch's thread count");
         assert!(TEAM.with(|t| t.borrow().is_none()));
+    }
+
+    /// Every chunk runs exactly once per job, over many jobs in a row (a helper that wakes late
+    /// must not take a chunk of the next job), also when one member is slow (as a descheduled
+    /// helper on a loaded machine is: the others take its share).
+    #[test]
+    fn the_team_runs_every_chunk_exactly_once_even_with_a_slow_member() {
+        let team = SpinTeam::new(3);
+        for job in 0..2000usize {
+            let chunks = 1 + job % 37;
+            let counts: Vec<AtomicUsize> = (0..chunks).map(|_| AtomicUsize::new(0)).collect();
+            team.run(chunks, &|c| {
+                if job % 100 == 0 && c == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                counts[c].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(counts.iter().all(|n| n.load(Ordering::Relaxed) == 1), "job {job}: a chunk ran other than once");
+        }
+        let claimed_by = std::sync::Mutex::new(std::collections::HashSet::new());
+        team.run(64, &|c| {
+            if c == 0 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            claimed_by.lock().unwrap().insert(std::thread::current().id());
+        });
+        assert!(claimed_by.lock().unwrap().len() >= 2, "the others work while one member is slow");
     }
 
     #[test]
