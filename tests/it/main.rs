@@ -2,6 +2,7 @@
 mod engine;
 mod eval;
 mod eval_stage;
+mod fuzz;
 mod game_rl;
 mod judge;
 mod judge_stage;
