@@ -1,6 +1,7 @@
 //! The command line (clap): parses verbs, loads the spec, builds the plan and engine, and
 //! is the only place that prints for humans. Called by src/main.rs. Every data verb has
 //! `--json` with a stable shape (documented on each `*_json` function).
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -163,13 +164,23 @@ pub enum Command {
         #[arg(value_name = "PROMPT", required = true)]
         prompts: Vec<String>,
     },
-    /// Remove artifacts the current plan does not reach.
+    /// Remove artifacts no plan of the current spec reaches (with 1..=N iterations).
     Gc {
         #[arg(long)]
         dry_run: bool,
-        /// Keep the N newest unreachable artifacts of each node.
+        /// Keep the N newest unreachable artifacts of each node; with --thin, also the full
+        /// policies of the N newest iterations (at least 1).
         #[arg(long, default_value_t = 0)]
         keep_last: usize,
+        /// Also thin the current run's older policies: delete the weights and optimizer state
+        /// of every `update` but the newest --keep-last (digests stay, so keys hold; `run`
+        /// rebuilds one when a stage needs it). Bounds the store to ≈ N policies.
+        #[arg(long)]
+        thin: bool,
+        /// Keep what any run of up to this many iterations reaches (default: the spec's
+        /// run.iterations), so a longer run sharing the store keeps its artifacts.
+        #[arg(long)]
+        iterations: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -442,7 +453,7 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             let (spec, plan, store) = load(g, iterations)?;
             let engine = Engine::new(&spec, plan, store);
             let a = engine.find(&reference)?;
-            let tree = lineage(&engine.store, &a, 0)?;
+            let tree = lineage(&engine.store, &a)?;
             if json {
                 print_json(&tree)?;
             } else {
@@ -499,8 +510,17 @@ pub fn main_with(cli: Cli) -> Result<i32> {
                 }
                 results.push(json!({"node": a.manifest.node, "stage": a.manifest.stage, "key": a.manifest.key, "ok": problems.is_empty(), "problems": problems, "recompute": rec}));
             }
+            // Directories named like artifacts that are not valid ones (a corrupt manifest, a
+            // crash halfway through an old gc): `run` and `gc` repair them; verify lists them.
+            let leftovers = if all { engine.store.leftovers()? } else { Vec::new() };
+            for l in &leftovers {
+                bad += 1;
+                if !json {
+                    println!("CORRUPT  {}\n    {}", l.dir.display(), l.reason);
+                }
+            }
             if json {
-                print_json(&json!({"artifacts": results}))?;
+                print_json(&json!({"artifacts": results, "leftovers": leftovers.iter().map(|l| json!({"dir": l.dir, "problem": l.reason})).collect::<Vec<_>>()}))?;
             }
             Ok(if bad > 0 { 1 } else { 0 })
         }
@@ -516,20 +536,21 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Gc { dry_run, keep_last, json } => {
-            let (spec, plan, store) = load(g, None)?;
+        Command::Gc { dry_run, keep_last, thin, iterations, json } => {
+            let (spec, plan, store) = load(g, iterations)?;
             let engine = Engine::new(&spec, plan, store);
-            let victims = engine.gc_candidates(keep_last)?;
-            if !dry_run && engine.store.root().exists() {
-                engine.gc(&victims)?;
-            }
+            let (victims, thinned) = if engine.store.root().exists() { engine.gc(engine.plan.iterations, keep_last, thin, dry_run)? } else { Default::default() };
             if json {
-                print_json(&json!({"dry_run": dry_run, "removed": victims.iter().map(|a| json!({"node": a.manifest.node, "stage": a.manifest.stage, "key": a.manifest.key})).collect::<Vec<_>>()}))?;
+                let list = |v: &[Artifact]| v.iter().map(|a| json!({"node": a.manifest.node, "stage": a.manifest.stage, "key": a.manifest.key})).collect::<Vec<_>>();
+                print_json(&json!({"dry_run": dry_run, "removed": list(&victims), "thinned": list(&thinned)}))?;
             } else {
                 for a in &victims {
                     println!("{} {:<12} {}/{}", if dry_run { "would remove" } else { "removed" }, a.manifest.node, a.manifest.stage, short(a.manifest.key.as_str()));
                 }
-                println!("{} artifact(s) {}", victims.len(), if dry_run { "would be removed" } else { "removed" });
+                for a in &thinned {
+                    println!("{} {:<12} {}/{}", if dry_run { "would thin" } else { "thinned" }, a.manifest.node, a.manifest.stage, short(a.manifest.key.as_str()));
+                }
+                println!("{} artifact(s) {}, {} thinned", victims.len(), if dry_run { "would be removed" } else { "removed" }, thinned.len());
             }
             Ok(0)
         }
@@ -553,19 +574,44 @@ pub fn main_with(cli: Cli) -> Result<i32> {
     }
 }
 
-fn lineage(store: &Store, a: &Artifact, depth: usize) -> Result<Value> {
+/// The artifact's ancestry as a tree, walking the DAG once: an artifact met a second time
+/// (update@i reaches update@(i−1) through four inputs) is printed as a reference to its first
+/// appearance (`"seen": true`) instead of again, so the output grows with the number of
+/// artifacts, not with the number of paths. Each input record's digest is checked against
+/// the artifact now in the store, so a `run --force` replacement with other bytes shows as
+/// `"digest_mismatch"` instead of passing for the original.
+fn lineage(store: &Store, a: &Artifact) -> Result<Value> {
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    seen.insert((a.manifest.stage.clone(), a.manifest.key.to_string()));
+    lineage_walk(store, a, &mut seen)
+}
+
+fn lineage_walk(store: &Store, a: &Artifact, seen: &mut HashSet<(String, String)>) -> Result<Value> {
     let mut inputs = Vec::new();
     for rec in &a.manifest.inputs {
-        let child = if depth > 64 {
-            json!({"node": rec.node, "note": "depth limit"})
-        } else {
-            match store.load(&rec.stage, &rec.key)? {
-                Some(c) => {
-                    let mut v = lineage(store, &c, depth + 1)?;
-                    v["role"] = json!(rec.role);
-                    v
-                }
-                None => json!({"node": rec.node, "role": rec.role, "stage": rec.stage, "key": rec.key, "missing": true}),
+        let id = (rec.stage.clone(), rec.key.to_string());
+        let base = json!({"node": rec.node, "role": rec.role, "stage": rec.stage, "key": rec.key});
+        let child = match store.load(&rec.stage, &rec.key)? {
+            None => {
+                let mut v = base;
+                v["missing"] = json!(true);
+                v
+            }
+            Some(c) if c.manifest.content_digest != rec.digest => {
+                let mut v = base;
+                v["digest_mismatch"] = json!({"recorded": rec.digest, "in_store": c.manifest.content_digest});
+                v
+            }
+            Some(_) if seen.contains(&id) => {
+                let mut v = base;
+                v["seen"] = json!(true);
+                v
+            }
+            Some(c) => {
+                seen.insert(id);
+                let mut v = lineage_walk(store, &c, seen)?;
+                v["role"] = json!(rec.role);
+                v
             }
         };
         inputs.push(child);
@@ -578,8 +624,16 @@ fn print_tree(v: &Value, depth: usize) {
     let pad = "  ".repeat(depth);
     let role = v.get("role").and_then(Value::as_str).map_or(String::new(), |r| format!("{r}: "));
     let key = v.get("key").and_then(Value::as_str).map_or("", short);
-    let missing = if v.get("missing").is_some() { "  (not in store)" } else { "" };
-    println!("{pad}{role}{} {key}{missing}", v["node"].as_str().unwrap_or("?"));
+    let note = if v.get("missing").is_some() {
+        "  (not in store)"
+    } else if v.get("digest_mismatch").is_some() {
+        "  (REPLACED: the store holds other bytes under this key than the ones this artifact was built from)"
+    } else if v.get("seen").is_some() {
+        "  (see above)"
+    } else {
+        ""
+    };
+    println!("{pad}{role}{} {key}{note}", v["node"].as_str().unwrap_or("?"));
     if let Some(srcs) = v.get("sources").and_then(Value::as_array) {
         for s in srcs {
             println!("{pad}  source {} sha256 {}", s["name"].as_str().unwrap_or("?"), s["sha256"].as_str().map_or("", short));

@@ -22,9 +22,15 @@ use crate::store::{Artifact, InputRecord, Key, KeyComponents, Manifest, Store, S
 /// Set by the CLI's Ctrl-C handler; checked between nodes and by `ctx.check_cancelled()`.
 pub static CANCEL: AtomicBool = AtomicBool::new(false);
 
-/// Environment variable naming a node at which `run` pauses after the stage has written
-/// its outputs and before publishing (fault injection for the crash-resume test).
-pub const FAILPOINT_ENV: &str = "SELF_REDTEAM_FAILPOINT";
+/// Fault injection for the crash tests: a node name pauses `run` after that stage has
+/// written its outputs and before publishing (other points: `crate::store::FAILPOINT_ENV`).
+pub use crate::store::FAILPOINT_ENV;
+
+/// `gc --thin` removes an artifact's tensor files (an update's weights and optimizer state:
+/// 0.5 and 1 GB for SmolLM2-135M); config, tokenizer and metrics files stay.
+pub fn thinnable(file: &str) -> bool {
+    file.ends_with(".safetensors")
+}
 
 /// Errors of running or querying; each names the node concerned.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +43,8 @@ pub enum EngineError {
     Source { node: String, source: crate::data::DataError },
     #[error("{node} failed")]
     Stage { node: String, source: anyhow::Error },
+    #[error("{node} (key {key}) crashed: {message}; nothing was published — fix the cause and `run` again resumes here")]
+    Panicked { node: String, key: String, message: String },
     #[error("cannot run {node}: its input {input} is not built; run without --only/--from, or add {input}")]
     InputNotBuilt { node: String, input: String },
     #[error("interrupted before {node}; finished nodes are kept — `run` again resumes")]
@@ -173,7 +181,11 @@ impl<'a> Engine<'a> {
     /// Every plan node's key and state (the `status` verb).
     pub fn resolve(&self) -> Result<Vec<Resolved>> {
         // One scan reads every manifest once; lookups by key then hit this index.
-        let all = self.store.scan()?;
+        self.resolve_in(self.store.scan()?)
+    }
+
+    /// [`Engine::resolve`] against an already scanned store.
+    fn resolve_in(&self, all: Vec<Artifact>) -> Result<Vec<Resolved>> {
         let by_key: HashMap<(String, Key), Artifact> = all.iter().map(|a| ((a.manifest.stage.clone(), a.manifest.key.clone()), a.clone())).collect();
         let latest = Self::latest_of(all);
         let mut done: HashMap<String, Artifact> = HashMap::new();
@@ -235,7 +247,7 @@ impl<'a> Engine<'a> {
     /// Run the plan (or the selected nodes); `report` gets one line per node as it ends.
     pub fn run(&self, opts: &RunOptions, report: &mut dyn FnMut(&NodeReport)) -> Result<RunSummary> {
         let _lock = self.store.lock()?;
-        self.store.clean_tmp()?;
+        self.store.repair()?;
         let selected: HashSet<usize> = if opts.only.is_empty() && opts.from.is_none() {
             (0..self.plan.nodes.len()).collect()
         } else {
@@ -327,6 +339,15 @@ impl<'a> Engine<'a> {
             if CANCEL.load(Ordering::Relaxed) {
                 return Err(EngineError::Interrupted { node: name });
             }
+            // Inputs whose large files `gc --thin` removed are rebuilt first (same key, same
+            // bytes on this machine kind), so the stage reads them as if nothing happened.
+            for (_, producer) in &node.inputs {
+                let pname = producer.to_string();
+                if done.get(&pname).is_some_and(|a| !a.manifest.thinned.is_empty()) {
+                    let full = self.rehydrate(&done[&pname])?;
+                    done.insert(pname, full);
+                }
+            }
             let inputs = self.input_artifacts(node, &done);
             let t0 = Instant::now();
             let a = self.execute(node, components, inputs, &self.store, cached.is_some())?;
@@ -387,11 +408,27 @@ impl<'a> Engine<'a> {
             bars,
             store_root: target.root().to_path_buf(),
         };
-        let result = stage.run(&mut ctx);
+        // A panic inside a stage (a libtorch error surfaces from tch as a panic) becomes this
+        // node's failure, with its name and key, and nothing of it is published. The stage's
+        // state is dropped with `ctx`; the engine's own state is untouched by the stage.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v.strip_prefix("panic:") == Some(name.as_str())) {
+                panic!("failpoint panic:{name}");
+            }
+            stage.run(&mut ctx)
+        }));
         spinner.finish_and_clear();
-        if let Err(source) = result {
-            staging.discard();
-            return Err(EngineError::Stage { node: name, source });
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(source)) => {
+                staging.discard();
+                return Err(EngineError::Stage { node: name, source });
+            }
+            Err(payload) => {
+                staging.discard();
+                let message = payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "panic without a message".into());
+                return Err(EngineError::Panicked { node: name, key: key.to_string(), message: message.lines().next().unwrap_or("").chars().take(500).collect() });
+            }
         }
         if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
             eprintln!("failpoint {name}: outputs written, pausing before publish");
@@ -406,6 +443,39 @@ impl<'a> Engine<'a> {
         m.metrics = metrics;
         m.timing = Timing { started_unix_ms: started, seconds: t0.elapsed().as_secs_f64(), parts };
         Ok(target.publish(staging, m, replace)?)
+    }
+
+    /// Rebuild an artifact whose files `gc --thin` removed: run its node again from the inputs
+    /// its manifest records (rebuilding those first when thinned too) and publish it in place.
+    /// The result must have the original's content digest, or every key downstream would be
+    /// computed from bytes that no longer exist: then it fails, leaving the rebuilt artifact
+    /// (the downstream nodes show as stale and the next `run` rebuilds them).
+    fn rehydrate(&self, a: &Artifact) -> Result<Artifact> {
+        let name = &a.manifest.node;
+        let node = self.plan.get(name).ok_or_else(|| EngineError::Ref(format!("{name} was thinned by gc and is not in the current plan, so it cannot be rebuilt")))?;
+        let mut done = HashMap::new();
+        for rec in &a.manifest.inputs {
+            let mut input = self.store.load(&rec.stage, &rec.key)?.ok_or_else(|| EngineError::Ref(format!("cannot rebuild the thinned {name}: its input {} ({}) is no longer in the store", rec.node, rec.key.short())))?;
+            if !input.manifest.thinned.is_empty() {
+                input = self.rehydrate(&input)?;
+            }
+            done.insert(rec.node.clone(), input);
+        }
+        let components = self.components_for(node, &done).map_err(|i| EngineError::InputNotBuilt { node: name.clone(), input: i })?;
+        if components.key() != a.manifest.key {
+            return Err(EngineError::Ref(format!("cannot rebuild the thinned {name}: the current spec gives key {} ≠ its key {}", components.key().short(), a.manifest.key.short())));
+        }
+        eprintln!("rebuilding {name} (its files were thinned by gc)");
+        let inputs = self.input_artifacts(node, &done);
+        let b = self.execute(node, components, inputs, &self.store, true)?;
+        if b.manifest.content_digest != a.manifest.content_digest {
+            return Err(EngineError::Ref(format!(
+                "rebuilt {name} has content digest {} but the thinned original had {} (another instruction set or program version?); the nodes after it are now stale — `run` again rebuilds them",
+                b.manifest.content_digest.short(),
+                a.manifest.content_digest.short()
+            )));
+        }
+        Ok(b)
     }
 
     /// Resolve a REF: `stage@iter` / `stage` of the plan (its current cached artifact), a
@@ -460,11 +530,19 @@ impl<'a> Engine<'a> {
         Ok(out)
     }
 
-    /// Artifacts the current plan does not reach, minus the `keep_last` newest per node.
-    pub fn gc_candidates(&self, keep_last: usize) -> Result<Vec<Artifact>> {
-        let reachable: HashSet<(String, Key)> = self.resolve()?.into_iter().filter_map(|r| r.artifact.map(|a| (a.manifest.stage, a.manifest.key))).collect();
+    /// Artifacts that no plan of this spec with 1..=`iterations` iterations reaches (so the
+    /// artifacts of a longer or shorter run sharing the store stay), minus the `keep_last`
+    /// newest per node. Call under the store lock (`gc` takes it first).
+    pub fn gc_candidates(&self, iterations: u32, keep_last: usize) -> Result<Vec<Artifact>> {
+        let all = self.store.scan()?;
+        let mut reachable: HashSet<(String, Key)> = HashSet::new();
+        for n in 1..=iterations.max(1) {
+            let plan = crate::plan::Plan::new(self.spec, Some(n));
+            let engine = Engine::new(self.spec, plan, self.store.clone());
+            reachable.extend(engine.resolve_in(all.clone())?.into_iter().filter_map(|r| r.artifact.map(|a| (a.manifest.stage, a.manifest.key))));
+        }
         let mut by_node: BTreeMap<String, Vec<Artifact>> = BTreeMap::new();
-        for a in self.store.scan()? {
+        for a in all {
             if !reachable.contains(&(a.manifest.stage.clone(), a.manifest.key.clone())) {
                 by_node.entry(a.manifest.node.clone()).or_default().push(a);
             }
@@ -477,14 +555,35 @@ impl<'a> Engine<'a> {
         Ok(out)
     }
 
-    /// Delete `victims` under the lock, and leftovers of interrupted runs.
-    pub fn gc(&self, victims: &[Artifact]) -> Result<()> {
-        let _lock = self.store.lock()?;
-        self.store.clean_tmp()?;
-        for a in victims {
-            self.store.remove(a)?;
+    /// `gc --thin`: the current plan's policies (`update` artifacts) of every iteration but
+    /// the newest `keep_last` (at least 1) that still hold [`thinnable`] files.
+    pub fn thin_candidates(&self, keep_last: usize) -> Result<Vec<Artifact>> {
+        let mut updates: Vec<Artifact> = self.resolve()?.into_iter().filter_map(|r| r.artifact).filter(|a| a.manifest.stage == "update").collect();
+        updates.sort_by_key(|a| std::cmp::Reverse(a.manifest.iteration));
+        Ok(updates.into_iter().skip(keep_last.max(1)).filter(|a| a.manifest.files.iter().any(|f| thinnable(&f.name) && !a.manifest.thinned.contains(&f.name))).collect())
+    }
+
+    /// `gc`: under the store lock (taken before anything is decided, so a run cannot publish
+    /// between the choice and the deletion), repair leftovers of interrupted runs, choose the
+    /// victims ([`Engine::gc_candidates`]) and, unless `dry_run`, delete them; with `thin`,
+    /// also thin the older policies ([`Engine::thin_candidates`]).
+    pub fn gc(&self, iterations: u32, keep_last: usize, thin: bool, dry_run: bool) -> Result<(Vec<Artifact>, Vec<Artifact>)> {
+        // A dry run only reads (and may run beside a writer).
+        let _lock = if dry_run { None } else { Some(self.store.lock()?) };
+        if !dry_run {
+            self.store.repair()?;
         }
-        Ok(())
+        let victims = self.gc_candidates(iterations, keep_last)?;
+        let thinned = if thin { self.thin_candidates(keep_last)? } else { Vec::new() };
+        if !dry_run {
+            for a in &victims {
+                self.store.remove(a)?;
+            }
+            for a in &thinned {
+                self.store.thin(a, thinnable)?;
+            }
+        }
+        Ok((victims, thinned))
     }
 }
 

@@ -86,6 +86,11 @@ pub struct Manifest {
     pub metrics: serde_json::Map<String, serde_json::Value>,
     pub timing: Timing,
     pub program: ProgramInfo,
+    /// Files that `gc --thin` deleted to bound the store. They stay in `files` with their
+    /// digests, so the content digest, and every key computed from it, still hold; the engine
+    /// rebuilds them (bit-identical on the same machine kind) when a stage needs them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thinned: Vec<String>,
 }
 
 impl Manifest {
@@ -105,6 +110,7 @@ impl Manifest {
             metrics: serde_json::Map::new(),
             timing: Timing::default(),
             program: ProgramInfo::current(),
+            thinned: Vec::new(),
         }
     }
 
@@ -132,6 +138,9 @@ impl Manifest {
             if !super::is_stage_name(&i.stage) {
                 return Err(format!("bad input stage {:?}", i.stage));
             }
+        }
+        if let Some(t) = m.thinned.iter().find(|t| !m.files.iter().any(|f| &f.name == *t)) {
+            return Err(format!("thinned file {t:?} is not in the file list"));
         }
         if m.components.key() != m.key {
             return Err("key does not match its components".into());

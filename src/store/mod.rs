@@ -28,6 +28,8 @@ pub enum StoreError {
     BadManifest { dir: PathBuf, reason: String },
     #[error("artifact {dir}: file {file} does not match its manifest ({reason}); the artifact is corrupt — run `verify`, then `run --force` on that node")]
     DigestMismatch { dir: PathBuf, file: String, reason: String },
+    #[error("artifact {dir}: file {file} of {node} was removed by `gc --thin` (its digest is kept, so keys still hold); `run` rebuilds it when a stage needs it, or rebuild it now with `run --only {node} --force`")]
+    Thinned { dir: PathBuf, file: String, node: String },
     #[error("bad stage name {0:?} (expected [a-z][a-z0-9-]*)")]
     BadStage(String),
     #[error("bad file name {0:?} in an artifact (plain names only, no `/`, no leading `.`)")]
@@ -35,6 +37,39 @@ pub enum StoreError {
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
+
+/// Environment variable naming a point at which the process pauses (until killed): a node
+/// name (the engine: outputs written, before publishing; `panic:NODE` panics inside that
+/// node's stage instead), `gc-removing` (an artifact moved
+/// out of place, before its files are deleted) or `publish-replacing` (`run --force`: the
+/// old artifact moved aside, before the new one is renamed into place). Tests kill the
+/// process there and check that the next run recovers.
+pub const FAILPOINT_ENV: &str = "SELF_REDTEAM_FAILPOINT";
+
+/// Pause forever when `FAILPOINT_ENV` names `point` (see there).
+pub fn failpoint(point: &str) {
+    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == point) {
+        eprintln!("failpoint {point}: pausing");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}
+
+/// Something in the store that is not a valid artifact where one should be: a directory
+/// `<stage>/<key>` without a readable manifest (a gc of an older version killed halfway, a
+/// hand edit), or a manifest that does not parse or does not match its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    pub dir: PathBuf,
+    pub reason: String,
+}
+
+/// Prefix of a `.tmp` entry holding an artifact that `run --force` moved aside; it is put
+/// back when the run died before its replacement was in place (`Store::recover`).
+const REPLACED_PREFIX: &str = "replaced-";
+/// Prefix of a `.tmp` entry holding an artifact that gc (or a repair) moved out of place.
+const REMOVED_PREFIX: &str = "removed-";
 
 fn io_err(root: &Path, op: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     let op = op.into();
@@ -75,6 +110,9 @@ impl Artifact {
 
     /// Recompute one file's digest and size and compare with the manifest.
     pub fn verify_file(&self, name: &str) -> Result<PathBuf> {
+        if self.manifest.thinned.iter().any(|t| t == name) {
+            return Err(StoreError::Thinned { dir: self.dir.clone(), file: name.to_string(), node: self.manifest.node.clone() });
+        }
         let entry = self.manifest.files.iter().find(|f| f.name == name).ok_or_else(|| StoreError::DigestMismatch {
             dir: self.dir.clone(),
             file: name.to_string(),
@@ -96,9 +134,9 @@ impl Artifact {
         Ok(path)
     }
 
-    /// Verify every file, and that no unlisted file was added.
+    /// Verify every file (except those `gc --thin` removed), and that no unlisted file was added.
     pub fn verify_all(&self) -> Vec<StoreError> {
-        let mut problems: Vec<StoreError> = self.manifest.files.iter().filter_map(|f| self.verify_file(&f.name).err()).collect();
+        let mut problems: Vec<StoreError> = self.manifest.files.iter().filter(|f| !self.manifest.thinned.contains(&f.name)).filter_map(|f| self.verify_file(&f.name).err()).collect();
         if let Ok(rd) = fs::read_dir(&self.dir) {
             for entry in rd.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
@@ -220,19 +258,101 @@ impl Store {
         Ok(self.scan()?.into_iter().filter(|a| a.manifest.key.as_str().starts_with(prefix)).collect())
     }
 
-    /// Remove leftovers of interrupted runs (`.tmp/*`). Call only under the lock.
+    /// Remove leftovers of interrupted runs (`.tmp/*`), after putting back any artifact that
+    /// an interrupted `run --force` had moved aside before its replacement was published.
+    /// Call only under the lock. Returns the number of entries removed.
     pub fn clean_tmp(&self) -> Result<usize> {
         let tmp = self.tmp_root();
         let mut n = 0;
         if let Ok(rd) = fs::read_dir(&tmp) {
             for e in rd.flatten() {
                 let p = e.path();
+                let name = e.file_name().to_string_lossy().to_string();
+                if let Some(restored) = self.restore_replaced(&name, &p)? {
+                    eprintln!("store {}: put back {} (an interrupted `run --force` had moved it aside)", self.root.display(), restored.display());
+                    continue;
+                }
                 let r = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
                 r.map_err(io_err(&self.root, format!("remove {}", p.display())))?;
                 n += 1;
             }
         }
         Ok(n)
+    }
+
+    /// `.tmp/replaced-<stage>-<key>` whose place `<stage>/<key>` holds no artifact: move it
+    /// back there. `None` when the entry is something else or its place is taken.
+    fn restore_replaced(&self, name: &str, path: &Path) -> Result<Option<PathBuf>> {
+        let Some(rest) = name.strip_prefix(REPLACED_PREFIX) else { return Ok(None) };
+        let Some((stage, key)) = rest.rsplit_once('-') else { return Ok(None) };
+        let (Ok(key), true) = (Key::parse(key), is_stage_name(stage)) else { return Ok(None) };
+        if !path.join(MANIFEST_FILE).is_file() {
+            return Ok(None);
+        }
+        let place = self.artifact_dir(stage, &key)?;
+        if place.join(MANIFEST_FILE).is_file() {
+            return Ok(None); // the replacement was published: the aside copy is garbage
+        }
+        if place.exists() {
+            self.move_out(&place, "half-published replacement")?;
+        }
+        fs::rename(path, &place).map_err(io_err(&self.root, format!("restore {}", place.display())))?;
+        if let Some(parent) = place.parent() {
+            sync_dir(parent).map_err(io_err(&self.root, "fsync stage dir"))?;
+        }
+        Ok(Some(place))
+    }
+
+    /// Every directory in a stage folder that is named like an artifact but is not a valid
+    /// one (see [`Leftover`]). `verify --all` lists them; `run` and `gc` repair them.
+    pub fn leftovers(&self) -> Result<Vec<Leftover>> {
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir(&self.root) else { return Ok(out) };
+        let mut stages: Vec<String> = rd.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).filter(|n| is_stage_name(n)).collect();
+        stages.sort();
+        for stage in stages {
+            let Ok(rd) = fs::read_dir(self.root.join(&stage)) else { continue };
+            let mut keys: Vec<Key> = rd.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| Key::parse(n).ok())).collect();
+            keys.sort();
+            for key in keys {
+                let dir = self.root.join(&stage).join(key.as_str());
+                let reason = match self.load(&stage, &key) {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => "directory without a manifest (an interrupted gc or publish)".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                out.push(Leftover { dir, reason });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Move every [`Leftover`] out of place (into `.tmp`, then delete it), so the node can be
+    /// built again; returns what was removed. Call only under the lock.
+    pub fn repair(&self) -> Result<Vec<Leftover>> {
+        let found = self.leftovers()?;
+        for l in &found {
+            self.move_out(&l.dir, "leftover")?;
+            eprintln!("store {}: removed {} ({}); the node will be built again", self.root.display(), l.dir.display(), l.reason);
+        }
+        self.clean_tmp()?;
+        Ok(found)
+    }
+
+    /// Rename `dir` (an artifact place) into `.tmp/removed-…` and fsync its parent: one atomic
+    /// step after which the place is free and nothing half-deleted is left in it.
+    fn move_out(&self, dir: &Path, why: &str) -> Result<PathBuf> {
+        let tmp = self.tmp_root();
+        fs::create_dir_all(&tmp).map_err(io_err(&self.root, "create .tmp"))?;
+        let stage = dir.parent().and_then(Path::file_name).map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let key = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        let aside = tempfile::Builder::new().prefix(&format!("{REMOVED_PREFIX}{stage}-{}-", &key[..key.len().min(12)])).tempdir_in(&tmp).map_err(io_err(&self.root, "create removal dir"))?.keep();
+        fs::remove_dir(&aside).map_err(io_err(&self.root, "prepare removal dir"))?;
+        fs::rename(dir, &aside).map_err(io_err(&self.root, format!("move {} out of place ({why})", dir.display())))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).map_err(io_err(&self.root, "fsync stage dir"))?;
+        }
+        Ok(aside)
     }
 
     /// A fresh temporary directory for (stage, key). Call only under the lock.
@@ -285,18 +405,31 @@ impl Store {
         sync_dir(&staging.dir).map_err(io_err(&root, "fsync staging dir"))?;
         let final_dir = self.artifact_dir(&staging.stage, &staging.key)?;
         let parent = final_dir.parent().expect("artifact dir has a stage parent").to_path_buf();
-        fs::create_dir_all(&parent).map_err(io_err(&root, "create stage dir"))?;
+        if !parent.exists() {
+            fs::create_dir_all(&parent).map_err(io_err(&root, "create stage dir"))?;
+            // A new directory entry in the root must reach the disk before anything in it counts.
+            sync_dir(&root).map_err(io_err(&root, "fsync store root"))?;
+        }
         let mut old: Option<PathBuf> = None;
         if final_dir.exists() {
-            if !replace {
+            if self.load(&staging.stage, &staging.key).ok().flatten().is_none() {
+                // Not an artifact (no or a bad manifest): a leftover of a crash; take its place.
+                self.move_out(&final_dir, "leftover without a valid manifest")?;
+            } else if !replace {
                 // Someone published the same key meanwhile (same inputs → same bytes).
                 let _ = fs::remove_dir_all(&staging.dir);
                 return self.load(&staging.stage, &staging.key)?.ok_or_else(|| StoreError::BadManifest { dir: final_dir, reason: "exists without a manifest".into() });
+            } else {
+                // `run --force`: the old artifact goes aside under a name that says where it
+                // belongs; if the process dies before the replacement is in place, the next
+                // run's `clean_tmp` puts it back (it is deleted only after the new one is in).
+                let aside = self.tmp_root().join(format!("{REPLACED_PREFIX}{}-{}", staging.stage, staging.key));
+                let _ = fs::remove_dir_all(&aside);
+                fs::rename(&final_dir, &aside).map_err(io_err(&root, "move old artifact aside"))?;
+                sync_dir(&parent).map_err(io_err(&root, "fsync stage dir"))?;
+                old = Some(aside);
+                failpoint("publish-replacing");
             }
-            let aside = self.tmp_root().join(format!("replaced-{}-{}", staging.stage, staging.key.short()));
-            let _ = fs::remove_dir_all(&aside);
-            fs::rename(&final_dir, &aside).map_err(io_err(&root, "move old artifact aside"))?;
-            old = Some(aside);
         }
         fs::rename(&staging.dir, &final_dir).map_err(io_err(&root, "publish (rename)"))?;
         sync_dir(&parent).map_err(io_err(&root, "fsync stage dir"))?;
@@ -306,12 +439,47 @@ impl Store {
         Ok(Artifact { dir: final_dir, manifest })
     }
 
-    /// Delete a published artifact (gc). The manifest goes first, so a crash halfway
-    /// leaves a directory that no longer looks like an artifact.
+    /// `gc --thin`: delete the artifact's files that `which` selects (an update's policy
+    /// weights and optimizer state), keeping their entries and digests in the manifest, which
+    /// is rewritten first (atomically: written in `.tmp`, fsynced, renamed over the old one) so
+    /// a crash leaves either the full artifact or a thinned one. Returns the files removed.
+    pub fn thin(&self, a: &Artifact, which: impl Fn(&str) -> bool) -> Result<Vec<String>> {
+        let dir = self.artifact_dir(&a.manifest.stage, &a.manifest.key)?;
+        let mut m = a.manifest.clone();
+        let victims: Vec<String> = m.files.iter().filter(|f| which(&f.name) && !m.thinned.contains(&f.name)).map(|f| f.name.clone()).collect();
+        if victims.is_empty() {
+            return Ok(victims);
+        }
+        m.thinned.extend(victims.iter().cloned());
+        m.thinned.sort();
+        let tmp = self.tmp_root();
+        fs::create_dir_all(&tmp).map_err(io_err(&self.root, "create .tmp"))?;
+        let staged = tempfile::NamedTempFile::new_in(&tmp).map_err(io_err(&self.root, "create manifest copy"))?;
+        {
+            let mut f = staged.as_file();
+            f.write_all(&m.to_bytes()).map_err(io_err(&self.root, "write manifest"))?;
+            f.sync_all().map_err(io_err(&self.root, "fsync manifest"))?;
+        }
+        staged.persist(dir.join(MANIFEST_FILE)).map_err(|e| StoreError::Io { root: self.root.clone(), op: "replace manifest".into(), source: e.error })?;
+        sync_dir(&dir).map_err(io_err(&self.root, "fsync artifact dir"))?;
+        failpoint("thin-removing");
+        for v in &victims {
+            match fs::remove_file(dir.join(v)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(StoreError::Io { root: self.root.clone(), op: format!("remove {v}"), source: e }),
+                _ => {}
+            }
+        }
+        Ok(victims)
+    }
+
+    /// Delete a published artifact (gc): first moved out of its place in one atomic rename
+    /// (so a crash never leaves a half-deleted directory that looks like an artifact), then
+    /// deleted; a crash in between leaves only a `.tmp` entry that the next run removes.
     pub fn remove(&self, a: &Artifact) -> Result<()> {
         let dir = self.artifact_dir(&a.manifest.stage, &a.manifest.key)?;
-        let _ = fs::remove_file(dir.join(MANIFEST_FILE));
-        fs::remove_dir_all(&dir).map_err(io_err(&self.root, format!("remove {}", dir.display())))
+        let aside = self.move_out(&dir, "gc")?;
+        failpoint("gc-removing");
+        fs::remove_dir_all(&aside).map_err(io_err(&self.root, format!("remove {}", aside.display())))
     }
 }
 

@@ -8,15 +8,15 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-fn bin() -> &'static str {
+pub(crate) fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_self-redteam")
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn tiny() -> PathBuf {
+pub(crate) fn tiny() -> PathBuf {
     root().join("tests/fixtures/tiny.yaml")
 }
 
@@ -33,30 +33,30 @@ fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-fn sr(config: &Path, store: &Path, args: &[&str]) -> Output {
+pub(crate) fn sr(config: &Path, store: &Path, args: &[&str]) -> Output {
     Command::new(bin()).arg("--config").arg(config).arg("--store").arg(store).args(args).output().expect("spawn self-redteam")
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// Build dataset, prep@1, prep@2 (the built stages) into `store`.
-fn build(config: &Path, store: &Path) -> Output {
+pub(crate) fn build(config: &Path, store: &Path) -> Output {
     let o = sr(config, store, &["run", "--only", "dataset", "prep@1", "prep@2", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     o
 }
 
 #[derive(Debug, Clone, PartialEq)]
-struct NodeStatus {
-    key: Option<String>,
-    digest: Option<String>,
-    state: String,
-    reason: Option<String>,
+pub(crate) struct NodeStatus {
+    pub key: Option<String>,
+    pub digest: Option<String>,
+    pub state: String,
+    pub reason: Option<String>,
 }
 
-fn status(config: &Path, store: &Path, extra: &[&str]) -> BTreeMap<String, NodeStatus> {
+pub(crate) fn status(config: &Path, store: &Path, extra: &[&str]) -> BTreeMap<String, NodeStatus> {
     let mut args = vec!["status", "--json"];
     args.extend_from_slice(extra);
     let o = sr(config, store, &args);
@@ -104,7 +104,7 @@ fn data_files(store: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-fn artifact_dir(store: &Path, stage: &str, key: &str) -> PathBuf {
+pub(crate) fn artifact_dir(store: &Path, stage: &str, key: &str) -> PathBuf {
     store.join(stage).join(key)
 }
 

@@ -1,0 +1,139 @@
+//! Integration tests: the store's and engine's crash windows (issue: hardening). Each kills
+//! the real binary at a failpoint (`SELF_REDTEAM_FAILPOINT`) and checks that the next
+//! command leaves a store that is complete and honest; plus a stage that panics, `verify`
+//! on a corrupt manifest, and `gc` keeping the artifacts of a shorter run sharing the store.
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+use super::engine::{artifact_dir, bin, build, sr, status, text, tiny};
+
+/// Spawn `self-redteam ARGS` with a failpoint and return once it paused there.
+fn run_to_failpoint(store: &Path, args: &[&str], point: &str) -> Child {
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(tiny())
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env("SELF_REDTEAM_FAILPOINT", point)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = lines.next().unwrap_or_else(|| panic!("ended before failpoint {point}: {seen:?}")).expect("read");
+        if line.starts_with(&format!("failpoint {point}")) {
+            break;
+        }
+        seen.push(line);
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+fn kill(mut child: Child) {
+    child.kill().expect("kill -9");
+    child.wait().expect("reap");
+}
+
+#[test]
+fn gc_killed_between_its_steps_leaves_a_store_that_run_completes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    build(&tiny(), &store);
+    let before = status(&tiny(), &store, &[]);
+    // With the config's own iteration count nothing is garbage; keeping only what runs of up
+    // to 1 iteration reach makes prep@2 the one victim.
+    let o = sr(&tiny(), &store, &["gc", "--dry-run", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["removed"].as_array().expect("arr").len(), 0, "{v:#}");
+    let o = sr(&tiny(), &store, &["gc", "--dry-run", "--iterations", "1", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let victims: Vec<&str> = v["removed"].as_array().expect("arr").iter().map(|r| r["node"].as_str().expect("node")).collect();
+    assert_eq!(victims, ["prep@2"], "a 1-iteration plan does not reach prep@2: {v:#}");
+    let child = run_to_failpoint(&store, &["gc", "--iterations", "1"], "gc-removing");
+    kill(child);
+    // The artifact left its place in one rename: nothing half-deleted looks like an artifact.
+    let key2 = before["prep@2"].key.clone().expect("key");
+    assert!(!artifact_dir(&store, "prep", &key2).exists(), "prep@2 moved out of place");
+    let o = sr(&tiny(), &store, &["verify", "--all", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "nothing corrupt after the kill: {}", text(&o));
+    assert_eq!(status(&tiny(), &store, &[])["prep@2"].state, "missing");
+    build(&tiny(), &store);
+    assert_eq!(status(&tiny(), &store, &[]), before, "run rebuilt exactly what gc removed");
+    assert_eq!(std::fs::read_dir(store.join(".tmp")).expect(".tmp").count(), 0, "the half-removed copy is cleaned");
+}
+
+#[test]
+fn a_directory_left_without_its_manifest_is_listed_by_verify_and_repaired_by_run() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    build(&tiny(), &store);
+    let before = status(&tiny(), &store, &[]);
+    // What an older gc killed between deleting the manifest and the directory left behind.
+    let dir = artifact_dir(&store, "prep", before["prep@1"].key.as_deref().expect("key"));
+    std::fs::remove_file(dir.join("manifest.json")).expect("rm manifest");
+    // And a corrupt manifest elsewhere.
+    let dir2 = artifact_dir(&store, "prep", before["prep@2"].key.as_deref().expect("key"));
+    std::fs::write(dir2.join("manifest.json"), b"{ not json").expect("corrupt");
+    let o = sr(&tiny(), &store, &["verify", "--all", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let dirs: Vec<String> = v["leftovers"].as_array().expect("leftovers").iter().map(|l| l["dir"].as_str().expect("dir").to_string()).collect();
+    assert_eq!(dirs.len(), 2, "{v:#}");
+    assert!(dirs.iter().any(|d| d.ends_with(before["prep@1"].key.as_deref().expect("key"))), "{dirs:?}");
+    let o = sr(&tiny(), &store, &["run", "--only", "dataset", "prep@1", "prep@2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("will be built again"), "run says what it repaired: {}", text(&o));
+    assert_eq!(status(&tiny(), &store, &[]), before, "same keys and bytes as before the damage");
+    let o = sr(&tiny(), &store, &["verify", "--all"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn force_killed_mid_publish_keeps_the_old_artifact() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    build(&tiny(), &store);
+    let before = status(&tiny(), &store, &[]);
+    let key = before["prep@1"].key.clone().expect("key");
+    let manifest = std::fs::read(artifact_dir(&store, "prep", &key).join("manifest.json")).expect("manifest");
+    let child = run_to_failpoint(&store, &["run", "--only", "prep@1", "--force"], "publish-replacing");
+    kill(child);
+    // The next command that takes the lock puts the old artifact back.
+    let o = sr(&tiny(), &store, &["run", "--only", "dataset"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("put back"), "{}", text(&o));
+    assert_eq!(std::fs::read(artifact_dir(&store, "prep", &key).join("manifest.json")).expect("manifest"), manifest, "the old artifact, untouched");
+    assert_eq!(status(&tiny(), &store, &[]), before);
+    let o = sr(&tiny(), &store, &["verify", "--all"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn a_panicking_stage_fails_its_node_with_name_and_key_and_publishes_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    let o = Command::new(bin())
+        .arg("--config")
+        .arg(tiny())
+        .arg("--store")
+        .arg(&store)
+        .args(["run", "--only", "dataset", "prep@1"])
+        .env("SELF_REDTEAM_FAILPOINT", "panic:prep@1")
+        .output()
+        .expect("spawn");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("prep@1 (key ") && err.contains("crashed") && err.contains("failpoint"), "{err}");
+    let s = status(&tiny(), &store, &[]);
+    assert_eq!(s["dataset"].state, "cached", "the node before it is kept");
+    assert_eq!(s["prep@1"].state, "missing", "nothing of the crashed node is published");
+    assert_eq!(std::fs::read_dir(store.join(".tmp")).map(|d| d.count()).unwrap_or(0), 0, "its staging dir is discarded");
+}
