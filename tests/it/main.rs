@@ -8,4 +8,5 @@ mod judge;
 mod judge_stage;
 mod model;
 mod selfplay;
+mod serve;
 mod util;
