@@ -238,6 +238,21 @@ pub enum Command {
         workers: usize,
         #[arg(long)]
         iterations: Option<u32>,
+        /// Require `Authorization: Bearer TOKEN`, TOKEN read from this environment variable.
+        #[arg(long, value_name = "NAME")]
+        auth_token_env: Option<String>,
+        /// Largest request body in bytes (larger: 413).
+        #[arg(long, default_value_t = crate::judge::server::DEFAULT_MAX_BODY_BYTES)]
+        max_body_bytes: usize,
+        /// Most prompts in one request.
+        #[arg(long, default_value_t = crate::judge::server::DEFAULT_MAX_PROMPTS)]
+        max_prompts: usize,
+        /// Largest `max_tokens` of a request (prompt + max_tokens must also fit the context).
+        #[arg(long, default_value_t = 4096)]
+        max_tokens: usize,
+        /// Deadline for one request (receiving the body and generating), in seconds.
+        #[arg(long, default_value_t = crate::judge::server::DEFAULT_REQUEST_TIMEOUT.as_secs_f64())]
+        request_timeout_s: f64,
     },
 }
 
@@ -530,9 +545,8 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             if json {
                 print_json(&serde_json::to_value(&out)?)?;
             } else {
-                for o in &out {
-                    println!("{}", o.output);
-                }
+                // Model text may hold terminal control sequences: printed stripped (--json keeps it raw).
+                crate::generate::write_plain(&mut std::io::stdout().lock(), &out)?;
             }
             Ok(0)
         }
@@ -566,9 +580,9 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Serve { model, bind, name, fail_first, workers, iterations } => {
+        Command::Serve { model, bind, name, fail_first, workers, iterations, auth_token_env, max_body_bytes, max_prompts, max_tokens, request_timeout_s } => {
             let spec = Spec::load(&g.config)?;
-            crate::serve_verb::serve(&spec, &g.store, iterations, &crate::serve_verb::ServeOptions { model, bind, name, fail_first, workers })?;
+            crate::serve_verb::serve(&spec, &g.store, iterations, &crate::serve_verb::ServeOptions { model, bind, name, fail_first, workers, auth_token_env, max_body_bytes, max_prompts, max_tokens, request_timeout_s })?;
             Ok(0)
         }
     }

@@ -2,7 +2,11 @@
 //! the model runtime: `render_prompt` (game `ChatPrompt` → rendered text + token ids, used by
 //! the rollout stage) and the `generate` verb (`self-redteam generate --model REF|PATH …`,
 //! called by src/cli.rs), which resolves a policy from the store (digest-verified) or a path
-//! and samples one batch.
+//! and samples one batch. `terminal_safe` / `write_plain` are how its plain (non-`--json`)
+//! output must be printed: model text is untrusted bytes, and escape sequences in it could
+//! rewrite the terminal (title, clipboard through OSC 52, cursor moves that hide lines).
+use std::borrow::Cow;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -121,4 +125,121 @@ pub fn generate(spec: &Spec, store_root: &Path, iterations: Option<u32>, opts: &
         .zip(samples)
         .map(|((prompt, (text, ids)), s)| Generated { prompt: prompt.clone(), rendered_prompt: text, prompt_ids: ids, output: s.text, token_ids: s.token_ids, logprobs: s.logprobs, finished_by_stop: s.finished_by_stop })
         .collect())
+}
+
+/// `text` with terminal control sequences removed, for printing model output to a terminal:
+/// ESC sequences (CSI `ESC [ … final`, OSC `ESC ] … BEL|ST`, DCS/SOS/PM/APC `ESC P|X|^|_ … ST`,
+/// and two-byte `ESC x`), the 8-bit C1 forms of the same (U+0080–U+009F; U+009B CSI and
+/// U+009D OSC take their parameters with them), every other C0 control except `\n` and `\t`
+/// (so `\r` cannot overwrite a line), and DEL. Printable text, including all non-ASCII
+/// letters, is kept as is. `--json` prints the raw text instead (JSON escapes controls).
+pub fn terminal_safe(text: &str) -> Cow<'_, str> {
+    let is_control = |c: char| (c.is_control() && c != '\n' && c != '\t') || ('\u{80}'..='\u{9f}').contains(&c);
+    if !text.chars().any(is_control) {
+        return Cow::Borrowed(text);
+    }
+    /// Where the scanner is inside an escape sequence.
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        Text,
+        /// After ESC.
+        Escape,
+        /// ESC followed by intermediate bytes (0x20–0x2F), waiting for the final byte.
+        EscapeIntermediate,
+        /// Inside CSI parameters, waiting for the final byte (0x40–0x7E).
+        Csi,
+        /// Inside a string (OSC, DCS, SOS, PM, APC), until BEL or ST.
+        Str,
+        /// ESC seen inside a string: `\` ends it (ST).
+        StrEscape,
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut state = State::Text;
+    for c in text.chars() {
+        state = match state {
+            State::Text => match c {
+                '\u{1b}' => State::Escape,
+                '\u{9b}' => State::Csi,
+                '\u{90}' | '\u{98}' | '\u{9d}' | '\u{9e}' | '\u{9f}' => State::Str,
+                c if is_control(c) => State::Text,
+                c => {
+                    out.push(c);
+                    State::Text
+                }
+            },
+            State::Escape => match c {
+                '[' => State::Csi,
+                ']' | 'P' | 'X' | '^' | '_' => State::Str,
+                '\u{20}'..='\u{2f}' => State::EscapeIntermediate,
+                // ESC ESC: the second one starts a new sequence.
+                '\u{1b}' => State::Escape,
+                _ => State::Text,
+            },
+            State::EscapeIntermediate => match c {
+                '\u{20}'..='\u{2f}' => State::EscapeIntermediate,
+                _ => State::Text,
+            },
+            State::Csi => match c {
+                '\u{40}'..='\u{7e}' => State::Text,
+                '\u{1b}' => State::Escape,
+                // A newline ends a runaway sequence, so one stray ESC [ cannot eat the rest.
+                '\n' => {
+                    out.push('\n');
+                    State::Text
+                }
+                _ => State::Csi,
+            },
+            State::Str => match c {
+                '\u{7}' | '\u{9c}' => State::Text,
+                '\u{1b}' => State::StrEscape,
+                _ => State::Str,
+            },
+            State::StrEscape => match c {
+                '\\' => State::Text,
+                '\u{1b}' => State::StrEscape,
+                _ => State::Str,
+            },
+        };
+    }
+    Cow::Owned(out)
+}
+
+/// Print `generated` as plain text, one output per line, through `terminal_safe`. The lead
+/// calls this from `cli.rs` for `generate` without `--json`.
+pub fn write_plain(out: &mut impl Write, generated: &[Generated]) -> std::io::Result<()> {
+    for g in generated {
+        writeln!(out, "{}", terminal_safe(&g.output))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::terminal_safe;
+
+    #[test]
+    fn terminal_safe_strips_escape_sequences_and_controls_but_keeps_text() {
+        let cases = [
+            ("plain\ttext\nnext line, ünïcödé ✓", "plain\ttext\nnext line, ünïcödé ✓"),
+            ("\u{1b}[31mred\u{1b}[0m", "red"),
+            ("\u{1b}[2J\u{1b}[1;1Hcleared", "cleared"),
+            ("\u{1b}]0;evil title\u{7}after", "after"),
+            ("\u{1b}]52;c;ZXZpbA==\u{1b}\\clip", "clip"),
+            ("\u{1b}P1$r\u{1b}\\dcs", "dcs"),
+            ("over\rwrite", "overwrite"),
+            ("bell\u{7} back\u{8}space del\u{7f}", "bell backspace del"),
+            ("\u{9b}31mc1 csi", "c1 csi"),
+            ("\u{9d}0;t\u{9c}c1 osc", "c1 osc"),
+            ("\u{85}nel", "nel"),
+            ("\u{1b}(Bcharset", "charset"),
+            ("\u{1b}7saved\u{1b}8", "saved"),
+            ("runaway \u{1b}[12;\nnext", "runaway \nnext"),
+            ("trailing \u{1b}", "trailing "),
+            ("\u{1b}]unterminated osc", ""),
+        ];
+        for (input, want) in cases {
+            assert_eq!(terminal_safe(input), want, "{input:?}");
+        }
+        assert!(matches!(terminal_safe("no controls"), std::borrow::Cow::Borrowed(_)));
+    }
 }

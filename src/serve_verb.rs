@@ -8,6 +8,14 @@
 //! first N requests with HTTP 503, to exercise clients' retries. The verb prints one line
 //! `serving MODEL at URL` on stdout once it listens, then `requests seen: N` on stderr each
 //! time the count changes, and runs until Ctrl-C.
+//!
+//! Limits (see `judge::server` for how each is enforced): `--max-body-bytes` (413),
+//! `--max-prompts`, `--max-tokens` and prompt + max_tokens within the model's context (400
+//! naming the field), `--request-timeout-s` (408/504). `--auth-token-env NAME` requires
+//! `Authorization: Bearer $NAME` on every request (401 otherwise); the token is read from the
+//! environment so it never appears in `ps` or shell history. The default bind is loopback.
+//! `GET /v1/models` reports the weights digest as `root`, so HTTP judges key their verdict
+//! cache by what is served, not by the `--name` alone.
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -16,8 +24,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::engine::Engine;
-use crate::judge::build::PolicyGenerator;
-use crate::judge::server::{CompletionsServer, ServerOptions};
+use crate::judge::build::{weights_digest, PolicyGenerator};
+use crate::judge::server::{BearerToken, CompletionsServer, ServerOptions};
 use crate::model::Policy;
 use crate::plan::Plan;
 use crate::spec::{Device, Dtype, Spec};
@@ -33,6 +41,32 @@ pub struct ServeOptions {
     pub name: Option<String>,
     pub fail_first: usize,
     pub workers: usize,
+    /// Name of the environment variable holding the bearer token; `None` = no auth.
+    pub auth_token_env: Option<String>,
+    pub max_body_bytes: usize,
+    pub max_prompts: usize,
+    /// Largest `max_tokens` of a request.
+    pub max_tokens: usize,
+    pub request_timeout_s: f64,
+}
+
+impl ServeOptions {
+    /// The defaults of `ServerOptions` for every limit.
+    pub fn new(model: impl Into<String>) -> Self {
+        let d = ServerOptions::default();
+        ServeOptions {
+            model: model.into(),
+            bind: "127.0.0.1:8000".into(),
+            name: None,
+            fail_first: 0,
+            workers: 1,
+            auth_token_env: None,
+            max_body_bytes: d.max_body_bytes,
+            max_prompts: d.max_prompts,
+            max_tokens: d.max_tokens_limit,
+            request_timeout_s: d.request_timeout.as_secs_f64(),
+        }
+    }
 }
 
 /// Where `--model` points: an existing path, or the directory of a store artifact (all of
@@ -62,8 +96,32 @@ pub fn start(spec: &Spec, store_root: &Path, iterations: Option<u32>, opts: &Ser
         Dtype::F32 => tch::Kind::Float,
         Dtype::Bf16 => tch::Kind::BFloat16,
     };
+    // Read the token before loading anything: a typo in the variable name fails at once.
+    let auth_token = match &opts.auth_token_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(t) if !t.is_empty() => Some(BearerToken::new(&t)),
+            _ => anyhow::bail!("--auth-token-env {var}: the environment variable is unset or empty"),
+        },
+    };
+    if !(opts.request_timeout_s > 0.0 && opts.request_timeout_s.is_finite()) {
+        anyhow::bail!("--request-timeout-s must be a positive number of seconds, got {}", opts.request_timeout_s);
+    }
     let policy = Policy::load(&path, device, kind).with_context(|| format!("load model {}", path.display()))?;
-    let options = ServerOptions { bind: opts.bind.clone(), model_name: opts.name.clone().unwrap_or_else(|| opts.model.clone()), fail_first: opts.fail_first, workers: opts.workers.max(1), ..ServerOptions::default() };
+    let digest = weights_digest(&path).with_context(|| format!("digest {}", path.display()))?;
+    let options = ServerOptions {
+        bind: opts.bind.clone(),
+        model_name: opts.name.clone().unwrap_or_else(|| opts.model.clone()),
+        model_root: Some(digest.to_string()),
+        fail_first: opts.fail_first,
+        workers: opts.workers.max(1),
+        max_tokens_limit: opts.max_tokens,
+        max_body_bytes: opts.max_body_bytes,
+        max_prompts: opts.max_prompts,
+        request_timeout: Duration::from_secs_f64(opts.request_timeout_s),
+        auth_token,
+        ..ServerOptions::default()
+    };
     Ok(CompletionsServer::start(PolicyGenerator::new(policy), options)?)
 }
 

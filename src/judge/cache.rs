@@ -5,11 +5,18 @@
 //! What goes into an entry's key, and what never does:
 //! - in: `CACHE_SCHEME` (change it when the hashed inputs change), the judge key, the
 //!   prompt and response bytes, and the seed label only for judges that read it;
-//! - never: paths, times, server URLs, API keys (a judge key carries none of these).
+//! - in the judge key: the content digest of a local judge's weights (never its path or
+//!   folder name: two checkpoints in folders of one name are different judges, one moved
+//!   checkpoint is the same); for an HTTP judge, a digest of the URL without credentials and
+//!   of the model the server reports at `/v1/models`;
+//! - never: paths, times, API keys or credentials in URLs.
 //!
 //! Entries are written to a temporary file in the same directory and renamed into place,
 //! so a crash never leaves a half-written entry that reads as valid. Only verdicts are
-//! stored: a batch that fails (`Err`) stores nothing.
+//! stored, and not all of them: a batch that fails (`Err`, e.g. a server down after retries)
+//! stores nothing, a parse-error verdict is never stored (it says the judge's output was
+//! unusable, which a truncated or garbled reply can cause as well as the judge; it is
+//! recomputed next time), and a judge that is `uncacheable` neither reads nor writes.
 
 use std::path::{Path, PathBuf};
 
@@ -168,6 +175,14 @@ pub fn judge_cached(
     cache: &VerdictCache,
     inputs: &[JudgeInput],
 ) -> Result<(Vec<Verdict>, CacheStats), JudgeError> {
+    if let Some(why) = judge.uncacheable() {
+        tracing::warn!(judge = judge.name(), "judging without the verdict cache: {why}");
+        let verdicts = judge.judge_batch(inputs)?;
+        if verdicts.len() != inputs.len() {
+            return Err(JudgeError::CountMismatch { backend: judge.name().to_string(), expected: inputs.len(), got: verdicts.len() });
+        }
+        return Ok((verdicts, CacheStats { hits: 0, misses: inputs.len() }));
+    }
     let jkey = judge.key();
     let seeded = judge.uses_seed_label();
     let keys: Vec<EntryKey> = inputs.iter().map(|i| entry_key(&jkey, i, seeded)).collect();
@@ -195,7 +210,9 @@ pub fn judge_cached(
             });
         }
         for (&i, v) in miss_idx.iter().zip(verdicts) {
-            cache.put(&keys[i], &jkey, &v)?;
+            if !v.parse_error {
+                cache.put(&keys[i], &jkey, &v)?;
+            }
             out[i] = Some(v);
         }
     }

@@ -9,9 +9,14 @@
 //! partial result. The API key is read from the environment variable NAMED in the config
 //! at construction and held only in the client, which is not serialisable; the config
 //! (which is) stores the variable's name, never its value.
+//!
+//! Replies are read with a size cap (`MAX_REPLY_BYTES`) and parsed by the pure
+//! `parse_completion_reply`, which turns any body into texts or a typed `ReplyError` (a
+//! permanent failure), never a panic. `served_identity` reads `GET /v1/models` once, for the
+//! verdict cache key of `WildGuardJudge`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -111,6 +116,74 @@ pub enum HttpError {
     },
 }
 
+/// Largest completions reply read: 16 prompts of 128 tokens are a few KiB; a reply past this
+/// is a broken or hostile server, not an answer.
+pub const MAX_REPLY_BYTES: u64 = 16 << 20;
+
+/// Why a completions reply body is not an answer to the request (always permanent: the same
+/// server would send the same reply again).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("reply is not a completions JSON object: {0}")]
+    Json(String),
+    #[error("reply has {got} choices for {expected} prompts")]
+    Count { expected: usize, got: usize },
+    #[error("reply has a duplicate or out-of-range choice index {index}")]
+    Index { index: usize },
+}
+
+/// The texts of a completions reply body, in prompt order (by `index` when the server gives
+/// it: vLLM does, and order is not promised). Total: any bytes give texts or a `ReplyError`.
+pub fn parse_completion_reply(body: &[u8], expected: usize) -> Result<Vec<String>, ReplyError> {
+    let reply: CompletionReply = serde_json::from_slice(body).map_err(|e| ReplyError::Json(e.to_string()))?;
+    if reply.choices.len() != expected {
+        return Err(ReplyError::Count { expected, got: reply.choices.len() });
+    }
+    let mut texts: Vec<Option<String>> = vec![None; expected];
+    for (pos, c) in reply.choices.into_iter().enumerate() {
+        let i = c.index.unwrap_or(pos);
+        match texts.get_mut(i) {
+            Some(slot @ None) => *slot = Some(c.text),
+            _ => return Err(ReplyError::Index { index: i }),
+        }
+    }
+    // Count checked and duplicates rejected: every slot is filled.
+    texts.into_iter().map(|t| t.ok_or(ReplyError::Count { expected, got: 0 })).collect()
+}
+
+/// The server and model behind a completions URL, as far as the server tells: the URL
+/// without credentials or query, and the `/v1/models` entry serving the configured model
+/// (its `id`, `root`, `parent`; never `created`, which vLLM sets at each start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedIdentity(pub String);
+
+/// `url` without user info (`user:pass@`), query or fragment: what identifies the server,
+/// never what authenticates to it.
+pub fn url_identity(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let rest = &rest[..end];
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    format!("{}://{}{}", scheme.to_ascii_lowercase(), host.to_ascii_lowercase(), path)
+}
+
+/// The entry of a `/v1/models` body that serves `model`: the one whose `id` is `model`, or the
+/// only one listed (a server that ignores `model` answers with it whatever is asked).
+pub fn pick_served_model(body: &[u8], model: &str) -> Result<String, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("/v1/models reply is not JSON: {e}"))?;
+    let data = v.get("data").and_then(|d| d.as_array()).ok_or("/v1/models reply has no `data` list")?;
+    let id_of = |e: &serde_json::Value| e.get("id").and_then(|i| i.as_str()).map(str::to_string);
+    let entry = match data.iter().find(|e| id_of(e).as_deref() == Some(model)) {
+        Some(e) => e,
+        None if data.len() == 1 => &data[0],
+        None => return Err(format!("/v1/models lists {} models and none is {model:?}", data.len())),
+    };
+    let id = id_of(entry).ok_or("/v1/models entry has no string `id`")?;
+    let field = |k: &str| entry.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    Ok(serde_json::json!({"id": id, "root": field("root"), "parent": field("parent")}).to_string())
+}
+
 #[derive(Serialize)]
 struct CompletionRequest<'a> {
     model: &'a str,
@@ -145,6 +218,7 @@ pub struct CompletionsClient {
     api_key: Option<String>,
     agent: ureq::Agent,
     requests_sent: AtomicUsize,
+    identity: OnceLock<Result<ServedIdentity, String>>,
 }
 
 impl std::fmt::Debug for CompletionsClient {
@@ -193,7 +267,36 @@ impl CompletionsClient {
             api_key,
             agent,
             requests_sent: AtomicUsize::new(0),
+            identity: OnceLock::new(),
         })
+    }
+
+    /// Who answers at this URL (see `ServedIdentity`), read once from `GET /v1/models` beside
+    /// the completions URL; the error says why it cannot be established. Read once and kept,
+    /// failures included: a server that could not say who it is at the start of a run is not
+    /// trusted to be the same one later in it.
+    pub fn served_identity(&self) -> Result<&ServedIdentity, &str> {
+        self.identity.get_or_init(|| self.fetch_identity()).as_ref().map_err(String::as_str)
+    }
+
+    fn fetch_identity(&self) -> Result<ServedIdentity, String> {
+        let base = url_identity(&self.config.url);
+        let models_url = match self.config.url.split(['?', '#']).next().and_then(|u| u.strip_suffix("/completions")) {
+            Some(prefix) => format!("{prefix}/models"),
+            None => return Err(format!("{base} does not end in /completions, so its /models is unknown")),
+        };
+        let mut req = self.agent.get(&models_url);
+        if let Some(key) = &self.api_key {
+            req = req.header("Authorization", &format!("Bearer {key}"));
+        }
+        let mut resp = req.call().map_err(|e| format!("GET {}: {e}", url_identity(&models_url)))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(format!("GET {} answered HTTP {status}", url_identity(&models_url)));
+        }
+        let body = resp.body_mut().with_config().limit(MAX_REPLY_BYTES).read_to_vec().map_err(|e| format!("GET {}: {e}", url_identity(&models_url)))?;
+        let served = pick_served_model(&body, &self.config.model)?;
+        Ok(ServedIdentity(serde_json::json!({"url": base, "model": self.config.model, "served": served}).to_string()))
     }
 
     pub fn config(&self) -> &CompletionsConfig {
@@ -333,35 +436,13 @@ impl CompletionsClient {
                 truncate(&text, 200)
             )));
         }
-        let reply: CompletionReply = match resp.body_mut().read_json() {
-            Ok(r) => r,
-            // A reply cut off by the timeout while reading is transient; bad JSON is not.
+        let body = match resp.body_mut().with_config().limit(MAX_REPLY_BYTES).read_to_vec() {
+            Ok(b) => b,
+            // A reply cut off by the timeout while reading is transient; an oversized one
+            // is not (`BodyExceedsLimit` is classified permanent).
             Err(e) => return Err(classify_transport_error(e)),
         };
-        if reply.choices.len() != chunk.len() {
-            return Err(Attempt::Permanent(format!(
-                "reply has {} choices for {} prompts",
-                reply.choices.len(),
-                chunk.len()
-            )));
-        }
-        // Order by `index` when the server gives it (vLLM does; order is not promised).
-        let mut texts: Vec<Option<String>> = vec![None; chunk.len()];
-        for (pos, c) in reply.choices.into_iter().enumerate() {
-            let i = c.index.unwrap_or(pos);
-            match texts.get_mut(i) {
-                Some(slot @ None) => *slot = Some(c.text),
-                _ => {
-                    return Err(Attempt::Permanent(format!(
-                        "reply has a duplicate or out-of-range choice index {i}"
-                    )))
-                }
-            }
-        }
-        Ok(texts
-            .into_iter()
-            .map(|t| t.expect("indices are a permutation: count checked, duplicates rejected"))
-            .collect())
+        parse_completion_reply(&body, chunk.len()).map_err(|e| Attempt::Permanent(e.to_string()))
     }
 }
 

@@ -66,8 +66,8 @@ pub struct Verdict {
 
 /// Identity of a judge configuration for caching: two judges with the same key must give
 /// the same verdicts for the same inputs. Computed by each backend from everything that
-/// changes its output (backend name, model identity, probe weights digest, …) and never
-/// from secrets, URLs of replicas or timeouts.
+/// changes its output (backend name, weights digest, probe weights digest, the server and
+/// the model it reports, …) and never from secrets, credentials in URLs, or timeouts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JudgeKey(pub String);
 
@@ -110,6 +110,12 @@ pub trait Judge {
     fn uses_seed_label(&self) -> bool {
         false
     }
+    /// Why this judge's verdicts must not be cached (its identity could not be established,
+    /// e.g. a server whose `/v1/models` cannot be read), or `None` when `key` is trustworthy.
+    /// `cache::judge_cached` then judges everything afresh and stores nothing.
+    fn uncacheable(&self) -> Option<String> {
+        None
+    }
     fn judge_batch(&self, pairs: &[JudgeInput]) -> Result<Vec<Verdict>, JudgeError>;
 }
 
@@ -122,19 +128,36 @@ pub trait TextGenerator {
         prompts: &[String],
         max_new_tokens: usize,
     ) -> anyhow::Result<Vec<String>>;
+    /// Tokens the model attends to (prompt + generated), when bounded; the completions
+    /// server refuses requests that would run past it.
+    fn context_tokens(&self) -> Option<usize> {
+        None
+    }
+    /// How many tokens `prompt` encodes to (no special tokens added), when this generator
+    /// tokenises; `None` for generators without a tokenizer (test fakes).
+    fn count_tokens(&self, _prompt: &str) -> Option<anyhow::Result<usize>> {
+        None
+    }
 }
 
-/// Lets a generator that is not `Sync` (a tch model) serve from several threads.
+/// Lets a generator that is not `Sync` (a tch model) serve from several threads. A poisoned
+/// lock is recovered, not reported: `TextGenerator` only ever reaches `T` through `&T`, so a
+/// panic under the lock cannot have left `T` half-modified, and refusing every later request
+/// would turn one bad request into an outage.
 impl<T: TextGenerator> TextGenerator for std::sync::Mutex<T> {
     fn generate_greedy(
         &self,
         prompts: &[String],
         max_new_tokens: usize,
     ) -> anyhow::Result<Vec<String>> {
-        let guard = self
-            .lock()
-            .map_err(|_| anyhow::anyhow!("text generator mutex poisoned"))?;
+        let guard = self.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         guard.generate_greedy(prompts, max_new_tokens)
+    }
+    fn context_tokens(&self) -> Option<usize> {
+        self.lock().unwrap_or_else(std::sync::PoisonError::into_inner).context_tokens()
+    }
+    fn count_tokens(&self, prompt: &str) -> Option<anyhow::Result<usize>> {
+        self.lock().unwrap_or_else(std::sync::PoisonError::into_inner).count_tokens(prompt)
     }
 }
 
@@ -145,6 +168,12 @@ impl<T: TextGenerator + ?Sized> TextGenerator for std::sync::Arc<T> {
         max_new_tokens: usize,
     ) -> anyhow::Result<Vec<String>> {
         (**self).generate_greedy(prompts, max_new_tokens)
+    }
+    fn context_tokens(&self) -> Option<usize> {
+        (**self).context_tokens()
+    }
+    fn count_tokens(&self, prompt: &str) -> Option<anyhow::Result<usize>> {
+        (**self).count_tokens(prompt)
     }
 }
 

@@ -108,9 +108,13 @@ pub enum WildGuardTransport {
     Http(CompletionsClient),
 }
 
-/// WildGuard judge. `model_id` names the weights (e.g. `allenai/wildguard` or the digest of
-/// a local checkpoint) and goes into the cache key; the transport does not (the same
-/// weights behind another server give the same greedy answers).
+/// WildGuard judge. Cache identity (`key`):
+/// - local: `model_id` (`build` passes the checkpoint's content digest, `blake3:…`);
+/// - HTTP: `model_id` (the configured `model`) plus a digest of the server's identity (URL
+///   without credentials, and the `/v1/models` entry serving that model). A model name alone
+///   is not an identity: two servers may serve different weights under one name, and a
+///   server that ignores `model` answers with whatever it runs. When `/v1/models` cannot be
+///   read, the judge reports itself `uncacheable` and runs uncached.
 pub struct WildGuardJudge {
     model_id: String,
     transport: WildGuardTransport,
@@ -142,10 +146,21 @@ impl Judge for WildGuardJudge {
         "wildguard"
     }
     fn key(&self) -> JudgeKey {
-        JudgeKey(format!(
-            "wildguard/v1/{}/greedy-{}",
-            self.model_id, self.max_new_tokens
-        ))
+        // v2: HTTP keys carry the served identity; local keys the weights digest.
+        let base = format!("wildguard/v2/{}/greedy-{}", self.model_id, self.max_new_tokens);
+        match &self.transport {
+            WildGuardTransport::Local(_) => JudgeKey(base),
+            WildGuardTransport::Http(c) => match c.served_identity() {
+                Ok(id) => JudgeKey(format!("{base}/served-{}", &blake3::hash(id.0.as_bytes()).to_hex()[..32])),
+                Err(_) => JudgeKey(format!("{base}/served-unknown")),
+            },
+        }
+    }
+    fn uncacheable(&self) -> Option<String> {
+        match &self.transport {
+            WildGuardTransport::Local(_) => None,
+            WildGuardTransport::Http(c) => c.served_identity().err().map(|why| format!("the judge server's identity cannot be established ({why})")),
+        }
     }
     fn judge_batch(&self, pairs: &[JudgeInput]) -> Result<Vec<Verdict>, JudgeError> {
         if pairs.is_empty() {

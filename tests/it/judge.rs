@@ -162,8 +162,10 @@ fn wildguard_over_http_matches_local_generation() {
     assert_eq!(via_http, via_local);
     assert!(via_http.iter().all(|v| !v.parse_error));
     assert_eq!(server.requests_seen(), 3, "5 prompts in requests of 2");
-    // Same weights id → same cache identity whatever the transport.
-    assert_eq!(remote.key(), local.key());
+    // A model name is not an identity over HTTP: the key also carries the server's.
+    assert!(remote.uncacheable().is_none(), "our server reports /v1/models");
+    assert_ne!(remote.key(), local.key());
+    assert!(remote.key().0.starts_with(&format!("{}/served-", local.key().0)), "{}", remote.key());
 }
 
 #[test]
@@ -767,3 +769,187 @@ fn weighted_fit_equals_fit_on_duplicated_examples() {
     assert_eq!((u.weights, u.bias, loss_u), (p.weights, p.bias, loss_p));
     assert!(loss_w > 0.0);
 }
+
+/// A completions server stub: `GET /v1/models` answers `models_status` (with `models_body`),
+/// `POST /v1/completions` answers every prompt with `answer`. Counts completions requests.
+struct StubServer {
+    addr: std::net::SocketAddr,
+    completions: std::sync::Arc<AtomicUsize>,
+    server: std::sync::Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StubServer {
+    fn start(models_status: u16, models_body: &'static str, answer: &'static str) -> Self {
+        let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind"));
+        let addr = server.server_addr().to_ip().expect("ip");
+        let completions = std::sync::Arc::new(AtomicUsize::new(0));
+        let (srv, count) = (server.clone(), completions.clone());
+        let thread = std::thread::spawn(move || {
+            while let Ok(mut rq) = srv.recv() {
+                if rq.url() == "/v1/models" {
+                    let _ = rq.respond(tiny_http::Response::from_string(models_body).with_status_code(models_status));
+                    continue;
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut body = String::new();
+                let _ = std::io::Read::read_to_string(rq.as_reader(), &mut body);
+                let n = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["prompt"].as_array().map(|a| a.len())).unwrap_or(1);
+                let choices: Vec<_> = (0..n).map(|i| serde_json::json!({"index": i, "text": answer})).collect();
+                let _ = rq.respond(tiny_http::Response::from_string(serde_json::json!({"choices": choices}).to_string()));
+            }
+        });
+        StubServer { addr, completions, server, thread: Some(thread) }
+    }
+    fn url(&self) -> String {
+        format!("http://{}/v1/completions", self.addr)
+    }
+}
+
+impl Drop for StubServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const NO_NO_NO: &str = "Harmful request: no\nResponse refusal: no\nHarmful response: no";
+
+#[test]
+fn http_judge_whose_models_endpoint_cannot_be_read_runs_uncached() {
+    for (status, body) in [(404, "not found"), (200, "{\"data\": 7}"), (200, "{\"data\": [{\"id\": \"a\"}, {\"id\": \"b\"}]}")] {
+        let stub = StubServer::start(status, body, NO_NO_NO);
+        let judge = WildGuardJudge::http("wildguard-test", CompletionsClient::new(fast_config(stub.url())).expect("client"));
+        let why = judge.uncacheable().unwrap_or_else(|| panic!("{status} {body}: must not be cacheable"));
+        assert!(why.contains("/v1/models") || why.contains("models"), "{why}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = VerdictCache::open(dir.path().join("verdicts")).expect("cache");
+        let pairs = sample_pairs();
+        for _ in 0..2 {
+            let (v, stats) = judge_cached(&judge, &cache, &pairs).expect("judged");
+            assert_eq!(v.len(), pairs.len());
+            assert_eq!(stats, CacheStats { hits: 0, misses: pairs.len() });
+        }
+        assert!(walk_files(cache.root()).is_empty(), "{body}: nothing cached");
+        assert_eq!(stub.completions.load(Ordering::SeqCst), 6, "both runs judged all 5 pairs in requests of 2");
+    }
+}
+
+#[test]
+fn http_judge_key_follows_the_served_model_not_just_its_name() {
+    // One listed model that is not the configured name: a server that ignores `model`.
+    let a = StubServer::start(200, "{\"data\": [{\"id\": \"served\", \"root\": \"blake3:aaaa\", \"created\": 1}]}", NO_NO_NO);
+    let b = StubServer::start(200, "{\"data\": [{\"id\": \"served\", \"root\": \"blake3:bbbb\", \"created\": 2}]}", NO_NO_NO);
+    let key = |url: String| {
+        let j = WildGuardJudge::http("wildguard-test", CompletionsClient::new(fast_config(url)).expect("client"));
+        assert!(j.uncacheable().is_none());
+        j.key()
+    };
+    let ka = key(a.url());
+    assert_eq!(ka, key(a.url()), "same server, same key");
+    assert_ne!(ka, key(b.url()), "same name, other weights");
+    // Credentials and query strings never enter the identity.
+    let with_creds = format!("http://user:secret@{}/v1/completions?api_key=zzz", a.addr);
+    assert_eq!(ka, key(with_creds));
+    assert_eq!(self_redteam::judge::http::url_identity("HTTP://u:p@Host:8/v1/completions?k=1#f"), "http://host:8/v1/completions");
+}
+
+#[test]
+fn local_judges_in_same_named_folders_with_different_weights_do_not_share_verdicts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, c) = (dir.path().join("a/wildguard"), dir.path().join("b/wildguard"), dir.path().join("c/renamed"));
+    self_redteam::model::tiny_random_llama(1).save_hf_dir(&a).expect("save a");
+    self_redteam::model::tiny_random_llama(2).save_hf_dir(&b).expect("save b");
+    self_redteam::model::tiny_random_llama(1).save_hf_dir(&c).expect("save c");
+    // Through the real builder, as `judge.wildguard.model` in a config.
+    let key_of = |ckpt: &std::path::Path| {
+        let cfg = dir.path().join("judge.yaml");
+        std::fs::write(&cfg, format!("judge:\n  backend: wildguard\n  wildguard:\n    model: {}\n", ckpt.display())).expect("write config");
+        let spec = self_redteam::spec::Spec::load(&cfg).expect("spec");
+        self_redteam::judge::build::from_spec(&spec, None, tch::Device::Cpu).expect("judge").key()
+    };
+    let (ka, kb, kc) = (key_of(&a), key_of(&b), key_of(&c));
+    assert_ne!(ka, kb, "same folder name, different weights");
+    assert_eq!(ka, kc, "same weights in another folder");
+    assert!(ka.0.starts_with("wildguard/v2/blake3:"), "{ka}");
+    // And so their verdict cache entries differ.
+    let input = JudgeInput::new("p", "r");
+    assert_ne!(self_redteam::judge::cache::entry_key(&ka, &input, false), self_redteam::judge::cache::entry_key(&kb, &input, false));
+}
+
+/// Answers WildGuard's format for the first pair and garbage for the rest.
+struct HalfGarbage;
+
+impl self_redteam::judge::TextGenerator for HalfGarbage {
+    fn generate_greedy(&self, prompts: &[String], _max_new_tokens: usize) -> anyhow::Result<Vec<String>> {
+        Ok(prompts.iter().enumerate().map(|(i, _)| if i == 0 { NO_NO_NO.to_string() } else { "I think so?".to_string() }).collect())
+    }
+}
+
+#[test]
+fn parse_error_verdicts_are_never_cached() {
+    let judge = WildGuardJudge::local("blake3:halfgarbage", Box::new(HalfGarbage));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = VerdictCache::open(dir.path().join("verdicts")).expect("cache");
+    let pairs = vec![JudgeInput::new("a", "b"), JudgeInput::new("c", "d"), JudgeInput::new("e", "f")];
+    let (v, stats) = judge_cached(&judge, &cache, &pairs).expect("judged");
+    assert_eq!(v.iter().map(|v| v.parse_error).collect::<Vec<_>>(), [false, true, true]);
+    assert_eq!(stats, CacheStats { hits: 0, misses: 3 });
+    assert_eq!(walk_files(cache.root()).len(), 1, "only the parsed verdict is stored");
+    let (_, stats) = judge_cached(&judge, &cache, &pairs).expect("judged");
+    assert_eq!(stats, CacheStats { hits: 1, misses: 2 });
+}
+
+fn reply_seeds() -> Vec<Vec<u8>> {
+    [
+        r#"{"id":"cmpl-0","object":"text_completion","created":0,"model":"m","choices":[{"index":0,"text":"Harmful request: no\nResponse refusal: no\nHarmful response: no","logprobs":null,"finish_reason":"stop"},{"index":1,"text":"x","finish_reason":"length"}]}"#,
+        r#"{"choices":[{"text":"a"},{"text":"b"}]}"#,
+        r#"{"choices":[{"index":1,"text":"b"},{"index":0,"text":"a"}],"usage":{"prompt_tokens":18446744073709551615}}"#,
+        r#"{"choices":[{"index":0,"text":"\u0000\ud83d\ude00 \"quoted\""}]}"#,
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect()
+}
+
+#[test]
+fn fuzz_judge_http_reply() {
+    use self_redteam::judge::http::{parse_completion_reply, pick_served_model};
+    fuzz::run("fuzz_judge_http_reply", &reply_seeds(), fuzz::iterations(5000), |bytes| {
+        for expected in [0, 1, 2, 3] {
+            if let Ok(texts) = parse_completion_reply(bytes, expected) {
+                assert_eq!(texts.len(), expected);
+                // What parsed becomes a verdict (maybe a parse-error one), never a panic.
+                for t in &texts {
+                    let _ = parse_wildguard_output(t);
+                }
+            }
+        }
+        let _ = pick_served_model(bytes, "m");
+    });
+}
+
+#[test]
+fn http_reply_parser_types_its_errors() {
+    use self_redteam::judge::http::{parse_completion_reply, ReplyError};
+    let cases: [(&str, fn(&ReplyError) -> bool); 6] = [
+        ("not json", |e| matches!(e, ReplyError::Json(_))),
+        (r#"{"choices":[{"index":1e300,"text":"a"}]}"#, |e| matches!(e, ReplyError::Json(_))),
+        (r#"{"choices":[{"index":18446744073709551615,"text":"a"}]}"#, |e| matches!(e, ReplyError::Index { .. })),
+        (r#"{"choices":[{"index":0,"text":7}]}"#, |e| matches!(e, ReplyError::Json(_))),
+        (r#"{"choices":[{"index":0,"text":"a"},{"index":0,"text":"b"}]}"#, |e| matches!(e, ReplyError::Count { .. })),
+        (r#"{"nochoices":[]}"#, |e| matches!(e, ReplyError::Json(_))),
+    ];
+    for (body, want) in cases {
+        let err = parse_completion_reply(body.as_bytes(), 1).expect_err(body);
+        assert!(want(&err), "{body}: {err:?}");
+    }
+    let dup = parse_completion_reply(br#"{"choices":[{"index":0,"text":"a"},{"index":0,"text":"b"}]}"#, 2).expect_err("duplicate");
+    assert_eq!(dup, ReplyError::Index { index: 0 });
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(matches!(parse_completion_reply(deep.as_bytes(), 1), Err(ReplyError::Json(_))), "nesting is bounded, no stack overflow");
+}
+
+use crate::fuzz;

@@ -8,5 +8,6 @@ mod judge;
 mod judge_stage;
 mod model;
 mod selfplay;
+mod serve;
 mod store_crash;
 mod util;
