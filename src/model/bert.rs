@@ -21,6 +21,37 @@ pub struct BertConfig {
     pub hidden_act: BertAct,
 }
 
+impl BertConfig {
+    /// Positive sizes within the decoder's limits and heads that divide the hidden size, so
+    /// that `forward`'s `hidden / heads` and reshapes cannot fail.
+    fn validate(&self, path: &Path) -> Result<()> {
+        use super::config::LIMITS;
+        let bad = |key: &str, found: String, expected: String| {
+            Err(ModelError::InvalidConfig { path: path.to_path_buf(), key: key.into(), found, expected })
+        };
+        for (key, v, max) in [
+            ("vocab_size", self.vocab_size, LIMITS.vocab_size),
+            ("hidden_size", self.hidden_size, LIMITS.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers, LIMITS.layers),
+            ("num_attention_heads", self.num_attention_heads, LIMITS.heads),
+            ("intermediate_size", self.intermediate_size, LIMITS.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 20),
+            ("type_vocab_size", self.type_vocab_size, 1 << 10),
+        ] {
+            if v == 0 || v > max {
+                return bad(key, v.to_string(), format!("an integer in 1..={max}"));
+            }
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return bad("hidden_size", self.hidden_size.to_string(), format!("a multiple of num_attention_heads {}", self.num_attention_heads));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return bad("layer_norm_eps", self.layer_norm_eps.to_string(), "a finite number > 0".into());
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BertAct {
@@ -87,15 +118,28 @@ impl SentenceEncoder {
         let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
         let cfg: BertConfig =
             serde_json::from_str(&text).map_err(|source| ModelError::Json { path: cfg_path.clone(), source })?;
+        cfg.validate(&cfg_path)?;
         let tok_path = dir.join("tokenizer.json");
         let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| ModelError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
         // The shipped tokenizer.json pads and truncates to 128; sentence-transformers
         // overrides that with max_seq_length 256 and pads per batch, as done here.
+        // Past the position table, the embedding lookup would panic: truncate to both.
+        let max_len = MAX_SEQ_LEN.min(cfg.max_position_embeddings);
         tokenizer
-            .with_truncation(Some(tokenizers::TruncationParams { max_length: MAX_SEQ_LEN, ..Default::default() }))
+            .with_truncation(Some(tokenizers::TruncationParams { max_length: max_len, ..Default::default() }))
             .map_err(|e| ModelError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
         tokenizer.with_padding(None);
+        if let Some((token, &id)) = tokenizer.get_vocab(true).iter().max_by_key(|(_, &id)| id) {
+            if id as usize >= cfg.vocab_size {
+                return Err(ModelError::TokenIdOutOfRange {
+                    path: tok_path.clone(),
+                    what: format!("the tokenizer's largest id (token `{token}`)"),
+                    id: id as u64,
+                    vocab_size: cfg.vocab_size,
+                });
+            }
+        }
         let weights_path = dir.join("model.safetensors");
         let mut w = load_safetensors(&weights_path)?;
         // Checkpoints saved from BertModel have no prefix; from BertForX they have `bert.`.
@@ -105,32 +149,40 @@ impl SentenceEncoder {
                 w.insert(k["bert.".len()..].to_string(), t);
             }
         }
-        let mut take = |name: &str| -> Result<Tensor> {
-            w.remove(name)
-                .map(|t| t.to_kind(Kind::Float).to_device(device))
-                .ok_or_else(|| ModelError::MissingTensor { path: weights_path.clone(), name: name.to_string() })
+        // Every tensor with the shape the config implies: a wrong one would otherwise panic in
+        // the first forward (a shape error inside `linear`) instead of failing the load.
+        let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let t = w.remove(name).ok_or_else(|| ModelError::MissingTensor { path: weights_path.clone(), name: name.to_string() })?;
+            let expected: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            if t.size() != expected {
+                return Err(ModelError::ShapeMismatch { path: weights_path.clone(), name: name.to_string(), expected, found: t.size() });
+            }
+            Ok(t.to_kind(Kind::Float).to_device(device))
         };
-        let linear = |take: &mut dyn FnMut(&str) -> Result<Tensor>, p: &str| -> Result<Linear> {
-            Ok(Linear { weight: take(&format!("{p}.weight"))?, bias: take(&format!("{p}.bias"))? })
+        type Take<'a> = dyn FnMut(&str, &[usize]) -> Result<Tensor> + 'a;
+        let linear = |take: &mut Take, p: &str, out_dim: usize, in_dim: usize| -> Result<Linear> {
+            Ok(Linear { weight: take(&format!("{p}.weight"), &[out_dim, in_dim])?, bias: take(&format!("{p}.bias"), &[out_dim])? })
         };
-        let norm = |take: &mut dyn FnMut(&str) -> Result<Tensor>, p: &str| -> Result<LayerNorm> {
-            Ok(LayerNorm { weight: take(&format!("{p}.weight"))?, bias: take(&format!("{p}.bias"))?, eps: cfg.layer_norm_eps })
+        let d = cfg.hidden_size;
+        let norm = |take: &mut Take, p: &str| -> Result<LayerNorm> {
+            Ok(LayerNorm { weight: take(&format!("{p}.weight"), &[d])?, bias: take(&format!("{p}.bias"), &[d])?, eps: cfg.layer_norm_eps })
         };
-        let word = take("embeddings.word_embeddings.weight")?;
-        let position = take("embeddings.position_embeddings.weight")?;
-        let token_type = take("embeddings.token_type_embeddings.weight")?;
+        let word = take("embeddings.word_embeddings.weight", &[cfg.vocab_size, d])?;
+        let position = take("embeddings.position_embeddings.weight", &[cfg.max_position_embeddings, d])?;
+        let token_type = take("embeddings.token_type_embeddings.weight", &[cfg.type_vocab_size, d])?;
         let emb_norm = norm(&mut take, "embeddings.LayerNorm")?;
         let mut layers = Vec::new();
+        let f = cfg.intermediate_size;
         for i in 0..cfg.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
             layers.push(Layer {
-                query: linear(&mut take, &format!("{p}.attention.self.query"))?,
-                key: linear(&mut take, &format!("{p}.attention.self.key"))?,
-                value: linear(&mut take, &format!("{p}.attention.self.value"))?,
-                attn_out: linear(&mut take, &format!("{p}.attention.output.dense"))?,
+                query: linear(&mut take, &format!("{p}.attention.self.query"), d, d)?,
+                key: linear(&mut take, &format!("{p}.attention.self.key"), d, d)?,
+                value: linear(&mut take, &format!("{p}.attention.self.value"), d, d)?,
+                attn_out: linear(&mut take, &format!("{p}.attention.output.dense"), d, d)?,
                 attn_norm: norm(&mut take, &format!("{p}.attention.output.LayerNorm"))?,
-                intermediate: linear(&mut take, &format!("{p}.intermediate.dense"))?,
-                output: linear(&mut take, &format!("{p}.output.dense"))?,
+                intermediate: linear(&mut take, &format!("{p}.intermediate.dense"), f, d)?,
+                output: linear(&mut take, &format!("{p}.output.dense"), d, f)?,
                 out_norm: norm(&mut take, &format!("{p}.output.LayerNorm"))?,
             });
         }

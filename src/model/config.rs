@@ -1,5 +1,5 @@
 //! Typed HF `config.json` for the Llama family (Llama 3.x, Mistral, Qwen2/2.5, SmolLM2).
-//! Read by `hf.rs` (HF directories), built by `gguf.rs` (GGUF metadata), written by `hf.rs`.
+//! Read by `policy.rs` (HF directories), built by `gguf.rs` (GGUF metadata), written by `policy.rs`.
 //! Field names are the JSON keys; options are enums so a typo fails at load time.
 use serde::{Deserialize, Serialize};
 
@@ -209,25 +209,123 @@ impl LlamaConfig {
         }
     }
 
-    /// Checks the invariants the decoder relies on.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.num_attention_heads == 0 || self.num_kv_heads() == 0 {
-            return Err("num_attention_heads and num_key_value_heads must be positive".into());
+    /// Checks the invariants the decoder relies on, before any of them is used: positive
+    /// sizes, heads that divide the hidden size and each other, an even head_dim for RoPE,
+    /// finite positive eps/theta/scaling, special token ids inside the vocabulary, and sizes
+    /// below `LIMITS` (so no product of them overflows and no `as i64` turns negative).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, found: String, expected: String| Err(ConfigError { key: key.into(), found, expected });
+        for (key, value, max) in [
+            ("vocab_size", self.vocab_size, LIMITS.vocab_size),
+            ("hidden_size", self.hidden_size, LIMITS.hidden_size),
+            ("intermediate_size", self.intermediate_size, LIMITS.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers, LIMITS.layers),
+            ("num_attention_heads", self.num_attention_heads, LIMITS.heads),
+            ("num_key_value_heads", self.num_kv_heads(), LIMITS.heads),
+        ] {
+            if value == 0 || value > max {
+                return bad(key, value.to_string(), format!("an integer in 1..={max}"));
+            }
         }
         if !self.num_attention_heads.is_multiple_of(self.num_kv_heads()) {
-            return Err(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                self.num_attention_heads,
-                self.num_kv_heads()
-            ));
+            return bad(
+                "num_key_value_heads",
+                self.num_kv_heads().to_string(),
+                format!("a divisor of num_attention_heads {}", self.num_attention_heads),
+            );
+        }
+        match self.head_dim {
+            Some(hd) if hd == 0 || hd > LIMITS.head_dim => {
+                return bad("head_dim", hd.to_string(), format!("an integer in 1..={}", LIMITS.head_dim))
+            }
+            Some(_) => {}
+            None if !self.hidden_size.is_multiple_of(self.num_attention_heads) => {
+                return bad(
+                    "hidden_size",
+                    self.hidden_size.to_string(),
+                    format!("a multiple of num_attention_heads {} (or an explicit head_dim)", self.num_attention_heads),
+                )
+            }
+            None => {}
         }
         if !self.head_dim().is_multiple_of(2) {
-            return Err(format!("head_dim {} must be even for RoPE", self.head_dim()));
+            return bad("head_dim", self.head_dim().to_string(), "an even number (RoPE rotates pairs)".into());
         }
         if self.hidden_act != HiddenAct::Silu {
-            return Err(format!("hidden_act {:?}: the Llama family uses silu", self.hidden_act));
+            return bad("hidden_act", format!("{:?}", self.hidden_act), "silu (the Llama family's activation)".into());
+        }
+        let positive = |key: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                bad(key, v.to_string(), "a finite number > 0".into())
+            }
+        };
+        positive("rms_norm_eps", self.rms_norm_eps)?;
+        positive("rope_theta", self.rope_theta)?;
+        if let Some(s) = &self.rope_scaling {
+            positive("rope_scaling.factor", s.factor)?;
+            if s.rope_type == RopeType::Llama3 {
+                let low = s.low_freq_factor.unwrap_or(1.0);
+                let high = s.high_freq_factor.unwrap_or(4.0);
+                positive("rope_scaling.low_freq_factor", low)?;
+                positive("rope_scaling.high_freq_factor", high)?;
+                if high <= low {
+                    return bad("rope_scaling.high_freq_factor", high.to_string(), format!("more than low_freq_factor {low}"));
+                }
+                if s.original_max_position_embeddings == Some(0) {
+                    return bad("rope_scaling.original_max_position_embeddings", "0".into(), "a positive integer".into());
+                }
+            }
+        }
+        let ids = [
+            ("bos_token_id", self.bos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()),
+            ("eos_token_id", self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()),
+            ("pad_token_id", self.pad_token_id.into_iter().collect()),
+        ];
+        for (key, list) in ids {
+            if let Some(id) = list.iter().find(|&&id| id as usize >= self.vocab_size) {
+                return bad(key, id.to_string(), format!("a token id below vocab_size {}", self.vocab_size));
+            }
         }
         Ok(())
+    }
+}
+
+/// Upper bounds on config sizes. Generous (Llama 3.1 405B: hidden 16384, 126 layers, 128
+/// heads, intermediate 53248, vocab 128256; Gemma: vocab 256000) yet small enough that
+/// vocab × hidden and layers × hidden × intermediate fit easily in an i64, so the shape
+/// arithmetic of the decoder cannot overflow. A value past them is a corrupt file, not a model.
+pub struct Limits {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+pub const LIMITS: Limits = Limits {
+    vocab_size: 1 << 22,
+    hidden_size: 1 << 16,
+    intermediate_size: 1 << 18,
+    layers: 1 << 10,
+    heads: 1 << 10,
+    head_dim: 1 << 12,
+};
+
+/// Why a config is invalid: the key, its value, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub found: String,
+    pub expected: String,
+}
+
+impl ConfigError {
+    /// The typed model error naming the file the config came from.
+    pub fn at(self, path: &std::path::Path) -> super::error::ModelError {
+        super::error::ModelError::InvalidConfig { path: path.to_path_buf(), key: self.key, found: self.found, expected: self.expected }
     }
 }
 
@@ -259,5 +357,30 @@ mod tests {
         let json = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":8,
             "num_hidden_layers":1,"num_attention_heads":2,"hidden_act":"swish","rms_norm_eps":1e-5}"#;
         assert!(serde_json::from_str::<LlamaConfig>(json).is_err());
+    }
+
+    fn tiny() -> LlamaConfig {
+        let json = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":8,
+            "num_hidden_layers":1,"num_attention_heads":2,"hidden_act":"silu","rms_norm_eps":1e-5,"eos_token_id":9}"#;
+        serde_json::from_str(json).expect("valid config")
+    }
+
+    #[test]
+    fn validate_names_the_key_that_breaks_the_math() {
+        assert_eq!(tiny().validate(), Ok(()));
+        let key_of = |f: &dyn Fn(&mut LlamaConfig)| {
+            let mut c = tiny();
+            f(&mut c);
+            c.validate().map_err(|e| e.key)
+        };
+        assert_eq!(key_of(&|c| c.num_attention_heads = 0), Err("num_attention_heads".into()));
+        assert_eq!(key_of(&|c| c.num_attention_heads = 3), Err("hidden_size".into()));
+        assert_eq!(key_of(&|c| c.num_key_value_heads = Some(0)), Err("num_key_value_heads".into()));
+        assert_eq!(key_of(&|c| c.num_key_value_heads = Some(3)), Err("num_key_value_heads".into()));
+        assert_eq!(key_of(&|c| c.vocab_size = 0), Err("vocab_size".into()));
+        assert_eq!(key_of(&|c| c.hidden_size = usize::MAX), Err("hidden_size".into()));
+        assert_eq!(key_of(&|c| c.head_dim = Some(3)), Err("head_dim".into()));
+        assert_eq!(key_of(&|c| c.rms_norm_eps = f64::NAN), Err("rms_norm_eps".into()));
+        assert_eq!(key_of(&|c| c.eos_token_id = Some(TokenIds::One(10))), Err("eos_token_id".into()));
     }
 }

@@ -28,6 +28,30 @@ pub enum ModelError {
     GgufFormat { path: PathBuf, offset: u64, expected: String },
     #[error("{path}: GGUF metadata key `{key}` is missing or has the wrong type (expected {expected})")]
     GgufMetadata { path: PathBuf, key: String, expected: String },
+    /// A tensor-table entry whose dims, type, offset or size cannot be right.
+    #[error("{path}: GGUF tensor `{tensor}`: expected {expected}")]
+    GgufTensor { path: PathBuf, tensor: String, expected: String },
+    /// A safetensors file whose header cannot be right (checked before the crate parses it, so
+    /// the message says what was expected rather than only `header too large`).
+    #[error("{path}: invalid safetensors header: expected {expected}")]
+    SafetensorsHeader { path: PathBuf, expected: String },
+    /// A tensor of a safetensors file whose shape this runtime cannot hold.
+    #[error("{path}: safetensors tensor `{tensor}`: expected {expected}")]
+    SafetensorsTensor { path: PathBuf, tensor: String, expected: String },
+    /// A shard named by `model.safetensors.index.json` that is not a plain file name inside the
+    /// model directory (`../x`, `/abs/x`, `sub/x`), or whose tensors do not match the index.
+    #[error("{path}: shard `{shard}`: expected {expected}")]
+    ShardIndex { path: PathBuf, shard: String, expected: String },
+    /// The same tensor name twice (in one GGUF table, or across safetensors shards).
+    #[error("{path}: tensor `{name}` appears twice")]
+    DuplicateTensor { path: PathBuf, name: String },
+    /// A config value (config.json or GGUF metadata) that would break the model's arithmetic.
+    #[error("{path}: config `{key}` is {found}: expected {expected}")]
+    InvalidConfig { path: PathBuf, key: String, found: String, expected: String },
+    /// A token id at or above the model's vocabulary size, where it would index past the
+    /// embedding matrix.
+    #[error("{path}: {what} is token id {id}, but the model's vocab_size is {vocab_size}")]
+    TokenIdOutOfRange { path: PathBuf, what: String, id: u64, vocab_size: usize },
     #[error("{path}: tensor `{tensor}` has ggml type {type_id}, which this runtime does not dequantize (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)")]
     UnsupportedGgmlType { path: PathBuf, tensor: String, type_id: u32 },
     #[error("{path}: architecture `{found}` is not supported (expected one of: llama, mistral, qwen2 / LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)")]

@@ -2,7 +2,7 @@
 //! Q4_1, Q4_K, Q6_K) to f32 with HF names and llama.cpp's q/k row permutation undone, and
 //! the config + tokenizer + chat template rebuilt from metadata. Called by `policy.rs`.
 //! Format reference: ggml/docs/gguf.md and ggml-quants.c `dequantize_row_*` (llama.cpp).
-use super::config::{HiddenAct, LlamaConfig, ModelType, RopeScaling, RopeType, TokenIds};
+use super::config::{HiddenAct, LlamaConfig, ModelType, RopeScaling, RopeType, TokenIds, LIMITS};
 use super::error::{io_err, ModelError, Result};
 use super::tensors::TensorMap;
 use half::{bf16, f16};
@@ -97,19 +97,29 @@ impl<'a> Cursor<'a> {
     }
     fn string(&mut self, what: &str) -> Result<String> {
         let len = self.u64(what)?;
-        let bytes = self.take(self.checked_len(len, what)?, what)?;
+        let bytes = self.take(self.checked_len(len, 1, what)?, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| self.err(format!("UTF-8 text for {what}")))
     }
-    fn checked_len(&self, len: u64, what: &str) -> Result<usize> {
-        if len > (self.bytes.len() - self.pos.min(self.bytes.len())) as u64 {
-            return Err(self.err(format!("a length that fits in the file for {what}, got {len}")));
+    fn remaining(&self) -> usize {
+        self.bytes.len().saturating_sub(self.pos)
+    }
+    /// `len` items of at least `min_item_bytes` each must fit in the rest of the file, so no
+    /// length read from the file can drive an allocation or a loop past the file's size.
+    fn checked_len(&self, len: u64, min_item_bytes: usize, what: &str) -> Result<usize> {
+        let fits = len.checked_mul(min_item_bytes as u64).is_some_and(|b| b <= self.remaining() as u64);
+        if !fits {
+            return Err(self.err(format!(
+                "a length whose {min_item_bytes}-byte items fit in the {} bytes left for {what}, got {len}",
+                self.remaining()
+            )));
         }
         Ok(len as usize)
     }
     fn err(&self, expected: String) -> ModelError {
         ModelError::GgufFormat { path: self.path.to_path_buf(), offset: self.pos as u64, expected }
     }
-    fn value(&mut self, ty: u32, key: &str) -> Result<GgufValue> {
+    /// One value of type `ty`; `depth` counts the arrays around it.
+    fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<GgufValue> {
         Ok(match ty {
             0 => GgufValue::Uint(self.take(1, key)?[0] as u64),
             1 => GgufValue::Int(self.take(1, key)?[0] as i8 as i64),
@@ -122,12 +132,18 @@ impl<'a> Cursor<'a> {
             7 => GgufValue::Bool(self.take(1, key)?[0] != 0),
             8 => GgufValue::Str(self.string(key)?),
             9 => {
+                // Arrays of arrays are legal GGUF, but no model writes more than one level;
+                // recursing without a bound lets a small file overflow the stack (an abort,
+                // not an error).
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(self.err(format!("arrays nested at most {MAX_ARRAY_DEPTH} deep in `{key}`")));
+                }
                 let elem_ty = self.u32(key)?;
                 let n = self.u64(key)?;
-                let n = self.checked_len(n, key)?;
+                let n = self.checked_len(n, min_value_bytes(elem_ty), key)?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
-                    items.push(self.value(elem_ty, key)?);
+                    items.push(self.value(elem_ty, key, depth + 1)?);
                 }
                 GgufValue::Array(items)
             }
@@ -136,6 +152,22 @@ impl<'a> Cursor<'a> {
             12 => GgufValue::Float(f64::from_bits(self.u64(key)?)),
             other => return Err(self.err(format!("a metadata value type 0..=12 for `{key}`, got {other}"))),
         })
+    }
+}
+
+/// Deepest nesting of metadata arrays accepted (llama.cpp writes 1: token lists).
+const MAX_ARRAY_DEPTH: usize = 4;
+
+/// Fewest bytes one metadata value of type `ty` occupies (unknown types: 1, and they fail
+/// when read), which bounds how many of them the rest of the file can hold.
+fn min_value_bytes(ty: u32) -> usize {
+    match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 | 10..=12 => 8,
+        9 => 12,
+        _ => 1,
     }
 }
 
@@ -159,13 +191,24 @@ impl GgufFile {
         let n_tensors = c.u64("tensor count")?;
         let n_kv = c.u64("metadata count")?;
         let mut metadata = BTreeMap::new();
+        // Each key-value pair takes at least 8 + 4 + 1 bytes, each tensor entry 8 + 4 + 4 + 8:
+        // counts beyond what the file can hold are rejected before the loops (which would end
+        // at the truncation anyway, but only after parsing everything before it).
+        c.checked_len(n_kv, 13, "metadata count")?;
         for _ in 0..n_kv {
+            let key_at = c.pos as u64;
             let key = c.string("metadata key")?;
             let ty = c.u32(&key)?;
-            let value = c.value(ty, &key)?;
-            metadata.insert(key, value);
+            let value = c.value(ty, &key, 0)?;
+            // llama.cpp rejects a repeated key; keeping the last one would silently pick one
+            // of two values.
+            if metadata.insert(key.clone(), value).is_some() {
+                return Err(ModelError::GgufFormat { path: path.into(), offset: key_at, expected: format!("each metadata key once, got `{key}` twice") });
+            }
         }
-        let mut infos = Vec::new();
+        let n_tensors = c.checked_len(n_tensors, 24, "tensor count")?;
+        let mut infos = Vec::with_capacity(n_tensors);
+        let mut names = std::collections::BTreeSet::new();
         for _ in 0..n_tensors {
             let name = c.string("tensor name")?;
             let n_dims = c.u32(&name)?;
@@ -175,27 +218,72 @@ impl GgufFile {
             let dims = (0..n_dims).map(|_| c.u64(&name)).collect::<Result<Vec<_>>>()?;
             let ggml_type = c.u32(&name)?;
             let offset = c.u64(&name)?;
+            if !names.insert(name.clone()) {
+                return Err(ModelError::DuplicateTensor { path: path.into(), name });
+            }
             infos.push(GgufTensorInfo { name, dims, ggml_type, offset });
         }
         let alignment = match metadata.get("general.alignment") {
-            Some(GgufValue::Uint(a)) if *a > 0 => *a,
-            _ => 32,
+            None => 32,
+            Some(GgufValue::Uint(a)) if a.is_power_of_two() && *a <= 1 << 16 => *a,
+            Some(_) => {
+                return Err(ModelError::GgufMetadata {
+                    path: path.into(),
+                    key: "general.alignment".into(),
+                    expected: "an unsigned power of two up to 65536".into(),
+                })
+            }
         };
+        // c.pos <= file length and alignment <= 2^16, so this cannot overflow a u64.
         let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
+        let file_len = mmap.len() as u64;
+        let tensor_err = |info: &GgufTensorInfo, expected: String| ModelError::GgufTensor {
+            path: path.into(),
+            tensor: info.name.clone(),
+            expected,
+        };
+        // (start, end, name) of every tensor's data, to check that no two overlap.
+        let mut spans = Vec::with_capacity(infos.len());
         for info in &mut infos {
-            info.offset += data_start;
-            if let Some(size) = tensor_bytes(info) {
-                if info.offset + size > mmap.len() as u64 {
+            if info.offset % alignment != 0 {
+                let expected = format!("a data offset that is a multiple of the alignment {alignment}, got {}", info.offset);
+                return Err(tensor_err(info, expected));
+            }
+            // A type this reader cannot dequantise has a size it cannot know: its entry loads
+            // (so the metadata stays readable) and `dequantize` names it as unsupported.
+            let size = if block_layout(info.ggml_type).is_none() { 0 } else { tensor_size(info).map_err(|expected| tensor_err(info, expected))? };
+            // Checked: an offset near 2^64 would otherwise wrap around to a small number and
+            // read some other tensor's bytes without any error.
+            let start = info.offset.checked_add(data_start);
+            let end = start.and_then(|s| s.checked_add(size));
+            match (start, end) {
+                (Some(start), Some(end)) if end <= file_len => {
+                    info.offset = start;
+                    if end > start {
+                        spans.push((start, end, info.name.clone()));
+                    }
+                }
+                _ => {
                     return Err(ModelError::GgufFormat {
                         path: path.into(),
-                        offset: info.offset,
+                        offset: start.unwrap_or(info.offset),
                         expected: format!(
-                            "{size} bytes of data for tensor `{}` (file ends at {}: truncated)",
-                            info.name,
-                            mmap.len()
+                            "{size} bytes of data for tensor `{}` at offset {} after the data start {data_start} (file ends at {file_len}: truncated, or a corrupt offset)",
+                            info.name, info.offset
                         ),
-                    });
+                    })
                 }
+            }
+        }
+        spans.sort();
+        for pair in spans.windows(2) {
+            let ((_, end, first), (start, _, second)) = (&pair[0], &pair[1]);
+            if start < end {
+                return Err(ModelError::GgufTensor {
+                    path: path.into(),
+                    tensor: second.clone(),
+                    expected: format!("data that does not overlap tensor `{first}` (which ends at {end}, this starts at {start})"),
+                });
             }
         }
         Ok(GgufFile { path: path.into(), metadata, tensors: infos, mmap })
@@ -239,25 +327,36 @@ impl GgufFile {
             .collect()
     }
 
-    /// Raw bytes of a tensor.
+    /// Raw bytes of a tensor. `open` checked every entry; this checks again because `info`
+    /// is a public struct a caller may have built or changed.
     fn tensor_data(&self, info: &GgufTensorInfo) -> Result<&[u8]> {
-        let size = tensor_bytes(info).ok_or_else(|| ModelError::UnsupportedGgmlType {
-            path: self.path.clone(),
-            tensor: info.name.clone(),
-            type_id: info.ggml_type,
-        })?;
-        Ok(&self.mmap[info.offset as usize..(info.offset + size) as usize])
+        if block_layout(info.ggml_type).is_none() {
+            return Err(ModelError::UnsupportedGgmlType { path: self.path.clone(), tensor: info.name.clone(), type_id: info.ggml_type });
+        }
+        let tensor_err = |expected: String| ModelError::GgufTensor { path: self.path.clone(), tensor: info.name.clone(), expected };
+        let size = tensor_size(info).map_err(tensor_err)?;
+        let end = info.offset.checked_add(size);
+        end.and_then(|end| self.mmap.get(usize::try_from(info.offset).ok()?..usize::try_from(end).ok()?)).ok_or_else(|| {
+            tensor_err(format!("{size} bytes of data at offset {} inside the file ({} bytes)", info.offset, self.mmap.len()))
+        })
     }
 
     /// Dequantises one tensor to f32 with the row-major (reversed) shape.
     pub fn dequantize(&self, info: &GgufTensorInfo) -> Result<Tensor> {
         let data = self.tensor_data(info)?;
+        // tensor_size checked the product of the dims, and that the data (inside the file)
+        // holds them, so this allocation is bounded by the file's size.
         let numel: u64 = info.dims.iter().product();
         let mut out = vec![0f32; numel as usize];
-        dequantize_into(info.ggml_type, data, &mut out).map_err(|_| ModelError::UnsupportedGgmlType {
-            path: self.path.clone(),
-            tensor: info.name.clone(),
-            type_id: info.ggml_type,
+        dequantize_into(info.ggml_type, data, &mut out).map_err(|e| match e {
+            DequantError::UnsupportedType(type_id) => {
+                ModelError::UnsupportedGgmlType { path: self.path.clone(), tensor: info.name.clone(), type_id }
+            }
+            DequantError::Length { expected, found } => ModelError::GgufTensor {
+                path: self.path.clone(),
+                tensor: info.name.clone(),
+                expected: format!("{expected} bytes of data for its {numel} elements, got {found}"),
+            },
         })?;
         let shape: Vec<i64> = info.dims.iter().rev().map(|&d| d as i64).collect();
         Ok(Tensor::from_slice(&out).view(shape.as_slice()))
@@ -286,13 +385,24 @@ impl GgufFile {
             });
         }
         let key = |k: &str| format!("{arch}.{k}");
-        let n_heads = self.get_uint(&key("attention.head_count"))? as usize;
-        let hidden = self.get_uint(&key("embedding_length"))? as usize;
-        let n_kv = self.get_uint(&key("attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_heads);
-        let head_dim = self.get_uint(&key("attention.key_length")).map(|v| v as usize).ok();
-        let vocab = match self.get_uint(&key("vocab_size")) {
-            Ok(v) => v as usize,
-            Err(_) => self.get_array("tokenizer.ggml.tokens")?.len(),
+        // Every size is checked against `config::LIMITS` before it is used in any arithmetic
+        // (head_count 0 used to divide by zero below, before `validate` ran).
+        let size = |k: &str, max: usize| -> Result<usize> {
+            let k = key(k);
+            let v = self.get_uint(&k)?;
+            if v == 0 || v > max as u64 {
+                return Err(ModelError::InvalidConfig { path: self.path.clone(), key: k, found: v.to_string(), expected: format!("an integer in 1..={max}") });
+            }
+            Ok(v as usize)
+        };
+        let optional = |k: &str, max: usize| if self.metadata.contains_key(&key(k)) { size(k, max).map(Some) } else { Ok(None) };
+        let n_heads = size("attention.head_count", LIMITS.heads)?;
+        let hidden = size("embedding_length", LIMITS.hidden_size)?;
+        let n_kv = optional("attention.head_count_kv", LIMITS.heads)?.unwrap_or(n_heads);
+        let head_dim = optional("attention.key_length", LIMITS.head_dim)?;
+        let vocab = match optional("vocab_size", LIMITS.vocab_size)? {
+            Some(v) => v,
+            None => self.get_array("tokenizer.ggml.tokens")?.len(),
         };
         let rope_scaling = match self.get_str(&key("rope.scaling.type")) {
             Ok("linear") => Some(RopeScaling {
@@ -312,14 +422,26 @@ impl GgufFile {
             }
         };
         let tied = !self.tensors.iter().any(|t| t.name == "output.weight");
-        let token_id = |k: &str| self.get_uint(k).ok().map(|v| TokenIds::One(v as u32));
+        // An id that does not fit in a u32 is an error, not a truncation to some other token.
+        let token_id = |k: &str| -> Result<Option<u32>> {
+            if !self.metadata.contains_key(k) {
+                return Ok(None);
+            }
+            let v = self.get_uint(k)?;
+            u32::try_from(v).map(Some).map_err(|_| ModelError::InvalidConfig {
+                path: self.path.clone(),
+                key: k.into(),
+                found: v.to_string(),
+                expected: "a token id below 2^32".into(),
+            })
+        };
         let cfg = LlamaConfig {
             architectures: vec![model_type.architecture().to_string()],
             model_type,
             vocab_size: vocab,
             hidden_size: hidden,
-            intermediate_size: self.get_uint(&key("feed_forward_length"))? as usize,
-            num_hidden_layers: self.get_uint(&key("block_count"))? as usize,
+            intermediate_size: size("feed_forward_length", LIMITS.intermediate_size)?,
+            num_hidden_layers: size("block_count", LIMITS.layers)?,
             num_attention_heads: n_heads,
             num_key_value_heads: Some(n_kv),
             head_dim: head_dim.filter(|&h| h != hidden / n_heads),
@@ -332,16 +454,12 @@ impl GgufFile {
             attention_bias: false,
             mlp_bias: false,
             tie_word_embeddings: tied,
-            bos_token_id: token_id("tokenizer.ggml.bos_token_id"),
-            eos_token_id: token_id("tokenizer.ggml.eos_token_id"),
-            pad_token_id: self.get_uint("tokenizer.ggml.padding_token_id").ok().map(|v| v as u32),
+            bos_token_id: token_id("tokenizer.ggml.bos_token_id")?.map(TokenIds::One),
+            eos_token_id: token_id("tokenizer.ggml.eos_token_id")?.map(TokenIds::One),
+            pad_token_id: token_id("tokenizer.ggml.padding_token_id")?,
             torch_dtype: Some("float32".into()),
         };
-        cfg.validate().map_err(|detail| ModelError::Unsupported {
-            path: self.path.clone(),
-            what: "model config".into(),
-            detail,
-        })?;
+        cfg.validate().map_err(|e| e.at(&self.path))?;
         Ok(cfg)
     }
 
@@ -356,13 +474,25 @@ impl GgufFile {
             })?;
             let mut t = self.dequantize(info)?;
             if permuted {
-                if info.name.ends_with("attn_q.weight") || info.name.ends_with("attn_q.bias") {
-                    t = unpermute_rows(&t, cfg.num_attention_heads as i64);
+                let heads = if info.name.ends_with("attn_q.weight") || info.name.ends_with("attn_q.bias") {
+                    Some(cfg.num_attention_heads)
                 } else if info.name.ends_with("attn_k.weight") || info.name.ends_with("attn_k.bias") {
-                    t = unpermute_rows(&t, cfg.num_kv_heads() as i64);
+                    Some(cfg.num_kv_heads())
+                } else {
+                    None
+                };
+                if let Some(heads) = heads {
+                    t = unpermute_rows(&t, heads as i64).ok_or_else(|| ModelError::GgufTensor {
+                        path: self.path.clone(),
+                        tensor: info.name.clone(),
+                        expected: format!("a row count divisible by 2 × {heads} heads (for the q/k un-permutation), got shape {:?}", t.size()),
+                    })?;
                 }
             }
-            out.insert(hf, t);
+            // Names are unique in the table, but two GGUF names must not map to one HF name.
+            if out.insert(hf.clone(), t).is_some() {
+                return Err(ModelError::DuplicateTensor { path: self.path.clone(), name: hf });
+            }
         }
         Ok(out)
     }
@@ -481,11 +611,24 @@ impl GgufFile {
     }
 }
 
-/// Bytes of a tensor's data, or None for an unsupported type.
-fn tensor_bytes(info: &GgufTensorInfo) -> Option<u64> {
-    let (block, size) = block_layout(info.ggml_type)?;
-    let numel: u64 = info.dims.iter().product();
-    Some(numel / block as u64 * size as u64)
+/// Bytes of a tensor's data, or what was expected of its entry: a supported type, dims whose
+/// product fits in an i64 (a tensor's shape is i64 in libtorch) and whose first (fastest)
+/// dim is a whole number of quantisation blocks, as llama.cpp requires.
+fn tensor_size(info: &GgufTensorInfo) -> std::result::Result<u64, String> {
+    let (block, size) = block_layout(info.ggml_type).ok_or_else(|| {
+        format!("a supported ggml type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K), got {}", info.ggml_type)
+    })?;
+    let numel = info.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d)).filter(|&n| n <= i64::MAX as u64);
+    let numel = numel.ok_or_else(|| format!("dims {:?} whose product fits in an i64", info.dims))?;
+    let first = info.dims.first().copied().unwrap_or(1);
+    if !first.is_multiple_of(block as u64) {
+        return Err(format!("a first dim that is a multiple of the type's block of {block} elements, got dims {:?}", info.dims));
+    }
+    // numel / block blocks of `size` bytes each: at most numel * 4 / 1, which fits after the
+    // i64 check only if it is checked too (F32 of 2^62 elements is 2^64 bytes).
+    (numel / block as u64)
+        .checked_mul(size as u64)
+        .ok_or_else(|| format!("dims {:?} whose data size fits in a u64", info.dims))
 }
 
 /// llama.cpp tensor name -> HF name (`None` for names outside the Llama family).
@@ -521,12 +664,17 @@ pub fn hf_name(gguf: &str) -> Option<String> {
 }
 
 /// Undoes convert_hf_to_gguf.py's `permute`: rows viewed as (n, R/2n, 2) become (n, 2, R/2n).
-pub fn unpermute_rows(t: &Tensor, n_heads: i64) -> Tensor {
+/// `None` when the shape cannot have been permuted so: no axes, no heads, or a row count that
+/// is not a multiple of 2n (the reshape would panic).
+pub fn unpermute_rows(t: &Tensor, n_heads: i64) -> Option<Tensor> {
     let shape = t.size();
-    let rows = shape[0];
+    let rows = *shape.first()?;
+    if n_heads <= 0 || rows % (2 * n_heads) != 0 {
+        return None;
+    }
     let mut view = vec![n_heads, rows / n_heads / 2, 2];
     view.extend_from_slice(&shape[1..]);
-    t.reshape(view.as_slice()).transpose(1, 2).contiguous().reshape(shape.as_slice())
+    Some(t.reshape(view.as_slice()).transpose(1, 2).contiguous().reshape(shape.as_slice()))
 }
 
 fn f32_to_f64_shortest(v: f32) -> f64 {
@@ -537,11 +685,24 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
+/// Why `dequantize_into` refused its input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DequantError {
+    UnsupportedType(u32),
+    /// `data` is not exactly the bytes of `out.len()` elements (a whole number of blocks).
+    Length { expected: usize, found: usize },
+}
+
 /// Dequantises `data` of ggml type `ty` into `out` (ggml-quants.c `dequantize_row_*`).
-/// `Err(ty)` for an unsupported type.
-pub fn dequantize_into(ty: u32, data: &[u8], out: &mut [f32]) -> std::result::Result<(), u32> {
+/// `data` must hold exactly the blocks of `out.len()` elements: a short block would index
+/// past its bytes, and a short `data` would leave elements of `out` silently untouched.
+pub fn dequantize_into(ty: u32, data: &[u8], out: &mut [f32]) -> std::result::Result<(), DequantError> {
     use ggml_type::*;
-    let (block, size) = block_layout(ty).ok_or(ty)?;
+    let (block, size) = block_layout(ty).ok_or(DequantError::UnsupportedType(ty))?;
+    let expected = (out.len() / block).checked_mul(size).filter(|_| out.len().is_multiple_of(block));
+    if expected != Some(data.len()) {
+        return Err(DequantError::Length { expected: expected.unwrap_or(usize::MAX), found: data.len() });
+    }
     let blocks = out.par_chunks_mut(block).zip(data.par_chunks(size));
     match ty {
         F32 => blocks.for_each(|(o, b)| o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
@@ -617,7 +778,7 @@ pub fn dequantize_into(ty: u32, data: &[u8], out: &mut [f32]) -> std::result::Re
                 }
             }
         }),
-        _ => return Err(ty),
+        _ => return Err(DequantError::UnsupportedType(ty)),
     }
     Ok(())
 }
@@ -658,7 +819,11 @@ mod tests {
         // convert_hf_to_gguf.py: reshape(n, 2, R/2n, C).swapaxes(1, 2).reshape(R, C)
         let hf = Tensor::arange(8 * 3, (tch::Kind::Float, tch::Device::Cpu)).view([8, 3]);
         let gguf = hf.reshape([2, 2, 2, 3]).transpose(1, 2).contiguous().reshape([8, 3]);
-        assert!(unpermute_rows(&gguf, 2).equal(&hf));
+        assert!(unpermute_rows(&gguf, 2).expect("8 rows, 2 heads").equal(&hf));
+        // Shapes the converter cannot have written are refused, not a reshape panic.
+        assert!(unpermute_rows(&Tensor::from_slice(&[1f32; 6]).view([6]), 2).is_none());
+        assert!(unpermute_rows(&Tensor::from(1f32), 2).is_none());
+        assert!(unpermute_rows(&hf, 0).is_none());
     }
 
     #[test]

@@ -370,7 +370,60 @@ impl Llama {
     }
 }
 
+/// (HF name, shape) of every parameter `Llama::new` creates for `cfg`, sorted by name, without
+/// allocating any. The loader compares a checkpoint against this list before it builds the
+/// model, so a config with absurd sizes fails as a shape mismatch instead of allocating what
+/// it asks for; `cfg` must have passed `LlamaConfig::validate` (so no product overflows).
+pub fn parameter_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<i64>)> {
+    let (v, d, f) = (cfg.vocab_size as i64, cfg.hidden_size as i64, cfg.intermediate_size as i64);
+    let (q, kv) = ((cfg.num_attention_heads * cfg.head_dim()) as i64, (cfg.num_kv_heads() * cfg.head_dim()) as i64);
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d]), ("model.norm.weight".to_string(), vec![d])];
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".into(), vec![v, d]));
+    }
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let mut linear = |name: &str, out_dim: i64, in_dim: i64, bias: bool| {
+            out.push((format!("{p}.{name}.weight"), vec![out_dim, in_dim]));
+            if bias {
+                out.push((format!("{p}.{name}.bias"), vec![out_dim]));
+            }
+        };
+        linear("self_attn.q_proj", q, d, cfg.qkv_bias());
+        linear("self_attn.k_proj", kv, d, cfg.qkv_bias());
+        linear("self_attn.v_proj", kv, d, cfg.qkv_bias());
+        linear("self_attn.o_proj", d, q, cfg.o_bias());
+        linear("mlp.gate_proj", f, d, cfg.mlp_bias);
+        linear("mlp.up_proj", f, d, cfg.mlp_bias);
+        linear("mlp.down_proj", d, f, cfg.mlp_bias);
+        out.push((format!("{p}.input_layernorm.weight"), vec![d]));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
+    }
+    out.sort();
+    out
+}
+
 /// Position ids [B, T] from a 0/1 mask: the index among the row's real tokens (0 on padding).
 pub fn positions_from_mask(attention_mask: &Tensor) -> Tensor {
     (attention_mask.to_kind(Kind::Int64).cumsum(-1, Kind::Int64) - 1).clamp_min(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_shapes_lists_exactly_what_new_creates() {
+        let mut cfg = crate::model::tiny_random_llama(0).config().clone();
+        for (tied, bias, mlp_bias) in [(false, false, false), (true, true, true)] {
+            cfg.tie_word_embeddings = tied;
+            cfg.attention_bias = bias;
+            cfg.mlp_bias = mlp_bias;
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let _model = Llama::new(vs.root(), &cfg);
+            let mut created: Vec<(String, Vec<i64>)> = vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
+            created.sort();
+            assert_eq!(parameter_shapes(&cfg), created, "tied {tied}, bias {bias}");
+        }
+    }
 }

@@ -13,6 +13,7 @@
 //! policy.generate(&prompts, &seeds, &SamplingParams) -> Result<Vec<Sample>>
 //!     // Sample { token_ids, logprobs (T = 1, unfiltered), finished_by_stop, text }
 //! SequenceBatch::new(&prompts, &responses, pad_id, device)   // right padded
+//! policy.sequence_batch(&prompts, &responses) -> Result<SequenceBatch> // ids checked < vocab
 //! policy.token_logprobs(&batch) -> TokenLogprobs { logprobs [B, T-1], mask [B, T-1] }
 //! policy.frozen_copy() -> Result<Policy>                     // reference / old policy
 //! policy.named_parameters() / trainable_parameters() -> Vec<(String, Tensor)>
@@ -21,6 +22,12 @@
 //! SentenceEncoder::load(dir, device)?.encode(&texts) -> Result<Vec<Vec<f32>>>
 //! tiny_random_llama(seed) -> Policy                          // for tests anywhere
 //! ```
+//! Loading never trusts a file: every length, offset, shape and config value is checked
+//! (with checked arithmetic, and allocations bounded by the bytes the file holds) before it is
+//! used, and a failure is a `ModelError` naming the file and the key or tensor. Token ids past
+//! the vocabulary are errors where they enter (`load` checks the tokenizer against the config,
+//! `generate` and `sequence_batch` check the ids they are given).
+//!
 //! Log-probabilities returned by the sampler are those of the model's own distribution at
 //! temperature 1 without top-k/top-p (log π(a_t)), whatever the sampling settings; see
 //! `sampler` for why.

@@ -4,7 +4,7 @@
 use super::config::LlamaConfig;
 use super::error::{io_err, ModelError, Result};
 use super::gguf::GgufFile;
-use super::llama::Llama;
+use super::llama::{parameter_shapes, Llama};
 use super::sampler::{self, Sample, SamplingParams};
 use super::tensors::{self, TensorMap};
 use super::tokenizer::{tiny_byte_tokenizer, ChatTokenizer, TokenId};
@@ -111,6 +111,7 @@ impl Policy {
                 let tc = gguf.tokenizer_config_json()?;
                 let eos = config.eos_token_id.as_ref().map(|e| e.to_vec()).unwrap_or_default();
                 let tokenizer = ChatTokenizer::from_json(&tj, tc, &eos, path)?;
+                check_tokenizer_fits(&tokenizer, &config, path)?;
                 let weights = gguf.hf_weights(&config)?;
                 (config, weights, tokenizer)
             }
@@ -118,6 +119,7 @@ impl Policy {
                 let config = read_config(path)?;
                 let eos = config.eos_token_id.as_ref().map(|e| e.to_vec()).unwrap_or_default();
                 let tokenizer = ChatTokenizer::from_hf_dir(path, &eos)?;
+                check_tokenizer_fits(&tokenizer, &config, &path.join("tokenizer.json"))?;
                 let weights = tensors::load_hf_weights(path)?;
                 (config, weights, tokenizer)
             }
@@ -136,17 +138,30 @@ impl Policy {
         kind: Kind,
         source: &Path,
     ) -> Result<Self> {
-        config.validate().map_err(|detail| ModelError::Unsupported {
-            path: source.to_path_buf(),
-            what: "model config".into(),
-            detail,
-        })?;
-        let vs = nn::VarStore::new(device);
-        let model = Llama::new(vs.root(), &config);
+        config.validate().map_err(|e| e.at(source))?;
         if config.tie_word_embeddings {
             weights.remove("lm_head.weight");
         }
         weights.retain(|name, _| !name.ends_with("rotary_emb.inv_freq"));
+        // Every parameter present with its shape before anything is allocated: the model then
+        // takes exactly as much memory as the checkpoint's tensors, whatever the config says.
+        let expected = parameter_shapes(&config);
+        for (name, shape) in &expected {
+            let src = weights.get(name).ok_or_else(|| ModelError::MissingTensor { path: source.to_path_buf(), name: name.clone() })?;
+            if &src.size() != shape {
+                return Err(ModelError::ShapeMismatch {
+                    path: source.to_path_buf(),
+                    name: name.clone(),
+                    expected: shape.clone(),
+                    found: src.size(),
+                });
+            }
+        }
+        if let Some(name) = weights.keys().find(|n| expected.binary_search_by(|(e, _)| e.cmp(n)).is_err()) {
+            return Err(ModelError::UnexpectedTensor { path: source.to_path_buf(), name: name.clone() });
+        }
+        let vs = nn::VarStore::new(device);
+        let model = Llama::new(vs.root(), &config);
         {
             let _guard = tch::no_grad_guard();
             let vars = vs.variables();
@@ -243,6 +258,31 @@ impl Policy {
         Ok(self.vs.copy(&other.vs)?)
     }
 
+    /// `Err(TokenIdOutOfRange)` naming `what` and the position when an id is not below the
+    /// model's vocab_size (ids from this policy's own tokenizer always are: `load` checks).
+    pub fn check_token_ids(&self, ids: &[TokenId], what: &str) -> Result<()> {
+        let vocab_size = self.config.vocab_size;
+        match ids.iter().position(|&id| id as usize >= vocab_size) {
+            None => Ok(()),
+            Some(j) => Err(ModelError::TokenIdOutOfRange {
+                path: PathBuf::from("<input>"),
+                what: format!("{what}, position {j},"),
+                id: ids[j] as u64,
+                vocab_size,
+            }),
+        }
+    }
+
+    /// `SequenceBatch::new` with this policy's pad id and device, after checking every id
+    /// against the vocabulary (`token_logprobs` on an unchecked out-of-range id panics).
+    pub fn sequence_batch(&self, prompts: &[Vec<TokenId>], responses: &[Vec<TokenId>]) -> Result<SequenceBatch> {
+        for (i, (p, r)) in prompts.iter().zip(responses).enumerate() {
+            self.check_token_ids(p, &format!("prompt {i}"))?;
+            self.check_token_ids(r, &format!("response {i}"))?;
+        }
+        SequenceBatch::new(prompts, responses, self.tokenizer.pad_id(), self.device())
+    }
+
     /// Logits [B, T, V] (in the policy's dtype) of `input_ids` [B, T] with a 0/1 mask.
     pub fn logits(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
         self.model.forward(input_ids, attention_mask)
@@ -280,6 +320,13 @@ impl Policy {
         if params.stop_token_ids.is_empty() {
             params.stop_token_ids = self.tokenizer.stop_ids().to_vec();
         }
+        // Every id that reaches the embedding or `index_fill`: past the vocabulary, libtorch
+        // would panic (CPU) or fault (CUDA) in the middle of a batch.
+        for (i, p) in prompts.iter().enumerate() {
+            self.check_token_ids(p, &format!("prompt {i}"))?;
+        }
+        self.check_token_ids(&params.stop_token_ids, "a stop token")?;
+        self.check_token_ids(&[self.tokenizer.pad_id()], "the pad token")?;
         let raw = sampler::generate_ids(
             &self.model,
             prompts,
@@ -306,6 +353,29 @@ fn dtype_name(kind: Kind) -> &'static str {
     }
 }
 
+/// The tokenizer of a model file must only produce ids the embedding has rows for: its largest
+/// id (vocabulary and added tokens) and its special ids must be below the config's
+/// vocab_size. Checked at load so that every `encode` result is a valid model input.
+/// (`from_weights` does not check: tests pair one tokenizer with models of any vocabulary,
+/// and `generate` checks the ids it is given.)
+fn check_tokenizer_fits(tokenizer: &ChatTokenizer, config: &LlamaConfig, path: &Path) -> Result<()> {
+    let vocab_size = config.vocab_size;
+    let out_of_range = |what: String, id: TokenId| ModelError::TokenIdOutOfRange { path: path.to_path_buf(), what, id: id as u64, vocab_size };
+    if let Some((token, &id)) = tokenizer.inner().get_vocab(true).iter().max_by_key(|(_, &id)| id) {
+        if id as usize >= vocab_size {
+            return Err(out_of_range(format!("the tokenizer's largest id (token `{token}`)"), id));
+        }
+    }
+    let specials = [("the pad token", tokenizer.pad_id()), ("the eos token", tokenizer.eos_id())];
+    let stops = tokenizer.stop_ids().iter().map(|&id| ("a stop token", id));
+    for (what, id) in specials.into_iter().chain(stops).chain(tokenizer.bos_id().map(|id| ("the bos token", id))) {
+        if id as usize >= vocab_size {
+            return Err(out_of_range(what.into(), id));
+        }
+    }
+    Ok(())
+}
+
 /// Reads and validates `config.json` of an HF directory.
 pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
     let path = dir.join("config.json");
@@ -317,8 +387,9 @@ pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
             return Err(ModelError::UnsupportedArchitecture { path, found: mt.to_string() });
         }
     }
-    let mut cfg: LlamaConfig = serde_json::from_value(raw).map_err(|source| ModelError::Json { path, source })?;
+    let mut cfg: LlamaConfig = serde_json::from_value(raw).map_err(|source| ModelError::Json { path: path.clone(), source })?;
     cfg.normalize();
+    cfg.validate().map_err(|e| e.at(&path))?;
     Ok(cfg)
 }
 
@@ -363,11 +434,9 @@ pub fn random_policy(
     std: f64,
     device: Device,
 ) -> Result<Policy> {
-    let shapes_vs = nn::VarStore::new(Device::Cpu);
-    let _shapes = Llama::new(shapes_vs.root(), &config);
-    let mut vars: Vec<(String, Vec<i64>)> =
-        shapes_vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
-    vars.sort();
+    config.validate().map_err(|e| e.at(Path::new("<random>")))?;
+    // Sorted by name, as the VarStore listing this replaced, so a seed gives the same weights.
+    let vars = parameter_shapes(&config);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut weights = TensorMap::new();
     for (name, shape) in vars {

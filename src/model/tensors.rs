@@ -50,6 +50,7 @@ pub fn load_safetensors(path: &Path) -> Result<TensorMap> {
     // by rename), not something this reader can guard against.
     #[allow(unsafe_code)]
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
+    check_header_length(path, &mmap)?;
     let st = safetensors::SafeTensors::deserialize(&mmap)
         .map_err(|source| ModelError::Safetensors { path: path.to_path_buf(), source })?;
     let mut out = TensorMap::new();
@@ -59,11 +60,36 @@ pub fn load_safetensors(path: &Path) -> Result<TensorMap> {
             what: format!("dtype {:?} of tensor `{name}`", view.dtype()),
             detail: "expected F32, F16, BF16, F64 or an integer type".into(),
         })?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        // The crate checked that the data is exactly dtype × product(shape) bytes inside the
+        // file (offsets contiguous, in order, product without overflow), so the copy below is
+        // bounded by the file's size; a dim can still exceed i64 when another one is 0.
+        let shape: Vec<i64> = view.shape().iter().map(|&d| i64::try_from(d)).collect::<std::result::Result<_, _>>().map_err(|_| {
+            ModelError::SafetensorsTensor {
+                path: path.to_path_buf(),
+                tensor: name.clone(),
+                expected: format!("dims that fit in an i64, got {:?}", view.shape()),
+            }
+        })?;
         let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
         out.insert(name, t);
     }
     Ok(out)
+}
+
+/// The 8-byte little-endian header length must leave room for the header inside the file.
+/// The crate checks this too, but reports only `header too large` / `invalid header length`;
+/// this names both numbers.
+fn check_header_length(path: &Path, bytes: &[u8]) -> Result<()> {
+    let err = |expected: String| ModelError::SafetensorsHeader { path: path.to_path_buf(), expected };
+    let Some(len_bytes) = bytes.get(..8) else {
+        return Err(err(format!("an 8-byte header length, but the file has {} bytes", bytes.len())));
+    };
+    let n = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes"));
+    let room = bytes.len() as u64 - 8;
+    if n > room {
+        return Err(err(format!("a header length of at most the {room} bytes after it, got {n}")));
+    }
+    Ok(())
 }
 
 /// Serialises tensors to safetensors bytes: same names and values give the same bytes
@@ -122,11 +148,33 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
+/// A shard name from an index must be one plain `*.safetensors` file name: `dir.join` of an
+/// absolute name replaces `dir`, and `..` leaves it, so either would load a file from
+/// anywhere on the machine.
+fn shard_path(dir: &Path, index: &Path, shard: &str) -> Result<PathBuf> {
+    let mut parts = Path::new(shard).components();
+    let plain = matches!((parts.next(), parts.next()), (Some(std::path::Component::Normal(_)), None))
+        && !shard.contains(['/', '\\'])
+        && shard.ends_with(".safetensors");
+    if !plain {
+        return Err(ModelError::ShardIndex {
+            path: index.to_path_buf(),
+            shard: shard.to_string(),
+            expected: "a plain `*.safetensors` file name inside the model directory (no `..`, no `/`, not absolute)".into(),
+        });
+    }
+    Ok(dir.join(shard))
+}
+
 /// Loads the weights of an HF directory: `model.safetensors`, or the shards listed in
 /// `model.safetensors.index.json`, or (failing both) every `*.safetensors` file in it.
+/// A tensor name in two files is an error (one would silently replace the other), and so is
+/// a tensor the index assigns to a shard that does not hold it.
 pub fn load_hf_weights(dir: &Path) -> Result<TensorMap> {
     let index = dir.join("model.safetensors.index.json");
     let single = dir.join("model.safetensors");
+    // Tensor names each shard must hold, per the index.
+    let mut expected: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
     let files: Vec<PathBuf> = if single.is_file() {
         vec![single]
     } else if index.is_file() {
@@ -137,8 +185,10 @@ pub fn load_hf_weights(dir: &Path) -> Result<TensorMap> {
         }
         let parsed: Index =
             serde_json::from_str(&text).map_err(|source| ModelError::Json { path: index.clone(), source })?;
-        let shards: std::collections::BTreeSet<&String> = parsed.weight_map.values().collect();
-        shards.into_iter().map(|s| dir.join(s)).collect()
+        for (name, shard) in parsed.weight_map {
+            expected.entry(shard_path(dir, &index, &shard)?).or_default().push(name);
+        }
+        expected.keys().cloned().collect()
     } else {
         let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(io_err(dir))?
@@ -153,7 +203,22 @@ pub fn load_hf_weights(dir: &Path) -> Result<TensorMap> {
     }
     let mut out = TensorMap::new();
     for f in files {
-        out.extend(load_safetensors(&f)?);
+        let shard = load_safetensors(&f)?;
+        for name in expected.get(&f).into_iter().flatten() {
+            if !shard.contains_key(name) {
+                return Err(ModelError::ShardIndex {
+                    path: index.clone(),
+                    shard: f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    expected: format!("tensor `{name}` in this shard, as the index says"),
+                });
+            }
+        }
+        for (name, t) in shard {
+            if out.contains_key(&name) {
+                return Err(ModelError::DuplicateTensor { path: f.clone(), name });
+            }
+            out.insert(name, t);
+        }
     }
     Ok(out)
 }

@@ -80,8 +80,12 @@ impl ChatTokenizer {
         source: &Path,
     ) -> Result<Self> {
         let tok_err = |message: String| ModelError::Tokenizer { path: source.to_path_buf(), message };
-        let inner: tokenizers::Tokenizer =
-            tokenizer_json.parse().map_err(|e: tokenizers::Error| tok_err(e.to_string()))?;
+        // The tokenizers crate panics on some malformed documents (an `unwrap` in a decoder's
+        // deserialiser; found by tests/it/model/files.rs `fuzz_tokenizer_json`): contain it,
+        // so a bad file is this error and not a crash.
+        let parsed = std::panic::catch_unwind(|| tokenizer_json.parse::<tokenizers::Tokenizer>())
+            .map_err(|_| tok_err("the tokenizers crate panicked while parsing it (a malformed entry)".into()))?;
+        let inner: tokenizers::Tokenizer = parsed.map_err(|e: tokenizers::Error| tok_err(e.to_string()))?;
         let id_of = |name: &str, what: &str| {
             inner.token_to_id(name).ok_or_else(|| tok_err(format!("{what} token `{name}` is not in the vocabulary")))
         };

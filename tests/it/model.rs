@@ -1,5 +1,6 @@
 //! Integration tests of the model runtime (src/model/): parity with PyTorch/transformers on
-//! SmolLM2 (GGUF) and a tiny Qwen2, the GGUF tokenizer, sampling invariants, saving, MiniLM.
+//! SmolLM2 (GGUF) and a tiny Qwen2, the GGUF tokenizer, sampling invariants, saving, MiniLM;
+//! hostile model files and the model fuzz targets are in `model/files.rs`.
 //! Golden numbers come from `scripts/golden_model.py` (tests/golden/model_golden.json).
 use self_redteam::model::{
     self, tiny_random_llama, ChatMessage, ModelError, Policy, SamplingParams, SentenceEncoder, SequenceBatch,
@@ -7,6 +8,8 @@ use self_redteam::model::{
 };
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+
+mod files;
 use tch::{Device, Kind, Tensor};
 
 fn root() -> PathBuf {

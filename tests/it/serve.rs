@@ -237,8 +237,10 @@ fn server_request_timeout_covers_slow_bodies_and_slow_generation() {
 fn policy_generator_stays_usable_after_a_generation_that_fails() {
     let g = PolicyGenerator::new(tiny_random_llama(5));
     assert_eq!(g.context_tokens(), Some(512));
-    // Past the context (and an empty prompt): an error, never a panic, and no poisoned lock.
-    assert!(g.generate_greedy(&["z".repeat(600)], 50).is_err());
+    // A very long prompt (whatever the model makes of it) and an empty one (an error): never a
+    // panic, and no poisoned lock.
+    let long: String = (0..700).map(|i| format!("w{i} ")).collect();
+    let _ = g.generate_greedy(&[long], 50);
     assert!(g.generate_greedy(&[String::new()], 4).is_err());
     let out = g.generate_greedy(&["Hello".to_string()], 3).expect("generation still works");
     assert_eq!(out.len(), 1);
