@@ -230,6 +230,18 @@ impl Store {
     /// they are not artifacts). Sorted by (stage, key).
     pub fn scan(&self) -> Result<Vec<Artifact>> {
         let mut out = Vec::new();
+        for (stage, key) in self.places()? {
+            if let Ok(Some(a)) = self.load(&stage, &key) {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every `<stage>/<key>` directory name in the store (valid artifact or not), sorted by
+    /// (stage, key): what [`Store::scan`] loads and [`Store::leftovers`] checks.
+    fn places(&self) -> Result<Vec<(String, Key)>> {
+        let mut out = Vec::new();
         let rd = match fs::read_dir(&self.root) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
@@ -241,11 +253,7 @@ impl Store {
             let Ok(rd) = fs::read_dir(self.root.join(&stage)) else { continue };
             let mut keys: Vec<Key> = rd.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| Key::parse(n).ok())).collect();
             keys.sort();
-            for key in keys {
-                if let Ok(Some(a)) = self.load(&stage, &key) {
-                    out.push(a);
-                }
-            }
+            out.extend(keys.into_iter().map(|k| (stage.clone(), k)));
         }
         Ok(out)
     }
@@ -307,22 +315,14 @@ impl Store {
     /// one (see [`Leftover`]). `verify --all` lists them; `run` and `gc` repair them.
     pub fn leftovers(&self) -> Result<Vec<Leftover>> {
         let mut out = Vec::new();
-        let Ok(rd) = fs::read_dir(&self.root) else { return Ok(out) };
-        let mut stages: Vec<String> = rd.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).filter(|n| is_stage_name(n)).collect();
-        stages.sort();
-        for stage in stages {
-            let Ok(rd) = fs::read_dir(self.root.join(&stage)) else { continue };
-            let mut keys: Vec<Key> = rd.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| Key::parse(n).ok())).collect();
-            keys.sort();
-            for key in keys {
-                let dir = self.root.join(&stage).join(key.as_str());
-                let reason = match self.load(&stage, &key) {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => "directory without a manifest (an interrupted gc or publish)".to_string(),
-                    Err(e) => e.to_string(),
-                };
-                out.push(Leftover { dir, reason });
-            }
+        for (stage, key) in self.places()? {
+            let dir = self.root.join(&stage).join(key.as_str());
+            let reason = match self.load(&stage, &key) {
+                Ok(Some(_)) => continue,
+                Ok(None) => "directory without a manifest (an interrupted gc or publish)".to_string(),
+                Err(e) => e.to_string(),
+            };
+            out.push(Leftover { dir, reason });
         }
         Ok(out)
     }
