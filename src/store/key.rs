@@ -10,10 +10,15 @@
 //! | iteration        | yes    | `prep@1` and `prep@2` have the same params but must differ |
 //! | typed params, canonical JSON | yes | re-serialised from the typed struct: YAML comments, key order, whitespace, spelled-out defaults never matter |
 //! | input **content** digests, by role | yes | not the inputs' keys: a rerun that reproduces the same bytes keeps everything downstream cached (early cutoff) |
-//! | run seed         | yes    | every draw is seeded from it |
-//! | sha256 of each file read from outside the store, by logical name | yes | the data, not where it lives |
+//! | run seed         | yes    | every draw is seeded from it (by run seed, stage kind, iteration and row: `plan::rng_for`, never by the key, so a knob that is not in the key cannot reseed anything) |
+//! | sha256 of each file read from outside the store, by logical name | yes | the data, not where it lives; every file a stage reads is pinned (an HF base directory file by file, the MiniLM embedder as config, tokenizer and weights) |
+//! | the selected judge backend's result-affecting settings | yes | `plan::judge_key_params`: an unused backend's section never enters, nor the wildguard server's URL, timeout, retries or concurrency |
 //! | paths (store root, config dir, sources dir), mtimes, hostnames, clocks, environment, log level, device, thread count | **never** | moving the project or the store must keep the cache; device/threads change speed, not the record (CPU runs are byte-reproducible at a fixed thread count) |
+//! | speed-only knobs: `eval.batch_size`, `sft.batch_size` (both ≤ 64, the CPU decode kernel's rows), `run.threads`, `judge.wildguard.{url, concurrency, timeout_s, retries, api_key_env}` | **never** | they change how fast, not what; a URL may also carry credentials (`user:pass@`, `?token=`), which must never reach a key or a manifest |
+//! | `rollout.batch_size` | yes | not speed-only: the batch's left-padded prefill rounds differently with other batch mates, and the rollout stores logprobs (plan.rs "rollout key"); it reseeds nothing |
 //!
+//! Every f64 of a key is finite (spec.rs rejects NaN and ±inf: JSON would write each of them
+//! as `null`, so two different configs would share a key).
 //! The encoding is JSON with sorted object keys (serde_json's default map is a BTreeMap)
 //! and no whitespace; f64 values print with ryu's shortest round-trip form.
 use std::fmt;
@@ -22,7 +27,10 @@ use serde::{Deserialize, Serialize};
 
 /// Key-scheme version: CHANGE THIS WHEN YOU CHANGE THE INPUTS TO THE HASH
 /// ([`KeyComponents`] or its encoding).
-pub const KEY_SCHEME: u32 = 1;
+/// 2: draws seeded by (seed, kind, iteration, row) instead of the key; judge params are the
+/// selected backend's only; HF base directories and the
+/// MiniLM embedder pinned file by file; judge@i / eval@i pin the embedder they load.
+pub const KEY_SCHEME: u32 = 2;
 
 /// Length in hex digits of keys and digests (full blake3: 256 bits).
 pub const HEX_LEN: usize = 64;
@@ -44,6 +52,24 @@ pub struct BadHex(pub String);
 
 fn is_hex64(s: &str) -> bool {
     s.len() == HEX_LEN && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A sha256 pin as spec.rs accepts it and manifests hold it: exactly 64 lowercase hex digits
+/// (ASCII only, so cutting one at byte 12 for display is always on a char boundary).
+pub fn is_sha256_hex(s: &str) -> bool {
+    is_hex64(s)
+}
+
+/// Serde check of [`FileDigest::sha256`]: a manifest whose pin is not 64 lowercase hex digits
+/// does not decode, so the store treats it as no artifact (`Store::scan` skips it) instead of
+/// `explain`/`status` slicing a non-ASCII string at byte 12 and panicking.
+fn de_sha256<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if is_sha256_hex(&s) {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!("sha256 must be 64 lowercase hex digits, got {s:?}")))
+    }
 }
 
 macro_rules! hex_newtype {
@@ -100,6 +126,7 @@ pub struct InputDigest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileDigest {
     pub name: String,
+    #[serde(deserialize_with = "de_sha256")]
     pub sha256: String,
 }
 
@@ -343,6 +370,17 @@ mod tests {
         let b = Digest::from_hash(blake3::hash(b"2"));
         assert_eq!(content_digest([("a", &a), ("b", &b)]), content_digest([("b", &b), ("a", &a)]));
         assert_ne!(content_digest([("a", &a), ("b", &b)]), content_digest([("a", &b), ("b", &a)]));
+    }
+
+    #[test]
+    fn file_digest_refuses_a_pin_that_is_not_64_lowercase_hex() {
+        let ok = format!("{{\"name\":\"x\",\"sha256\":\"{}\"}}", "a".repeat(64));
+        assert!(serde_json::from_str::<FileDigest>(&ok).is_ok());
+        // The first is 64 bytes like a real pin, but byte 12 is inside `é`: `[..12]` panics.
+        for bad in ["a".repeat(11) + "é" + &"a".repeat(51), "a".repeat(63), "A".repeat(64), String::new()] {
+            let text = serde_json::json!({"name": "x", "sha256": bad}).to_string();
+            assert!(serde_json::from_str::<FileDigest>(&text).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

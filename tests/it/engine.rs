@@ -511,3 +511,242 @@ fn dataset_from_the_pinned_sources_keeps_every_eval_prompt_out_of_training() {
     assert!(judge.iter().all(|j| !eval_norm.contains(&self_redteam::data::normalise(&j.prompt))), "a judge-training prompt is an eval prompt");
     assert!(judge.iter().any(|j| j.refusal == Some(true)) && judge.iter().any(|j| j.harmful_response == Some(true)));
 }
+
+/// Issue 10: every number of the config is range-checked (spec.rs `number_bounds`), NaN and
+/// ±inf everywhere (they all serialise to `null` in a key), and the message names the key path.
+#[test]
+fn nan_inf_and_out_of_range_numbers_are_rejected_with_their_key_path() {
+    use self_redteam::spec::Spec;
+    let cases: [(&str, &str, &str); 23] = [
+        ("update:\n  kl_beta: .nan\n", "update.kl_beta", "must be finite and ≥ 0, got NaN"),
+        ("update:\n  grad_clip: .inf\n", "update.grad_clip", "must be finite and > 0, got inf"),
+        ("update:\n  reward_clip: -.inf\n", "update.reward_clip", "got -inf"),
+        ("update:\n  clip_eps: 0\n", "update.clip_eps", "must be finite and > 0, got 0"),
+        ("update:\n  lr: -1e-5\n", "update.lr", "got -0.00001"),
+        ("update:\n  weight_decay: -0.1\n", "update.weight_decay", "≥ 0"),
+        ("update:\n  sft_coef: .nan\n", "update.sft_coef", "got NaN"),
+        ("update:\n  betas: [0.9, 1.0]\n", "update.betas[1]", "in [0, 1), got 1"),
+        ("update:\n  warmup_ratio: -0.5\n", "update.warmup_ratio", "between 0 and 1"),
+        ("rollout:\n  temperature: .inf\n", "rollout.temperature", "got inf"),
+        ("rollout:\n  top_p: 0\n", "rollout.top_p", "in (0, 1], got 0"),
+        ("sft:\n  top_p: 1.5\n", "sft.top_p", "got 1.5"),
+        ("judge:\n  probe:\n    l2: .nan\n", "judge.probe.l2", "got NaN"),
+        ("judge:\n  probe:\n    lr: 0\n", "judge.probe.lr", "> 0"),
+        ("prep:\n  harmful_fraction: .nan\n", "prep.harmful_fraction", "between 0 and 1, got NaN"),
+        ("dataset:\n  holdout_attacker_fraction: 1.5\n", "dataset.holdout_attacker_fraction", "got 1.5"),
+        ("run:\n  iterations: 0\n", "run.iterations", "between 1 and 100000, got 0"),
+        ("run:\n  iterations: 4294967295\n", "run.iterations", "got 4294967295"),
+        ("rollout:\n  max_new_tokens: 4000000000\n", "rollout.max_new_tokens", "between 1 and 32768"),
+        ("judge:\n  wildguard:\n    retries: 1000\n", "judge.wildguard.retries", "between 0 and 100, got 1000"),
+        ("eval:\n  suites:\n    harmbench: {subset: 0}\n", "eval.suites.harmbench.subset", "at least 1, got 0"),
+        ("update:\n  sft_batch_size: 0\n", "update.sft_batch_size", "at least 1"),
+        ("eval:\n  batch_size: 65\n", "eval.batch_size", "between 1 and 64, got 65"),
+    ];
+    for (text, path, needle) in cases {
+        let msg = Spec::from_yaml(text, Path::new("/p/pipeline.yaml")).expect_err(text).to_string();
+        assert!(msg.contains(&format!("{path}: must be")) && msg.contains(needle), "{text:?}: {msg}");
+    }
+    // The boundaries themselves are allowed.
+    let edges = "update: {kl_beta: 0, weight_decay: 0, betas: [0, 0.999], warmup_ratio: 1}\nrollout: {temperature: 0, top_p: 1}\nrun: {iterations: 100000}\njudge: {wildguard: {retries: 0}}\n";
+    Spec::from_yaml(edges, Path::new("/p/pipeline.yaml")).expect("boundary values are valid");
+}
+
+/// Issue 10: every sha256 pin is exactly 64 lowercase hex digits. A non-ASCII pin used to
+/// pass and then panic `status` (cut at byte 12 for display).
+#[test]
+fn non_ascii_short_or_uppercase_sha256_pins_are_rejected_by_spec_load() {
+    use self_redteam::spec::Spec;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let good = "ccf76355d0d661bcf81f57f70baa1db9299da8aa9352f39b3672cf3da560d3e0";
+    let non_ascii = format!("{}é{}", &good[..11], &good[13..]);
+    assert_eq!(non_ascii.len(), 64, "as long as a real pin, in bytes");
+    let harmful = |sha: &str| format!("dataset:\n  harmful:\n    - {{format: advbench_prompt, path: a.prompt, sha256: \"{sha}\"}}\n");
+    let cases = [
+        (harmful(&non_ascii), "dataset.harmful[0].sha256"),
+        (harmful(&good[..63]), "dataset.harmful[0].sha256"),
+        (harmful(&good.to_uppercase()), "dataset.harmful[0].sha256"),
+        (format!("base:\n  model: {{format: gguf, path: m.gguf, sha256: \"{non_ascii}\"}}\n"), "base.model.sha256"),
+        (format!("base:\n  model: {{format: hf_dir, path: m, sha256: {{config.json: \"{non_ascii}\"}}}}\n"), "base.model.sha256.config.json"),
+        (format!("judge:\n  probe: {{embedder_tokenizer_sha256: \"{}\"}}\n", &good[..12]), "judge.probe.embedder_tokenizer_sha256"),
+        (format!("sft:\n  source: {{format: alpaca_eval_responses, path: a.json, sha256: \"{non_ascii}\"}}\n"), "sft.source.sha256"),
+        (format!("eval:\n  custom_suites:\n    mine: {{path: m.csv, label: harmful, sha256: \"{non_ascii}\"}}\n"), "eval.custom_suites.mine.sha256"),
+    ];
+    for (i, (text, path)) in cases.iter().enumerate() {
+        let cfg = write_config(tmp.path(), &format!("pin{i}.yaml"), text);
+        let msg = Spec::load(&cfg).expect_err(text).to_string();
+        assert!(msg.contains(&format!("{path}: must be 64 lowercase hex digits")), "{text}: {msg}");
+    }
+    // The CLI says so instead of panicking (exit 1, not 101).
+    let cfg = write_config(tmp.path(), "status.yaml", &tiny_text_abs().replace("    format: tiny_random   # model::tiny_random_llama(run seed): byte tokenizer, ChatML template\n    path: builtin         # ignored for tiny_random\n    sha256: {}", &format!("    format: gguf\n    path: m.gguf\n    sha256: \"{non_ascii}\"")));
+    let o = sr(&cfg, &tmp.path().join("s"), &["status"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("base.model.sha256: must be 64 lowercase hex digits"), "{}", text(&o));
+}
+
+/// A tiny HF directory (config.json, model.safetensors, tokenizer.json, tokenizer_config.json)
+/// and the YAML `sha256:` map that pins it.
+fn tiny_hf_dir(dir: &Path) -> BTreeMap<String, String> {
+    self_redteam::model::tiny_random_llama(3).save_hf_dir(dir).expect("save tiny HF dir");
+    let mut pins = BTreeMap::new();
+    for f in std::fs::read_dir(dir).expect("dir").flatten() {
+        let name = f.file_name().to_string_lossy().to_string();
+        pins.insert(name, self_redteam::store::key::sha256_file(&f.path()).expect("sha256"));
+    }
+    pins
+}
+
+fn hf_config(model_dir: &Path, pins: &BTreeMap<String, String>) -> String {
+    let map: Vec<String> = pins.iter().map(|(f, s)| format!("\"{f}\": {s}")).collect();
+    format!("base:\n  model:\n    format: hf_dir\n    path: {}\n    sha256: {{{}}}\n", model_dir.display(), map.join(", "))
+}
+
+/// Issue 10 (pins): `base` with `format: hf_dir` pins every file the loader reads. A partial
+/// map is an error naming the missing files; a changed config.json changes the base key (or,
+/// with the old pin, is refused before the stage runs); pin names stay inside the directory.
+#[test]
+fn hf_dir_base_pins_every_file_and_a_changed_config_json_changes_the_base_key() {
+    use self_redteam::plan::Plan;
+    use self_redteam::spec::Spec;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let model = tmp.path().join("model");
+    let pins = tiny_hf_dir(&model);
+    assert_eq!(pins.keys().collect::<Vec<_>>(), ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]);
+    let base_key = |text: &str| -> Result<String, String> {
+        let cfg = write_config(tmp.path(), "hf.yaml", text);
+        let spec = Spec::load(&cfg).map_err(|e| e.to_string())?;
+        let plan = Plan::new(&spec, Some(1));
+        let base = plan.get("base").expect("base node");
+        Ok(base.components(1, spec.raw.run.seed, &[]).key().to_string())
+    };
+    let k1 = base_key(&hf_config(&model, &pins)).expect("fully pinned");
+
+    // Partial and empty maps name what is missing; a chat template found in the dir counts.
+    let mut partial = pins.clone();
+    partial.remove("tokenizer_config.json");
+    let msg = base_key(&hf_config(&model, &partial)).expect_err("partial");
+    assert!(msg.contains("base.model.sha256: every file the loader reads must be pinned; missing: tokenizer_config.json"), "{msg}");
+    let msg = base_key(&hf_config(&model, &BTreeMap::new())).expect_err("empty");
+    assert!(msg.contains("missing: config.json, model.safetensors, tokenizer.json, tokenizer_config.json"), "{msg}");
+    std::fs::write(model.join("chat_template.jinja"), "{{ messages }}").expect("write template");
+    let msg = base_key(&hf_config(&model, &pins)).expect_err("template unpinned");
+    assert!(msg.contains("missing: chat_template.jinja"), "{msg}");
+    std::fs::remove_file(model.join("chat_template.jinja")).expect("rm");
+
+    // Pin names must stay inside the model directory.
+    for escape in ["../config.json", "/etc/passwd"] {
+        let mut p = pins.clone();
+        p.insert(escape.to_string(), "0".repeat(64));
+        let msg = base_key(&hf_config(&model, &p)).expect_err(escape);
+        assert!(msg.contains("must be a file name inside the model directory"), "{escape}: {msg}");
+    }
+
+    // Another config.json: with its new pin the key changes ...
+    let cfg_path = model.join("config.json");
+    let mut config_text = std::fs::read_to_string(&cfg_path).expect("read");
+    config_text.push('\n');
+    std::fs::write(&cfg_path, &config_text).expect("write");
+    let mut repinned = pins.clone();
+    repinned.insert("config.json".into(), self_redteam::store::key::sha256_file(&cfg_path).expect("sha"));
+    let k2 = base_key(&hf_config(&model, &repinned)).expect("repinned");
+    assert_ne!(k1, k2);
+    // ... and with the old pin, `base` is refused before it runs.
+    let cfg = write_config(tmp.path(), "old-pin.yaml", &(tiny_text_abs().replace("base:\n  model:\n    format: tiny_random   # model::tiny_random_llama(run seed): byte tokenizer, ChatML template\n    path: builtin         # ignored for tiny_random\n    sha256: {}\n", "") + &hf_config(&model, &pins)));
+    let o = sr(&cfg, &tmp.path().join("s"), &["run", "--only", "base"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("base (base.model/config.json)") && err.contains("does not match the pinned"), "{err}");
+}
+
+/// Issue 10: the fuzzer on `pipeline.yaml` text: `Spec::load` (and, for small plans,
+/// `Plan::new`) never panics on any mutation of the shipped configs.
+#[test]
+fn fuzz_pipeline_yaml() {
+    use self_redteam::plan::Plan;
+    use self_redteam::spec::Spec;
+    let mut seeds = vec![std::fs::read(root().join("pipeline.yaml")).expect("pipeline.yaml"), tiny_text_abs().into_bytes()];
+    for name in ["attacker_only", "defender_only", "no_cot", "gpu"] {
+        seeds.push(std::fs::read(root().join(format!("configs/{name}.yaml"))).expect("config"));
+    }
+    // Regression inputs found by longer runs (FUZZ_ITERS=20000) stay as seeds.
+    seeds.extend(FUZZ_PIPELINE_REGRESSIONS.iter().map(|s| s.as_bytes().to_vec()));
+    let tmp = tempfile::tempdir().expect("tmp");
+    let path = tmp.path().join("pipeline.yaml");
+    crate::fuzz::run("pipeline_yaml", &seeds, crate::fuzz::iterations(300), |bytes| {
+        std::fs::write(&path, bytes).expect("write fuzz input");
+        if let Ok(spec) = Spec::load(&path) {
+            // A plan is five nodes per iteration: small ones only, so an iteration count of
+            // 100,000 (valid) does not make the fuzzer slow.
+            if spec.raw.run.iterations <= 50 {
+                let _ = Plan::new(&spec, None);
+            }
+        }
+    });
+}
+
+/// Inputs that once crashed `fuzz_pipeline_yaml` (none yet; each new one is added here).
+const FUZZ_PIPELINE_REGRESSIONS: &[&str] = &[];
+
+/// Issue 10 (keys): speed-only knobs and an unused judge backend's settings change no key.
+/// Builds dataset, base, prep@1 and rollout@1 of the tiny DAG (keywords judge), so status
+/// computes the keys of judge@1 and eval@0 too.
+#[test]
+fn unused_judge_backend_settings_and_speed_knobs_leave_every_key_unchanged() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    let abs = tiny_text_abs();
+    let o = sr(&tiny(), &store, &["run", "--only", "dataset", "base", "prep@1", "rollout@1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let base = status(&tiny(), &store, &[]);
+    for n in ["judge@1", "eval@0", "rollout@1"] {
+        assert!(base[n].key.is_some(), "{n} has a key: {:?}", base[n]);
+    }
+    let judge_section = "judge:\n  backend: keywords";
+    let same = [
+        ("wildguard.yaml", abs.replace(judge_section, &format!("{judge_section}\n  wildguard: {{url: 'https://u:secret@judge.example/v1?token=t', timeout_s: 5, retries: 0, concurrency: 1}}"))),
+        ("probe.yaml", abs.replace("    embedder_dir:", "    l2: 0.5\n    epochs: 3\n    embedder_dir:")),
+        ("speed.yaml", abs.replace("  threads: 2", "  threads: 1").replace("eval:\n  every: 1", "eval:\n  batch_size: 3\n  every: 1").replace("  demos: 4\n", "  demos: 4\n  batch_size: 3\n")),
+    ];
+    for (name, variant) in same {
+        assert_ne!(variant, abs, "{name}: the replacement applied");
+        let s = status(&write_config(tmp.path(), name, &variant), &store, &[]);
+        assert_eq!(keys(&s), keys(&base), "{name} changed keys:\n{variant}");
+    }
+    // The selected backend's settings do enter.
+    let s = status(&write_config(tmp.path(), "kw.yaml", &abs.replace("refusal: [\"I cannot\", \"sorry\", \"e\"]", "refusal: [\"I cannot\"]")), &store, &[]);
+    assert_ne!(s["judge@1"].key, base["judge@1"].key);
+    assert_ne!(s["eval@0"].key, base["eval@0"].key);
+    assert_eq!(s["rollout@1"].key, base["rollout@1"].key);
+}
+
+/// Issue 10 (keys): `rollout.batch_size` stays in the rollout key, because it changes bytes:
+/// the batch's left-padded prefill is one MKL forward whose rounding depends on the batch
+/// mates (measured: logprobs differ by ~1e-6 between batch sizes 1 and 4). It no longer
+/// reseeds anything: draws are seeded by (seed, kind, iteration, row), not by the key, so
+/// every batch size plays the same games, token for token.
+#[test]
+fn rollout_batch_size_changes_the_key_and_logprob_rounding_but_not_one_sampled_token() {
+    use self_redteam::schema::{read_parquet, rollout::GamesSchema};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let abs = tiny_text_abs();
+    let rollout = |bs: u32| {
+        let cfg = write_config(tmp.path(), &format!("bs{bs}.yaml"), &abs.replace("max_new_tokens: 32\n  batch_size: 4\n", &format!("max_new_tokens: 32\n  batch_size: {bs}\n")));
+        let store = tmp.path().join(format!("s{bs}"));
+        let o = sr(&cfg, &store, &["run", "--only", "dataset", "base", "prep@1", "rollout@1"]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let key = status(&cfg, &store, &[])["rollout@1"].key.clone().expect("rollout@1 key");
+        let games = read_parquet::<GamesSchema>(&artifact_dir(&store, "rollout", &key).join("games.parquet")).expect("games");
+        (key, games)
+    };
+    let (key4, games4) = rollout(4);
+    for bs in [1, 3] {
+        let (key, games) = rollout(bs);
+        assert_ne!(key, key4, "batch_size {bs} is in the rollout key");
+        assert_eq!(games.len(), games4.len());
+        for (a, b) in games.iter().zip(&games4) {
+            assert_eq!((&a.attacker_response_ids, &a.defender_response_ids, &a.attacker_output, &a.defender_output), (&b.attacker_response_ids, &b.defender_response_ids, &b.attacker_output, &b.defender_output), "row {}: batch_size {bs} changed a token", a.row);
+            for (x, y) in a.attacker_logprobs.iter().zip(&b.attacker_logprobs).chain(a.defender_logprobs.iter().zip(&b.defender_logprobs)) {
+                assert!((x - y).abs() < 1e-4, "row {}: logprob {x} vs {y}", a.row);
+            }
+        }
+    }
+}

@@ -72,8 +72,7 @@ fn run_direct(spec: &Spec) -> EvalOutput {
     let policy = tiny_random_llama(7);
     let judge = from_spec(spec, None, tch::Device::Cpu).expect("keywords judge");
     let emb = load_embedder(&embedder_dir(), tch::Device::Cpu).expect("MiniLM");
-    let key = self_redteam::store::Key::parse(&"c".repeat(64)).expect("hex");
-    let rng = |row: u64| self_redteam::plan::rng_for(1, &key, row);
+    let rng = |row: u64| self_redteam::plan::rng_for(1, "eval", Some(0), row);
     let ok = || Ok(());
     let quiet = |_: &str, _: u64| {};
     evaluate(&EvalInputs { spec, seeds: &ds.seeds, policy: &policy, judge: judge.as_ref(), embedder: Some(&emb as &dyn Embedder), rng: &rng, check_cancelled: &ok, progress: &quiet }).expect("evaluate")
@@ -361,8 +360,7 @@ fn eval_timing_on_smollm2_default_config() {
     let policy = self_redteam::model::Policy::load(&spec.base_model_path, tch::Device::Cpu, tch::Kind::Float).expect("SmolLM2");
     let judge = from_spec(&spec, None, tch::Device::Cpu).expect("judge");
     let emb = load_embedder(&spec.embedder_dir, tch::Device::Cpu).expect("MiniLM");
-    let key = self_redteam::store::Key::parse(&"d".repeat(64)).expect("hex");
-    let rng = |row: u64| self_redteam::plan::rng_for(1, &key, row);
+    let rng = |row: u64| self_redteam::plan::rng_for(1, "eval", Some(0), row);
     let ok = || Ok(());
     let t0 = std::time::Instant::now();
     let progress = |what: &str, done: u64| eprintln!("{:>7.1}s {what} {done}", t0.elapsed().as_secs_f64());
