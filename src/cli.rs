@@ -553,18 +553,26 @@ pub fn main_with(cli: Cli) -> Result<i32> {
         Command::Gc { dry_run, keep_last, thin, iterations, json } => {
             let (spec, plan, store) = load(g, iterations)?;
             let engine = Engine::new(&spec, plan, store);
-            let (victims, thinned) = if engine.store.root().exists() { engine.gc(engine.plan.iterations, keep_last, thin, dry_run)? } else { Default::default() };
+            let report = if engine.store.root().exists() { engine.gc(engine.plan.iterations, keep_last, thin, dry_run)? } else { Default::default() };
+            let (victims, thinned) = (&report.removed, &report.thinned);
             if json {
                 let list = |v: &[Artifact]| v.iter().map(|a| json!({"node": a.manifest.node, "stage": a.manifest.stage, "key": a.manifest.key})).collect::<Vec<_>>();
-                print_json(&json!({"dry_run": dry_run, "removed": list(&victims), "thinned": list(&thinned)}))?;
+                print_json(&json!({"dry_run": dry_run, "removed": list(victims), "thinned": list(thinned), "verdict_cache": report.verdict_cache}))?;
             } else {
-                for a in &victims {
+                for a in victims {
                     println!("{} {:<12} {}/{}", if dry_run { "would remove" } else { "removed" }, a.manifest.node, a.manifest.stage, short(a.manifest.key.as_str()));
                 }
-                for a in &thinned {
+                for a in thinned {
                     println!("{} {:<12} {}/{}", if dry_run { "would thin" } else { "thinned" }, a.manifest.node, a.manifest.stage, short(a.manifest.key.as_str()));
                 }
                 println!("{} artifact(s) {}, {} thinned", victims.len(), if dry_run { "would be removed" } else { "removed" }, thinned.len());
+                let vc = &report.verdict_cache;
+                if let Some(why) = &vc.skipped {
+                    println!("verdict cache left alone: {why}");
+                } else if let Some(s) = &vc.sweep {
+                    let verb = if dry_run { "would remove" } else { "removed" };
+                    println!("verdict cache: {verb} {} entr(ies) of judges no artifact names, {} corrupt, {} temp file(s) ({} bytes); kept {} of {} live judge(s)", s.removed, s.corrupt, s.temp_files, s.removed_bytes, s.kept, vc.live_judges);
+                }
             }
             Ok(0)
         }

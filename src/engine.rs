@@ -51,6 +51,8 @@ pub enum EngineError {
     Interrupted { node: String },
     #[error("{0}")]
     Ref(String),
+    #[error(transparent)]
+    VerdictCache(#[from] crate::judge::cache::CacheError),
 }
 
 type Result<T> = std::result::Result<T, EngineError>;
@@ -436,12 +438,13 @@ impl<'a> Engine<'a> {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
         }
-        let (files, metrics, parts) = ctx.output.into_parts();
+        let out = ctx.output.into_parts();
         let mut m = Manifest::draft(&name, node.id.kind, node.id.iteration, components);
         m.inputs = records;
-        m.files = files;
-        m.metrics = metrics;
-        m.timing = Timing { started_unix_ms: started, seconds: t0.elapsed().as_secs_f64(), parts };
+        m.files = out.files;
+        m.metrics = out.metrics;
+        m.verdict_judges = out.verdict_judges;
+        m.timing = Timing { started_unix_ms: started, seconds: t0.elapsed().as_secs_f64(), parts: out.timing };
         Ok(target.publish(staging, m, replace)?)
     }
 
@@ -567,7 +570,7 @@ impl<'a> Engine<'a> {
     /// between the choice and the deletion), repair leftovers of interrupted runs, choose the
     /// victims ([`Engine::gc_candidates`]) and, unless `dry_run`, delete them; with `thin`,
     /// also thin the older policies ([`Engine::thin_candidates`]).
-    pub fn gc(&self, iterations: u32, keep_last: usize, thin: bool, dry_run: bool) -> Result<(Vec<Artifact>, Vec<Artifact>)> {
+    pub fn gc(&self, iterations: u32, keep_last: usize, thin: bool, dry_run: bool) -> Result<GcReport> {
         // A dry run only reads (and may run beside a writer).
         let _lock = if dry_run { None } else { Some(self.store.lock()?) };
         if !dry_run {
@@ -583,8 +586,53 @@ impl<'a> Engine<'a> {
                 self.store.thin(a, thinnable)?;
             }
         }
-        Ok((victims, thinned))
+        let verdict_cache = self.sweep_verdict_cache(&victims, dry_run)?;
+        Ok(GcReport { removed: victims, thinned, verdict_cache })
     }
+
+    /// The verdict-cache part of `gc`: the judges named by the artifacts that remain (every
+    /// artifact but `removed`) are live; the cache keeps their entries and loses the rest
+    /// ([`VerdictCache::sweep`]). When a remaining `judge` artifact does not name its judge
+    /// (written before manifests recorded it, or by a judge that bypasses the cache) the live
+    /// set is unknown and the cache is left alone, with the reason in the report.
+    fn sweep_verdict_cache(&self, removed: &[Artifact], dry_run: bool) -> Result<VerdictCacheGc> {
+        let dir = self.store.root().join(crate::judge::cache::VERDICT_CACHE_DIR);
+        if !dir.is_dir() {
+            return Ok(VerdictCacheGc::default());
+        }
+        let gone: HashSet<(&str, &Key)> = removed.iter().map(|a| (a.manifest.stage.as_str(), &a.manifest.key)).collect();
+        let mut live = HashSet::new();
+        for a in self.store.scan()? {
+            if gone.contains(&(a.manifest.stage.as_str(), &a.manifest.key)) {
+                continue;
+            }
+            if a.manifest.stage == "judge" && a.manifest.verdict_judges.is_empty() {
+                return Ok(VerdictCacheGc { skipped: Some(format!("{} ({}) does not record which judge's verdicts it used; rerun it to let gc collect the verdict cache", a.manifest.node, &a.manifest.key.as_str()[..12])), ..Default::default() });
+            }
+            live.extend(a.manifest.verdict_judges.iter().cloned());
+        }
+        let cache = crate::judge::cache::VerdictCache::open(dir)?;
+        Ok(VerdictCacheGc { sweep: Some(cache.sweep(&live, dry_run)?), skipped: None, live_judges: live.len() })
+    }
+}
+
+/// What `gc` did (or, with `--dry-run`, would do).
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub removed: Vec<Artifact>,
+    pub thinned: Vec<Artifact>,
+    pub verdict_cache: VerdictCacheGc,
+}
+
+/// The verdict-cache part of a [`GcReport`].
+#[derive(Debug, Default, serde::Serialize)]
+pub struct VerdictCacheGc {
+    /// Judges named by the remaining artifacts (their entries stay).
+    pub live_judges: usize,
+    /// `None` when there is no cache or it was left alone.
+    pub sweep: Option<crate::judge::cache::SweepReport>,
+    /// Why the cache was left alone.
+    pub skipped: Option<String>,
 }
 
 fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {

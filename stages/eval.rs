@@ -114,8 +114,9 @@ pub struct EvalInputs<'a> {
     pub embedder: Option<&'a dyn Embedder>,
     /// The node's row generator (`ctx.rng`).
     pub rng: &'a dyn Fn(u64) -> ChaCha8Rng,
-    /// Called between batches; an `Err` stops the evaluation (Ctrl-C).
-    pub check_cancelled: &'a dyn Fn() -> anyhow::Result<()>,
+    /// The Ctrl-C flag: checked between batches and before every decoding step, so the
+    /// evaluation stops within one step once it is set (nothing is published).
+    pub cancel: &'a std::sync::atomic::AtomicBool,
     /// Called with (what, done rows) after each batch.
     pub progress: &'a dyn Fn(&str, u64),
 }
@@ -165,6 +166,13 @@ fn batches(order: &[usize], lens: &[usize], batch: usize) -> Vec<Vec<usize>> {
     out
 }
 
+fn check_cancelled(inputs: &EvalInputs<'_>) -> anyhow::Result<()> {
+    if inputs.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        anyhow::bail!("eval: interrupted");
+    }
+    Ok(())
+}
+
 /// Generate for every prompt in batches ([`batches`]), shortest prompts first (less
 /// padding); results come back in input order. Rows are independent of their batch mates
 /// (model sampler), so the order and batch sizes change nothing but speed and memory.
@@ -175,10 +183,10 @@ fn generate_all(inputs: &EvalInputs<'_>, prompts: &[Vec<TokenId>], seeds: &[u64]
     let mut out: Vec<Option<Sample>> = vec![None; prompts.len()];
     let mut done = 0u64;
     for chunk in batches(&order, &lens, batch) {
-        (inputs.check_cancelled)()?;
+        check_cancelled(inputs)?;
         let p: Vec<Vec<TokenId>> = chunk.iter().map(|i| prompts[*i].clone()).collect();
         let s: Vec<u64> = chunk.iter().map(|i| seeds[*i]).collect();
-        let samples = inputs.policy.generate(&p, &s, params).with_context(|| format!("eval: generating {what}"))?;
+        let samples = inputs.policy.generate_interruptible(&p, &s, params, inputs.cancel).with_context(|| format!("eval: generating {what}"))?;
         for (i, sample) in chunk.iter().zip(samples) {
             out[*i] = Some(sample);
         }
@@ -321,7 +329,7 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
     }
     let mut done = 0u64;
     for chunk in rows.chunks_mut(JUDGE_BATCH) {
-        (inputs.check_cancelled)()?;
+        check_cancelled(inputs)?;
         let pairs: Vec<JudgeInput> = chunk.iter().map(|r| JudgeInput::new(r.prompt.clone(), r.judged_answer.clone()).with_seed_label(r.label == "harmful")).collect();
         let verdicts = inputs.judge.judge_batch(&pairs).with_context(|| format!("eval: judging with {}", inputs.judge.name()))?;
         if verdicts.len() != chunk.len() {
@@ -474,12 +482,11 @@ impl Stage for Eval {
         let out = {
             let c: &StageContext<'_> = ctx;
             let rng = |row: u64| c.rng(row);
-            let cancel = || c.check_cancelled();
             let progress = |what: &str, done: u64| {
                 bar.set_message(format!("{what} {done}"));
                 bar.inc(0);
             };
-            evaluate(&EvalInputs { spec, seeds: &seeds, policy: &policy, judge: judge.as_ref(), embedder: embedder.as_ref().map(|e| e as &dyn Embedder), rng: &rng, check_cancelled: &cancel, progress: &progress })?
+            evaluate(&EvalInputs { spec, seeds: &seeds, policy: &policy, judge: judge.as_ref(), embedder: embedder.as_ref().map(|e| e as &dyn Embedder), rng: &rng, cancel: c.interrupt_flag(), progress: &progress })?
         };
         drop(bar);
         ctx.output.write_parquet::<EvalSchema>(&out.rows)?;

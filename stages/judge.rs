@@ -73,6 +73,9 @@ impl Stage for JudgeStage {
         let cache = VerdictCache::open(ctx.store_root().join(VERDICT_CACHE_DIR))?;
         let inputs: Vec<JudgeInput> = games.iter().map(|g| JudgeInput::new(g.public_attack.clone(), g.public_answer.clone()).with_seed_label(g.label == "harmful")).collect();
         let bar = ctx.progress(inputs.len() as u64, "judging");
+        if judge.uncacheable().is_none() {
+            ctx.output.used_verdict_cache(&judge.key());
+        }
         let (verdicts, stats) = judge_cached(judge.as_ref(), &cache, &inputs).with_context(|| format!("{}: judge {}", ctx.node, judge.name()))?;
         bar.inc(inputs.len() as u64);
         drop(bar);

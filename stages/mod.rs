@@ -142,11 +142,26 @@ pub struct OutputWriter {
     files: BTreeMap<String, FileEntry>,
     metrics: serde_json::Map<String, serde_json::Value>,
     timing: BTreeMap<String, f64>,
+    verdict_judges: std::collections::BTreeSet<String>,
+}
+
+/// What a stage's run left in its [`OutputWriter`], for the manifest.
+pub(crate) struct OutputParts {
+    pub files: Vec<FileEntry>,
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    pub timing: BTreeMap<String, f64>,
+    pub verdict_judges: Vec<String>,
 }
 
 impl OutputWriter {
     pub(crate) fn new(dir: PathBuf) -> Self {
-        OutputWriter { dir, files: BTreeMap::new(), metrics: serde_json::Map::new(), timing: BTreeMap::new() }
+        OutputWriter { dir, files: BTreeMap::new(), metrics: serde_json::Map::new(), timing: BTreeMap::new(), verdict_judges: Default::default() }
+    }
+
+    /// Record that this stage judged through the verdict cache with `judge` (the manifest's
+    /// `verdict_judges`, which `gc` uses to keep that judge's cache entries).
+    pub fn used_verdict_cache(&mut self, judge: &crate::judge::JudgeKey) {
+        self.verdict_judges.insert(judge.0.clone());
     }
 
     fn entry(&mut self, name: &str) -> anyhow::Result<&mut FileEntry> {
@@ -207,8 +222,8 @@ impl OutputWriter {
         self.timing.insert(name.to_string(), seconds);
     }
 
-    pub(crate) fn into_parts(self) -> (Vec<FileEntry>, serde_json::Map<String, serde_json::Value>, BTreeMap<String, f64>) {
-        (self.files.into_values().collect(), self.metrics, self.timing)
+    pub(crate) fn into_parts(self) -> OutputParts {
+        OutputParts { files: self.files.into_values().collect(), metrics: self.metrics, timing: self.timing, verdict_judges: self.verdict_judges.into_iter().collect() }
     }
 }
 
@@ -292,6 +307,12 @@ impl StageContext<'_> {
     /// never see them.
     pub fn store_root(&self) -> &std::path::Path {
         &self.store_root
+    }
+
+    /// The Ctrl-C flag, for long calls that check it themselves
+    /// (`Policy::generate_interruptible` checks it before every decoding step).
+    pub fn interrupt_flag(&self) -> &AtomicBool {
+        self.cancel
     }
 
     /// Err after Ctrl-C, so long loops can stop cleanly (nothing is published).

@@ -41,7 +41,7 @@ fn sample_chunked(ctx: &StageContext<'_>, policy: &Policy, prompts: &[Vec<TokenI
     let mut out = Vec::with_capacity(prompts.len());
     for (p, s) in prompts.chunks(batch.max(1)).zip(seeds.chunks(batch.max(1))) {
         ctx.check_cancelled()?;
-        out.extend(policy.generate(p, s, params).with_context(|| format!("{}: sampling {what}", ctx.node))?);
+        out.extend(policy.generate_interruptible(p, s, params, ctx.interrupt_flag()).with_context(|| format!("{}: sampling {what}", ctx.node))?);
         bar.inc(p.len() as u64);
     }
     Ok(out)

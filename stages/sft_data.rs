@@ -131,7 +131,7 @@ impl Stage for SftData {
                 prompts.push(render_prompt(tok, &postfill_prompt(&c.request, &c.response))?.1);
             }
             let draw_seeds: Vec<u64> = chunk.iter().map(|c| ctx.rng(c.row).next_u64()).collect();
-            let samples = policy.generate(&prompts, &draw_seeds, &params).with_context(|| format!("{}: post-filling reasoning", ctx.node))?;
+            let samples = policy.generate_interruptible(&prompts, &draw_seeds, &params, ctx.interrupt_flag()).with_context(|| format!("{}: post-filling reasoning", ctx.node))?;
             for (c, s) in chunk.iter().zip(samples) {
                 if rows.len() >= want {
                     break;

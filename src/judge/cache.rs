@@ -167,6 +167,77 @@ impl VerdictCache {
     }
 }
 
+/// What [`VerdictCache::sweep`] removed (or, in a dry run, would remove).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    /// Entries of judges no remaining artifact names.
+    pub removed: usize,
+    /// Entries that could not be read as an entry (they would fail the next lookup).
+    pub corrupt: usize,
+    /// Temporary files of writes that were interrupted before their rename.
+    pub temp_files: usize,
+    /// Entries kept (their judge is named by a remaining artifact).
+    pub kept: usize,
+    /// Bytes of everything removed.
+    pub removed_bytes: u64,
+}
+
+impl VerdictCache {
+    /// Garbage-collect the cache: keep the entries whose judge key is in `live`, remove the
+    /// others, corrupt entries and leftover temporary files (a crash between a temp write and
+    /// its rename). With `dry_run` nothing is deleted. The caller holds the store lock, so no
+    /// stage writes meanwhile; each removal is one `unlink`, so a kill leaves a smaller cache,
+    /// never a wrong one (a missing entry is recomputed).
+    pub fn sweep(&self, live: &std::collections::HashSet<String>, dry_run: bool) -> Result<SweepReport, CacheError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| CacheError::Io { path, source }
+        };
+        let mut report = SweepReport::default();
+        let top = match std::fs::read_dir(&self.root) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
+            Err(e) => return Err(io(&self.root)(e)),
+        };
+        let mut fanouts: Vec<PathBuf> = top.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(io(&self.root))?;
+        fanouts.sort();
+        for dir in fanouts.into_iter().filter(|p| p.is_dir()) {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).map_err(io(&dir))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(io(&dir))?;
+            files.sort();
+            for path in files {
+                let bytes = std::fs::metadata(&path).map_err(io(&path))?.len();
+                let is_entry = path.extension().is_some_and(|x| x == "json");
+                let remove = if !is_entry {
+                    report.temp_files += 1;
+                    true
+                } else {
+                    match std::fs::read(&path).map_err(io(&path)).map(|b| serde_json::from_slice::<Entry>(&b)) {
+                        Ok(Ok(entry)) if live.contains(&entry.judge.0) => false,
+                        Ok(Ok(_)) => {
+                            report.removed += 1;
+                            true
+                        }
+                        Ok(Err(_)) => {
+                            report.corrupt += 1;
+                            true
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                if remove {
+                    report.removed_bytes += bytes;
+                    if !dry_run {
+                        std::fs::remove_file(&path).map_err(io(&path))?;
+                    }
+                } else {
+                    report.kept += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
 /// Judge `inputs` through the cache: hits are read, misses are judged in one batch (in
 /// input order) and stored. If the judge fails, nothing from this call is stored and the
 /// error is returned.

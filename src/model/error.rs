@@ -72,6 +72,10 @@ pub enum ModelError {
     NotAModel { path: PathBuf },
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The caller's interrupt flag was raised while decoding (Ctrl-C): the batch's partial
+    /// output is dropped.
+    #[error("generation interrupted after {steps} decoding step(s)")]
+    Interrupted { steps: usize },
     #[error("torch error")]
     Torch(#[from] tch::TchError),
 }

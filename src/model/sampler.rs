@@ -67,6 +67,9 @@ pub(crate) struct RawSamples {
     pub tokens: Vec<Vec<TokenId>>,
     pub logprobs: Vec<Vec<f32>>,
     pub finished_by_stop: Vec<bool>,
+    /// `Some(steps)` when the interrupt flag stopped decoding after `steps` steps (the rows
+    /// are then incomplete and must not be used).
+    pub interrupted: Option<usize>,
 }
 
 /// Uniform in (0, 1] from 53 random bits (never 0, so inverse CDF never picks a zero-prob token).
@@ -123,11 +126,12 @@ pub(crate) fn generate_ids(
     pad_id: TokenId,
     device: Device,
     kind: Kind,
+    interrupt: Option<&std::sync::atomic::AtomicBool>,
 ) -> RawSamples {
     let _guard = tch::no_grad_guard();
     if params.max_new_tokens == 0 {
         let n = prompts.len();
-        return RawSamples { tokens: vec![Vec::new(); n], logprobs: vec![Vec::new(); n], finished_by_stop: vec![false; n] };
+        return RawSamples { tokens: vec![Vec::new(); n], logprobs: vec![Vec::new(); n], finished_by_stop: vec![false; n], interrupted: None };
     }
     let b_sz = prompts.len() as i64;
     let prompt_len = prompts.iter().map(Vec::len).max().unwrap_or(0).max(1) as i64;
@@ -174,7 +178,14 @@ pub(crate) fn generate_ids(
     let out_logprobs = Tensor::zeros([b_sz, max_new.max(1)], (Kind::Float, device));
     let mut finished = Tensor::zeros([b_sz], (Kind::Bool, device));
     let mut lengths = Tensor::zeros([b_sz], (Kind::Int64, device));
+    let mut interrupted = None;
     for step in 0..max_new {
+        // One relaxed load per step (a step is milliseconds): Ctrl-C stops a long batch
+        // within one decoding step instead of at the end of the batch.
+        if interrupt.is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed)) {
+            interrupted = Some(step as usize);
+            break;
+        }
         let u = uniforms.narrow(1, step, 1).squeeze_dim(1);
         let chosen = if (step as usize) < params.min_new_tokens && stop.numel() > 0 {
             // Too early to stop: sample as if the stop tokens had probability 0.
@@ -211,7 +222,7 @@ pub(crate) fn generate_ids(
     let lengths: Vec<i64> = Vec::try_from(lengths.to_device(Device::Cpu)).expect("int64 lengths");
     let finished: Vec<bool> = Vec::try_from(finished.to_device(Device::Cpu)).expect("bool flags");
     let width = max_new.max(1) as usize;
-    let mut out = RawSamples { tokens: Vec::new(), logprobs: Vec::new(), finished_by_stop: finished };
+    let mut out = RawSamples { tokens: Vec::new(), logprobs: Vec::new(), finished_by_stop: finished, interrupted };
     for (b, &len) in lengths.iter().enumerate() {
         let row = b * width..b * width + len as usize;
         out.tokens.push(tokens[row.clone()].iter().map(|&t| t as TokenId).collect());

@@ -208,6 +208,10 @@ impl ChatTokenizer {
             .as_deref()
             .ok_or_else(|| ModelError::Template { message: "the tokenizer has no chat template".into() })?;
         let mut env = minijinja::Environment::new();
+        // A chat template comes with the model files, so it is input like any other: a loop
+        // that never ends (or runs 10^8 times) must fail, not hang the stage. Real templates
+        // (ChatML, Llama 3, Qwen 2) execute a few thousand instructions for a game prompt.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         // transformers renders with jinja2 trim_blocks + lstrip_blocks, and the globals below.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -248,6 +252,10 @@ impl ChatTokenizer {
         self.encode(&self.render_chat(messages, add_generation_prompt, assistant_prefix)?, false)
     }
 }
+
+/// Instructions one render of a chat template may execute (minijinja fuel); see
+/// `ChatTokenizer::render_chat`.
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
 
 pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value).map_err(|source| ModelError::Json { path: path.into(), source })?;
@@ -330,6 +338,19 @@ mod tests {
         assert_eq!(text, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nLet's think step by step.\n<think> ");
         assert_eq!(tok.stop_ids(), &[0, 2]);
         assert_eq!(tok.pad_id(), 2);
+    }
+
+    #[test]
+    fn a_chat_template_that_never_ends_runs_out_of_fuel_instead_of_hanging() {
+        let mut tok = tiny_byte_tokenizer();
+        tok.chat_template = Some("{% for i in range(10000) %}{% for j in range(10000) %}{{ i * j }}{% endfor %}{% endfor %}".into());
+        match tok.render_chat(&[ChatMessage::user("x")], true, None) {
+            Err(ModelError::Template { message }) => assert!(message.to_lowercase().contains("fuel"), "{message}"),
+            other => panic!("expected a template error, got {other:?}"),
+        }
+        // The real template's render uses a small fraction of the budget.
+        let tok = tiny_byte_tokenizer();
+        assert!(tok.render_chat(&[ChatMessage::user(&"long ".repeat(2000))], true, None).is_ok());
     }
 
     #[test]

@@ -91,6 +91,11 @@ pub struct Manifest {
     /// rebuilds them (bit-identical on the same machine kind) when a stage needs them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thinned: Vec<String>,
+    /// The judge keys (`judge::JudgeKey`) whose verdict-cache entries this artifact's stage
+    /// read or wrote (`judge@i`, `eval@i`). `gc` keeps the `.verdict-cache` entries of the
+    /// judges that some remaining artifact names here and removes the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verdict_judges: Vec<String>,
 }
 
 impl Manifest {
@@ -111,6 +116,7 @@ impl Manifest {
             timing: Timing::default(),
             program: ProgramInfo::current(),
             thinned: Vec::new(),
+            verdict_judges: Vec::new(),
         }
     }
 

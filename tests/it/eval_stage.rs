@@ -73,9 +73,8 @@ fn run_direct(spec: &Spec) -> EvalOutput {
     let judge = from_spec(spec, None, tch::Device::Cpu).expect("keywords judge");
     let emb = load_embedder(&embedder_dir(), tch::Device::Cpu).expect("MiniLM");
     let rng = |row: u64| self_redteam::plan::rng_for(1, "eval", Some(0), row);
-    let ok = || Ok(());
     let quiet = |_: &str, _: u64| {};
-    evaluate(&EvalInputs { spec, seeds: &ds.seeds, policy: &policy, judge: judge.as_ref(), embedder: Some(&emb as &dyn Embedder), rng: &rng, check_cancelled: &ok, progress: &quiet }).expect("evaluate")
+    evaluate(&EvalInputs { spec, seeds: &ds.seeds, policy: &policy, judge: judge.as_ref(), embedder: Some(&emb as &dyn Embedder), rng: &rng, cancel: &std::sync::atomic::AtomicBool::new(false), progress: &quiet }).expect("evaluate")
 }
 
 #[test]
@@ -361,10 +360,9 @@ fn eval_timing_on_smollm2_default_config() {
     let judge = from_spec(&spec, None, tch::Device::Cpu).expect("judge");
     let emb = load_embedder(&spec.embedder_dir, tch::Device::Cpu).expect("MiniLM");
     let rng = |row: u64| self_redteam::plan::rng_for(1, "eval", Some(0), row);
-    let ok = || Ok(());
     let t0 = std::time::Instant::now();
     let progress = |what: &str, done: u64| eprintln!("{:>7.1}s {what} {done}", t0.elapsed().as_secs_f64());
-    let out = evaluate(&EvalInputs { spec: &spec, seeds: &ds.seeds, policy: &policy, judge: judge.as_ref(), embedder: Some(&emb as &dyn Embedder), rng: &rng, check_cancelled: &ok, progress: &progress }).expect("evaluate");
+    let out = evaluate(&EvalInputs { spec: &spec, seeds: &ds.seeds, policy: &policy, judge: judge.as_ref(), embedder: Some(&emb as &dyn Embedder), rng: &rng, cancel: &std::sync::atomic::AtomicBool::new(false), progress: &progress }).expect("evaluate");
     let secs = t0.elapsed().as_secs_f64();
     let tokens: u64 = out.rows.iter().map(|r| u64::from(r.output_tokens)).sum();
     // CPU seconds of this process (utime + stime from /proc, 100 ticks/s): the machine is

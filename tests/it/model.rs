@@ -225,6 +225,39 @@ fn a_rows_sample_is_the_same_alone_and_in_a_batch_of_16() {
 }
 
 #[test]
+fn an_interrupt_flag_stops_generation_between_decoding_steps_and_a_clear_one_changes_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let policy = tiny_random_llama(4);
+    let prompts: Vec<Vec<u32>> = vec![policy.tokenizer().encode_chat(&[ChatMessage::user("hello")], true, None).expect("p")];
+    // min_new_tokens = max_new_tokens masks the stop tokens: every row decodes to its cap.
+    let params = SamplingParams { max_new_tokens: 16, min_new_tokens: 16, ..Default::default() };
+    let clear = AtomicBool::new(false);
+    let plain = policy.generate(&prompts, &[9], &params).expect("plain");
+    let checked = policy.generate_interruptible(&prompts, &[9], &params, &clear).expect("flag clear");
+    assert_eq!(plain[0].token_ids, checked[0].token_ids, "a clear flag changes nothing");
+    // Raised before the call: not one decoding step runs.
+    let raised = AtomicBool::new(true);
+    match policy.generate_interruptible(&prompts, &[9], &params, &raised) {
+        Err(ModelError::Interrupted { steps: 0 }) => {}
+        other => panic!("expected Interrupted after 0 steps, got {:?}", other.map(|s| s.len())),
+    }
+    // Raised by another thread while a long batch decodes (Ctrl-C in a stage): the call
+    // returns Interrupted instead of running to its cap.
+    let long = SamplingParams { max_new_tokens: 20_000, min_new_tokens: 20_000, ..params };
+    let flag = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            flag.store(true, Ordering::SeqCst);
+        });
+        match policy.generate_interruptible(&prompts, &[9], &long, &flag) {
+            Err(ModelError::Interrupted { steps }) => assert!(steps > 0 && steps < 20_000, "{steps}"),
+            other => panic!("expected Interrupted, got {:?}", other.map(|s| s.len())),
+        }
+    });
+}
+
+#[test]
 fn min_new_tokens_keeps_a_row_from_stopping_before_its_first_token() {
     // Every token but `keep` is a stop token: at step 0 (inside min_new_tokens = 1) the only
     // token the sampler may pick is `keep`; at step 1 anything it picks stops the row. With

@@ -189,3 +189,73 @@ fn lineage_of_a_10_iteration_chain_lists_each_artifact_once_and_answers_at_once(
     // Process start (libtorch's initialisers) dominates; the walk itself is milliseconds.
     assert!(took.as_secs_f64() < 10.0, "lineage took {took:?}");
 }
+
+/// `*.json` entries and other files under a verdict-cache directory.
+fn cache_files(dir: &Path) -> (Vec<std::path::PathBuf>, usize) {
+    let (mut entries, mut other) = (Vec::new(), 0);
+    for fan in std::fs::read_dir(dir).expect("cache dir").flatten() {
+        for f in std::fs::read_dir(fan.path()).expect("fan-out dir").flatten() {
+            if f.path().extension().is_some_and(|x| x == "json") {
+                entries.push(f.path());
+            } else {
+                other += 1;
+            }
+        }
+    }
+    entries.sort();
+    (entries, other)
+}
+
+#[test]
+fn gc_collects_verdict_cache_entries_of_judges_no_artifact_names_and_keeps_the_live_ones() {
+    use self_redteam::judge::cache::{entry_key, VerdictCache};
+    use self_redteam::judge::{JudgeInput, JudgeKey, Verdict};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    let o = sr(&tiny(), &store, &["run", "--iterations", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let before = status(&tiny(), &store, &["--iterations", "1"]);
+    // judge@i records the judge whose verdicts it read and wrote.
+    let judge1 = artifact_dir(&store, "judge", before["judge@1"].key.as_deref().expect("key"));
+    let m: Value = serde_json::from_slice(&std::fs::read(judge1.join("manifest.json")).expect("manifest")).expect("json");
+    let judges = m["verdict_judges"].as_array().expect("verdict_judges recorded").clone();
+    assert_eq!(judges.len(), 1, "{m:#}");
+    let cache_dir = store.join(".verdict-cache");
+    let (live_entries, _) = cache_files(&cache_dir);
+    assert!(!live_entries.is_empty());
+
+    // Entries of a judge no artifact names (e.g. an audit with another judge, or the judge of
+    // a run that gc removed), a corrupt entry and a temp file left by a killed write.
+    let cache = VerdictCache::open(&cache_dir).expect("open");
+    let other = JudgeKey("some-other-judge/v1".into());
+    for i in 0..3 {
+        let input = JudgeInput::new(format!("prompt {i}"), "response".to_string());
+        let verdict = Verdict { prompt_harmful: Some(false), response_refusal: Some(false), response_harmful: Some(false), parse_error: false, raw: None };
+        cache.put(&entry_key(&other, &input, false), &other, &verdict).expect("put");
+    }
+    let fan = live_entries[0].parent().expect("fan-out").to_path_buf();
+    std::fs::write(fan.join("0000corrupt.json"), b"{not json").expect("corrupt");
+    std::fs::write(fan.join(".tmpKILLED"), b"half").expect("tmp");
+    let (all, others) = cache_files(&cache_dir);
+    assert_eq!((all.len(), others), (live_entries.len() + 4, 1));
+
+    let o = sr(&tiny(), &store, &["gc", "--dry-run", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let sweep = &v["verdict_cache"]["sweep"];
+    assert_eq!((sweep["removed"].as_u64(), sweep["corrupt"].as_u64(), sweep["temp_files"].as_u64()), (Some(3), Some(1), Some(1)), "{v:#}");
+    assert_eq!(sweep["kept"].as_u64(), Some(live_entries.len() as u64), "{v:#}");
+    assert_eq!(cache_files(&cache_dir).0.len(), live_entries.len() + 4, "a dry run deletes nothing");
+
+    let o = sr(&tiny(), &store, &["gc", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(cache_files(&cache_dir), (live_entries.clone(), 0), "exactly the foreign, corrupt and temp files went");
+    // The live judge's verdicts still serve a rerun: every verdict of judge@1 is a hit.
+    let o = sr(&tiny(), &store, &["run", "--only", "judge@1", "--force"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let after = status(&tiny(), &store, &["--iterations", "1"]);
+    let judge1 = artifact_dir(&store, "judge", after["judge@1"].key.as_deref().expect("key"));
+    let m: Value = serde_json::from_slice(&std::fs::read(judge1.join("manifest.json")).expect("manifest")).expect("json");
+    assert_eq!(m["metrics"]["cache_misses"], 0, "{m:#}");
+    assert!(m["metrics"]["cache_hits"].as_u64().expect("hits") > 0);
+}
