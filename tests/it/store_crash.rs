@@ -259,3 +259,35 @@ fn gc_collects_verdict_cache_entries_of_judges_no_artifact_names_and_keeps_the_l
     assert_eq!(m["metrics"]["cache_misses"], 0, "{m:#}");
     assert!(m["metrics"]["cache_hits"].as_u64().expect("hits") > 0);
 }
+
+/// Issue 10: the fuzzer on `manifest.json`: parsing (`Manifest::from_bytes`) and the store's
+/// scan and leftover listing over a store holding the mutated manifest never panic; a bad
+/// manifest is an error or a listed leftover. Seeds: real manifests of the tiny DAG.
+#[test]
+fn fuzz_manifest_json() {
+    use self_redteam::store::{Manifest, Store, MANIFEST_FILE};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    build(&tiny(), &store);
+    let s = status(&tiny(), &store, &[]);
+    let mut seeds = Vec::new();
+    let mut dirs = Vec::new();
+    for (stage, node) in [("dataset", "dataset"), ("prep", "prep@1")] {
+        let dir = artifact_dir(&store, stage, s[node].key.as_deref().expect("key"));
+        seeds.push(std::fs::read(dir.join(MANIFEST_FILE)).expect("manifest"));
+        dirs.push(dir);
+    }
+    let target = dirs[1].join(MANIFEST_FILE);
+    let st = Store::open(&store).expect("open store");
+    crate::fuzz::run("fuzz_manifest_json", &seeds, crate::fuzz::iterations(2000), |bytes| {
+        if let Ok(m) = Manifest::from_bytes(bytes) {
+            let _ = (m.total_rows(), m.to_bytes());
+        }
+        // Every 16th input also goes through the store, as `status`/`verify --all` read it.
+        if blake3::hash(bytes).as_bytes()[0] < 16 {
+            std::fs::write(&target, bytes).expect("write fuzz input");
+            let _ = st.scan();
+            let _ = st.leftovers();
+        }
+    });
+}
