@@ -359,7 +359,13 @@ impl GgufFile {
             },
         })?;
         let shape: Vec<i64> = info.dims.iter().rev().map(|&d| d as i64).collect();
-        Ok(Tensor::from_slice(&out).view(shape.as_slice()))
+        // Fallible: a zero dimension beside huge ones passes the element count (0) but
+        // overflows libtorch's stride computation (found by fuzz_gguf).
+        Tensor::from_slice(&out).f_view(shape.as_slice()).map_err(|e| ModelError::GgufTensor {
+            path: self.path.clone(),
+            tensor: info.name.clone(),
+            expected: format!("a shape libtorch can hold, got {shape:?} ({})", e.to_string().lines().next().unwrap_or("")),
+        })
     }
 
     pub fn architecture(&self) -> Result<&str> {
@@ -674,7 +680,8 @@ pub fn unpermute_rows(t: &Tensor, n_heads: i64) -> Option<Tensor> {
     }
     let mut view = vec![n_heads, rows / n_heads / 2, 2];
     view.extend_from_slice(&shape[1..]);
-    Some(t.reshape(view.as_slice()).transpose(1, 2).contiguous().reshape(shape.as_slice()))
+    // Fallible reshapes: odd shapes are refused, never a libtorch panic.
+    t.f_reshape(view.as_slice()).ok()?.f_transpose(1, 2).ok()?.f_contiguous().ok()?.f_reshape(shape.as_slice()).ok()
 }
 
 fn f32_to_f64_shortest(v: f32) -> f64 {

@@ -86,6 +86,12 @@ impl ChatTokenizer {
         let parsed = std::panic::catch_unwind(|| tokenizer_json.parse::<tokenizers::Tokenizer>())
             .map_err(|_| tok_err("the tokenizers crate panicked while parsing it (a malformed entry)".into()))?;
         let inner: tokenizers::Tokenizer = parsed.map_err(|e: tokenizers::Error| tok_err(e.to_string()))?;
+        // A file that parses can still panic the crate when used (a template post-processor
+        // naming an undefined special token): one probe encode with specials at load, so
+        // such a file is an error naming it here rather than at the first prompt.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.encode("probe", true))).is_err() {
+            return Err(tok_err("the tokenizers crate panicked encoding a probe text with special tokens (an inconsistent post-processor or special-token map)".into()));
+        }
         let id_of = |name: &str, what: &str| {
             inner.token_to_id(name).ok_or_else(|| tok_err(format!("{what} token `{name}` is not in the vocabulary")))
         };
@@ -180,17 +186,19 @@ impl ChatTokenizer {
 
     /// Encodes text. `add_special_tokens` applies the post-processor (e.g. a leading bos).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<TokenId>> {
-        let enc = self
-            .inner
-            .encode(text, add_special_tokens)
+        // The tokenizers crate panics on some inconsistent files at encode time (a template
+        // post-processor naming a special token it does not define; found by
+        // fuzz_tokenizer_json): contained here as an error, and checked at load (`from_json`).
+        let enc = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.encode(text, add_special_tokens)))
+            .map_err(|_| ModelError::Tokenizer { path: PathBuf::from("<encode>"), message: "the tokenizers crate panicked while encoding (an inconsistent tokenizer.json)".into() })?
             .map_err(|e| ModelError::Tokenizer { path: PathBuf::from("<encode>"), message: e.to_string() })?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Decodes ids; with `skip_special_tokens` the special tokens (bos, eos, im_start...) vanish.
     pub fn decode(&self, ids: &[TokenId], skip_special_tokens: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.decode(ids, skip_special_tokens)))
+            .map_err(|_| ModelError::Tokenizer { path: PathBuf::from("<decode>"), message: "the tokenizers crate panicked while decoding (an inconsistent tokenizer.json)".into() })?
             .map_err(|e| ModelError::Tokenizer { path: PathBuf::from("<decode>"), message: e.to_string() })
     }
 

@@ -408,7 +408,10 @@ fn fuzz_gguf() {
     header_only.tensors.clear();
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join("f.gguf");
-    fuzz::run("fuzz_gguf", &[full, header_only.bytes()], fuzz::iterations(300), |bytes| {
+    // Regression inputs found by longer runs stay as seeds: a zero dimension beside huge
+    // ones (libtorch stride overflow in the reshape, FUZZ_ITERS=20000 FUZZ_SEED=7).
+    let found = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/gguf_zero_dim_stride_overflow.gguf")).expect("fixture");
+    fuzz::run("fuzz_gguf", &[full, header_only.bytes(), found], fuzz::iterations(300), |bytes| {
         std::fs::write(&p, bytes).expect("write");
         load_and_use(&p);
     });
@@ -515,6 +518,9 @@ fn fuzz_tokenizer_json() {
             seeds.push(s);
         }
     }
+    // Regression input (FUZZ_ITERS=20000 FUZZ_SEED=7): a template post-processor naming a
+    // special token it does not define made the crate panic at encode time.
+    seeds.push(std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/tokenizer_json_template_undefined_special.bin")).expect("fixture"));
     fuzz::run("fuzz_tokenizer_json", &seeds, fuzz::iterations(300), |bytes| {
         let Some((&sel, rest)) = bytes.split_first() else { return };
         let (tj, tc) = &docs[(sel as usize / 2) % docs.len()];
