@@ -83,13 +83,13 @@ impl ChatTokenizer {
         // The tokenizers crate panics on some malformed documents (an `unwrap` in a decoder's
         // deserialiser; found by tests/it/model/files.rs `fuzz_tokenizer_json`): contain it,
         // so a bad file is this error and not a crash.
-        let parsed = std::panic::catch_unwind(|| tokenizer_json.parse::<tokenizers::Tokenizer>())
-            .map_err(|_| tok_err("the tokenizers crate panicked while parsing it (a malformed entry)".into()))?;
+        let parsed = contained(|| tokenizer_json.parse::<tokenizers::Tokenizer>())
+            .ok_or_else(|| tok_err("the tokenizers crate panicked while parsing it (a malformed entry)".into()))?;
         let inner: tokenizers::Tokenizer = parsed.map_err(|e: tokenizers::Error| tok_err(e.to_string()))?;
         // A file that parses can still panic the crate when used (a template post-processor
         // naming an undefined special token): one probe encode with specials at load, so
         // such a file is an error naming it here rather than at the first prompt.
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.encode("probe", true))).is_err() {
+        if contained(|| inner.encode("probe", true)).is_none() {
             return Err(tok_err("the tokenizers crate panicked encoding a probe text with special tokens (an inconsistent post-processor or special-token map)".into()));
         }
         let id_of = |name: &str, what: &str| {
@@ -189,16 +189,16 @@ impl ChatTokenizer {
         // The tokenizers crate panics on some inconsistent files at encode time (a template
         // post-processor naming a special token it does not define; found by
         // fuzz_tokenizer_json): contained here as an error, and checked at load (`from_json`).
-        let enc = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.encode(text, add_special_tokens)))
-            .map_err(|_| ModelError::Tokenizer { path: PathBuf::from("<encode>"), message: "the tokenizers crate panicked while encoding (an inconsistent tokenizer.json)".into() })?
+        let enc = contained(|| self.inner.encode(text, add_special_tokens))
+            .ok_or_else(|| ModelError::Tokenizer { path: PathBuf::from("<encode>"), message: "the tokenizers crate panicked while encoding (an inconsistent tokenizer.json)".into() })?
             .map_err(|e| ModelError::Tokenizer { path: PathBuf::from("<encode>"), message: e.to_string() })?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Decodes ids; with `skip_special_tokens` the special tokens (bos, eos, im_start...) vanish.
     pub fn decode(&self, ids: &[TokenId], skip_special_tokens: bool) -> Result<String> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.decode(ids, skip_special_tokens)))
-            .map_err(|_| ModelError::Tokenizer { path: PathBuf::from("<decode>"), message: "the tokenizers crate panicked while decoding (an inconsistent tokenizer.json)".into() })?
+        contained(|| self.inner.decode(ids, skip_special_tokens))
+            .ok_or_else(|| ModelError::Tokenizer { path: PathBuf::from("<decode>"), message: "the tokenizers crate panicked while decoding (an inconsistent tokenizer.json)".into() })?
             .map_err(|e| ModelError::Tokenizer { path: PathBuf::from("<decode>"), message: e.to_string() })
     }
 
@@ -259,6 +259,13 @@ impl ChatTokenizer {
     ) -> Result<Vec<TokenId>> {
         self.encode(&self.render_chat(messages, add_generation_prompt, assistant_prefix)?, false)
     }
+}
+
+/// Runs a call into the tokenizers crate, which panics on some inconsistent files instead
+/// of returning an error (found by `fuzz_tokenizer_json`): `None` when it panicked. The
+/// crate's state is only read by these calls, so continuing after a caught panic is sound.
+fn contained<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
 }
 
 /// Instructions one render of a chat template may execute (minijinja fuel); see
