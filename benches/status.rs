@@ -24,12 +24,12 @@ fn main() {
         let mut done: HashMap<String, Artifact> = HashMap::new();
         for node in &plan.nodes {
             let digests: Vec<_> = node.inputs.iter().map(|(_, p)| done[&p.to_string()].manifest.content_digest.clone()).collect();
-            let version = self_redteam::stages::lookup(node.id.kind).expect("registered").version;
+            let version = node.id.kind.version();
             let components = node.components(version, plan.seed, &digests);
             let key = components.key();
-            let staging = store.begin(node.id.kind, &key).expect("begin");
+            let staging = store.begin(node.id.kind.name(), &key).expect("begin");
             std::fs::write(staging.dir.join("out.bin"), node.name().as_bytes()).expect("write");
-            let mut m = Manifest::draft(&node.name(), node.id.kind, node.id.iteration, components);
+            let mut m = Manifest::draft(&node.name(), node.id.kind.name(), node.id.iteration, components);
             m.metrics.insert("x".into(), serde_json::json!(1.0));
             let a = store.publish(staging, m, false).expect("publish");
             done.insert(node.name(), a);

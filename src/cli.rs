@@ -256,9 +256,6 @@ pub enum Command {
     },
 }
 
-/// Exit code when `run` stopped at a stage kind that is not built yet.
-pub const EXIT_BLOCKED: i32 = 3;
-
 fn print_json(v: &Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
@@ -294,11 +291,7 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             };
             let summary = engine.run(&RunOptions { only, from, force }, &mut line)?;
             if json {
-                print_json(&json!({"nodes": summary.nodes, "blocked": summary.blocked.iter().map(|(n, w)| json!({"node": n, "reason": w})).collect::<Vec<_>>()}))?;
-            }
-            if let Some((first, why)) = summary.blocked.first() {
-                eprintln!("stopped at {first}: {why}; {} node(s) not run: {}", summary.blocked.len(), summary.blocked.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "));
-                return Ok(EXIT_BLOCKED);
+                print_json(&json!({"nodes": summary.nodes}))?;
             }
             if !json {
                 let misses = summary.nodes.iter().filter(|r| r.outcome == Outcome::Miss).count();
@@ -316,7 +309,8 @@ pub fn main_with(cli: Cli) -> Result<i32> {
                         json!({
                             "name": n.name(), "stage": n.id.kind, "iteration": n.id.iteration,
                             "inputs": n.inputs.iter().map(|(r, p)| json!({"role": r, "node": p.to_string()})).collect::<Vec<_>>(),
-                            "built": crate::stages::lookup(n.id.kind).is_some_and(|e| e.implementation.is_some()),
+                            "params": n.params,
+                            "files": n.files.iter().map(|f| json!({"name": f.name, "sha256": f.sha256})).collect::<Vec<_>>(),
                         })
                     })
                     .collect();
@@ -324,8 +318,7 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             } else {
                 for n in &plan.nodes {
                     let ins: Vec<String> = n.inputs.iter().map(|(r, p)| format!("{r}={p}")).collect();
-                    let built = if crate::stages::lookup(n.id.kind).is_some_and(|e| e.implementation.is_some()) { "" } else { "  (not built yet)" };
-                    println!("{:<12} <- {}{built}", n.name(), if ins.is_empty() { "sources".to_string() } else { ins.join(", ") });
+                    println!("{:<12} <- {}", n.name(), if ins.is_empty() { "sources".to_string() } else { ins.join(", ") });
                 }
             }
             Ok(0)

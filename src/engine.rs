@@ -1,5 +1,5 @@
 //! Runs a plan against a store: resolves every node's key from its inputs' content digests,
-//! skips hits, runs misses in dependency order through the stage registry, publishes each
+//! skips hits, runs misses in dependency order (`StageKind::run`), publishes each
 //! result atomically. Also the queries behind `status`, `explain`, `log`, `gc` and
 //! `verify --recompute`. Called by the CLI (src/cli.rs), which does all printing.
 //!
@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::plan::{Node, Plan, PlanError};
 use crate::spec::Spec;
-use crate::stages::{self, InputArtifact, OutputWriter, StageContext};
+use crate::stages::{InputArtifact, OutputWriter, StageContext};
 use crate::store::{Artifact, InputRecord, Key, KeyComponents, Manifest, Store, StoreError, Timing};
 
 /// Set by the CLI's Ctrl-C handler; checked between nodes and by `ctx.check_cancelled()`.
@@ -121,9 +121,6 @@ pub struct NodeReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     pub nodes: Vec<NodeReport>,
-    /// Nodes not run because their stage kind is not built yet (or depends on one):
-    /// (node, why).
-    pub blocked: Vec<(String, String)>,
 }
 
 /// Options of `run`.
@@ -142,10 +139,6 @@ pub struct Engine<'a> {
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn version_of(kind: &str) -> u32 {
-    stages::lookup(kind).map_or(0, |e| e.version)
 }
 
 impl<'a> Engine<'a> {
@@ -177,7 +170,7 @@ impl<'a> Engine<'a> {
                 None => return Err(producer.to_string()),
             }
         }
-        Ok(node.components(version_of(node.id.kind), self.plan.seed, &digests))
+        Ok(node.components(node.id.kind.version(), self.plan.seed, &digests))
     }
 
     /// Every plan node's key and state (the `status` verb).
@@ -198,7 +191,7 @@ impl<'a> Engine<'a> {
             let r = match self.components_for(node, &done) {
                 Ok(c) => {
                     let key = c.key();
-                    let art = by_key.get(&(node.id.kind.to_string(), key.clone())).cloned();
+                    let art = by_key.get(&(node.id.kind.name().to_string(), key.clone())).cloned();
                     let state = match (&art, prior) {
                         (Some(_), _) => State::Cached,
                         (None, Some(p)) => State::Stale(explain(&c, &p.manifest.components).into_iter().next().unwrap_or_else(|| "key differs".into())),
@@ -263,19 +256,18 @@ impl<'a> Engine<'a> {
             s
         };
         // Validate before any work: every pinned file of a node that may run must be there
-        // with its sha256 (nodes of unbuilt kinds cannot run, so theirs wait).
+        // with its sha256.
         let mut to_check: Vec<usize> = Vec::new();
         {
             let empty = HashMap::new();
             for &i in &selected {
                 let node = &self.plan.nodes[i];
-                let built = stages::lookup(node.id.kind).is_some_and(|e| e.implementation.is_some());
-                if !built || node.files.is_empty() {
+                if node.files.is_empty() {
                     continue;
                 }
                 let hit = node.inputs.is_empty() && !opts.force && {
                     let c = self.components_for(node, &empty).expect("no inputs");
-                    self.store.load(node.id.kind, &c.key())?.is_some()
+                    self.store.load(node.id.kind.name(), &c.key())?.is_some()
                 };
                 if !hit {
                     to_check.push(i);
@@ -286,38 +278,19 @@ impl<'a> Engine<'a> {
         self.verify_sources(&to_check)?;
 
         let mut done: HashMap<String, Artifact> = HashMap::new();
-        let mut blocked: Vec<(String, String)> = Vec::new();
-        let mut blocked_names: HashSet<String> = HashSet::new();
         let mut reports = Vec::new();
         for (i, node) in self.plan.nodes.iter().enumerate() {
             let name = node.name();
             let is_selected = selected.contains(&i);
-            if let Some((_, p)) = node.inputs.iter().find(|(_, p)| blocked_names.contains(&p.to_string())) {
-                if is_selected {
-                    blocked.push((name.clone(), format!("waits for {p}")));
-                    blocked_names.insert(name);
-                }
-                continue;
-            }
             let components = match self.components_for(node, &done) {
                 Ok(c) => c,
-                Err(input) => {
-                    if !is_selected {
-                        continue;
-                    }
-                    // An input of a kind that is not built yet blocks (reported at the end);
-                    // any other unbuilt input is the user's selection error.
-                    let kind = self.plan.get(&input).map(|n| n.id.kind);
-                    if let Some(e) = kind.and_then(stages::lookup).filter(|e| e.implementation.is_none()) {
-                        blocked.push((name.clone(), format!("waits for {input}: {}", e.missing)));
-                        blocked_names.insert(name);
-                        continue;
-                    }
-                    return Err(EngineError::InputNotBuilt { node: name, input });
-                }
+                // Unselected nodes whose inputs are not built are simply not run; a selected
+                // one is the user's selection error.
+                Err(_) if !is_selected => continue,
+                Err(input) => return Err(EngineError::InputNotBuilt { node: name, input }),
             };
             let key = components.key();
-            let cached = self.store.load(node.id.kind, &key)?;
+            let cached = self.store.load(node.id.kind.name(), &key)?;
             if let Some(a) = cached.clone() {
                 if !(is_selected && opts.force) {
                     if is_selected {
@@ -330,12 +303,6 @@ impl<'a> Engine<'a> {
                 }
             }
             if !is_selected {
-                continue;
-            }
-            let entry = stages::lookup(node.id.kind).expect("every plan kind is registered");
-            if entry.implementation.is_none() {
-                blocked.push((name.clone(), entry.missing.to_string()));
-                blocked_names.insert(name);
                 continue;
             }
             if CANCEL.load(Ordering::Relaxed) {
@@ -358,7 +325,7 @@ impl<'a> Engine<'a> {
             reports.push(r);
             done.insert(name, a);
         }
-        Ok(RunSummary { nodes: reports, blocked })
+        Ok(RunSummary { nodes: reports })
     }
 
     fn input_artifacts(&self, node: &Node, done: &HashMap<String, Artifact>) -> Vec<InputArtifact> {
@@ -371,10 +338,8 @@ impl<'a> Engine<'a> {
     /// Run one node's stage into `target` and publish it there.
     fn execute(&self, node: &Node, components: KeyComponents, inputs: Vec<InputArtifact>, target: &Store, replace: bool) -> Result<Artifact> {
         let name = node.name();
-        let entry = stages::lookup(node.id.kind).expect("every plan kind is registered");
-        let stage = entry.implementation.ok_or_else(|| EngineError::Ref(entry.missing.to_string()))?;
         let key = components.key();
-        let staging = target.begin(node.id.kind, &key)?;
+        let staging = target.begin(node.id.kind.name(), &key)?;
         let records: Vec<InputRecord> = inputs
             .iter()
             .map(|i| InputRecord { role: i.role.to_string(), node: i.node.clone(), stage: i.artifact.manifest.stage.clone(), key: i.artifact.manifest.key.clone(), digest: i.artifact.manifest.content_digest.clone() })
@@ -399,8 +364,6 @@ impl<'a> Engine<'a> {
             iteration: node.id.iteration,
             seed: self.plan.seed,
             key: key.clone(),
-            spec: self.spec,
-            params: &node.params,
             device: self.spec.raw.run.device,
             threads: self.spec.raw.run.threads,
             output: OutputWriter::new(staging.dir.clone()),
@@ -417,7 +380,7 @@ impl<'a> Engine<'a> {
             if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v.strip_prefix("panic:") == Some(name.as_str())) {
                 panic!("failpoint panic:{name}");
             }
-            stage.run(&mut ctx)
+            node.id.kind.run(self.spec, &mut ctx)
         }));
         spinner.finish_and_clear();
         match result {
@@ -439,7 +402,7 @@ impl<'a> Engine<'a> {
             }
         }
         let out = ctx.output.into_parts();
-        let mut m = Manifest::draft(&name, node.id.kind, node.id.iteration, components);
+        let mut m = Manifest::draft(&name, node.id.kind.name(), node.id.iteration, components);
         m.inputs = records;
         m.files = out.files;
         m.metrics = out.metrics;

@@ -96,7 +96,7 @@ pub fn generate(spec: &Spec, store_root: &Path, iterations: Option<u32>, opts: &
     }
     tch::set_num_threads(spec.raw.run.threads as i32);
     let path = resolve_model(spec, store_root, iterations, &opts.model)?;
-    let policy = Policy::load(&path, crate::stages::base::tch_device(spec.raw.run.device), crate::stages::base::tch_kind(spec)).with_context(|| format!("load model {}", path.display()))?;
+    let policy = Policy::load(&path, crate::stages::base::tch_device(spec.raw.run.device), crate::stages::base::tch_kind(spec.raw.base.dtype)).with_context(|| format!("load model {}", path.display()))?;
     let cot = spec.raw.rollout.cot;
     let mut rendered = Vec::new();
     for p in &opts.prompts {

@@ -20,23 +20,16 @@
 //! | `update@i` | `policy` → base or update@(i−1); `optimizer` → update@(i−1) (i > 1); `reference` → base; `rollout` → rollout@i; `judge` → judge@i; `sft` → sft-data (when `update.sft_coef > 0`) |
 //! | `eval@i` | `policy` → base (i = 0) or update@i; `dataset` → dataset; `judge_model` → judge-fit (probe) |
 //!
-//! Key parameters per kind (re-serialised typed sections; paths removed — a file enters
-//! the key by its sha256 under a logical name instead; speed-only knobs removed — see the
-//! table in store/key.rs). "judge" below is [`judge_key_params`]: the selected backend and
-//! its verdict-affecting settings only. "embedder" is [`embedder_files`]: MiniLM's
-//! weights, config.json and tokenizer.json.
-//! dataset ← `dataset` without `sources_dir` and file paths; base ← `base.dtype`,
-//! `base.model.format`, files: the checkpoint (gguf) or every file the HF loader reads
-//! (hf_dir); judge-fit ← judge, files: embedder; sft-data ← `sft`
-//! without `source.path` and `batch_size` + `template_digest` + `postfill_template_digest`,
-//! file `sft.source`; prep ← `prep`;
-//! rollout ← `rollout` with `batch_size` (see "rollout key" in `Plan::new`) + `template_digest` (game::template_digest); judge ← judge + `reward`, files: embedder (probe); update ← `update` +
-//! `schedule_iterations` (= the spec's `run.iterations`, so `run --iterations 3` computes
-//! the first 3 iterations of the configured schedule and stays cached when extended);
-//! eval ← `eval` without `batch_size` (custom suite paths removed; each file by sha256 as
-//! `eval.custom_suites.<name>`) + judge + `rollout.cot` + the rollout sampling settings
-//! (the attacker eval samples with them) + `template_digest`; files: embedder when the judge
-//! is the probe or `holdout_attacker` is evaluated.
+//! Key parameters: each node's are its stage's `params(spec).key()` (stages/<kind>.rs: the
+//! `Params` struct lists what the stage reads from the spec, and its doc says what of it
+//! stays out of the key — paths, which enter as pinned files by sha256 instead, and
+//! speed-only knobs; see also the table in store/key.rs). "judge" in keys is
+//! [`judge_key_params`]: the selected backend and its verdict-affecting settings only.
+//! Pinned files (this module): dataset ← every source file; base ← the checkpoint (gguf) or
+//! every file the HF loader reads (hf_dir); judge-fit, and judge@i / eval@i under the probe
+//! judge ← the embedder ([`embedder_files`]: MiniLM's weights, config.json and
+//! tokenizer.json), eval@i also when `holdout_attacker` is evaluated; sft-data ← `sft.source`;
+//! eval@i ← each custom suite file as `eval.custom_suites.<name>`.
 //!
 //! Seeding: [`rng_for`] by (run seed, kind, iteration, row), never by the key.
 use std::collections::HashMap;
@@ -46,6 +39,8 @@ use std::path::PathBuf;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
+
+pub use crate::stages::StageKind;
 
 use crate::spec::{JudgeBackend, JudgeParams, Sha256Pins, Spec};
 use crate::store::key::{FileDigest, InputDigest, KeyComponents, KEY_SCHEME};
@@ -130,7 +125,7 @@ pub enum PlanError {
 /// A node's identity: stage kind and iteration (`None` for once-per-run nodes).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId {
-    pub kind: &'static str,
+    pub kind: StageKind,
     pub iteration: Option<u32>,
 }
 
@@ -138,7 +133,7 @@ impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.iteration {
             Some(i) => write!(f, "{}@{i}", self.kind),
-            None => f.write_str(self.kind),
+            None => f.write_str(self.kind.name()),
         }
     }
 }
@@ -173,7 +168,7 @@ impl Node {
         debug_assert_eq!(input_digests.len(), self.inputs.len());
         KeyComponents {
             scheme: KEY_SCHEME,
-            kind: self.id.kind.to_string(),
+            kind: self.id.kind.name().to_string(),
             stage_version,
             iteration: self.id.iteration,
             params: self.params.clone(),
@@ -194,26 +189,27 @@ pub struct Plan {
 }
 
 fn to_value<T: serde::Serialize>(t: &T) -> Value {
-    serde_json::to_value(t).expect("spec sections are plain data")
+    crate::stages::to_key(t)
 }
 
 impl Plan {
-    /// Build the plan for `iterations` (default: the spec's `run.iterations`).
+    /// Build the plan for `iterations` (default: the spec's `run.iterations`). Each node's key
+    /// params are its stage's `params(spec).key()` (stages/<kind>.rs); this function wires
+    /// the inputs and lists the pinned files.
     pub fn new(spec: &Spec, iterations: Option<u32>) -> Plan {
         let raw = &spec.raw;
         let n = iterations.unwrap_or(raw.run.iterations);
         let probe = raw.judge.backend == JudgeBackend::Probe;
-        let id = |kind: &'static str, iteration: Option<u32>| NodeId { kind, iteration };
+        let id = |kind: StageKind, iteration: Option<u32>| NodeId { kind, iteration };
+        let node = |kind: StageKind, iteration: Option<u32>, inputs: Vec<(&'static str, NodeId)>, files: Vec<PinnedFile>| Node { id: id(kind, iteration), inputs, params: kind.key_params(spec), files };
         let mut nodes = Vec::new();
 
-        // dataset: params without paths; every source file by logical name.
-        let mut dparams = to_value(&raw.dataset);
-        strip_paths(&mut dparams);
+        // dataset: every source file by logical name.
         let dfiles = crate::data::dataset_files(&raw.dataset)
             .into_iter()
             .map(|(name, f)| PinnedFile { name, sha256: f.sha256.clone(), path: spec.source_path(f) })
             .collect();
-        nodes.push(Node { id: id("dataset", None), inputs: vec![], params: dparams, files: dfiles });
+        nodes.push(node(StageKind::Dataset, None, vec![], dfiles));
 
         // base: the checkpoint's sha256(s).
         let bfiles = match &raw.base.model.sha256 {
@@ -222,44 +218,23 @@ impl Plan {
             // a partial map), so each enters the key and is verified before `base` runs.
             Sha256Pins::Dir(m) => m.iter().map(|(f, s)| PinnedFile { name: format!("base.model/{f}"), sha256: s.clone(), path: spec.base_model_path.join(f) }).collect(),
         };
-        nodes.push(Node { id: id("base", None), inputs: vec![], params: json!({"dtype": raw.base.dtype, "format": raw.base.model.format}), files: bfiles });
+        nodes.push(node(StageKind::Base, None, vec![], bfiles));
 
-        let judge_params = judge_key_params(&raw.judge);
         // Every node that loads the embedder pins it: judge-fit, and with the probe backend
         // judge@i and eval@i too (they embed with it; verified before they run, even under
         // `run --only` while judge-fit is cached).
         let judge_files = if probe { embedder_files(spec) } else { Vec::new() };
         if probe {
-            nodes.push(Node { id: id("judge-fit", None), inputs: vec![("dataset", id("dataset", None))], params: judge_params.clone(), files: judge_files.clone() });
+            nodes.push(node(StageKind::JudgeFit, None, vec![("dataset", id(StageKind::Dataset, None))], judge_files.clone()));
         }
         // sft-data: the demonstrations of the SFT term, post-filled by the base policy; only
-        // when the term is on. Its key holds the sft section (without the source path and the
-        // batch size), both template digests (the defender prompt of a demonstration and the
-        // post-fill instruction), the base policy by content and the source by sha256.
+        // when the term is on; the source by sha256.
         let sft = raw.update.sft_coef > 0.0;
         if sft {
-            let mut sparams = to_value(&raw.sft);
-            strip_paths(&mut sparams);
-            let m = sparams.as_object_mut().expect("sft is a map");
-            m.remove("batch_size");
-            m.insert("template_digest".into(), Value::String(crate::game::template_digest().to_hex()));
-            m.insert("postfill_template_digest".into(), Value::String(crate::game::postfill_template_digest().to_hex()));
             let sfile = PinnedFile { name: "sft.source".into(), sha256: raw.sft.source.sha256.clone(), path: spec.source_path(&raw.sft.source) };
-            nodes.push(Node { id: id("sft-data", None), inputs: vec![("dataset", id("dataset", None)), ("policy", id("base", None))], params: sparams, files: vec![sfile] });
+            nodes.push(node(StageKind::SftData, None, vec![("dataset", id(StageKind::Dataset, None)), ("policy", id(StageKind::Base, None))], vec![sfile]));
         }
-        // eval: custom suite paths leave the params; each file enters as `files` instead.
-        // The attacker eval samples with the rollout settings, and both roles' prompts come
-        // from the game templates, so those enter too.
-        let mut eval_section = to_value(&raw.eval);
-        strip_paths(&mut eval_section);
-        // Batch size changes speed, never outputs (rows are independent of batch mates).
-        eval_section.as_object_mut().expect("eval is a map").remove("batch_size");
-        let r = &raw.rollout;
-        let eval_params = json!({
-            "eval": eval_section, "judge": judge_params.clone(), "cot": r.cot,
-            "attacker_sampling": {"temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k, "max_new_tokens": r.max_new_tokens},
-            "template_digest": crate::game::template_digest().to_hex(),
-        });
+        // eval: custom suite files by sha256.
         let mut eval_files: Vec<PinnedFile> = judge_files.clone();
         if !probe && raw.eval.suites.contains_key("holdout_attacker") {
             // SBERT diversity reads MiniLM directly (whatever the judge backend).
@@ -272,14 +247,14 @@ impl Plan {
             let sha256 = c.sha256.clone().unwrap_or_else(|| crate::store::key::sha256_file(&path).unwrap_or_else(|_| "0".repeat(64)));
             eval_files.push(PinnedFile { name: format!("eval.custom_suites.{name}"), sha256, path });
         }
+        let eval_params = StageKind::Eval.key_params(spec);
         let eval_node = |i: u32, policy: NodeId| {
-            let mut inputs = vec![("policy", policy), ("dataset", id("dataset", None))];
+            let mut inputs = vec![("policy", policy), ("dataset", id(StageKind::Dataset, None))];
             if probe {
-                inputs.push(("judge_model", id("judge-fit", None)));
+                inputs.push(("judge_model", id(StageKind::JudgeFit, None)));
             }
-            Node { id: id("eval", Some(i)), inputs, params: eval_params.clone(), files: eval_files.clone() }
+            Node { id: id(StageKind::Eval, Some(i)), inputs, params: eval_params.clone(), files: eval_files.clone() }
         };
-        // The game templates' digest enters the rollout key, so rewording a prompt reruns it.
         // Rollout key: `batch_size` stays IN. It reseeds nothing (draws are per row,
         // [`rng_for`], not by the key) and decoding steps of ≤ 64 rows run the CPU decode
         // kernel, whose sums do not depend on the batch; but the prefill is one left-padded MKL
@@ -289,38 +264,35 @@ impl Plan {
         // The rollout is the record the update trains on, so its key must name every input
         // of its bytes. engine.rs `rollout_batch_size_changes_the_key_and_logprob_rounding_but_not_one_sampled_token`
         // pins both halves. (Prefilling each row alone, in src/model, would let it leave.)
-        let mut rollout_params = to_value(&raw.rollout);
-        rollout_params.as_object_mut().expect("rollout is a map").insert("template_digest".into(), Value::String(crate::game::template_digest().to_hex()));
-        let rollout_inputs = |raw: &crate::spec::RawSpec, policy: NodeId, i: u32| {
-            let mut v = vec![("policy", policy), ("prep", id("prep", Some(i)))];
+        let (prep_params, rollout_params, judge_params, update_params) = (StageKind::Prep.key_params(spec), StageKind::Rollout.key_params(spec), StageKind::Judge.key_params(spec), StageKind::Update.key_params(spec));
+        let same = |kind: StageKind, i: u32, inputs: Vec<(&'static str, NodeId)>, params: &Value, files: Vec<PinnedFile>| Node { id: id(kind, Some(i)), inputs, params: params.clone(), files };
+        let eval_its = spec.eval_iterations(n);
+        nodes.push(eval_node(0, id(StageKind::Base, None)));
+        for i in 1..=n {
+            let policy = if i == 1 { id(StageKind::Base, None) } else { id(StageKind::Update, Some(i - 1)) };
+            nodes.push(same(StageKind::Prep, i, vec![("dataset", id(StageKind::Dataset, None))], &prep_params, vec![]));
+            let mut rin = vec![("policy", policy.clone()), ("prep", id(StageKind::Prep, Some(i)))];
             // Attacker-only: the frozen base model is the defender (method.md §6).
             if raw.rollout.mode == crate::spec::GameMode::AttackerOnly {
-                v.push(("reference", id("base", None)));
+                rin.push(("reference", id(StageKind::Base, None)));
             }
-            v
-        };
-        let eval_its = spec.eval_iterations(n);
-        nodes.push(eval_node(0, id("base", None)));
-        for i in 1..=n {
-            let policy = if i == 1 { id("base", None) } else { id("update", Some(i - 1)) };
-            nodes.push(Node { id: id("prep", Some(i)), inputs: vec![("dataset", id("dataset", None))], params: to_value(&raw.prep), files: vec![] });
-            nodes.push(Node { id: id("rollout", Some(i)), inputs: rollout_inputs(raw, policy.clone(), i), params: rollout_params.clone(), files: vec![] });
-            let mut jin = vec![("rollout", id("rollout", Some(i)))];
+            nodes.push(same(StageKind::Rollout, i, rin, &rollout_params, vec![]));
+            let mut jin = vec![("rollout", id(StageKind::Rollout, Some(i)))];
             if probe {
-                jin.push(("judge_model", id("judge-fit", None)));
+                jin.push(("judge_model", id(StageKind::JudgeFit, None)));
             }
-            nodes.push(Node { id: id("judge", Some(i)), inputs: jin, params: json!({"judge": judge_params.clone(), "reward": to_value(&raw.reward)}), files: judge_files.clone() });
+            nodes.push(same(StageKind::Judge, i, jin, &judge_params, judge_files.clone()));
             let mut uin = vec![("policy", policy)];
             if i > 1 {
-                uin.push(("optimizer", id("update", Some(i - 1))));
+                uin.push(("optimizer", id(StageKind::Update, Some(i - 1))));
             }
-            uin.extend([("reference", id("base", None)), ("rollout", id("rollout", Some(i))), ("judge", id("judge", Some(i)))]);
+            uin.extend([("reference", id(StageKind::Base, None)), ("rollout", id(StageKind::Rollout, Some(i))), ("judge", id(StageKind::Judge, Some(i)))]);
             if sft {
-                uin.push(("sft", id("sft-data", None)));
+                uin.push(("sft", id(StageKind::SftData, None)));
             }
-            nodes.push(Node { id: id("update", Some(i)), inputs: uin, params: json!({"update": to_value(&raw.update), "schedule_iterations": raw.run.iterations}), files: vec![] });
+            nodes.push(same(StageKind::Update, i, uin, &update_params, vec![]));
             if eval_its.contains(&i) {
-                nodes.push(eval_node(i, id("update", Some(i))));
+                nodes.push(eval_node(i, id(StageKind::Update, Some(i))));
             }
         }
         let index = nodes.iter().enumerate().map(|(i, n)| (n.name(), i)).collect();
@@ -346,23 +318,6 @@ impl Plan {
             }
         }
         Ok((0..self.nodes.len()).filter(|i| marked[*i]).collect())
-    }
-}
-
-/// Remove `sources_dir`, every `path` (paths never enter keys) and every `sha256` (pinned
-/// files enter the key once, as the `files` component, so `explain` names the file).
-fn strip_paths(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            m.remove("sources_dir");
-            m.remove("path");
-            m.remove("sha256");
-            for (_, x) in m.iter_mut() {
-                strip_paths(x);
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(strip_paths),
-        _ => {}
     }
 }
 

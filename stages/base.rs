@@ -7,13 +7,33 @@
 use anyhow::Context;
 use tch::Kind;
 
-use super::{Stage, StageContext};
+use super::StageContext;
 use crate::model::Policy;
 use crate::spec::{Device, Dtype, ModelFormat, Spec};
 
-pub struct Base;
 /// Bump when this stage's output for the same inputs would change.
 pub const VERSION: u32 = 1;
+
+/// What `base` reads from the spec. Key: `dtype` and `format`; the checkpoint enters by its
+/// sha256 pin(s) as pinned files (src/plan.rs), its path never.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Params {
+    pub dtype: Dtype,
+    pub format: ModelFormat,
+    /// `base.model.path`, resolved (not in the key).
+    #[serde(skip)]
+    pub model_path: std::path::PathBuf,
+}
+
+pub fn params(spec: &Spec) -> Params {
+    Params { dtype: spec.raw.base.dtype, format: spec.raw.base.model.format, model_path: spec.base_model_path.clone() }
+}
+
+impl Params {
+    pub fn key(&self) -> serde_json::Value {
+        super::to_key(self)
+    }
+}
 
 /// The files of a policy artifact (an HF directory).
 pub const POLICY_FILES: [&str; 4] = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"];
@@ -27,21 +47,23 @@ pub fn tch_device(d: Device) -> tch::Device {
 }
 
 /// The tch kind of `base.dtype` (every policy of a run has the base's dtype).
-pub fn tch_kind(spec: &Spec) -> Kind {
-    match spec.raw.base.dtype {
+pub fn tch_kind(dtype: Dtype) -> Kind {
+    match dtype {
         Dtype::F32 => Kind::Float,
         Dtype::Bf16 => Kind::BFloat16,
     }
 }
 
 /// Open the policy artifact filling `role` (every file digest-checked first) on the run's
-/// device in the base dtype.
-pub fn load_policy_input(ctx: &StageContext<'_>, role: &str) -> anyhow::Result<Policy> {
+/// device in the base dtype `dtype`. Stages that load a policy carry `base.dtype` in their
+/// `Params` outside their key: it enters every key through the base artifact, whose key
+/// holds it and whose weights are stored in it.
+pub fn load_policy_input(ctx: &StageContext<'_>, role: &str, dtype: Dtype) -> anyhow::Result<Policy> {
     for f in POLICY_FILES {
         ctx.input_file(role, f)?;
     }
     let dir = ctx.input(role)?.dir().to_path_buf();
-    Policy::load(&dir, tch_device(ctx.device), tch_kind(ctx.spec)).with_context(|| format!("{}: load policy {role} from {}", ctx.node, dir.display()))
+    Policy::load(&dir, tch_device(ctx.device), tch_kind(dtype)).with_context(|| format!("{}: load policy {role} from {}", ctx.node, dir.display()))
 }
 
 /// Write `policy` as this node's policy files (an HF directory inside the artifact).
@@ -55,36 +77,24 @@ pub fn write_policy(ctx: &mut StageContext<'_>, policy: &Policy) -> anyhow::Resu
     Ok(())
 }
 
-impl Stage for Base {
-    fn kind(&self) -> &'static str {
-        "base"
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
-    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
-        tch::set_num_threads(ctx.threads as i32);
-        let spec = ctx.spec;
-        // The engine already checked every pinned file's sha256 (plan files component)
-        // before running this node, so the path holds exactly the pinned bytes.
-        let policy = match spec.raw.base.model.format {
-            ModelFormat::Gguf | ModelFormat::HfDir => {
-                Policy::load(&spec.base_model_path, tch::Device::Cpu, tch_kind(spec)).with_context(|| format!("base: import {}", spec.base_model_path.display()))?
+pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
+    // The engine already checked every pinned file's sha256 (plan files component)
+    // before running this node, so the path holds exactly the pinned bytes.
+    let policy = match p.format {
+        ModelFormat::Gguf | ModelFormat::HfDir => Policy::load(&p.model_path, tch::Device::Cpu, tch_kind(p.dtype)).with_context(|| format!("base: import {}", p.model_path.display()))?,
+        ModelFormat::TinyRandom => {
+            let tiny = crate::model::tiny_random_llama(ctx.seed);
+            if tch_kind(p.dtype) == Kind::Float {
+                tiny
+            } else {
+                anyhow::bail!("base.model.format tiny_random supports dtype f32 only")
             }
-            ModelFormat::TinyRandom => {
-                let p = crate::model::tiny_random_llama(ctx.seed);
-                if tch_kind(spec) == Kind::Float {
-                    p
-                } else {
-                    anyhow::bail!("base.model.format tiny_random supports dtype f32 only")
-                }
-            }
-        };
-        let cfg = policy.config();
-        ctx.output.metric("parameters", policy.named_parameters().iter().map(|(_, t)| t.numel()).sum::<usize>());
-        ctx.output.metric("layers", cfg.num_hidden_layers);
-        ctx.output.metric("hidden_size", cfg.hidden_size);
-        ctx.output.metric("vocab_size", cfg.vocab_size);
-        write_policy(ctx, &policy)
-    }
+        }
+    };
+    let cfg = policy.config();
+    ctx.output.metric("parameters", policy.named_parameters().iter().map(|(_, t)| t.numel()).sum::<usize>());
+    ctx.output.metric("layers", cfg.num_hidden_layers);
+    ctx.output.metric("hidden_size", cfg.hidden_size);
+    ctx.output.metric("vocab_size", cfg.vocab_size);
+    write_policy(ctx, &policy)
 }

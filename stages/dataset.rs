@@ -4,7 +4,7 @@
 //! `judge_train.parquet`. Registered in stages/mod.rs.
 use std::collections::BTreeMap;
 
-use super::{Stage, StageContext};
+use super::StageContext;
 use crate::schema::judge_train::JudgeTrainSchema;
 use crate::schema::seeds::SeedsSchema;
 
@@ -14,34 +14,47 @@ use crate::schema::seeds::SeedsSchema;
 /// answers that achieved the objective carry `refusal = false`.
 pub const VERSION: u32 = 2;
 
-pub struct Dataset;
+/// What `dataset` reads from the spec. Key: `dataset` without `sources_dir`, paths and
+/// sha256 pins (every source file enters the key by its sha256 as a pinned file instead,
+/// src/plan.rs).
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub dataset: crate::spec::DatasetParams,
+    /// `dataset.sources_dir`, resolved (not in the key).
+    pub sources_dir: std::path::PathBuf,
+}
 
-impl Stage for Dataset {
-    fn kind(&self) -> &'static str {
-        "dataset"
+pub fn params(spec: &crate::spec::Spec) -> Params {
+    Params { dataset: spec.raw.dataset.clone(), sources_dir: spec.sources_dir.clone() }
+}
+
+impl Params {
+    pub fn key(&self) -> serde_json::Value {
+        let mut v = super::to_key(&self.dataset);
+        super::strip_paths(&mut v);
+        v
     }
-    fn version(&self) -> u32 {
-        VERSION
+}
+
+
+pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
+    // The engine verified every pinned source's sha256 before any node ran.
+    let out = crate::data::build_dataset(&p.dataset, &p.sources_dir, ctx.seed)?;
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &out.seeds {
+        let bucket = match &r.suite {
+            Some(s) => format!("eval.{s}"),
+            None => format!("{}.{}", r.split, r.label),
+        };
+        *counts.entry(bucket).or_default() += 1;
     }
-    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
-        // The engine verified every pinned source's sha256 before any node ran.
-        let out = crate::data::build_dataset(ctx.spec, ctx.seed)?;
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        for r in &out.seeds {
-            let bucket = match &r.suite {
-                Some(s) => format!("eval.{s}"),
-                None => format!("{}.{}", r.split, r.label),
-            };
-            *counts.entry(bucket).or_default() += 1;
-        }
-        ctx.output.write_parquet::<SeedsSchema>(&out.seeds)?;
-        ctx.output.write_parquet::<JudgeTrainSchema>(&out.judge_train)?;
-        ctx.output.metric("rows", counts);
-        ctx.output.metric("judge_train_rows", out.judge_train.len());
-        ctx.output.metric("dropped_long", out.dropped_long);
-        ctx.output.metric("dropped_duplicate", out.dropped_duplicate);
-        ctx.output.metric("dropped_eval_overlap", out.dropped_eval_overlap);
-        ctx.output.metric("dropped_long_adversarial", out.dropped_long_adversarial);
-        Ok(())
-    }
+    ctx.output.write_parquet::<SeedsSchema>(&out.seeds)?;
+    ctx.output.write_parquet::<JudgeTrainSchema>(&out.judge_train)?;
+    ctx.output.metric("rows", counts);
+    ctx.output.metric("judge_train_rows", out.judge_train.len());
+    ctx.output.metric("dropped_long", out.dropped_long);
+    ctx.output.metric("dropped_duplicate", out.dropped_duplicate);
+    ctx.output.metric("dropped_eval_overlap", out.dropped_eval_overlap);
+    ctx.output.metric("dropped_long_adversarial", out.dropped_long_adversarial);
+    Ok(())
 }

@@ -27,7 +27,7 @@
 //!   `dataset.adversarial_suites` entry) are harmful-labelled suites like the others: ASR is
 //!   the headline (`suite_kind`: the name contains `harmbench`, or the suite is
 //!   adversarial), refusal is reported beside it.
-//! - **Judge**: the configured backend (`judge::build::from_spec`), the probe from the
+//! - **Judge**: the configured backend (`judge::build::build`), the probe from the
 //!   `judge_model` input (judge-fit); every verdict is stored with the row.
 //!
 //! # Metrics written to the manifest (stable names)
@@ -53,7 +53,7 @@ use rand::RngCore;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
-use super::{Stage, StageContext};
+use super::StageContext;
 use crate::eval::bleu::self_bleu_diversity;
 use crate::eval::rates::{summarize, EvalRow, GroupMetrics, Rate, SuiteKind};
 use crate::eval::sbert::{cosine, sbert_diversity};
@@ -80,7 +80,70 @@ pub const ALL: &str = "(all)";
 /// Verdicts per judge call.
 const JUDGE_BATCH: usize = 64;
 
-pub struct Eval;
+/// The rollout's sampling settings, which the holdout attacker eval samples with.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AttackerSampling {
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: u32,
+    pub max_new_tokens: u32,
+}
+
+impl AttackerSampling {
+    fn sampling_params(&self) -> SamplingParams {
+        SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: (self.top_k > 0).then_some(self.top_k as usize), max_new_tokens: self.max_new_tokens as usize, ..Default::default() }
+    }
+}
+
+/// What `eval` reads from the spec. Key: `eval` without `batch_size` (speed only) and without
+/// custom suite paths (each custom suite file enters by sha256 as the pinned file
+/// `eval.custom_suites.<name>`), the judge's verdict-affecting settings
+/// (`plan::judge_key_params`), `rollout.cot`, the rollout sampling settings and the game
+/// templates' digest. Which suites are adversarial (headline ASR) is read from the dataset
+/// input's manifest, not from the spec.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub eval: crate::spec::EvalParams,
+    pub judge: crate::judge::build::JudgeSetup,
+    pub cot: bool,
+    pub attacker_sampling: AttackerSampling,
+    /// Each custom suite's file, resolved (not in the key: its sha256 is).
+    pub custom_suite_paths: BTreeMap<String, std::path::PathBuf>,
+    /// `base.dtype`, not in the key (see `base::load_policy_input`).
+    pub dtype: Dtype,
+}
+
+pub fn params(spec: &Spec) -> Params {
+    let r = &spec.raw.rollout;
+    Params {
+        eval: spec.raw.eval.clone(),
+        judge: crate::judge::build::JudgeSetup::of(spec),
+        cot: r.cot,
+        attacker_sampling: AttackerSampling { temperature: r.temperature, top_p: r.top_p, top_k: r.top_k, max_new_tokens: r.max_new_tokens },
+        custom_suite_paths: spec.raw.eval.custom_suites.iter().map(|(n, c)| (n.clone(), spec.config_relative(&c.path))).collect(),
+        dtype: spec.raw.base.dtype,
+    }
+}
+
+impl Params {
+    pub fn key(&self) -> Value {
+        let mut eval = super::to_key(&self.eval);
+        super::strip_paths(&mut eval);
+        eval.as_object_mut().expect("eval is a map").remove("batch_size");
+        json!({
+            "eval": eval, "judge": crate::plan::judge_key_params(&self.judge.params), "cot": self.cot,
+            "attacker_sampling": super::to_key(&self.attacker_sampling),
+            "template_digest": crate::game::template_digest().to_hex(),
+        })
+    }
+}
+
+/// The suites the dataset artifact built as adversarial (its manifest's
+/// `adversarial_suites`): their headline is ASR.
+pub fn adversarial_suites(dataset: &crate::store::Manifest) -> std::collections::BTreeSet<String> {
+    dataset.components.params.get("adversarial_suites").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+}
+
 
 /// One prompt to evaluate.
 #[derive(Debug, Clone)]
@@ -103,9 +166,13 @@ pub struct EvalOutput {
     pub metrics: serde_json::Map<String, Value>,
 }
 
-/// What [`evaluate`] needs besides the spec.
+/// What [`evaluate`] needs.
 pub struct EvalInputs<'a> {
-    pub spec: &'a Spec,
+    pub params: &'a Params,
+    /// The run seed (picks each suite's subset, the same for every iteration).
+    pub run_seed: u64,
+    /// Suites whose headline is ASR besides HarmBench's ([`adversarial_suites`]).
+    pub adversarial: &'a std::collections::BTreeSet<String>,
     /// The dataset artifact's seed table (eval suites and `holdout_attacker`).
     pub seeds: &'a [SeedRow],
     pub policy: &'a Policy,
@@ -206,9 +273,8 @@ fn truncate_tokens(policy: &Policy, text: &str, max_tokens: usize) -> anyhow::Re
 }
 
 /// The prompts of every configured defender suite (pinned, then custom), in suite order.
-fn defender_items(spec: &Spec, seeds: &[SeedRow]) -> anyhow::Result<Vec<Item>> {
-    let e = &spec.raw.eval;
-    let run_seed = spec.raw.run.seed;
+fn defender_items(params: &Params, seeds: &[SeedRow], run_seed: u64) -> anyhow::Result<Vec<Item>> {
+    let e = &params.eval;
     let mut items = Vec::new();
     for (suite, p) in e.suites.iter().filter(|(n, _)| n.as_str() != HOLDOUT_ATTACKER) {
         let rows = crate::data::suite_subset(seeds, suite, p.subset, run_seed);
@@ -218,7 +284,7 @@ fn defender_items(spec: &Spec, seeds: &[SeedRow]) -> anyhow::Result<Vec<Item>> {
         items.extend(rows.into_iter().map(|r| Item { suite: suite.clone(), category: r.category.clone(), prompt_id: r.id.clone(), prompt: r.text.clone(), harmful: r.label == "harmful", given: None }));
     }
     for (suite, c) in &e.custom_suites {
-        let path = spec.config_relative(&c.path);
+        let path = params.custom_suite_paths.get(suite).cloned().with_context(|| format!("eval.custom_suites.{suite}: no resolved path"))?;
         let file = SuiteFileSpec { path: path.clone(), prompt_column: c.prompt_column.clone(), label_column: c.label_column.clone(), category_column: c.category_column.clone(), response_column: c.response_column.clone() };
         let loaded = load_suite_file(&file).with_context(|| format!("eval.custom_suites.{suite}"))?;
         // Reuse the pinned suites' seeded subset: the same rows every iteration.
@@ -270,16 +336,14 @@ fn group_rows(suite: &str, category: &str, g: &GroupMetrics, kind: SuiteKind, ov
 
 /// Run the whole evaluation (see the module docs).
 pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
-    let spec = inputs.spec;
-    let e = &spec.raw.eval;
-    let r = &spec.raw.rollout;
-    let cot = r.cot;
+    let e = &inputs.params.eval;
+    let cot = inputs.params.cot;
     let policy = inputs.policy;
     let batch = e.batch_size as usize;
-    let rollout_params = SamplingParams { temperature: r.temperature, top_p: r.top_p, top_k: (r.top_k > 0).then_some(r.top_k as usize), max_new_tokens: r.max_new_tokens as usize, ..Default::default() };
+    let rollout_params = inputs.params.attacker_sampling.sampling_params();
 
     // ---- defender suites ----
-    let items = defender_items(spec, inputs.seeds)?;
+    let items = defender_items(inputs.params, inputs.seeds, inputs.run_seed)?;
     let style = if cot { DefenderStyle::Cot } else { DefenderStyle::Plain };
     let gen_idx: Vec<usize> = (0..items.len()).filter(|i| items[*i].given.is_none()).collect();
     let mut prompts = Vec::with_capacity(gen_idx.len());
@@ -360,7 +424,7 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
     let mut kinds = BTreeMap::new();
     for s in rows.iter().map(|r| r.suite.as_str()).collect::<std::collections::BTreeSet<_>>() {
         let all_benign = rows.iter().filter(|r| r.suite == s).all(|r| r.label == "benign");
-        let kind = if spec.raw.dataset.adversarial_suites.contains_key(s) { SuiteKind::Asr } else { suite_kind(s, all_benign) };
+        let kind = if inputs.adversarial.contains(s) { SuiteKind::Asr } else { suite_kind(s, all_benign) };
         kinds.insert(s.to_string(), kind);
     }
     let mut metrics = serde_json::Map::new();
@@ -394,7 +458,7 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
     // ---- attacker (held-out seeds) ----
     let mut attacker = Vec::new();
     if let Some(p) = e.suites.get(HOLDOUT_ATTACKER) {
-        let held = crate::data::suite_subset(inputs.seeds, HOLDOUT_ATTACKER, p.subset, spec.raw.run.seed);
+        let held = crate::data::suite_subset(inputs.seeds, HOLDOUT_ATTACKER, p.subset, inputs.run_seed);
         let held: Vec<&SeedRow> = held.into_iter().filter(|s| s.label == "harmful").collect();
         if held.is_empty() {
             bail!("eval suite holdout_attacker has no harmful seeds in the dataset artifact (dataset.holdout_attacker_fraction is 0?)");
@@ -403,7 +467,7 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
         for s in &held {
             prompts.push(render(policy, &attacker_prompt(&s.text, SeedLabel::Harmful, cot))?);
         }
-        let params = if e.attacker_greedy { SamplingParams::greedy(r.max_new_tokens as usize) } else { rollout_params.clone() };
+        let params = if e.attacker_greedy { SamplingParams::greedy(inputs.params.attacker_sampling.max_new_tokens as usize) } else { rollout_params.clone() };
         // Rows offset past the defender rows, so no seed is shared with a defender sample.
         let base = items.len() as u64;
         let seeds: Vec<u64> = (0..held.len() as u64).map(|j| if e.attacker_greedy { 0 } else { (inputs.rng)(base + j).next_u64() }).collect();
@@ -453,50 +517,35 @@ fn verified_dir(ctx: &StageContext<'_>, role: &str) -> anyhow::Result<std::path:
     Ok(ctx.input(role)?.dir().to_path_buf())
 }
 
-impl Stage for Eval {
-    fn kind(&self) -> &'static str {
-        "eval"
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
-    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
-        tch::set_num_threads(ctx.threads as i32);
-        let spec = ctx.spec;
-        let device = match ctx.device {
-            crate::spec::Device::Cpu => tch::Device::Cpu,
-            crate::spec::Device::Cuda => tch::Device::Cuda(0),
+pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
+    let device = super::base::tch_device(ctx.device);
+    let kind = super::base::tch_kind(p.dtype);
+    let seeds = ctx.read_parquet::<SeedsSchema>("dataset")?;
+    let policy_dir = verified_dir(ctx, "policy")?;
+    let policy = Policy::load(&policy_dir, device, kind).with_context(|| format!("{}: load policy from {}", ctx.node, policy_dir.display()))?;
+    let judge_dir = if ctx.input("judge_model").is_ok() { Some(verified_dir(ctx, "judge_model")?) } else { None };
+    let judge = crate::judge::build::build(&p.judge, judge_dir.as_deref(), device)?;
+    let embedder = if p.eval.suites.contains_key(HOLDOUT_ATTACKER) { Some(crate::judge::build::load_embedder(&p.judge.embedder_dir, device)?) } else { None };
+    let total: u64 = p.eval.suites.iter().map(|(n, s)| crate::data::suite_subset(&seeds, n, s.subset, ctx.seed).len() as u64).sum();
+    let adversarial = adversarial_suites(ctx.input("dataset")?.manifest());
+    let bar = ctx.progress(total, "evaluating");
+    let out = {
+        let c: &StageContext<'_> = ctx;
+        let rng = |row: u64| c.rng(row);
+        let progress = |what: &str, done: u64| {
+            bar.set_message(format!("{what} {done}"));
+            bar.inc(0);
         };
-        let kind = match spec.raw.base.dtype {
-            Dtype::F32 => tch::Kind::Float,
-            Dtype::Bf16 => tch::Kind::BFloat16,
-        };
-        let seeds = ctx.read_parquet::<SeedsSchema>("dataset")?;
-        let policy_dir = verified_dir(ctx, "policy")?;
-        let policy = Policy::load(&policy_dir, device, kind).with_context(|| format!("{}: load policy from {}", ctx.node, policy_dir.display()))?;
-        let judge_dir = if ctx.input("judge_model").is_ok() { Some(verified_dir(ctx, "judge_model")?) } else { None };
-        let judge = crate::judge::build::from_spec(spec, judge_dir.as_deref(), device)?;
-        let embedder = if spec.raw.eval.suites.contains_key(HOLDOUT_ATTACKER) { Some(crate::judge::build::load_embedder(&spec.embedder_dir, device)?) } else { None };
-        let total: u64 = spec.raw.eval.suites.iter().map(|(n, p)| crate::data::suite_subset(&seeds, n, p.subset, spec.raw.run.seed).len() as u64).sum();
-        let bar = ctx.progress(total, "evaluating");
-        let out = {
-            let c: &StageContext<'_> = ctx;
-            let rng = |row: u64| c.rng(row);
-            let progress = |what: &str, done: u64| {
-                bar.set_message(format!("{what} {done}"));
-                bar.inc(0);
-            };
-            evaluate(&EvalInputs { spec, seeds: &seeds, policy: &policy, judge: judge.as_ref(), embedder: embedder.as_ref().map(|e| e as &dyn Embedder), rng: &rng, cancel: c.interrupt_flag(), progress: &progress })?
-        };
-        drop(bar);
-        ctx.output.write_parquet::<EvalSchema>(&out.rows)?;
-        ctx.output.write_parquet::<EvalAttackerSchema>(&out.attacker)?;
-        ctx.output.write_parquet::<EvalSummarySchema>(&out.summary)?;
-        for (k, v) in out.metrics {
-            ctx.output.metric(&k, v);
-        }
-        Ok(())
+        evaluate(&EvalInputs { params: p, run_seed: c.seed, adversarial: &adversarial, seeds: &seeds, policy: &policy, judge: judge.as_ref(), embedder: embedder.as_ref().map(|e| e as &dyn Embedder), rng: &rng, cancel: c.interrupt_flag(), progress: &progress })?
+    };
+    drop(bar);
+    ctx.output.write_parquet::<EvalSchema>(&out.rows)?;
+    ctx.output.write_parquet::<EvalAttackerSchema>(&out.attacker)?;
+    ctx.output.write_parquet::<EvalSummarySchema>(&out.summary)?;
+    for (k, v) in out.metrics {
+        ctx.output.metric(&k, v);
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,40 +1,43 @@
-//! The stage API and the one registry of stage kinds; the engine (src/engine.rs) looks
-//! kinds up here and runs them with a [`StageContext`].
+//! The stage API and the one list of stage kinds ([`StageKind`]); the engine (src/engine.rs)
+//! runs a node by `kind.run(spec, ctx)`, which builds the stage's typed `Params` from the spec
+//! and hands the stage only those and a [`StageContext`] (its inputs, its output, its seed).
 //!
 //! # Writing a stage
-//! A stage is one thin file: decode params, read inputs, call `src/`, write outputs.
+//! A stage is one thin file with four items: `VERSION`, a `Params` struct with everything
+//! it reads from the spec, `params(&Spec) -> Params`, and `run(&Params, ctx)`. `Params::key`
+//! is what enters the node's key: every field, except those its doc comment lists as left
+//! out (paths: a file enters the key by its sha256 instead; speed-only knobs). A stage never
+//! sees the whole spec, so it cannot read a setting that its key does not hold.
 //! Inputs are wired by the plan (src/plan.rs lists each node's roles); a stage only asks
 //! its context for them by role. Every input file is digest-checked against its manifest
 //! before the stage may open it.
 //! ```ignore
 //! use crate::schema::prep::{PrepRow, PrepSchema};
 //! use crate::schema::seeds::SeedsSchema;
-//! use super::{Stage, StageContext};
+//! use super::StageContext;
 //!
-//! pub struct Example;
 //! /// Bump when this stage's output for the same inputs would change.
 //! pub const VERSION: u32 = 1;
-//! impl Stage for Example {
-//!     fn kind(&self) -> &'static str { "example" }
-//!     fn version(&self) -> u32 { VERSION }
-//!     fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
-//!         let params = &ctx.spec.raw.prep;                        // typed params
-//!         let seeds = ctx.read_parquet::<SeedsSchema>("dataset")?; // verified input
-//!         let policy_dir = ctx.input_file("policy", "model.safetensors")?; // any file, verified
-//!         let mut rng = ctx.rng(0);                                // rng_for(seed, kind, iteration, row 0)
-//!         let bar = ctx.progress(seeds.len() as u64, "scoring");
-//!         let rows: Vec<PrepRow> = Vec::new();
-//!         for _s in &seeds { ctx.check_cancelled()?; bar.inc(1); }
-//!         ctx.output.write_parquet::<PrepSchema>(&rows)?;          // prep.parquet, rows recorded
-//!         let path = ctx.output.path("policy.safetensors")?;        // written by another library
-//!         std::fs::write(&path, b"...")?;
-//!         ctx.output.metric("loss", 0.25);                          // shown by `log`
-//!         Ok(())
-//!     }
+//! /// Everything `run` reads from the spec; all of it enters the key.
+//! #[derive(Debug, Clone, serde::Serialize)]
+//! pub struct Params { pub draws: u32 }
+//! impl Params { pub fn key(&self) -> serde_json::Value { super::to_key(self) } }
+//! pub fn params(spec: &crate::spec::Spec) -> Params { Params { draws: spec.raw.prep.seeds_per_iteration } }
+//! pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
+//!     let seeds = ctx.read_parquet::<SeedsSchema>("dataset")?; // verified input
+//!     let policy_dir = ctx.input_file("policy", "model.safetensors")?; // any file, verified
+//!     let mut rng = ctx.rng(0);                                // rng_for(seed, kind, iteration, row 0)
+//!     let bar = ctx.progress(seeds.len() as u64, "scoring");
+//!     let rows: Vec<PrepRow> = Vec::new();
+//!     for _s in &seeds { ctx.check_cancelled()?; bar.inc(1); }
+//!     ctx.output.write_parquet::<PrepSchema>(&rows)?;          // prep.parquet, rows recorded
+//!     let path = ctx.output.path("policy.safetensors")?;        // written by another library
+//!     std::fs::write(&path, b"...")?;
+//!     ctx.output.metric("loss", 0.25);                          // shown by `log`
+//!     Ok(())
 //! }
 //! ```
-//! Then register it in [`REGISTRY`]: `StageEntry { kind: "example", version: example::VERSION,
-//! implementation: Some(&example::Example), missing: "" }`.
+//! Then add a variant to [`StageKind`] and one arm to each of its `match`es.
 //!
 //! Errors: stages return `anyhow::Result` because they glue many libraries together; the
 //! engine adds the node name. A failed stage publishes nothing.
@@ -60,42 +63,117 @@ use crate::schema::ArtifactSchema;
 use crate::spec::{Device, Spec};
 use crate::store::{is_safe_file_name, Artifact, FileEntry, Key};
 
-/// One stage kind's implementation.
-pub trait Stage: Send + Sync {
-    /// Kind name (`prep`), the `stage` of `stage@iteration`.
-    fn kind(&self) -> &'static str;
-    /// The stage's `VERSION` constant (enters its keys).
-    fn version(&self) -> u32;
-    /// Compute the node's outputs into `ctx.output`.
-    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<()>;
+/// Every stage kind of the DAG, in the order of DESIGN's stage table. The name (`judge-fit`)
+/// is the `stage` of `stage@iteration` and the store's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageKind {
+    Dataset,
+    Base,
+    JudgeFit,
+    SftData,
+    Prep,
+    Rollout,
+    Judge,
+    Update,
+    Eval,
 }
 
-/// A registry row: a kind, its version, and its implementation or what is missing.
-pub struct StageEntry {
-    pub kind: &'static str,
-    pub version: u32,
-    /// `None`: registered but not built yet; `run` stops at the first such node.
-    pub implementation: Option<&'static dyn Stage>,
-    /// For unbuilt kinds: which issue/stage brings it.
-    pub missing: &'static str,
+impl StageKind {
+    pub const ALL: [StageKind; 9] = [StageKind::Dataset, StageKind::Base, StageKind::JudgeFit, StageKind::SftData, StageKind::Prep, StageKind::Rollout, StageKind::Judge, StageKind::Update, StageKind::Eval];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StageKind::Dataset => "dataset",
+            StageKind::Base => "base",
+            StageKind::JudgeFit => "judge-fit",
+            StageKind::SftData => "sft-data",
+            StageKind::Prep => "prep",
+            StageKind::Rollout => "rollout",
+            StageKind::Judge => "judge",
+            StageKind::Update => "update",
+            StageKind::Eval => "eval",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<StageKind> {
+        StageKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The stage's `VERSION` (enters its keys).
+    pub fn version(self) -> u32 {
+        match self {
+            StageKind::Dataset => dataset::VERSION,
+            StageKind::Base => base::VERSION,
+            StageKind::JudgeFit => judge_fit::VERSION,
+            StageKind::SftData => sft_data::VERSION,
+            StageKind::Prep => prep::VERSION,
+            StageKind::Rollout => rollout::VERSION,
+            StageKind::Judge => judge::VERSION,
+            StageKind::Update => update::VERSION,
+            StageKind::Eval => eval::VERSION,
+        }
+    }
+
+    /// The key parameters of this kind's nodes: `<stage>::params(spec).key()`.
+    pub fn key_params(self, spec: &Spec) -> serde_json::Value {
+        match self {
+            StageKind::Dataset => dataset::params(spec).key(),
+            StageKind::Base => base::params(spec).key(),
+            StageKind::JudgeFit => judge_fit::params(spec).key(),
+            StageKind::SftData => sft_data::params(spec).key(),
+            StageKind::Prep => prep::params(spec).key(),
+            StageKind::Rollout => rollout::params(spec).key(),
+            StageKind::Judge => judge::params(spec).key(),
+            StageKind::Update => update::params(spec).key(),
+            StageKind::Eval => eval::params(spec).key(),
+        }
+    }
+
+    /// Compute a node of this kind into `ctx.output`: the stage sees its `Params` (built
+    /// from `spec` here) and its context, never the spec itself.
+    pub(crate) fn run(self, spec: &Spec, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
+        tch::set_num_threads(ctx.threads as i32);
+        match self {
+            StageKind::Dataset => dataset::run(&dataset::params(spec), ctx),
+            StageKind::Base => base::run(&base::params(spec), ctx),
+            StageKind::JudgeFit => judge_fit::run(&judge_fit::params(spec), ctx),
+            StageKind::SftData => sft_data::run(&sft_data::params(spec), ctx),
+            StageKind::Prep => prep::run(&prep::params(spec), ctx),
+            StageKind::Rollout => rollout::run(&rollout::params(spec), ctx),
+            StageKind::Judge => judge::run(&judge::params(spec), ctx),
+            StageKind::Update => update::run(&update::params(spec), ctx),
+            StageKind::Eval => eval::run(&eval::params(spec), ctx),
+        }
+    }
 }
 
-/// Every stage kind of the DAG (DESIGN.md). Unbuilt kinds still appear in `plan`/`status`.
-pub static REGISTRY: &[StageEntry] = &[
-    StageEntry { kind: "dataset", version: dataset::VERSION, implementation: Some(&dataset::Dataset), missing: "" },
-    StageEntry { kind: "base", version: base::VERSION, implementation: Some(&base::Base), missing: "" },
-    StageEntry { kind: "judge-fit", version: judge_fit::VERSION, implementation: Some(&judge_fit::JudgeFit), missing: "" },
-    StageEntry { kind: "sft-data", version: sft_data::VERSION, implementation: Some(&sft_data::SftData), missing: "" },
-    StageEntry { kind: "prep", version: prep::VERSION, implementation: Some(&prep::Prep), missing: "" },
-    StageEntry { kind: "rollout", version: rollout::VERSION, implementation: Some(&rollout::Rollout), missing: "" },
-    StageEntry { kind: "judge", version: judge::VERSION, implementation: Some(&judge::JudgeStage), missing: "" },
-    StageEntry { kind: "update", version: update::VERSION, implementation: Some(&update::Update), missing: "" },
-    StageEntry { kind: "eval", version: eval::VERSION, implementation: Some(&eval::Eval), missing: "" },
-];
+impl std::fmt::Display for StageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
-/// The registry row of a kind.
-pub fn lookup(kind: &str) -> Option<&'static StageEntry> {
-    REGISTRY.iter().find(|e| e.kind == kind)
+/// The JSON of a params value (every stage's `Params::key` starts here).
+pub fn to_key<T: serde::Serialize>(t: &T) -> serde_json::Value {
+    serde_json::to_value(t).expect("stage params are plain data")
+}
+
+/// Remove `sources_dir`, every `path` (paths never enter keys) and every `sha256` (pinned
+/// files enter the key once, as the `files` component, so `explain` names the file).
+pub fn strip_paths(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.remove("sources_dir");
+            m.remove("path");
+            m.remove("sha256");
+            for (_, x) in m.iter_mut() {
+                strip_paths(x);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_paths),
+        _ => {}
+    }
 }
 
 /// An input artifact as the stage sees it.
@@ -235,10 +313,6 @@ pub struct StageContext<'a> {
     /// The run seed.
     pub seed: u64,
     pub key: Key,
-    /// The validated spec; a stage reads its own section (`ctx.spec.raw.rollout`).
-    pub spec: &'a Spec,
-    /// The canonical key params of this node (what its key saw).
-    pub params: &'a serde_json::Value,
     pub device: Device,
     pub threads: u32,
     pub output: OutputWriter,
@@ -321,5 +395,139 @@ impl StageContext<'_> {
             bail!("{}: interrupted", self.node);
         }
         Ok(())
+    }
+}
+
+/// For every leaf setting of the spec at `file` (a value, or one element of a list): the
+/// stage kinds whose key params change when that setting changes, found by changing it
+/// (a number up or down, a flag flipped, text extended) to a value the spec still accepts.
+/// Settings no stage reads are listed with no kind (run-level: the seed, which is its own
+/// key component; threads; speed-only batch sizes; judge connection settings). This is the
+/// "which stage reads which params" table of docs/stage-params.md, generated from the code.
+pub fn params_table(spec: &Spec) -> Vec<(String, Vec<StageKind>)> {
+    use serde_json::Value;
+    fn leaves(v: &Value, path: String, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, x)| leaves(x, if path.is_empty() { k.clone() } else { format!("{path}.{k}") }, out)),
+            Value::Array(a) if !a.is_empty() => a.iter().enumerate().for_each(|(i, x)| leaves(x, format!("{path}[{i}]"), out)),
+            _ => out.push(path),
+        }
+    }
+    fn slot<'v>(v: &'v mut Value, path: &str) -> &'v mut Value {
+        let mut cur = v;
+        for part in path.split('.') {
+            let (name, index) = match part.split_once('[') {
+                Some((n, i)) => (n, Some(i.trim_end_matches(']').parse::<usize>().expect("index"))),
+                None => (part, None),
+            };
+            cur = &mut cur[name];
+            if let Some(i) = index {
+                cur = &mut cur[i];
+            }
+        }
+        cur
+    }
+    fn candidates(v: &Value) -> Vec<Value> {
+        match v {
+            Value::Bool(b) => vec![Value::Bool(!b)],
+            Value::Number(n) if n.is_u64() => {
+                let n = n.as_u64().expect("u64");
+                vec![(n + 1).into(), n.saturating_sub(1).into(), (n * 2).into()]
+            }
+            Value::Number(n) => {
+                let x = n.as_f64().expect("f64");
+                [x * 0.5, x + 0.01, x - 0.01, x * 1.5, 1.0].into_iter().filter_map(|y| serde_json::Number::from_f64(y).map(Value::Number)).collect()
+            }
+            // Text: extended, or another value of one of the spec's enums.
+            Value::String(s) => std::iter::once(format!("{s}x"))
+                .chain(["selfplay", "attacker_only", "defender_only", "keywords", "rules", "probe", "general_sum", "zero_sum", "general_sum_all_one", "bf16", "f32", "cuda", "cpu", "harmful", "benign"].into_iter().filter(|e| e != s).map(String::from))
+                .map(Value::String)
+                .collect(),
+            _ => vec![],
+        }
+    }
+    let base = to_key(&spec.raw);
+    let keys = |s: &Spec| StageKind::ALL.map(|k| k.key_params(s));
+    let before = keys(spec);
+    let mut paths = Vec::new();
+    leaves(&base, String::new(), &mut paths);
+    let mut table = Vec::new();
+    // Paths and pins enter keys as pinned files (by sha256), never as params.
+    let file_setting = |p: &str| p.ends_with(".path") || p.ends_with("sha256") || p.ends_with("sources_dir") || p.ends_with("embedder_dir");
+    for path in paths.into_iter().filter(|p| !file_setting(p)) {
+        let original = slot(&mut base.clone(), &path).clone();
+        let changed = candidates(&original).into_iter().find_map(|c| {
+            let mut v = base.clone();
+            *slot(&mut v, &path) = c;
+            let raw: crate::spec::RawSpec = serde_json::from_value(v).ok()?;
+            (raw != spec.raw).then(|| Spec::validate(raw, &spec.config_file).ok()).flatten()
+        });
+        let Some(changed) = changed else { continue };
+        let after = keys(&changed);
+        table.push((path, StageKind::ALL.into_iter().zip(before.iter().zip(&after)).filter(|(_, (a, b))| a != b).map(|(k, _)| k).collect()));
+    }
+    table
+}
+
+/// [`params_table`] as the Markdown of docs/stage-params.md.
+pub fn params_table_markdown(spec: &Spec) -> String {
+    let mut s = String::from("| setting | stages whose key it enters |\n|---|---|\n");
+    for (path, kinds) in params_table(spec) {
+        let kinds: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+        s.push_str(&format!("| `{path}` | {} |\n", if kinds.is_empty() { "— (no stage's params)".to_string() } else { kinds.join(", ") }));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_spec() -> Spec {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline.yaml");
+        Spec::from_yaml(&std::fs::read_to_string(&file).expect("pipeline.yaml"), &file).expect("valid")
+    }
+
+    #[test]
+    fn stage_kind_names_round_trip_and_serialise_as_names() {
+        for k in StageKind::ALL {
+            assert_eq!(StageKind::parse(k.name()), Some(k));
+            assert_eq!(serde_json::to_value(k).expect("json"), serde_json::Value::String(k.name().into()));
+        }
+        assert_eq!(StageKind::parse("judge_fit"), None);
+    }
+
+    /// Which stage reads which setting of the default pipeline, checked against the committed
+    /// table (regenerate: `UPDATE_GOLDEN=1 cargo test --lib stage_params_table`). A change
+    /// here is a change of some stage's key: bump that stage's VERSION if its outputs change.
+    #[test]
+    fn stage_params_table_matches_docs() {
+        let spec = default_spec();
+        let table = params_table(&spec);
+        let reads = |path: &str| table.iter().find(|(p, _)| p == path).map(|(_, k)| k.clone()).unwrap_or_else(|| panic!("{path} not in the table"));
+        // Each section is in its own stage's key ...
+        assert_eq!(reads("prep.harmful_fraction"), [StageKind::Prep]);
+        assert_eq!(reads("update.lr"), [StageKind::Update]);
+        assert_eq!(reads("sft.demos"), [StageKind::SftData]);
+        assert_eq!(reads("reward.remove_ties"), [StageKind::Judge]);
+        // ... plus what a stage reads from another section: the judge's game switches, the
+        // update's schedule length, the eval's rollout sampling, the judge-fit source groups.
+        assert_eq!(reads("rollout.mode"), [StageKind::Rollout, StageKind::Judge, StageKind::Update]);
+        assert_eq!(reads("prep.seeds_per_iteration"), [StageKind::Prep, StageKind::Update]);
+        assert_eq!(reads("rollout.temperature"), [StageKind::Rollout, StageKind::Eval]);
+        assert_eq!(reads("run.iterations"), [StageKind::Update]);
+        // Speed-only knobs and the run seed (its own key component) enter no params.
+        for p in ["eval.batch_size", "sft.batch_size", "run.threads", "run.seed"] {
+            assert!(reads(p).is_empty(), "{p}: {:?}", reads(p));
+        }
+        let md = params_table_markdown(&spec);
+        let doc_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/stage-params.md");
+        let doc = std::fs::read_to_string(&doc_path).unwrap_or_default();
+        let (head, _) = doc.split_once("| setting |").unwrap_or((doc.as_str(), ""));
+        if std::env::var("UPDATE_GOLDEN").is_ok() {
+            std::fs::write(&doc_path, format!("{head}{md}")).expect("write docs/stage-params.md");
+        } else {
+            assert_eq!(doc.split_once("| setting |").map(|(_, t)| format!("| setting |{t}")).unwrap_or_default(), md, "docs/stage-params.md is stale: UPDATE_GOLDEN=1 cargo test --lib stage_params_table");
+        }
     }
 }

@@ -5,14 +5,27 @@
 use anyhow::bail;
 use rand::seq::{index, SliceRandom};
 
-use super::{Stage, StageContext};
+use super::StageContext;
 use crate::schema::prep::{PrepRow, PrepSchema};
 use crate::schema::seeds::{SeedRow, SeedsSchema};
 
 /// Bump when the output for the same inputs would change.
 pub const VERSION: u32 = 1;
 
-pub struct Prep;
+/// What `prep` reads from the spec: the `prep` section, all of it in the key.
+pub type Params = crate::spec::PrepParams;
+
+pub fn params(spec: &crate::spec::Spec) -> Params {
+    spec.raw.prep.clone()
+}
+
+impl crate::spec::PrepParams {
+    /// The key parameters of `prep@i`: the whole section.
+    pub fn key(&self) -> serde_json::Value {
+        super::to_key(self)
+    }
+}
+
 
 /// Pick `n` of `pool` and mark `round(n · revise)` of them for revision.
 fn draw<'a>(pool: &[&'a SeedRow], n: usize, revise: f64, rng_pick: &mut impl rand::Rng, rng_mark: &mut impl rand::Rng) -> Vec<(&'a SeedRow, bool)> {
@@ -25,55 +38,46 @@ fn draw<'a>(pool: &[&'a SeedRow], n: usize, revise: f64, rng_pick: &mut impl ran
     picked.into_iter().zip(flags).collect()
 }
 
-impl Stage for Prep {
-    fn kind(&self) -> &'static str {
-        "prep"
+pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
+    let seeds = ctx.read_parquet::<SeedsSchema>("dataset")?;
+    let harmful: Vec<&SeedRow> = seeds.iter().filter(|r| r.split == "train" && r.label == "harmful").collect();
+    let benign: Vec<&SeedRow> = seeds.iter().filter(|r| r.split == "train" && r.label == "benign").collect();
+    let n = p.seeds_per_iteration as usize;
+    let n_harmful = (n as f64 * p.harmful_fraction).round() as usize;
+    let n_benign = n - n_harmful;
+    if n_harmful > harmful.len() || n_benign > benign.len() {
+        bail!(
+            "prep.seeds_per_iteration = {n} at harmful_fraction {} needs {n_harmful} harmful and {n_benign} benign training seeds; the dataset has {} and {}",
+            p.harmful_fraction,
+            harmful.len(),
+            benign.len()
+        );
     }
-    fn version(&self) -> u32 {
-        VERSION
-    }
-    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
-        let p = ctx.spec.raw.prep.clone();
-        let seeds = ctx.read_parquet::<SeedsSchema>("dataset")?;
-        let harmful: Vec<&SeedRow> = seeds.iter().filter(|r| r.split == "train" && r.label == "harmful").collect();
-        let benign: Vec<&SeedRow> = seeds.iter().filter(|r| r.split == "train" && r.label == "benign").collect();
-        let n = p.seeds_per_iteration as usize;
-        let n_harmful = (n as f64 * p.harmful_fraction).round() as usize;
-        let n_benign = n - n_harmful;
-        if n_harmful > harmful.len() || n_benign > benign.len() {
-            bail!(
-                "prep.seeds_per_iteration = {n} at harmful_fraction {} needs {n_harmful} harmful and {n_benign} benign training seeds; the dataset has {} and {}",
-                p.harmful_fraction,
-                harmful.len(),
-                benign.len()
-            );
-        }
-        // Separate generators per purpose (rows 0..=4), so changing one class's count does
-        // not shift the other class's draws.
-        let mut batch = draw(&harmful, n_harmful, p.revise_fraction, &mut ctx.rng(0), &mut ctx.rng(1));
-        batch.extend(draw(&benign, n_benign, p.revise_fraction, &mut ctx.rng(2), &mut ctx.rng(3)));
-        batch.shuffle(&mut ctx.rng(4));
-        let rows: Vec<PrepRow> = batch
-            .into_iter()
-            .enumerate()
-            .map(|(i, (s, revise))| PrepRow {
-                row: i as u32,
-                seed_id: s.id.clone(),
-                text: s.text.clone(),
-                label: s.label.clone(),
-                data_type: format!("{}_{}", if revise { "generated" } else { "vanilla" }, s.label),
-                revise,
-                source: s.source.clone(),
-                category: s.category.clone(),
-            })
-            .collect();
-        let count = |dt: &str| rows.iter().filter(|r| r.data_type == dt).count();
-        ctx.output.metric("seeds", rows.len());
-        ctx.output.metric("generated_harmful", count("generated_harmful"));
-        ctx.output.metric("vanilla_harmful", count("vanilla_harmful"));
-        ctx.output.metric("generated_benign", count("generated_benign"));
-        ctx.output.metric("vanilla_benign", count("vanilla_benign"));
-        ctx.output.write_parquet::<PrepSchema>(&rows)?;
-        Ok(())
-    }
+    // Separate generators per purpose (rows 0..=4), so changing one class's count does
+    // not shift the other class's draws.
+    let mut batch = draw(&harmful, n_harmful, p.revise_fraction, &mut ctx.rng(0), &mut ctx.rng(1));
+    batch.extend(draw(&benign, n_benign, p.revise_fraction, &mut ctx.rng(2), &mut ctx.rng(3)));
+    batch.shuffle(&mut ctx.rng(4));
+    let rows: Vec<PrepRow> = batch
+        .into_iter()
+        .enumerate()
+        .map(|(i, (s, revise))| PrepRow {
+            row: i as u32,
+            seed_id: s.id.clone(),
+            text: s.text.clone(),
+            label: s.label.clone(),
+            data_type: format!("{}_{}", if revise { "generated" } else { "vanilla" }, s.label),
+            revise,
+            source: s.source.clone(),
+            category: s.category.clone(),
+        })
+        .collect();
+    let count = |dt: &str| rows.iter().filter(|r| r.data_type == dt).count();
+    ctx.output.metric("seeds", rows.len());
+    ctx.output.metric("generated_harmful", count("generated_harmful"));
+    ctx.output.metric("vanilla_harmful", count("vanilla_harmful"));
+    ctx.output.metric("generated_benign", count("generated_benign"));
+    ctx.output.metric("vanilla_benign", count("vanilla_benign"));
+    ctx.output.write_parquet::<PrepSchema>(&rows)?;
+    Ok(())
 }

@@ -11,28 +11,48 @@ use anyhow::{bail, Context};
 use rand::RngCore;
 
 use super::base::load_policy_input;
-use super::{Stage, StageContext};
+use super::StageContext;
 use crate::game::{attack_turn, defender_prompt, public_text, AttackTurn, GameMode, GameOptions, SeedKind};
 use crate::generate::{render_prompt, rollout_sampling};
 use crate::model::{Policy, Sample, SamplingParams, TokenId};
 use crate::schema::prep::{PrepRow, PrepSchema};
 use crate::schema::rollout::{GameRow, GamesSchema};
-use crate::spec::{GameMode as SpecMode, Spec};
+use crate::spec::{Dtype, GameMode as SpecMode, RolloutParams, Spec};
 
-pub struct Rollout;
 /// Bump when this stage's output for the same inputs would change.
 /// 2: decoding steps use the CPU decode kernel (src/model/kernels.rs), whose float rounding
 /// differs from MKL's, so sampled tokens can differ.
 pub const VERSION: u32 = 3; // 3: min_new_tokens = 1 (a turn is never empty), per-role truncation metrics
 
-/// The game switches of the spec.
-pub fn game_options(spec: &Spec) -> GameOptions {
-    let mode = match spec.raw.rollout.mode {
+/// What `rollout` reads from the spec. Key: the `rollout` section (`batch_size` included, see
+/// "rollout key" in src/plan.rs) and the game templates' digest.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub rollout: RolloutParams,
+    /// `base.dtype`, not in the key (see `base::load_policy_input`).
+    pub dtype: Dtype,
+}
+
+pub fn params(spec: &Spec) -> Params {
+    Params { rollout: spec.raw.rollout.clone(), dtype: spec.raw.base.dtype }
+}
+
+impl Params {
+    pub fn key(&self) -> serde_json::Value {
+        let mut v = super::to_key(&self.rollout);
+        v.as_object_mut().expect("rollout is a map").insert("template_digest".into(), serde_json::Value::String(crate::game::template_digest().to_hex()));
+        v
+    }
+}
+
+/// The game switches of a `rollout` section.
+pub fn game_options(r: &RolloutParams) -> GameOptions {
+    let mode = match r.mode {
         SpecMode::Selfplay => GameMode::SelfPlay,
         SpecMode::AttackerOnly => GameMode::AttackerOnly,
         SpecMode::DefenderOnly => GameMode::DefenderOnly,
     };
-    GameOptions { cot: spec.raw.rollout.cot, mode }
+    GameOptions { cot: r.cot, mode }
 }
 
 /// Sample `prompts` in chunks of `batch` (one progress tick per row).
@@ -53,131 +73,122 @@ struct Pending {
     public_attack: String,
 }
 
-impl Stage for Rollout {
-    fn kind(&self) -> &'static str {
-        "rollout"
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
-    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
-        tch::set_num_threads(ctx.threads as i32);
-        let options = game_options(ctx.spec);
-        let params = rollout_sampling(&ctx.spec.raw.rollout);
-        let batch = ctx.spec.raw.rollout.batch_size as usize;
-        let prep = ctx.read_parquet::<PrepSchema>("prep")?;
-        let policy = load_policy_input(ctx, "policy")?;
+pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
+    let options = game_options(&p.rollout);
+    let params = rollout_sampling(&p.rollout);
+    let batch = p.rollout.batch_size as usize;
+    let prep = ctx.read_parquet::<PrepSchema>("prep")?;
+    let policy = load_policy_input(ctx, "policy", p.dtype)?;
 
-        // Turn 0 for every seed.
-        let mut games = Vec::new();
-        for r in prep {
-            let Some(kind) = SeedKind::parse(&r.data_type) else { bail!("prep row {}: unknown data_type {:?}", r.row, r.data_type) };
-            match attack_turn(&r.text, kind, &options) {
-                AttackTurn::Skip => {}
-                AttackTurn::Verbatim(text) => games.push(Pending { prep: r, attacker: None, public_attack: text }),
-                AttackTurn::Generate(chat) => {
-                    let rendered = render_prompt(policy.tokenizer(), &chat)?;
-                    games.push(Pending { prep: r, attacker: Some(rendered), public_attack: String::new() });
-                }
+    // Turn 0 for every seed.
+    let mut games = Vec::new();
+    for r in prep {
+        let Some(kind) = SeedKind::parse(&r.data_type) else { bail!("prep row {}: unknown data_type {:?}", r.row, r.data_type) };
+        match attack_turn(&r.text, kind, &options) {
+            AttackTurn::Skip => {}
+            AttackTurn::Verbatim(text) => games.push(Pending { prep: r, attacker: None, public_attack: text }),
+            AttackTurn::Generate(chat) => {
+                let rendered = render_prompt(policy.tokenizer(), &chat)?;
+                games.push(Pending { prep: r, attacker: Some(rendered), public_attack: String::new() });
             }
         }
-        let seed_of = |row: u64| ctx.rng(row).next_u64();
-        let att_idx: Vec<usize> = (0..games.len()).filter(|&i| games[i].attacker.is_some()).collect();
-        let att_prompts: Vec<Vec<TokenId>> = att_idx.iter().map(|&i| games[i].attacker.as_ref().expect("filtered").1.clone()).collect();
-        let att_seeds: Vec<u64> = att_idx.iter().map(|&i| seed_of(2 * u64::from(games[i].prep.row))).collect();
-        let att_samples = sample_chunked(ctx, &policy, &att_prompts, &att_seeds, &params, batch, "attacker turns")?;
-        let mut attacker_out: Vec<Option<Sample>> = vec![None; games.len()];
-        for (&i, s) in att_idx.iter().zip(att_samples) {
-            games[i].public_attack = public_text(&s.text, options.cot).text;
-            attacker_out[i] = Some(s);
-        }
+    }
+    let seed_of = |row: u64| ctx.rng(row).next_u64();
+    let att_idx: Vec<usize> = (0..games.len()).filter(|&i| games[i].attacker.is_some()).collect();
+    let att_prompts: Vec<Vec<TokenId>> = att_idx.iter().map(|&i| games[i].attacker.as_ref().expect("filtered").1.clone()).collect();
+    let att_seeds: Vec<u64> = att_idx.iter().map(|&i| seed_of(2 * u64::from(games[i].prep.row))).collect();
+    let att_samples = sample_chunked(ctx, &policy, &att_prompts, &att_seeds, &params, batch, "attacker turns")?;
+    let mut attacker_out: Vec<Option<Sample>> = vec![None; games.len()];
+    for (&i, s) in att_idx.iter().zip(att_samples) {
+        games[i].public_attack = public_text(&s.text, options.cot).text;
+        attacker_out[i] = Some(s);
+    }
 
-        // Turn 1: the defender (the frozen base model in attacker-only runs).
-        let frozen;
-        let defender: &Policy = if options.defender_is_frozen() {
-            frozen = load_policy_input(ctx, "reference")?;
-            &frozen
-        } else {
-            &policy
-        };
-        let style = options.defender_style();
-        let mut def_rendered = Vec::with_capacity(games.len());
-        for g in &games {
-            def_rendered.push(render_prompt(defender.tokenizer(), &defender_prompt(&g.public_attack, style))?);
-        }
-        let def_prompts: Vec<Vec<TokenId>> = def_rendered.iter().map(|(_, ids)| ids.clone()).collect();
-        let def_seeds: Vec<u64> = games.iter().map(|g| seed_of(2 * u64::from(g.prep.row) + 1)).collect();
-        let def_samples = sample_chunked(ctx, defender, &def_prompts, &def_seeds, &params, batch, "defender turns")?;
+    // Turn 1: the defender (the frozen base model in attacker-only runs).
+    let frozen;
+    let defender: &Policy = if options.defender_is_frozen() {
+        frozen = load_policy_input(ctx, "reference", p.dtype)?;
+        &frozen
+    } else {
+        &policy
+    };
+    let style = options.defender_style();
+    let mut def_rendered = Vec::with_capacity(games.len());
+    for g in &games {
+        def_rendered.push(render_prompt(defender.tokenizer(), &defender_prompt(&g.public_attack, style))?);
+    }
+    let def_prompts: Vec<Vec<TokenId>> = def_rendered.iter().map(|(_, ids)| ids.clone()).collect();
+    let def_seeds: Vec<u64> = games.iter().map(|g| seed_of(2 * u64::from(g.prep.row) + 1)).collect();
+    let def_samples = sample_chunked(ctx, defender, &def_prompts, &def_seeds, &params, batch, "defender turns")?;
 
-        let mut rows = Vec::with_capacity(games.len());
-        for ((g, a), ((dtext, dids), d)) in games.into_iter().zip(attacker_out).zip(def_rendered.into_iter().zip(def_samples)) {
-            let dpub = public_text(&d.text, options.cot);
-            let (aprompt, aids) = g.attacker.map_or((None, Vec::new()), |(t, ids)| (Some(t), ids));
-            rows.push(GameRow {
-                game_id: format!("g{:05}", g.prep.row),
-                row: g.prep.row,
-                seed_id: g.prep.seed_id,
-                seed_text: g.prep.text,
-                label: g.prep.label,
-                data_type: g.prep.data_type,
-                category: g.prep.category,
-                attacker_turn: a.is_some(),
-                attacker_prompt: aprompt,
-                attacker_output: a.as_ref().map(|s| s.text.clone()),
-                attacker_format_violation: a.as_ref().and_then(|s| public_text(&s.text, options.cot).violation),
-                attacker_prompt_ids: aids,
-                attacker_response_ids: a.as_ref().map_or_else(Vec::new, |s| s.token_ids.clone()),
-                attacker_logprobs: a.as_ref().map_or_else(Vec::new, |s| s.logprobs.clone()),
-                attacker_finished_by_stop: a.as_ref().map(|s| s.finished_by_stop),
-                public_attack: g.public_attack,
-                defender_frozen: options.defender_is_frozen(),
-                defender_prompt: dtext,
-                defender_output: d.text,
-                defender_format_violation: dpub.violation,
-                defender_prompt_ids: dids,
-                defender_response_ids: d.token_ids,
-                defender_logprobs: d.logprobs,
-                defender_finished_by_stop: d.finished_by_stop,
-                public_answer: dpub.text,
-            });
+    let mut rows = Vec::with_capacity(games.len());
+    for ((g, a), ((dtext, dids), d)) in games.into_iter().zip(attacker_out).zip(def_rendered.into_iter().zip(def_samples)) {
+        let dpub = public_text(&d.text, options.cot);
+        let (aprompt, aids) = g.attacker.map_or((None, Vec::new()), |(t, ids)| (Some(t), ids));
+        rows.push(GameRow {
+            game_id: format!("g{:05}", g.prep.row),
+            row: g.prep.row,
+            seed_id: g.prep.seed_id,
+            seed_text: g.prep.text,
+            label: g.prep.label,
+            data_type: g.prep.data_type,
+            category: g.prep.category,
+            attacker_turn: a.is_some(),
+            attacker_prompt: aprompt,
+            attacker_output: a.as_ref().map(|s| s.text.clone()),
+            attacker_format_violation: a.as_ref().and_then(|s| public_text(&s.text, options.cot).violation),
+            attacker_prompt_ids: aids,
+            attacker_response_ids: a.as_ref().map_or_else(Vec::new, |s| s.token_ids.clone()),
+            attacker_logprobs: a.as_ref().map_or_else(Vec::new, |s| s.logprobs.clone()),
+            attacker_finished_by_stop: a.as_ref().map(|s| s.finished_by_stop),
+            public_attack: g.public_attack,
+            defender_frozen: options.defender_is_frozen(),
+            defender_prompt: dtext,
+            defender_output: d.text,
+            defender_format_violation: dpub.violation,
+            defender_prompt_ids: dids,
+            defender_response_ids: d.token_ids,
+            defender_logprobs: d.logprobs,
+            defender_finished_by_stop: d.finished_by_stop,
+            public_answer: dpub.text,
+        });
+    }
+    let n = rows.len().max(1) as f64;
+    let attackers: Vec<&GameRow> = rows.iter().filter(|r| r.attacker_turn).collect();
+    ctx.output.metric("games", rows.len());
+    ctx.output.metric("attacker_turns", attackers.len());
+    ctx.output.metric("defender_mean_tokens", rows.iter().map(|r| r.defender_response_ids.len()).sum::<usize>() as f64 / n);
+    ctx.output.metric("defender_finished_rate", rows.iter().filter(|r| r.defender_finished_by_stop).count() as f64 / n);
+    if !attackers.is_empty() {
+        let na = attackers.len() as f64;
+        ctx.output.metric("attacker_mean_tokens", attackers.iter().map(|r| r.attacker_response_ids.len()).sum::<usize>() as f64 / na);
+        ctx.output.metric("attacker_finished_rate", attackers.iter().filter(|r| r.attacker_finished_by_stop == Some(true)).count() as f64 / na);
+    }
+    if options.cot {
+        let v: Vec<bool> = rows.iter().flat_map(|r| [r.attacker_format_violation, (!r.defender_frozen).then_some(r.defender_format_violation).flatten()]).flatten().collect();
+        if !v.is_empty() {
+            ctx.output.metric("format_violation_rate", v.iter().filter(|x| **x).count() as f64 / v.len() as f64);
         }
-        let n = rows.len().max(1) as f64;
-        let attackers: Vec<&GameRow> = rows.iter().filter(|r| r.attacker_turn).collect();
-        ctx.output.metric("games", rows.len());
-        ctx.output.metric("attacker_turns", attackers.len());
-        ctx.output.metric("defender_mean_tokens", rows.iter().map(|r| r.defender_response_ids.len()).sum::<usize>() as f64 / n);
-        ctx.output.metric("defender_finished_rate", rows.iter().filter(|r| r.defender_finished_by_stop).count() as f64 / n);
-        if !attackers.is_empty() {
-            let na = attackers.len() as f64;
-            ctx.output.metric("attacker_mean_tokens", attackers.iter().map(|r| r.attacker_response_ids.len()).sum::<usize>() as f64 / na);
-            ctx.output.metric("attacker_finished_rate", attackers.iter().filter(|r| r.attacker_finished_by_stop == Some(true)).count() as f64 / na);
+    }
+    // Per role: how often a turn is well-formed, how often it hit the token cap, and how
+    // often it was cut inside its reasoning (no `</think>`): then the parser's fallback
+    // makes the whole reasoning public (method.md §1.4). These choose the caps.
+    let turns: [(&str, Vec<(Option<bool>, bool, &str)>); 2] = [
+        ("attacker", attackers.iter().map(|r| (r.attacker_format_violation, r.attacker_finished_by_stop == Some(true), r.attacker_output.as_deref().unwrap_or(""))).collect()),
+        ("defender", rows.iter().filter(|r| !r.defender_frozen).map(|r| (r.defender_format_violation, r.defender_finished_by_stop, r.defender_output.as_str())).collect()),
+    ];
+    for (role, t) in turns {
+        if t.is_empty() {
+            continue;
         }
+        let n = t.len() as f64;
+        let rate = |f: &dyn Fn(&(Option<bool>, bool, &str)) -> bool| t.iter().filter(|x| f(x)).count() as f64 / n;
+        ctx.output.metric(&format!("{role}_truncated_rate"), rate(&|x| !x.1));
         if options.cot {
-            let v: Vec<bool> = rows.iter().flat_map(|r| [r.attacker_format_violation, (!r.defender_frozen).then_some(r.defender_format_violation).flatten()]).flatten().collect();
-            if !v.is_empty() {
-                ctx.output.metric("format_violation_rate", v.iter().filter(|x| **x).count() as f64 / v.len() as f64);
-            }
+            ctx.output.metric(&format!("{role}_well_formed_rate"), rate(&|x| x.0 == Some(false)));
+            ctx.output.metric(&format!("{role}_truncated_in_thinking_rate"), rate(&|x| !x.1 && !x.2.contains("</think>")));
         }
-        // Per role: how often a turn is well-formed, how often it hit the token cap, and how
-        // often it was cut inside its reasoning (no `</think>`): then the parser's fallback
-        // makes the whole reasoning public (method.md §1.4). These choose the caps.
-        let turns: [(&str, Vec<(Option<bool>, bool, &str)>); 2] = [
-            ("attacker", attackers.iter().map(|r| (r.attacker_format_violation, r.attacker_finished_by_stop == Some(true), r.attacker_output.as_deref().unwrap_or(""))).collect()),
-            ("defender", rows.iter().filter(|r| !r.defender_frozen).map(|r| (r.defender_format_violation, r.defender_finished_by_stop, r.defender_output.as_str())).collect()),
-        ];
-        for (role, t) in turns {
-            if t.is_empty() {
-                continue;
-            }
-            let n = t.len() as f64;
-            let rate = |f: &dyn Fn(&(Option<bool>, bool, &str)) -> bool| t.iter().filter(|x| f(x)).count() as f64 / n;
-            ctx.output.metric(&format!("{role}_truncated_rate"), rate(&|x| !x.1));
-            if options.cot {
-                ctx.output.metric(&format!("{role}_well_formed_rate"), rate(&|x| x.0 == Some(false)));
-                ctx.output.metric(&format!("{role}_truncated_in_thinking_rate"), rate(&|x| !x.1 && !x.2.contains("</think>")));
-            }
-        }
-        ctx.output.write_parquet::<GamesSchema>(&rows)?;
-        Ok(())
     }
+    ctx.output.write_parquet::<GamesSchema>(&rows)?;
+    Ok(())
 }

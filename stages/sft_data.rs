@@ -25,7 +25,7 @@ use rand::seq::SliceRandom;
 use rand::RngCore;
 
 use super::base::load_policy_input;
-use super::{Stage, StageContext};
+use super::StageContext;
 use crate::game::{cot_format_check_and_extract, defender_prompt, postfill_prompt, postfilled_sft_target, ChatPrompt, DefenderStyle, THINKING_PREFIX};
 use crate::generate::render_prompt;
 use crate::model::{ChatTokenizer, SamplingParams, TokenId};
@@ -35,7 +35,35 @@ use crate::schema::sft_demos::{SftDemoRow, SftDemosSchema};
 /// Bump when the output for the same inputs would change.
 pub const VERSION: u32 = 2; // 2: no cut inside a code fence
 
-pub struct SftData;
+/// What `sft-data` reads from the spec. Key: the `sft` section without the source's path and
+/// pin (the source enters by its sha256 as the pinned file `sft.source`) and without
+/// `batch_size` (speed only), plus the digests of the defender template and the post-fill
+/// instruction.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub sft: crate::spec::SftParams,
+    /// The source file, resolved (not in the key).
+    pub source_path: std::path::PathBuf,
+    /// `base.dtype`, not in the key (see `base::load_policy_input`).
+    pub dtype: crate::spec::Dtype,
+}
+
+pub fn params(spec: &crate::spec::Spec) -> Params {
+    Params { sft: spec.raw.sft.clone(), source_path: spec.source_path(&spec.raw.sft.source), dtype: spec.raw.base.dtype }
+}
+
+impl Params {
+    pub fn key(&self) -> serde_json::Value {
+        let mut v = super::to_key(&self.sft);
+        super::strip_paths(&mut v);
+        let m = v.as_object_mut().expect("sft is a map");
+        m.remove("batch_size");
+        m.insert("template_digest".into(), serde_json::Value::String(crate::game::template_digest().to_hex()));
+        m.insert("postfill_template_digest".into(), serde_json::Value::String(crate::game::postfill_template_digest().to_hex()));
+        v
+    }
+}
+
 
 /// Tags that may not appear inside a post-filled reasoning or a reference answer.
 const TAGS: [&str; 4] = ["<think>", "</think>", "<answer>", "</answer>"];
@@ -78,122 +106,113 @@ struct Candidate {
     cut: bool,
 }
 
-impl Stage for SftData {
-    fn kind(&self) -> &'static str {
-        "sft-data"
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
-    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
-        tch::set_num_threads(ctx.threads as i32);
-        let p = ctx.spec.raw.sft.clone();
-        let seeds = ctx.read_parquet::<SeedsSchema>("dataset")?;
-        let held_out: HashSet<&str> = seeds.iter().filter(|s| s.split != "train").map(|s| s.id.as_str()).collect();
-        let path = ctx.spec.source_path(&p.source);
-        crate::data::verify_source(&path, &p.source.sha256)?;
-        let mut pairs = crate::data::read_labelled(&p.source, &path)?;
-        // Seeded order, so `demos` < the pool takes a random sample rather than the file's head.
-        pairs.shuffle(&mut ctx.rng(0));
-        let policy = load_policy_input(ctx, "policy")?;
-        let tok = policy.tokenizer();
+pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
+    let (dtype, path) = (p.dtype, p.source_path.clone());
+    let p = &p.sft;
+    let seeds = ctx.read_parquet::<SeedsSchema>("dataset")?;
+    let held_out: HashSet<&str> = seeds.iter().filter(|s| s.split != "train").map(|s| s.id.as_str()).collect();
+    crate::data::verify_source(&path, &p.source.sha256)?;
+    let mut pairs = crate::data::read_labelled(&p.source, &path)?;
+    // Seeded order, so `demos` < the pool takes a random sample rather than the file's head.
+    pairs.shuffle(&mut ctx.rng(0));
+    let policy = load_policy_input(ctx, "policy", dtype)?;
+    let tok = policy.tokenizer();
 
-        let (mut overlap, mut too_long, mut tagged) = (0usize, 0usize, 0usize);
-        let mut candidates = Vec::new();
-        for (i, pair) in pairs.iter().enumerate() {
-            let pid = crate::data::prompt_id(&pair.prompt);
-            if held_out.contains(pid.as_str()) {
-                overlap += 1;
-                continue;
-            }
-            if TAGS.iter().any(|t| pair.prompt.contains(t) || pair.response.contains(t)) {
-                tagged += 1;
-                continue;
-            }
-            match fit_response(tok, &pair.response, p.max_response_tokens as usize).with_context(|| format!("{}: tokenizing a reference answer", ctx.node))? {
-                Some((response, cut)) => candidates.push(Candidate { row: i as u64 + 1, prompt_id: pid, request: pair.prompt.trim().to_string(), response, cut }),
-                None => too_long += 1,
-            }
+    let (mut overlap, mut too_long, mut tagged) = (0usize, 0usize, 0usize);
+    let mut candidates = Vec::new();
+    for (i, pair) in pairs.iter().enumerate() {
+        let pid = crate::data::prompt_id(&pair.prompt);
+        if held_out.contains(pid.as_str()) {
+            overlap += 1;
+            continue;
         }
+        if TAGS.iter().any(|t| pair.prompt.contains(t) || pair.response.contains(t)) {
+            tagged += 1;
+            continue;
+        }
+        match fit_response(tok, &pair.response, p.max_response_tokens as usize).with_context(|| format!("{}: tokenizing a reference answer", ctx.node))? {
+            Some((response, cut)) => candidates.push(Candidate { row: i as u64 + 1, prompt_id: pid, request: pair.prompt.trim().to_string(), response, cut }),
+            None => too_long += 1,
+        }
+    }
 
-        let params = SamplingParams { temperature: p.temperature, top_p: p.top_p, max_new_tokens: p.max_thinking_tokens as usize, ..Default::default() };
-        let want = p.demos as usize;
-        let bar = ctx.progress(want as u64, "post-filling reasoning");
-        let (mut not_stopped, mut malformed, mut tried) = (0usize, 0usize, 0usize);
-        let mut rows: Vec<SftDemoRow> = Vec::new();
-        for chunk in candidates.chunks(p.batch_size as usize) {
+    let params = SamplingParams { temperature: p.temperature, top_p: p.top_p, max_new_tokens: p.max_thinking_tokens as usize, ..Default::default() };
+    let want = p.demos as usize;
+    let bar = ctx.progress(want as u64, "post-filling reasoning");
+    let (mut not_stopped, mut malformed, mut tried) = (0usize, 0usize, 0usize);
+    let mut rows: Vec<SftDemoRow> = Vec::new();
+    for chunk in candidates.chunks(p.batch_size as usize) {
+        if rows.len() >= want {
+            break;
+        }
+        ctx.check_cancelled()?;
+        let mut prompts: Vec<Vec<TokenId>> = Vec::with_capacity(chunk.len());
+        for c in chunk {
+            prompts.push(render_prompt(tok, &postfill_prompt(&c.request, &c.response))?.1);
+        }
+        let draw_seeds: Vec<u64> = chunk.iter().map(|c| ctx.rng(c.row).next_u64()).collect();
+        let samples = policy.generate_interruptible(&prompts, &draw_seeds, &params, ctx.interrupt_flag()).with_context(|| format!("{}: post-filling reasoning", ctx.node))?;
+        for (c, s) in chunk.iter().zip(samples) {
             if rows.len() >= want {
                 break;
             }
-            ctx.check_cancelled()?;
-            let mut prompts: Vec<Vec<TokenId>> = Vec::with_capacity(chunk.len());
-            for c in chunk {
-                prompts.push(render_prompt(tok, &postfill_prompt(&c.request, &c.response))?.1);
+            tried += 1;
+            let thinking = crate::game::cot::py_strip(&s.text).to_string();
+            if !s.finished_by_stop {
+                not_stopped += 1;
+                continue;
             }
-            let draw_seeds: Vec<u64> = chunk.iter().map(|c| ctx.rng(c.row).next_u64()).collect();
-            let samples = policy.generate_interruptible(&prompts, &draw_seeds, &params, ctx.interrupt_flag()).with_context(|| format!("{}: post-filling reasoning", ctx.node))?;
-            for (c, s) in chunk.iter().zip(samples) {
-                if rows.len() >= want {
-                    break;
-                }
-                tried += 1;
-                let thinking = crate::game::cot::py_strip(&s.text).to_string();
-                if !s.finished_by_stop {
-                    not_stopped += 1;
-                    continue;
-                }
-                let target_text = postfilled_sft_target(&thinking, &c.response);
-                // The parser sees what the policy would generate: the target without the prefix.
-                let parsed = cot_format_check_and_extract(target_text.strip_prefix(THINKING_PREFIX).unwrap_or(&target_text));
-                if thinking.is_empty() || TAGS.iter().any(|t| thinking.contains(t)) || parsed.violation || parsed.answer != c.response {
-                    malformed += 1;
-                    continue;
-                }
-                let dprompt = defender_prompt(&c.request, DefenderStyle::Cot);
-                let (prompt_text, prompt_ids) = render_prompt(tok, &ChatPrompt { assistant_prefix: None, ..dprompt })?;
-                let mut target_ids = tok.encode(&target_text, false)?;
-                target_ids.push(tok.eos_id());
-                rows.push(SftDemoRow {
-                    prompt_id: c.prompt_id.clone(),
-                    request: c.request.clone(),
-                    response: c.response.clone(),
-                    cut: c.cut,
-                    thinking,
-                    prompt_text,
-                    target_text,
-                    prompt_ids,
-                    target_ids,
-                });
-                bar.inc(1);
+            let target_text = postfilled_sft_target(&thinking, &c.response);
+            // The parser sees what the policy would generate: the target without the prefix.
+            let parsed = cot_format_check_and_extract(target_text.strip_prefix(THINKING_PREFIX).unwrap_or(&target_text));
+            if thinking.is_empty() || TAGS.iter().any(|t| thinking.contains(t)) || parsed.violation || parsed.answer != c.response {
+                malformed += 1;
+                continue;
             }
+            let dprompt = defender_prompt(&c.request, DefenderStyle::Cot);
+            let (prompt_text, prompt_ids) = render_prompt(tok, &ChatPrompt { assistant_prefix: None, ..dprompt })?;
+            let mut target_ids = tok.encode(&target_text, false)?;
+            target_ids.push(tok.eos_id());
+            rows.push(SftDemoRow {
+                prompt_id: c.prompt_id.clone(),
+                request: c.request.clone(),
+                response: c.response.clone(),
+                cut: c.cut,
+                thinking,
+                prompt_text,
+                target_text,
+                prompt_ids,
+                target_ids,
+            });
+            bar.inc(1);
         }
-        drop(bar);
-        if rows.is_empty() {
-            bail!(
-                "{}: no demonstration could be made from {} ({} pairs: {overlap} are eval prompts, {too_long} too long for sft.max_response_tokens = {}, {tagged} hold tags; of {tried} post-filled, {not_stopped} did not stop within sft.max_thinking_tokens = {} and {malformed} were malformed)",
-                ctx.node,
-                p.source.path,
-                pairs.len(),
-                p.max_response_tokens,
-                p.max_thinking_tokens
-            );
-        }
-        let mean = |f: &dyn Fn(&SftDemoRow) -> usize| rows.iter().map(f).sum::<usize>() as f64 / rows.len() as f64;
-        ctx.output.metric("demos", rows.len());
-        ctx.output.metric("demos_requested", want);
-        ctx.output.metric("source_pairs", pairs.len());
-        ctx.output.metric("dropped_eval_overlap", overlap);
-        ctx.output.metric("dropped_too_long", too_long);
-        ctx.output.metric("dropped_tagged", tagged);
-        ctx.output.metric("postfilled", tried);
-        ctx.output.metric("rejected_not_stopped", not_stopped);
-        ctx.output.metric("rejected_malformed", malformed);
-        ctx.output.metric("cut_answers", rows.iter().filter(|r| r.cut).count());
-        ctx.output.metric("mean_thinking_chars", mean(&|r| r.thinking.len()));
-        ctx.output.metric("mean_target_tokens", mean(&|r| r.target_ids.len()));
-        ctx.output.write_parquet::<SftDemosSchema>(&rows)?;
-        Ok(())
     }
+    drop(bar);
+    if rows.is_empty() {
+        bail!(
+            "{}: no demonstration could be made from {} ({} pairs: {overlap} are eval prompts, {too_long} too long for sft.max_response_tokens = {}, {tagged} hold tags; of {tried} post-filled, {not_stopped} did not stop within sft.max_thinking_tokens = {} and {malformed} were malformed)",
+            ctx.node,
+            p.source.path,
+            pairs.len(),
+            p.max_response_tokens,
+            p.max_thinking_tokens
+        );
+    }
+    let mean = |f: &dyn Fn(&SftDemoRow) -> usize| rows.iter().map(f).sum::<usize>() as f64 / rows.len() as f64;
+    ctx.output.metric("demos", rows.len());
+    ctx.output.metric("demos_requested", want);
+    ctx.output.metric("source_pairs", pairs.len());
+    ctx.output.metric("dropped_eval_overlap", overlap);
+    ctx.output.metric("dropped_too_long", too_long);
+    ctx.output.metric("dropped_tagged", tagged);
+    ctx.output.metric("postfilled", tried);
+    ctx.output.metric("rejected_not_stopped", not_stopped);
+    ctx.output.metric("rejected_malformed", malformed);
+    ctx.output.metric("cut_answers", rows.iter().filter(|r| r.cut).count());
+    ctx.output.metric("mean_thinking_chars", mean(&|r| r.thinking.len()));
+    ctx.output.metric("mean_target_tokens", mean(&|r| r.target_ids.len()));
+    ctx.output.write_parquet::<SftDemosSchema>(&rows)?;
+    Ok(())
 }
 
 #[cfg(test)]

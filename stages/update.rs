@@ -6,7 +6,7 @@
 //! - Old log-probs: a no-grad training forward of policy i−1 (as OpenRLHF recomputes them with
 //!   the actor instead of trusting the sampler). Ref log-probs: the frozen base.
 //! - LR schedule: cosine with min LR over `update.schedule_steps` optimizer steps, or, when
-//!   unset, `schedule_iterations × ceil(expected samples per iteration / micro_batch_size)`
+//!   unset, `run.iterations × ceil(expected samples per iteration / micro_batch_size)`
 //!   where the expected samples are the seeds that give a trained sample before tie removal
 //!   (selfplay: every defender turn plus the revised seeds' attacker turns; attacker_only:
 //!   the revised seeds; defender_only: every seed). Tie removal makes real buffers smaller, so
@@ -29,7 +29,7 @@ use tch::Tensor;
 
 use super::base::{load_policy_input, write_policy};
 use super::rollout::game_options;
-use super::{Stage, StageContext};
+use super::StageContext;
 use crate::game::{GameMode, Role};
 use crate::model::{Policy, SequenceBatch, TokenId};
 use crate::rl::{next_token_logprobs, run_update, Adam, AdamConfig, CosineWithMinLr, RlSample, SftExample, TokenBatch, UpdateConfig};
@@ -39,12 +39,33 @@ use crate::schema::sft_demos::SftDemosSchema;
 use crate::schema::update_steps::{UpdateStepRow, UpdateStepsSchema};
 use crate::spec::Spec;
 
-pub struct Update;
 /// Bump when this stage's output for the same inputs would change.
 pub const VERSION: u32 = 2; // 2: SFT on post-filled demonstrations instead of own samples
 
 /// File of the optimiser state inside an update artifact.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// What `update` reads from the spec. Key: the `update` section and `total_steps`, the
+/// length of the LR schedule computed from the spec ([`schedule_steps`] over the configured
+/// `run.iterations`, so `run --iterations 3` computes the first 3 iterations of the
+/// configured schedule and stays cached when extended).
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub update: crate::spec::UpdateParams,
+    pub total_steps: u64,
+    /// `base.dtype`, not in the key (see `base::load_policy_input`).
+    pub dtype: crate::spec::Dtype,
+}
+
+pub fn params(spec: &Spec) -> Params {
+    Params { update: spec.raw.update.clone(), total_steps: schedule_steps(spec, spec.raw.run.iterations), dtype: spec.raw.base.dtype }
+}
+
+impl Params {
+    pub fn key(&self) -> serde_json::Value {
+        serde_json::json!({"update": super::to_key(&self.update), "total_steps": self.total_steps})
+    }
+}
 
 /// Optimizer steps of the whole schedule (see the module docs).
 pub fn schedule_steps(spec: &Spec, schedule_iterations: u32) -> u64 {
@@ -53,7 +74,7 @@ pub fn schedule_steps(spec: &Spec, schedule_iterations: u32) -> u64 {
     }
     let seeds = f64::from(spec.raw.prep.seeds_per_iteration);
     let revised = seeds * spec.raw.prep.revise_fraction;
-    let samples = match game_options(spec).mode {
+    let samples = match game_options(&spec.raw.rollout).mode {
         GameMode::SelfPlay => seeds + revised,
         GameMode::AttackerOnly => revised,
         GameMode::DefenderOnly => seeds,
@@ -145,170 +166,160 @@ fn kept_turns(games: &[GameRow], judged: &[JudgedRow]) -> anyhow::Result<Vec<Tur
     Ok(turns)
 }
 
-impl Stage for Update {
-    fn kind(&self) -> &'static str {
-        "update"
-    }
-    fn version(&self) -> u32 {
-        VERSION
-    }
-    fn run(&self, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
-        tch::set_num_threads(ctx.threads as i32);
-        let u = ctx.spec.raw.update.clone();
-        let games = ctx.read_parquet::<GamesSchema>("rollout")?;
-        let judged = ctx.read_parquet::<JudgedSchema>("judge")?;
-        let turns = kept_turns(&games, &judged)?;
-        // Where the stage's time goes (the manifest's `timing.parts`, printed by `run`).
-        let t0 = std::time::Instant::now();
-        let policy = load_policy_input(ctx, "policy")?;
-        let reference = load_policy_input(ctx, "reference")?;
-        let mut time_load = t0.elapsed().as_secs_f64();
-        let mb = u.micro_batch_size as usize;
+pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
+    let u = &p.update;
+    let games = ctx.read_parquet::<GamesSchema>("rollout")?;
+    let judged = ctx.read_parquet::<JudgedSchema>("judge")?;
+    let turns = kept_turns(&games, &judged)?;
+    // Where the stage's time goes (the manifest's `timing.parts`, printed by `run`).
+    let t0 = std::time::Instant::now();
+    let policy = load_policy_input(ctx, "policy", p.dtype)?;
+    let reference = load_policy_input(ctx, "reference", p.dtype)?;
+    let mut time_load = t0.elapsed().as_secs_f64();
+    let mb = u.micro_batch_size as usize;
 
-        let t1 = std::time::Instant::now();
-        let old = response_logprobs(&policy, &turns, mb)?;
-        let refs = response_logprobs(&reference, &turns, mb)?;
-        let time_logprobs = t1.elapsed().as_secs_f64();
-        drop(reference);
-        let buffer: Vec<RlSample> = turns
-            .iter()
-            .zip(old)
-            .zip(refs)
-            .map(|((t, o), r)| RlSample {
-                role: t.role,
-                token_ids: t.prompt.iter().chain(&t.response).copied().collect(),
-                prompt_len: t.prompt.len(),
-                old_logprobs: o,
-                ref_logprobs: r,
-                reward: t.reward,
-                format_violation: t.violation,
-                outcomes: t.outcomes.iter().filter_map(|s| crate::game::Outcome::parse(s)).collect(),
-            })
-            .collect();
+    let t1 = std::time::Instant::now();
+    let old = response_logprobs(&policy, &turns, mb)?;
+    let refs = response_logprobs(&reference, &turns, mb)?;
+    let time_logprobs = t1.elapsed().as_secs_f64();
+    drop(reference);
+    let buffer: Vec<RlSample> = turns
+        .iter()
+        .zip(old)
+        .zip(refs)
+        .map(|((t, o), r)| RlSample {
+            role: t.role,
+            token_ids: t.prompt.iter().chain(&t.response).copied().collect(),
+            prompt_len: t.prompt.len(),
+            old_logprobs: o,
+            ref_logprobs: r,
+            reward: t.reward,
+            format_violation: t.violation,
+            outcomes: t.outcomes.iter().filter_map(|s| crate::game::Outcome::parse(s)).collect(),
+        })
+        .collect();
 
-        let params = policy.trainable_parameters();
-        let adam_cfg = AdamConfig { beta1: u.betas[0], beta2: u.betas[1], eps: 1e-8, weight_decay: u.weight_decay };
-        let t2 = std::time::Instant::now();
-        let mut adam = if ctx.input("optimizer").is_ok() {
-            let p = ctx.input_file("optimizer", OPTIMIZER_FILE)?;
-            let state: Vec<(String, Tensor)> = crate::model::tensors::load_safetensors(&p)?.into_iter().collect();
-            Adam::import_state(adam_cfg, state, &params).with_context(|| format!("{}: optimiser state of the previous update", ctx.node))?
-        } else {
-            Adam::new(adam_cfg)
-        };
-        time_load += t2.elapsed().as_secs_f64();
-        let schedule_iterations = ctx.params.get("schedule_iterations").and_then(serde_json::Value::as_u64).unwrap_or(u64::from(ctx.spec.raw.run.iterations)) as u32;
-        let total = schedule_steps(ctx.spec, schedule_iterations);
-        let schedule = CosineWithMinLr::from_warmup_ratio(u.lr, total, u.warmup_ratio, u.min_lr_ratio);
-        let config = UpdateConfig {
-            kl_coef: u.kl_beta,
-            reward_clip: u.reward_clip,
-            gamma: 1.0,
-            clip_eps: u.clip_eps,
-            micro_batch_size: mb,
-            sft_coef: u.sft_coef,
-            max_grad_norm: u.grad_clip,
-            pad_id: i64::from(policy.tokenizer().pad_id()),
-            shuffle_seed: ctx.rng(0).next_u64(),
-        };
+    let params = policy.trainable_parameters();
+    let adam_cfg = AdamConfig { beta1: u.betas[0], beta2: u.betas[1], eps: 1e-8, weight_decay: u.weight_decay };
+    let t2 = std::time::Instant::now();
+    let mut adam = if ctx.input("optimizer").is_ok() {
+        let p = ctx.input_file("optimizer", OPTIMIZER_FILE)?;
+        let state: Vec<(String, Tensor)> = crate::model::tensors::load_safetensors(&p)?.into_iter().collect();
+        Adam::import_state(adam_cfg, state, &params).with_context(|| format!("{}: optimiser state of the previous update", ctx.node))?
+    } else {
+        Adam::new(adam_cfg)
+    };
+    time_load += t2.elapsed().as_secs_f64();
+    let total = p.total_steps;
+    let schedule = CosineWithMinLr::from_warmup_ratio(u.lr, total, u.warmup_ratio, u.min_lr_ratio);
+    let config = UpdateConfig {
+        kl_coef: u.kl_beta,
+        reward_clip: u.reward_clip,
+        gamma: 1.0,
+        clip_eps: u.clip_eps,
+        micro_batch_size: mb,
+        sft_coef: u.sft_coef,
+        max_grad_norm: u.grad_clip,
+        pad_id: i64::from(policy.tokenizer().pad_id()),
+        shuffle_seed: ctx.rng(0).next_u64(),
+    };
 
-        // SFT demonstrations (module docs): post-filled, from the sft-data artifact.
-        let (demos, loader_seed) = if u.sft_coef > 0.0 {
-            let rows = ctx.read_parquet::<SftDemosSchema>("sft")?;
-            let vocab = policy.config().vocab_size as u32;
-            let mut demos = Vec::with_capacity(rows.len());
-            for (i, r) in rows.iter().enumerate() {
-                if r.prompt_ids.is_empty() || r.target_ids.is_empty() {
-                    bail!("{}: sft demonstration {i} ({}) has an empty prompt or target", ctx.node, r.prompt_id);
-                }
-                if let Some(t) = r.prompt_ids.iter().chain(&r.target_ids).find(|&&t| t >= vocab) {
-                    bail!("{}: sft demonstration {i} ({}) holds token id {t}, outside the policy's vocabulary of {vocab}", ctx.node, r.prompt_id);
-                }
-                demos.push(SftExample { token_ids: to_i64(&r.prompt_ids).into_iter().chain(to_i64(&r.target_ids)).collect(), prompt_len: r.prompt_ids.len() });
+    // SFT demonstrations (module docs): post-filled, from the sft-data artifact.
+    let (demos, loader_seed) = if u.sft_coef > 0.0 {
+        let rows = ctx.read_parquet::<SftDemosSchema>("sft")?;
+        let vocab = policy.config().vocab_size as u32;
+        let mut demos = Vec::with_capacity(rows.len());
+        for (i, r) in rows.iter().enumerate() {
+            if r.prompt_ids.is_empty() || r.target_ids.is_empty() {
+                bail!("{}: sft demonstration {i} ({}) has an empty prompt or target", ctx.node, r.prompt_id);
             }
-            let mut h = blake3::Hasher::new();
-            h.update(&ctx.seed.to_le_bytes());
-            h.update(ctx.input("sft")?.manifest().content_digest.to_string().as_bytes());
-            (demos, *h.finalize().as_bytes())
-        } else {
-            (Vec::new(), [0u8; 32])
-        };
-        let sft_b = u.sft_batch_size.map_or((mb / 2).max(1), |b| b as usize);
-        let mut sft_source = |step: u64| -> Vec<SftExample> { sft_indices(demos.len(), sft_b, step, &loader_seed).into_iter().map(|i| demos[i].clone()).collect() };
-        let device = policy.device();
-        let t3 = std::time::Instant::now();
-        let metrics = {
-            let p = &policy;
-            let mut forward = |b: &TokenBatch| -> Result<Tensor, crate::rl::PolicyError> { Ok(next_token_logprobs(&p.logits(&b.input_ids, &b.attention_mask).to_kind(tch::Kind::Float), &b.input_ids)) };
-            if buffer.is_empty() {
-                None
-            } else {
-                let sft: Option<&mut dyn FnMut(u64) -> Vec<SftExample>> = if u.sft_coef > 0.0 { Some(&mut sft_source) } else { None };
-                Some(run_update(&mut forward, &params, &mut adam, &schedule, &buffer, sft, &config, device).with_context(|| format!("{}: REINFORCE++ update", ctx.node))?)
+            if let Some(t) = r.prompt_ids.iter().chain(&r.target_ids).find(|&&t| t >= vocab) {
+                bail!("{}: sft demonstration {i} ({}) holds token id {t}, outside the policy's vocabulary of {vocab}", ctx.node, r.prompt_id);
             }
-        };
-        let time_train = t3.elapsed().as_secs_f64();
-        ctx.check_cancelled()?;
-        drop(params);
-        if policy.named_parameters().iter().any(|(_, t)| t.isnan().any().int64_value(&[]) != 0) {
-            bail!("{}: the updated policy has NaN weights", ctx.node);
+            demos.push(SftExample { token_ids: to_i64(&r.prompt_ids).into_iter().chain(to_i64(&r.target_ids)).collect(), prompt_len: r.prompt_ids.len() });
         }
-
-        let t4 = std::time::Instant::now();
-        write_policy(ctx, &policy)?;
-        let state = adam.export_state();
-        let path = ctx.output.path(OPTIMIZER_FILE)?;
-        crate::model::tensors::save_safetensors(&path, state.iter().map(|(n, t)| (n.as_str(), t)))?;
-        let steps: Vec<UpdateStepRow> = metrics
-            .as_ref()
-            .map(|m| {
-                m.steps
-                    .iter()
-                    .map(|s| UpdateStepRow {
-                        step: s.step,
-                        lr: s.lr,
-                        policy_loss: s.policy_loss,
-                        sft_loss: s.sft_loss,
-                        clip_fraction: s.clip_fraction,
-                        grad_norm: s.grad_norm,
-                        attacker_samples: s.attacker_samples as u32,
-                        defender_samples: s.defender_samples as u32,
-                        response_tokens: s.response_tokens,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        ctx.output.write_parquet::<UpdateStepsSchema>(&steps)?;
-        ctx.output.time_part("load", time_load);
-        ctx.output.time_part("logprobs", time_logprobs);
-        ctx.output.time_part("train", time_train);
-        ctx.output.time_part("write", t4.elapsed().as_secs_f64());
-        ctx.output.metric("sft_demos", demos.len());
-        ctx.output.metric("samples", buffer.len());
-        ctx.output.metric("attacker_samples", buffer.iter().filter(|s| s.role == Role::Attacker).count());
-        ctx.output.metric("defender_samples", buffer.iter().filter(|s| s.role == Role::Defender).count());
-        ctx.output.metric("optimizer_steps_total", adam.steps_taken());
-        ctx.output.metric("schedule_steps", total);
-        if let Some(m) = metrics {
-            ctx.output.metric("optimizer_steps", m.optimizer_steps);
-            ctx.output.metric("policy_loss", m.policy_loss_mean);
-            ctx.output.metric("sft_loss", m.sft_loss_mean);
-            ctx.output.metric("clip_fraction", m.clip_fraction);
-            ctx.output.metric("grad_norm_mean", m.grad_norm_mean);
-            ctx.output.metric("grad_norm_max", m.grad_norm_max);
-            ctx.output.metric("lr_first", m.lr_first);
-            ctx.output.metric("lr_last", m.lr_last);
-            ctx.output.metric("kl", m.kl_mean);
-            for (role, r) in &m.roles {
-                ctx.output.metric(&format!("{}_reward_mean", role.as_str()), r.reward_mean);
-                ctx.output.metric(&format!("{}_kl", role.as_str()), r.kl_mean);
-                ctx.output.metric(&format!("{}_format_violation_rate", role.as_str()), r.format_violation_rate);
-            }
+        let mut h = blake3::Hasher::new();
+        h.update(&ctx.seed.to_le_bytes());
+        h.update(ctx.input("sft")?.manifest().content_digest.to_string().as_bytes());
+        (demos, *h.finalize().as_bytes())
+    } else {
+        (Vec::new(), [0u8; 32])
+    };
+    let sft_b = u.sft_batch_size.map_or((mb / 2).max(1), |b| b as usize);
+    let mut sft_source = |step: u64| -> Vec<SftExample> { sft_indices(demos.len(), sft_b, step, &loader_seed).into_iter().map(|i| demos[i].clone()).collect() };
+    let device = policy.device();
+    let t3 = std::time::Instant::now();
+    let metrics = {
+        let p = &policy;
+        let mut forward = |b: &TokenBatch| -> Result<Tensor, crate::rl::PolicyError> { Ok(next_token_logprobs(&p.logits(&b.input_ids, &b.attention_mask).to_kind(tch::Kind::Float), &b.input_ids)) };
+        if buffer.is_empty() {
+            None
         } else {
-            ctx.output.metric("optimizer_steps", 0);
+            let sft: Option<&mut dyn FnMut(u64) -> Vec<SftExample>> = if u.sft_coef > 0.0 { Some(&mut sft_source) } else { None };
+            Some(run_update(&mut forward, &params, &mut adam, &schedule, &buffer, sft, &config, device).with_context(|| format!("{}: REINFORCE++ update", ctx.node))?)
         }
-        Ok(())
+    };
+    let time_train = t3.elapsed().as_secs_f64();
+    ctx.check_cancelled()?;
+    drop(params);
+    if policy.named_parameters().iter().any(|(_, t)| t.isnan().any().int64_value(&[]) != 0) {
+        bail!("{}: the updated policy has NaN weights", ctx.node);
     }
+
+    let t4 = std::time::Instant::now();
+    write_policy(ctx, &policy)?;
+    let state = adam.export_state();
+    let path = ctx.output.path(OPTIMIZER_FILE)?;
+    crate::model::tensors::save_safetensors(&path, state.iter().map(|(n, t)| (n.as_str(), t)))?;
+    let steps: Vec<UpdateStepRow> = metrics
+        .as_ref()
+        .map(|m| {
+            m.steps
+                .iter()
+                .map(|s| UpdateStepRow {
+                    step: s.step,
+                    lr: s.lr,
+                    policy_loss: s.policy_loss,
+                    sft_loss: s.sft_loss,
+                    clip_fraction: s.clip_fraction,
+                    grad_norm: s.grad_norm,
+                    attacker_samples: s.attacker_samples as u32,
+                    defender_samples: s.defender_samples as u32,
+                    response_tokens: s.response_tokens,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ctx.output.write_parquet::<UpdateStepsSchema>(&steps)?;
+    ctx.output.time_part("load", time_load);
+    ctx.output.time_part("logprobs", time_logprobs);
+    ctx.output.time_part("train", time_train);
+    ctx.output.time_part("write", t4.elapsed().as_secs_f64());
+    ctx.output.metric("sft_demos", demos.len());
+    ctx.output.metric("samples", buffer.len());
+    ctx.output.metric("attacker_samples", buffer.iter().filter(|s| s.role == Role::Attacker).count());
+    ctx.output.metric("defender_samples", buffer.iter().filter(|s| s.role == Role::Defender).count());
+    ctx.output.metric("optimizer_steps_total", adam.steps_taken());
+    ctx.output.metric("schedule_steps", total);
+    if let Some(m) = metrics {
+        ctx.output.metric("optimizer_steps", m.optimizer_steps);
+        ctx.output.metric("policy_loss", m.policy_loss_mean);
+        ctx.output.metric("sft_loss", m.sft_loss_mean);
+        ctx.output.metric("clip_fraction", m.clip_fraction);
+        ctx.output.metric("grad_norm_mean", m.grad_norm_mean);
+        ctx.output.metric("grad_norm_max", m.grad_norm_max);
+        ctx.output.metric("lr_first", m.lr_first);
+        ctx.output.metric("lr_last", m.lr_last);
+        ctx.output.metric("kl", m.kl_mean);
+        for (role, r) in &m.roles {
+            ctx.output.metric(&format!("{}_reward_mean", role.as_str()), r.reward_mean);
+            ctx.output.metric(&format!("{}_kl", role.as_str()), r.kl_mean);
+            ctx.output.metric(&format!("{}_format_violation_rate", role.as_str()), r.format_violation_rate);
+        }
+    } else {
+        ctx.output.metric("optimizer_steps", 0);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::schema::judge_train::JudgeExampleRow;
 use crate::schema::seeds::SeedRow;
-use crate::spec::{DatasetParams, Label, SourceFile, SourceFormat, Spec};
+use crate::spec::{DatasetParams, Label, SourceFile, SourceFormat};
 
 /// Errors of reading a source file; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -495,14 +495,14 @@ struct Pool {
 /// harmful then benign in source order; splits `train`, `holdout_attacker`, `eval` (with
 /// `suite`). No eval prompt, and no behaviour wrapped by an adversarial suite, is a
 /// training seed or a judge-training prompt.
-pub fn build_dataset(spec: &Spec, seed: u64) -> Result<DatasetOutput> {
-    let d = &spec.raw.dataset;
+pub fn build_dataset(d: &DatasetParams, sources_dir: &Path, seed: u64) -> Result<DatasetOutput> {
+    let source_path = |f: &SourceFile| sources_dir.join(&f.path);
     let max_chars = d.max_prompt_chars as usize;
     let cap = d.max_rows_per_file.map_or(usize::MAX, |c| c as usize);
     let mut out = DatasetOutput { seeds: Vec::new(), judge_train: Vec::new(), dropped_long: 0, dropped_duplicate: 0, dropped_eval_overlap: 0, dropped_long_adversarial: 0 };
     // Read one prompt file into rows, applying length, cap and dedupe rules.
     let read = |f: &SourceFile, label: Label, pool: &mut Pool, exclude: &HashSet<String>, split: &str, suite: Option<&str>, stats: &mut DatasetOutput| -> Result<()> {
-        let path = spec.source_path(f);
+        let path = source_path(f);
         let mut taken = 0usize;
         for sp in read_prompts(f, &path)? {
             if taken >= cap {
@@ -550,7 +550,7 @@ pub fn build_dataset(spec: &Spec, seed: u64) -> Result<DatasetOutput> {
         let mut behaviors = Vec::new();
         for f in &suite.behaviors {
             let mut taken = 0usize;
-            for sp in read_prompts(f, &spec.source_path(f))? {
+            for sp in read_prompts(f, &source_path(f))? {
                 if taken >= cap {
                     break;
                 }
@@ -563,7 +563,7 @@ pub fn build_dataset(spec: &Spec, seed: u64) -> Result<DatasetOutput> {
         }
         let mut templates = Vec::new();
         for f in &suite.templates {
-            templates.extend(read_templates(f, &spec.source_path(f))?.into_iter().take(cap));
+            templates.extend(read_templates(f, &source_path(f))?.into_iter().take(cap));
         }
         let (prompts, dropped) = adversarial_prompts(name, &behaviors, &templates, d.adversarial_max_prompt_chars as usize, seed);
         out.dropped_long_adversarial += dropped.len() as u64;
@@ -616,7 +616,7 @@ pub fn build_dataset(spec: &Spec, seed: u64) -> Result<DatasetOutput> {
     all_eval.extend(wrapped_behaviors.iter().map(String::as_str));
     let mut seen_pairs = HashSet::new();
     for f in &d.judge_train {
-        let path = spec.source_path(f);
+        let path = source_path(f);
         let mut taken = 0usize;
         for lr in read_labelled(f, &path)? {
             if taken >= cap {

@@ -16,7 +16,7 @@ use super::rules::RulesJudge;
 use super::wildguard::WildGuardJudge;
 use super::{Embedder, Judge, TextGenerator};
 use crate::model::{ChatTokenizer, Policy, SamplingParams, SentenceEncoder};
-use crate::spec::{JudgeBackend, Spec};
+use crate::spec::{JudgeBackend, JudgeParams, Spec};
 
 /// File name of the fitted probe inside a `judge-fit` artifact.
 pub const PROBE_FILE: &str = "probe.safetensors";
@@ -24,11 +24,34 @@ pub const PROBE_FILE: &str = "probe.safetensors";
 /// A loaded judge, shareable across threads.
 pub type BoxedJudge = Box<dyn Judge + Send + Sync>;
 
-/// The judge of `spec.raw.judge`. `judge_model_dir` is the `judge-fit` artifact directory
+/// Everything needed to build the configured judge: the `judge` section and the two paths it
+/// resolves (stages carry this in their `Params`; only `judge_key_params(&params)` of it
+/// enters keys, src/plan.rs).
+#[derive(Debug, Clone)]
+pub struct JudgeSetup {
+    pub params: JudgeParams,
+    /// `judge.probe.embedder_dir`, resolved.
+    pub embedder_dir: PathBuf,
+    /// The pipeline file's directory (a relative `judge.wildguard.model` is resolved there).
+    pub config_dir: PathBuf,
+}
+
+impl JudgeSetup {
+    pub fn of(spec: &Spec) -> JudgeSetup {
+        JudgeSetup { params: spec.raw.judge.clone(), embedder_dir: spec.embedder_dir.clone(), config_dir: spec.config_file.parent().map(Path::to_path_buf).unwrap_or_default() }
+    }
+}
+
+/// The judge of `spec.raw.judge` ([`build`] of [`JudgeSetup::of`]).
+pub fn from_spec(spec: &Spec, judge_model_dir: Option<&Path>, device: tch::Device) -> anyhow::Result<BoxedJudge> {
+    build(&JudgeSetup::of(spec), judge_model_dir, device)
+}
+
+/// The configured judge. `judge_model_dir` is the `judge-fit` artifact directory
 /// (required for `probe`; its files must already be digest-verified by the caller, e.g.
 /// through `StageContext::input_file`).
-pub fn from_spec(spec: &Spec, judge_model_dir: Option<&Path>, device: tch::Device) -> anyhow::Result<BoxedJudge> {
-    let j = &spec.raw.judge;
+pub fn build(setup: &JudgeSetup, judge_model_dir: Option<&Path>, device: tch::Device) -> anyhow::Result<BoxedJudge> {
+    let j = &setup.params;
     match j.backend {
         JudgeBackend::Rules => Ok(Box::new(RulesJudge)),
         JudgeBackend::Keywords => Ok(Box::new(KeywordsJudge::new(j.keywords.refusal.clone(), j.keywords.harmful_response.clone()))),
@@ -37,7 +60,7 @@ pub fn from_spec(spec: &Spec, judge_model_dir: Option<&Path>, device: tch::Devic
             let probe_path = dir.join(PROBE_FILE);
             let bytes = std::fs::read(&probe_path).with_context(|| format!("read {}", probe_path.display()))?;
             let probe = Probe::from_bytes(&bytes).with_context(|| format!("decode {}", probe_path.display()))?;
-            let embedder = load_embedder(&spec.embedder_dir, device)?;
+            let embedder = load_embedder(&setup.embedder_dir, device)?;
             let id = format!("minilm-{}", &j.probe.embedder_sha256[..j.probe.embedder_sha256.len().min(12)]);
             Ok(Box::new(ProbeJudge::new(probe, Box::new(embedder), &id)?))
         }
@@ -53,7 +76,7 @@ pub fn from_spec(spec: &Spec, judge_model_dir: Option<&Path>, device: tch::Devic
                 let client = CompletionsClient::new(cfg).with_context(|| format!("judge.wildguard.url {url}"))?;
                 Ok(Box::new(WildGuardJudge::http(model_id, client)))
             } else if let Some(model) = &w.model {
-                let path = resolve_from_config(spec, model);
+                let path = resolve_from_config(&setup.config_dir, model);
                 let policy = Policy::load(&path, device, tch::Kind::Float)
                     .with_context(|| format!("judge.wildguard.model: load local checkpoint {}", path.display()))?;
                 // The cache identity is what the weights are, not what their folder is called:
@@ -67,12 +90,12 @@ pub fn from_spec(spec: &Spec, judge_model_dir: Option<&Path>, device: tch::Devic
     }
 }
 
-fn resolve_from_config(spec: &Spec, p: &str) -> PathBuf {
+fn resolve_from_config(config_dir: &Path, p: &str) -> PathBuf {
     let path = Path::new(p);
     if path.is_absolute() {
         return path.to_path_buf();
     }
-    spec.config_file.parent().map(|d| d.join(path)).unwrap_or_else(|| path.to_path_buf())
+    config_dir.join(path)
 }
 
 /// Loads the MiniLM sentence encoder as an `Embedder`.

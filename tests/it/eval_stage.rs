@@ -68,13 +68,13 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn run_direct(spec: &Spec) -> EvalOutput {
-    let ds = self_redteam::data::build_dataset(spec, spec.raw.run.seed).expect("dataset");
+    let ds = self_redteam::data::build_dataset(&spec.raw.dataset, &spec.sources_dir, spec.raw.run.seed).expect("dataset");
     let policy = tiny_random_llama(7);
     let judge = from_spec(spec, None, tch::Device::Cpu).expect("keywords judge");
     let emb = load_embedder(&embedder_dir(), tch::Device::Cpu).expect("MiniLM");
     let rng = |row: u64| self_redteam::plan::rng_for(1, "eval", Some(0), row);
     let quiet = |_: &str, _: u64| {};
-    evaluate(&EvalInputs { spec, seeds: &ds.seeds, policy: &policy, judge: judge.as_ref(), embedder: Some(&emb as &dyn Embedder), rng: &rng, cancel: &std::sync::atomic::AtomicBool::new(false), progress: &quiet }).expect("evaluate")
+    evaluate(&EvalInputs { params: &self_redteam::stages::eval::params(spec), run_seed: spec.raw.run.seed, adversarial: &spec.raw.dataset.adversarial_suites.keys().cloned().collect(), seeds: &ds.seeds, policy: &policy, judge: judge.as_ref(), embedder: Some(&emb as &dyn Embedder), rng: &rng, cancel: &std::sync::atomic::AtomicBool::new(false), progress: &quiet }).expect("evaluate")
 }
 
 #[test]
@@ -164,7 +164,7 @@ fn publish_base(cfg: &Path, store_dir: &Path) {
     let spec = Spec::load(cfg).expect("spec");
     let plan = Plan::new(&spec, None);
     let node = plan.get("base").expect("base node");
-    let version = self_redteam::stages::lookup("base").expect("registered").version;
+    let version = self_redteam::stages::StageKind::Base.version();
     let comps = node.components(version, plan.seed, &[]);
     let key = comps.key();
     let store = Store::open(store_dir).expect("store");
@@ -285,7 +285,7 @@ fn eval_adversarial_suites_are_built_and_never_leak_into_training() {
     let tmp = tempfile::tempdir().expect("tmp");
     let cfg = write(tmp.path(), "p.yaml", &config_text(""));
     let spec = Spec::load(&cfg).expect("spec");
-    let ds = self_redteam::data::build_dataset(&spec, spec.raw.run.seed).expect("dataset");
+    let ds = self_redteam::data::build_dataset(&spec.raw.dataset, &spec.sources_dir, spec.raw.run.seed).expect("dataset");
     assert_eq!(ds.dropped_long_adversarial, 0);
     let suite = |name: &str| ds.seeds.iter().filter(|r| r.suite.as_deref() == Some(name)).collect::<Vec<_>>();
     let (dan, wild, hb) = (suite("harmbench_dan"), suite("jailbreak_wild"), suite("harmbench"));
@@ -313,7 +313,7 @@ fn eval_adversarial_suites_are_built_and_never_leak_into_training() {
     }
     assert!(ds.judge_train.iter().all(|j| !wrapped.contains(&norm(&j.prompt)) && !eval_ids.contains(self_redteam::data::prompt_id(&j.prompt).as_str())));
     // Deterministic: the same spec builds the same suites.
-    assert_eq!(self_redteam::data::build_dataset(&spec, spec.raw.run.seed).expect("again").seeds, ds.seeds);
+    assert_eq!(self_redteam::data::build_dataset(&spec.raw.dataset, &spec.sources_dir, spec.raw.run.seed).expect("again").seeds, ds.seeds);
 }
 
 /// SBERT diversity through the real MiniLM (`judge::build::load_embedder`) equals
@@ -355,14 +355,14 @@ fn eval_timing_on_smollm2_default_config() {
         spec.raw.rollout.max_new_tokens = n;
     }
     tch::set_num_threads(spec.raw.run.threads as i32);
-    let ds = self_redteam::data::build_dataset(&spec, spec.raw.run.seed).expect("dataset");
+    let ds = self_redteam::data::build_dataset(&spec.raw.dataset, &spec.sources_dir, spec.raw.run.seed).expect("dataset");
     let policy = self_redteam::model::Policy::load(&spec.base_model_path, tch::Device::Cpu, tch::Kind::Float).expect("SmolLM2");
     let judge = from_spec(&spec, None, tch::Device::Cpu).expect("judge");
     let emb = load_embedder(&spec.embedder_dir, tch::Device::Cpu).expect("MiniLM");
     let rng = |row: u64| self_redteam::plan::rng_for(1, "eval", Some(0), row);
     let t0 = std::time::Instant::now();
     let progress = |what: &str, done: u64| eprintln!("{:>7.1}s {what} {done}", t0.elapsed().as_secs_f64());
-    let out = evaluate(&EvalInputs { spec: &spec, seeds: &ds.seeds, policy: &policy, judge: judge.as_ref(), embedder: Some(&emb as &dyn Embedder), rng: &rng, cancel: &std::sync::atomic::AtomicBool::new(false), progress: &progress }).expect("evaluate");
+    let out = evaluate(&EvalInputs { params: &self_redteam::stages::eval::params(&spec), run_seed: spec.raw.run.seed, adversarial: &spec.raw.dataset.adversarial_suites.keys().cloned().collect(), seeds: &ds.seeds, policy: &policy, judge: judge.as_ref(), embedder: Some(&emb as &dyn Embedder), rng: &rng, cancel: &std::sync::atomic::AtomicBool::new(false), progress: &progress }).expect("evaluate");
     let secs = t0.elapsed().as_secs_f64();
     let tokens: u64 = out.rows.iter().map(|r| u64::from(r.output_tokens)).sum();
     // CPU seconds of this process (utime + stime from /proc, 100 ticks/s): the machine is
