@@ -1,18 +1,21 @@
-//! The command line (clap): parses verbs, loads the spec, builds the plan and engine, and
-//! is the only place that prints for humans. Called by src/main.rs. Every data verb has
-//! `--json` with a stable shape (documented on each `*_json` function).
-use std::collections::HashSet;
-use std::io::Write;
+//! The command line (clap): parses the verbs, loads the spec, builds the plan and engine,
+//! calls the verb's function in src/verbs/ and prints its result. Called by src/main.rs.
+//! Every data verb has `--json` with a stable shape: the `Serialize` struct its function
+//! returns (documented there, e.g. `verbs::status::StatusOutput`); without `--json` the
+//! verb's own text rendering is printed.
+use std::io::{stderr, stdout, Write};
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::engine::{Engine, NodeReport, Outcome, RunOptions};
+use crate::engine::{Engine, NodeReport, RunOptions};
 use crate::plan::Plan;
 use crate::spec::Spec;
-use crate::store::{Artifact, Store};
+use crate::store::Store;
+use crate::verbs::{compare, explain, gc, generate, judge, lineage, log, plan, report, run, serve, show, status, verify};
 
 /// Online self-play red-teaming as a content-addressed DAG of stages.
 #[derive(Debug, Parser)]
@@ -149,7 +152,7 @@ pub enum Command {
         model: String,
         /// How each PROMPT is wrapped (game attacker prompt, defender prompt, or plain chat).
         #[arg(long, value_enum, default_value = "plain")]
-        role: crate::generate::GenerateRole,
+        role: generate::GenerateRole,
         /// Argmax decoding instead of the rollout's sampling settings.
         #[arg(long)]
         greedy: bool,
@@ -257,10 +260,20 @@ pub enum Command {
 }
 
 fn print_json(v: &Value) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// Print a verb's result: its JSON shape on stdout with `--json`, else its text rendering
+/// on `to` (stdout, or stderr for `run` and `report`).
+fn print<T: Serialize, W: Write>(json: bool, out: &T, mut to: W, text: impl FnOnce(&T, &mut W) -> std::io::Result<()>) -> Result<()> {
+    if json {
+        print_json(&serde_json::to_value(out)?)
+    } else {
+        Ok(text(out, &mut to)?)
+    }
 }
 
 fn load(global: &Global, iterations: Option<u32>) -> Result<(Spec, Plan, Store)> {
@@ -269,8 +282,10 @@ fn load(global: &Global, iterations: Option<u32>) -> Result<(Spec, Plan, Store)>
     Ok((spec, plan, Store::at(&global.store)))
 }
 
-fn short(k: &str) -> &str {
-    &k[..k.len().min(12)]
+/// Load the spec and plan and call `verb` with the engine over `--store`.
+fn with_engine<T>(global: &Global, iterations: Option<u32>, verb: impl FnOnce(&Engine<'_>) -> Result<T>) -> Result<T> {
+    let (spec, plan, store) = load(global, iterations)?;
+    verb(&Engine::new(&spec, plan, store))
 }
 
 /// Run the CLI; returns the process exit code.
@@ -279,384 +294,41 @@ pub fn main_with(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Run { iterations, only, from, force, json } => {
             let (spec, plan, _) = load(g, iterations)?;
-            let store = Store::open(&g.store)?;
-            let engine = Engine::new(&spec, plan, store);
-            let mut line = |r: &NodeReport| {
-                if !json {
-                    let rows = r.rows.map_or(String::new(), |n| format!("  rows {n}"));
-                    let parts: String = r.parts.iter().map(|(k, s)| format!(" {k} {s:.1}s")).collect();
-                    let parts = if parts.is_empty() { parts } else { format!("  ({})", parts.trim_start()) };
-                    eprintln!("{:<5} {:<12} {}  {:>7.2}s{}{}", if r.outcome == Outcome::Hit { "hit" } else { "miss" }, r.node, r.key.short(), r.seconds, rows, parts);
-                }
-            };
-            let summary = engine.run(&RunOptions { only, from, force }, &mut line)?;
-            if json {
-                print_json(&json!({"nodes": summary.nodes}))?;
-            }
-            if !json {
-                let misses = summary.nodes.iter().filter(|r| r.outcome == Outcome::Miss).count();
-                eprintln!("done: {} node(s), {misses} computed, {} cached", summary.nodes.len(), summary.nodes.len() - misses);
-            }
-            Ok(0)
+            let engine = Engine::new(&spec, plan, Store::open(&g.store)?);
+            // Text: one line per node on stderr as it ends, then the count.
+            let out = run::run(&engine, &RunOptions { only, from, force }, &mut |r: &NodeReport| if !json { let _ = run::write_node_line(&mut stderr().lock(), r); })?;
+            print(json, &out, stderr(), run::RunOutput::write_text)?;
         }
-        Command::Plan { iterations, json } => {
-            let (_, plan, _) = load(g, iterations)?;
-            if json {
-                let nodes: Vec<Value> = plan
-                    .nodes
-                    .iter()
-                    .map(|n| {
-                        json!({
-                            "name": n.name(), "stage": n.id.kind, "iteration": n.id.iteration,
-                            "inputs": n.inputs.iter().map(|(r, p)| json!({"role": r, "node": p.to_string()})).collect::<Vec<_>>(),
-                            "params": n.params,
-                            "files": n.files.iter().map(|f| json!({"name": f.name, "sha256": f.sha256})).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect();
-                print_json(&json!({"iterations": plan.iterations, "nodes": nodes}))?;
-            } else {
-                for n in &plan.nodes {
-                    let ins: Vec<String> = n.inputs.iter().map(|(r, p)| format!("{r}={p}")).collect();
-                    println!("{:<12} <- {}", n.name(), if ins.is_empty() { "sources".to_string() } else { ins.join(", ") });
-                }
-            }
-            Ok(0)
-        }
-        Command::Status { iterations, json } => {
-            let (spec, plan, store) = load(g, iterations)?;
-            let engine = Engine::new(&spec, plan, store);
-            let resolved = engine.resolve()?;
-            if json {
-                // {"nodes": [{"name", "stage", "iteration", "key"|null, "content_digest"|null, "state", "reason"|null}]}
-                let nodes: Vec<Value> = resolved
-                    .iter()
-                    .map(|r| {
-                        let node = engine.plan.get(&r.name).expect("resolved from the plan");
-                        json!({
-                            "name": r.name, "stage": node.id.kind, "iteration": node.id.iteration,
-                            "key": r.key.as_ref().map(|k| k.to_string()),
-                            "content_digest": r.artifact.as_ref().map(|a| a.manifest.content_digest.to_string()),
-                            "state": r.state.name(), "reason": r.state.reason(),
-                        })
-                    })
-                    .collect();
-                print_json(&json!({"nodes": nodes}))?;
-            } else {
-                let mut out = std::io::stdout().lock();
-                for r in &resolved {
-                    let key = r.key.as_ref().map_or("-".to_string(), |k| k.short().to_string());
-                    writeln!(out, "{:<12} {:<8} {:<12} {}", r.name, r.state.name(), key, r.state.reason().unwrap_or(""))?;
-                }
-            }
-            Ok(0)
-        }
-        Command::Log { iterations, all, json } => {
-            let (spec, plan, store) = load(g, iterations)?;
-            let engine = Engine::new(&spec, plan, store);
-            let rows = engine.log()?;
-            // Headline columns: canonical names (src/verbs/mod.rs) matched by pattern.
-            let gathered = crate::verbs::gather(&engine)?;
-            let headline: std::collections::BTreeMap<u32, std::collections::BTreeMap<String, Value>> = gathered
-                .metrics
-                .iter()
-                .map(|(i, m)| (*i, m.iter().filter(|(k, _)| crate::verbs::is_headline(k)).map(|(k, v)| (k.clone(), json!(v))).collect()))
-                .collect();
-            let use_headline = !all && headline.values().any(|m| !m.is_empty());
-            // Paired change of every suite's rates from the first to the last evaluation
-            // (same prompts: eval subsets are seeded by the run seed, not the iteration).
-            let span = match (gathered.evals.iter().next(), gathered.evals.iter().next_back()) {
-                (Some((i0, a0)), Some((i1, a1))) if i0 != i1 => Some((*i0, *i1, crate::verbs::eval_changes(a0, a1)?)),
-                _ => None,
-            };
-            if json {
-                // {"iterations": [{"iteration", "metrics": {stage.name: value}, "headline": {canonical name: number}}],
-                //  "changes": null | {"from": i, "to": j, "suites": [eval::stats::SuiteChange]}}
-                let v: Vec<Value> = rows.iter().map(|(i, m)| json!({"iteration": i, "metrics": m, "headline": headline.get(i).cloned().unwrap_or_default()})).collect();
-                let changes = span.as_ref().map(|(i0, i1, c)| json!({"from": i0, "to": i1, "suites": c}));
-                print_json(&json!({"iterations": v, "changes": changes}))?;
-            } else {
-                let rows = if use_headline { headline } else { rows };
-                let mut cols: Vec<&String> = rows.values().flat_map(|m| m.keys()).collect();
-                cols.sort();
-                cols.dedup();
-                // Headers: in-distribution suites (held-out slices of a training source) are
-                // labelled, e.g. `refusal/advbench(in-dist)`.
-                let headers: Vec<String> = cols
-                    .iter()
-                    .map(|c| match c.split_once('/') {
-                        Some((_, suite)) if crate::eval::stats::in_distribution(suite) => format!("{c}(in-dist)"),
-                        _ => c.to_string(),
-                    })
-                    .collect();
-                let mut out = std::io::stdout().lock();
-                write!(out, "{:<5}", "iter")?;
-                for h in &headers {
-                    write!(out, " {h:>w$}", w = h.len().max(6))?;
-                }
-                writeln!(out)?;
-                for (i, m) in &rows {
-                    write!(out, "{i:<5}")?;
-                    for (c, h) in cols.iter().zip(&headers) {
-                        let v = m.get(*c).map_or("-".to_string(), |v| match v {
-                            Value::Number(n) => n.as_f64().filter(|f| f.fract() != 0.0).map_or(n.to_string(), |f| format!("{f:.4}")),
-                            other => other.to_string(),
-                        });
-                        write!(out, " {v:>w$}", w = h.len().max(6))?;
-                    }
-                    writeln!(out)?;
-                }
-                if let Some((i0, i1, changes)) = &span {
-                    writeln!(out, "\nchange eval@{i0} -> eval@{i1} on the same prompts:")?;
-                    write!(out, "{}", crate::verbs::render_changes(changes))?;
-                }
-            }
-            Ok(0)
-        }
-        Command::Report { out, iterations, json } => {
-            let (spec, plan, store) = load(g, iterations)?;
-            let engine = Engine::new(&spec, plan, store);
-            let summary = crate::verbs::report::write(&engine, &out)?;
-            if json {
-                print_json(&serde_json::to_value(&summary)?)?;
-            } else {
-                eprintln!("wrote {} ({} iteration(s), eval at {:?}, {} example(s))", summary.path.display(), summary.iterations.len(), summary.evals, summary.examples);
-            }
-            Ok(0)
-        }
-        Command::Compare { runs, json } => {
-            let loaded = crate::verbs::compare::load_runs(&runs, &g.store)?;
-            if json {
-                // {"runs": [RunMetrics]}, "metrics": [names]}
-                print_json(&json!({"runs": loaded, "metrics": crate::verbs::compare::metric_names(&loaded)}))?;
-            } else {
-                print!("{}", crate::verbs::compare::render_table(&loaded));
-            }
-            Ok(0)
-        }
-        Command::Show { reference, rows, iterations, json } => {
-            let (spec, plan, store) = load(g, iterations)?;
-            let engine = Engine::new(&spec, plan, store);
-            let a = engine.find(&reference)?;
-            let mut previews = serde_json::Map::new();
-            let mut text = String::new();
-            for f in a.manifest.files.iter().filter(|f| f.name.ends_with(".parquet")) {
-                let crate::schema::Preview { columns: cols, rows: data, total_rows: total } = crate::schema::preview(&a.dir.join(&f.name), rows).with_context(|| format!("read {}", f.name))?;
-                let objs: Vec<Value> = data.iter().map(|r| Value::Object(cols.iter().cloned().zip(r.iter().map(|c| Value::String(c.clone()))).collect())).collect();
-                text.push_str(&format!("\n{} ({total} rows; first {}):\n", f.name, data.len()));
-                for o in &objs {
-                    text.push_str(&format!("  {o}\n"));
-                }
-                previews.insert(f.name.clone(), json!({"columns": cols, "total_rows": total, "rows": objs}));
-            }
-            if json {
-                print_json(&json!({"dir": a.dir, "manifest": a.manifest, "rows": previews}))?;
-            } else {
-                println!("{} {}/{}\n{}", a.manifest.node, a.manifest.stage, a.manifest.key, String::from_utf8_lossy(&a.manifest.to_bytes()));
-                print!("{text}");
-            }
-            Ok(0)
-        }
-        Command::Lineage { reference, iterations, json } => {
-            let (spec, plan, store) = load(g, iterations)?;
-            let engine = Engine::new(&spec, plan, store);
-            let a = engine.find(&reference)?;
-            let tree = lineage(&engine.store, &a)?;
-            if json {
-                print_json(&tree)?;
-            } else {
-                print_tree(&tree, 0);
-            }
-            Ok(0)
-        }
-        Command::Explain { reference, iterations, json } => {
-            let (spec, plan, store) = load(g, iterations)?;
-            let engine = Engine::new(&spec, plan, store);
-            let sentences = engine.explain_node(&reference)?;
-            if json {
-                print_json(&json!({"node": reference, "reasons": sentences}))?;
-            } else {
-                for s in sentences {
-                    println!("{s}");
-                }
-            }
-            Ok(0)
-        }
+        Command::Plan { iterations, json } => print(json, &plan::plan(&load(g, iterations)?.1), stdout(), plan::PlanOutput::write_text)?,
+        Command::Status { iterations, json } => print(json, &with_engine(g, iterations, status::status)?, stdout(), status::StatusOutput::write_text)?,
+        Command::Log { iterations, all, json } => print(json, &with_engine(g, iterations, log::log)?, stdout(), |o, w| o.write_text(all, w))?,
+        Command::Report { out, iterations, json } => print(json, &with_engine(g, iterations, |e| report::write(e, &out))?, stderr(), report::ReportSummary::write_text)?,
+        Command::Compare { runs, json } => print(json, &compare::compare(&runs, &g.store)?, stdout(), compare::CompareOutput::write_text)?,
+        Command::Show { reference, rows, iterations, json } => print(json, &with_engine(g, iterations, |e| show::show(e, &reference, rows))?, stdout(), show::ShowOutput::write_text)?,
+        Command::Lineage { reference, iterations, json } => print(json, &with_engine(g, iterations, |e| lineage::lineage_of(e, &reference))?, stdout(), lineage::LineageNode::write_text)?,
+        Command::Explain { reference, iterations, json } => print(json, &with_engine(g, iterations, |e| explain::explain(e, &reference))?, stdout(), explain::ExplainOutput::write_text)?,
         Command::Verify { reference, all, recompute, iterations, json } => {
-            let (spec, plan, store) = load(g, iterations)?;
-            let engine = Engine::new(&spec, plan, store);
-            let targets: Vec<Artifact> = match (&reference, all) {
-                (Some(r), false) => vec![engine.find(r)?],
-                (None, true) => engine.store.scan()?,
-                _ => bail!("verify takes a REF or --all"),
-            };
-            let mut bad = 0;
-            let mut results = Vec::new();
-            for a in &targets {
-                let problems: Vec<String> = a.verify_all().iter().map(|e| e.to_string()).collect();
-                let mut rec = Value::Null;
-                if recompute && problems.is_empty() {
-                    let cmp = engine.recompute(a)?;
-                    let differ: Vec<&String> = cmp.iter().filter(|(_, ok)| !ok).map(|(f, _)| f).collect();
-                    if !differ.is_empty() {
-                        bad += 1;
-                    }
-                    rec = json!({"identical": differ.is_empty(), "differing_files": differ});
-                }
-                if !problems.is_empty() {
-                    bad += 1;
-                }
-                if !json {
-                    let status = if problems.is_empty() { "ok" } else { "CORRUPT" };
-                    println!("{status:<8} {:<12} {}/{}", a.manifest.node, a.manifest.stage, a.manifest.key.short());
-                    for p in &problems {
-                        println!("    {p}");
-                    }
-                    if !rec.is_null() {
-                        println!("    recompute: {}", if rec["identical"] == json!(true) { "identical bytes".to_string() } else { format!("DIFFERS in {}", rec["differing_files"]) });
-                    }
-                }
-                results.push(json!({"node": a.manifest.node, "stage": a.manifest.stage, "key": a.manifest.key, "ok": problems.is_empty(), "problems": problems, "recompute": rec}));
-            }
-            // Directories named like artifacts that are not valid ones (a corrupt manifest, a
-            // crash halfway through an old gc): `run` and `gc` repair them; verify lists them.
-            let leftovers = if all { engine.store.leftovers()? } else { Vec::new() };
-            for l in &leftovers {
-                bad += 1;
-                if !json {
-                    println!("CORRUPT  {}\n    {}", l.dir.display(), l.reason);
-                }
-            }
-            if json {
-                print_json(&json!({"artifacts": results, "leftovers": leftovers.iter().map(|l| json!({"dir": l.dir, "problem": l.reason})).collect::<Vec<_>>()}))?;
-            }
-            Ok(if bad > 0 { 1 } else { 0 })
+            // Text: each artifact as it is checked (recomputing takes as long as the node), then the leftovers.
+            let mut each = |c: &verify::ArtifactCheck| if !json { let _ = c.write_text(&mut stdout().lock()); };
+            let out = with_engine(g, iterations, |e| verify::verify(e, reference.as_deref(), all, recompute, &mut each))?;
+            print(json, &out, stdout(), verify::VerifyOutput::write_leftovers_text)?;
+            return Ok(if out.bad() > 0 { 1 } else { 0 });
         }
         Command::Generate { model, role, greedy, max_new_tokens, iterations, json, prompts } => {
-            let spec = Spec::load(&g.config)?;
-            let out = crate::generate::generate(&spec, &g.store, iterations, &crate::generate::GenerateOptions { model, role, greedy, max_new_tokens, prompts })?;
-            if json {
-                print_json(&serde_json::to_value(&out)?)?;
-            } else {
-                // Model text may hold terminal control sequences: printed stripped (--json keeps it raw).
-                crate::generate::write_plain(&mut std::io::stdout().lock(), &out)?;
-            }
-            Ok(0)
+            let out = generate::generate(&Spec::load(&g.config)?, &g.store, iterations, &generate::GenerateOptions { model, role, greedy, max_new_tokens, prompts })?;
+            // Model text may hold terminal control sequences: printed stripped (--json keeps it raw).
+            print(json, &out, stdout(), |o, w| generate::write_plain(w, o))?;
         }
-        Command::Gc { dry_run, keep_last, thin, iterations, json } => {
-            let (spec, plan, store) = load(g, iterations)?;
-            let engine = Engine::new(&spec, plan, store);
-            let report = if engine.store.root().exists() { engine.gc(engine.plan.iterations, keep_last, thin, dry_run)? } else { Default::default() };
-            let (victims, thinned) = (&report.removed, &report.thinned);
-            if json {
-                let list = |v: &[Artifact]| v.iter().map(|a| json!({"node": a.manifest.node, "stage": a.manifest.stage, "key": a.manifest.key})).collect::<Vec<_>>();
-                print_json(&json!({"dry_run": dry_run, "removed": list(victims), "thinned": list(thinned), "verdict_cache": report.verdict_cache}))?;
-            } else {
-                for a in victims {
-                    println!("{} {:<12} {}/{}", if dry_run { "would remove" } else { "removed" }, a.manifest.node, a.manifest.stage, short(a.manifest.key.as_str()));
-                }
-                for a in thinned {
-                    println!("{} {:<12} {}/{}", if dry_run { "would thin" } else { "thinned" }, a.manifest.node, a.manifest.stage, short(a.manifest.key.as_str()));
-                }
-                println!("{} artifact(s) {}, {} thinned", victims.len(), if dry_run { "would be removed" } else { "removed" }, thinned.len());
-                let vc = &report.verdict_cache;
-                if let Some(why) = &vc.skipped {
-                    println!("verdict cache left alone: {why}");
-                } else if let Some(s) = &vc.sweep {
-                    let verb = if dry_run { "would remove" } else { "removed" };
-                    println!("verdict cache: {verb} {} entr(ies) of judges no artifact names, {} corrupt, {} temp file(s) ({} bytes); kept {} of {} live judge(s)", s.removed, s.corrupt, s.temp_files, s.removed_bytes, s.kept, vc.live_judges);
-                }
-            }
-            Ok(0)
-        }
+        Command::Gc { dry_run, keep_last, thin, iterations, json } => print(json, &with_engine(g, iterations, |e| gc::gc(e, keep_last, thin, dry_run))?, stdout(), gc::GcOutput::write_text)?,
         Command::Judge { with, file, prompt_column, response_column, prompt_harmful_column, refusal_column, response_harmful_column, seed_label_column, seed_label, no_cache, rows, iterations, json } => {
-            let spec = Spec::load(&g.config)?;
-            let columns = crate::judge_verb::PairColumns { prompt: prompt_column, response: response_column, prompt_harmful: prompt_harmful_column, refusal: refusal_column, response_harmful: response_harmful_column, seed_label: seed_label_column };
-            let opts = crate::judge_verb::JudgeFileOptions { with: crate::judge_verb::JudgeChoice::parse(&with), file, columns, seed_label: seed_label.map(|s| s == "harmful"), use_cache: !no_cache };
-            let report = crate::judge_verb::judge_file(&spec, &g.store, iterations, &opts)?;
-            if json {
-                print_json(&serde_json::to_value(&report)?)?;
-            } else {
-                print!("{}", crate::judge_verb::render_text(&report, rows));
-            }
-            Ok(0)
+            let columns = judge::PairColumns { prompt: prompt_column, response: response_column, prompt_harmful: prompt_harmful_column, refusal: refusal_column, response_harmful: response_harmful_column, seed_label: seed_label_column };
+            let opts = judge::JudgeFileOptions { with: judge::JudgeChoice::parse(&with), file, columns, seed_label: seed_label.map(|s| s == "harmful"), use_cache: !no_cache };
+            print(json, &judge::judge_file(&Spec::load(&g.config)?, &g.store, iterations, &opts)?, stdout(), |r, w| write!(w, "{}", judge::render_text(r, rows)))?;
         }
         Command::Serve { model, bind, name, fail_first, workers, iterations, auth_token_env, max_body_bytes, max_prompts, max_tokens, request_timeout_s } => {
-            let spec = Spec::load(&g.config)?;
-            crate::serve_verb::serve(&spec, &g.store, iterations, &crate::serve_verb::ServeOptions { model, bind, name, fail_first, workers, auth_token_env, max_body_bytes, max_prompts, max_tokens, request_timeout_s })?;
-            Ok(0)
+            let opts = serve::ServeOptions { model, bind, name, fail_first, workers, auth_token_env, max_body_bytes, max_prompts, max_tokens, request_timeout_s };
+            serve::serve(&Spec::load(&g.config)?, &g.store, iterations, &opts)?;
         }
     }
-}
-
-/// The artifact's ancestry as a tree, walking the DAG once: an artifact met a second time
-/// (update@i reaches update@(i−1) through four inputs) is printed as a reference to its first
-/// appearance (`"seen": true`) instead of again, so the output grows with the number of
-/// artifacts, not with the number of paths. Each input record's digest is checked against
-/// the artifact now in the store, so a `run --force` replacement with other bytes shows as
-/// `"digest_mismatch"` instead of passing for the original.
-fn lineage(store: &Store, a: &Artifact) -> Result<Value> {
-    let mut seen: HashSet<(String, String)> = HashSet::new();
-    seen.insert((a.manifest.stage.clone(), a.manifest.key.to_string()));
-    lineage_walk(store, a, &mut seen)
-}
-
-fn lineage_walk(store: &Store, a: &Artifact, seen: &mut HashSet<(String, String)>) -> Result<Value> {
-    let mut inputs = Vec::new();
-    for rec in &a.manifest.inputs {
-        let id = (rec.stage.clone(), rec.key.to_string());
-        let base = json!({"node": rec.node, "role": rec.role, "stage": rec.stage, "key": rec.key});
-        let child = match store.load(&rec.stage, &rec.key)? {
-            None => {
-                let mut v = base;
-                v["missing"] = json!(true);
-                v
-            }
-            Some(c) if c.manifest.content_digest != rec.digest => {
-                let mut v = base;
-                v["digest_mismatch"] = json!({"recorded": rec.digest, "in_store": c.manifest.content_digest});
-                v
-            }
-            Some(_) if seen.contains(&id) => {
-                let mut v = base;
-                v["seen"] = json!(true);
-                v
-            }
-            Some(c) => {
-                seen.insert(id);
-                let mut v = lineage_walk(store, &c, seen)?;
-                v["role"] = json!(rec.role);
-                v
-            }
-        };
-        inputs.push(child);
-    }
-    let sources: Vec<Value> = a.manifest.components.files.iter().map(|f| json!({"name": f.name, "sha256": f.sha256})).collect();
-    Ok(json!({"node": a.manifest.node, "stage": a.manifest.stage, "key": a.manifest.key, "content_digest": a.manifest.content_digest, "inputs": inputs, "sources": sources}))
-}
-
-fn print_tree(v: &Value, depth: usize) {
-    let pad = "  ".repeat(depth);
-    let role = v.get("role").and_then(Value::as_str).map_or(String::new(), |r| format!("{r}: "));
-    let key = v.get("key").and_then(Value::as_str).map_or("", short);
-    let note = if v.get("missing").is_some() {
-        "  (not in store)"
-    } else if v.get("digest_mismatch").is_some() {
-        "  (REPLACED: the store holds other bytes under this key than the ones this artifact was built from)"
-    } else if v.get("seen").is_some() {
-        "  (see above)"
-    } else {
-        ""
-    };
-    println!("{pad}{role}{} {key}{note}", v["node"].as_str().unwrap_or("?"));
-    if let Some(srcs) = v.get("sources").and_then(Value::as_array) {
-        for s in srcs {
-            println!("{pad}  source {} sha256 {}", s["name"].as_str().unwrap_or("?"), s["sha256"].as_str().map_or("", short));
-        }
-    }
-    if let Some(ins) = v.get("inputs").and_then(Value::as_array) {
-        for i in ins {
-            print_tree(i, depth + 1);
-        }
-    }
+    Ok(0)
 }

@@ -5,21 +5,18 @@
 //!   pipeline.yaml --spec--> Spec --plan--> Plan (nodes stage@i with keys)
 //!   --engine--> runs each missing node's stage (stages/) against the store (store/),
 //!   which publishes artifacts/<stage>/<key>/ (Parquet per schema/, safetensors per model/).
-pub mod cli; // clap commands; the only place that prints for humans
+pub mod cli; // clap commands; dispatches each to its verbs/ function and prints the result
 pub mod data; // readers for the pinned source files of resources.md
 pub mod engine; // runs a plan against a store: skip hits, run misses, in order
 pub mod eval; // suites, metrics (refusal, ASR, over-refusal, SBERT, Self-BLEU), paired stats (McNemar, Newcombe), report
 pub mod game; // roles, prompts, hidden-CoT parsing, outcomes and the reward table
-pub mod generate; // sample from a policy: the `generate` verb, game-prompt rendering
 pub mod judge; // judge backends behind one trait; verdict cache
-pub mod judge_verb; // the `judge --with REF|SPEC FILE` verb: judge a pairs file, score against labels
 pub mod model; // Llama-family decoder in tch, GGUF/HF loading, tokenizer, sampler, BERT
 pub mod plan; // spec -> concrete DAG of nodes with keys
 pub mod rl; // REINFORCE++: KL, returns, per-role normalisation, clipped loss, LR
 pub mod schema; // one module per Parquet artifact
-pub mod serve_verb; // the `serve` verb: a policy behind an OpenAI-compatible completions server
 pub mod spec; // pipeline.yaml -> typed, validated spec
 pub mod store; // content-addressed artifact store
-pub mod verbs; // whole-store read verbs: report (HTML), compare (runs side by side)
+pub mod verbs; // one file per CLI verb (run, status, log, report, generate, judge, serve, …); each data verb's result is its --json shape
 #[path = "../stages/mod.rs"]
-pub mod stages; // one thin file per stage kind, and the registry
+pub mod stages; // one file per stage kind (typed Params, run), and enum StageKind

@@ -1,7 +1,7 @@
 //! `dataset` stage: the seed pool, held-out suites and judge-training pairs from the
 //! pinned sources (logic in `crate::data::build_dataset`), including the adversarial eval
 //! suites (jailbreak templates around HarmBench behaviours). Outputs `seeds.parquet` and
-//! `judge_train.parquet`. Registered in stages/mod.rs.
+//! `judge_train.parquet`. Listed in `stages::StageKind`.
 use std::collections::BTreeMap;
 
 use super::StageContext;

@@ -3,7 +3,7 @@
 //! (`judge::build::PROBE_FILE`, read by `judge@i`/`eval@i` through `judge::build::from_spec`)
 //! and `judge_fit_metrics.parquet` (one row per head, schema/judge_fit.rs), and the manifest
 //! metrics `<head>.accuracy|precision|recall|f1|n` that `show judge-fit` and reports print.
-//! Registered in stages/mod.rs; wired to `dataset` by src/plan.rs.
+//! Listed in `stages::StageKind`; wired to `dataset` by src/plan.rs.
 //!
 //! Training data per head:
 //! - prompt_harmful: the dataset's `train` split seeds (harmful and benign, labelled by

@@ -60,6 +60,29 @@ fn from_iterations(run: &str, kind: &'static str, iterations: BTreeMap<u32, BTre
     Ok(RunMetrics { run: run.to_string(), kind, base: at(base_iteration), last: at(final_iteration), base_iteration, final_iteration, iterations, changes, versus_first: Vec::new(), final_eval: last.map(|(_, a)| a.clone()) })
 }
 
+/// What `compare --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompareOutput {
+    /// Every RUN, in argument order.
+    pub runs: Vec<RunMetrics>,
+    /// The metric names of the text table ([`metric_names`]).
+    pub metrics: Vec<String>,
+}
+
+/// `compare RUN…`: load every RUN (pipeline files against `store_for_configs`) and compare.
+pub fn compare(runs: &[String], store_for_configs: &Path) -> anyhow::Result<CompareOutput> {
+    let runs = load_runs(runs, store_for_configs)?;
+    let metrics = metric_names(&runs);
+    Ok(CompareOutput { runs, metrics })
+}
+
+impl CompareOutput {
+    /// The text output ([`render_table`]).
+    pub fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        write!(out, "{}", render_table(&self.runs))
+    }
+}
+
 /// Load every RUN and compare each run's final evaluation with the first run's.
 pub fn load_runs(runs: &[String], store_for_configs: &Path) -> anyhow::Result<Vec<RunMetrics>> {
     let mut loaded = runs.iter().map(|r| load_run(r, store_for_configs)).collect::<anyhow::Result<Vec<_>>>()?;

@@ -1,6 +1,19 @@
-//! Read-side verbs over a whole store: `report` (one HTML file) and `compare` (runs side by
-//! side), plus the metric gathering they share with `log`'s headline columns. Called by
-//! src/cli.rs.
+//! The CLI's verbs, one file each: src/cli.rs parses the arguments and calls the verb's
+//! function here, which does the work and returns its result; the CLI prints it.
+//!
+//! - `run`, `plan`, `status`, `log`, `show`, `lineage`, `explain`, `verify`, `gc`: the
+//!   pipeline and store verbs;
+//! - `report` (one HTML file) and `compare` (runs side by side): read-side verbs over a
+//!   whole store;
+//! - `generate` (sample from a policy; also the game-prompt rendering the rollout stage
+//!   uses), `judge` (judge a pairs file, score against labels), `serve` (a policy behind an
+//!   OpenAI-compatible completions server).
+//!
+//! Each data verb returns a `#[derive(Serialize)]` struct that *is* its `--json` shape (the
+//! CLI prints `serde_json::to_value` of it, pretty, keys sorted; the struct's doc comments
+//! describe the fields) and renders its text output itself (`write_text` into a writer the
+//! CLI passes, or `render_text`). This module also holds the metric gathering that `log`'s
+//! headline columns, `report` and `compare` share.
 //!
 //! # Canonical metric names (what `log`, `report` and `compare` show)
 //! Stages write their own names into manifests; [`canonical_metrics`] maps them onto one
@@ -26,7 +39,19 @@
 //! and gives each suite's rate change with its Newcombe interval and exact McNemar p-value
 //! (src/eval/stats.rs); [`render_changes`] is the text table `log` and `compare` print.
 pub mod compare;
+pub mod explain;
+pub mod gc;
+pub mod generate;
+pub mod judge;
+pub mod lineage;
+pub mod log;
+pub mod plan;
 pub mod report;
+pub mod run;
+pub mod serve;
+pub mod show;
+pub mod status;
+pub mod verify;
 
 use std::collections::BTreeMap;
 

@@ -34,6 +34,14 @@ pub struct ReportSummary {
     pub changes: Vec<crate::eval::stats::SuiteChange>,
 }
 
+impl ReportSummary {
+    /// The one-line text output (the CLI prints it on stderr): the file written, its
+    /// iterations, evaluated iterations and example count.
+    pub fn write_text(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(out, "wrote {} ({} iteration(s), eval at {:?}, {} example(s))", self.path.display(), self.iterations.len(), self.evals, self.examples)
+    }
+}
+
 /// Held-out accuracy of the judge from judge-fit's metrics, read generically: every
 /// flattened metric `<head>.accuracy` (or `<head>/accuracy`) is one head, with its
 /// `precision`, `recall`, `f1`, `n` siblings when present.

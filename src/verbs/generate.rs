@@ -204,8 +204,8 @@ pub fn terminal_safe(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Print `generated` as plain text, one output per line, through `terminal_safe`. The lead
-/// calls this from `cli.rs` for `generate` without `--json`.
+/// Print `generated` as plain text, one output per line, through `terminal_safe` (what
+/// `generate` prints without `--json`).
 pub fn write_plain(out: &mut impl Write, generated: &[Generated]) -> std::io::Result<()> {
     for g in generated {
         writeln!(out, "{}", terminal_safe(&g.output))?;
