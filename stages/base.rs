@@ -9,7 +9,7 @@ use tch::Kind;
 
 use super::StageContext;
 use crate::model::Policy;
-use crate::spec::{Device, Dtype, ModelFormat, Spec};
+use crate::spec::{Dtype, ModelFormat, Spec};
 
 /// Bump when this stage's output for the same inputs would change.
 pub const VERSION: u32 = 1;
@@ -35,24 +35,7 @@ impl Params {
     }
 }
 
-/// The files of a policy artifact (an HF directory).
-pub const POLICY_FILES: [&str; 4] = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"];
-
-/// The tch device of the spec's `run.device`.
-pub fn tch_device(d: Device) -> tch::Device {
-    match d {
-        Device::Cpu => tch::Device::Cpu,
-        Device::Cuda => tch::Device::Cuda(0),
-    }
-}
-
-/// The tch kind of `base.dtype` (every policy of a run has the base's dtype).
-pub fn tch_kind(dtype: Dtype) -> Kind {
-    match dtype {
-        Dtype::F32 => Kind::Float,
-        Dtype::Bf16 => Kind::BFloat16,
-    }
-}
+pub use crate::model::{tch_device, tch_kind, POLICY_FILES};
 
 /// Open the policy artifact filling `role` (every file digest-checked first) on the run's
 /// device in the base dtype `dtype`. Stages that load a policy carry `base.dtype` in their

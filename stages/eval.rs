@@ -75,8 +75,7 @@ pub const VERSION: u32 = 3;
 
 /// The attacker-diversity split (method.md §4.1, §5.3).
 pub const HOLDOUT_ATTACKER: &str = "holdout_attacker";
-/// Category name of a suite's overall row in `eval_summary.parquet`.
-pub const ALL: &str = "(all)";
+pub use crate::schema::eval::ALL;
 /// Verdicts per judge call.
 const JUDGE_BATCH: usize = 64;
 

@@ -216,12 +216,7 @@ impl Embedder for PrefetchedEmbedder<'_> {
     }
 }
 
-fn tch_device(d: crate::spec::Device) -> tch::Device {
-    match d {
-        crate::spec::Device::Cpu => tch::Device::Cpu,
-        crate::spec::Device::Cuda => tch::Device::Cuda(0),
-    }
-}
+use crate::model::tch_device;
 
 pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let embedder_dir = &p.embedder_dir;

@@ -13,7 +13,7 @@ use rand::RngCore;
 use super::base::load_policy_input;
 use super::StageContext;
 use crate::game::{attack_turn, defender_prompt, public_text, AttackTurn, GameMode, GameOptions, SeedKind};
-use crate::verbs::generate::{render_prompt, rollout_sampling};
+use crate::game::{render_prompt, rollout_sampling};
 use crate::model::{Policy, Sample, SamplingParams, TokenId};
 use crate::schema::prep::{PrepRow, PrepSchema};
 use crate::schema::rollout::{GameRow, GamesSchema};

@@ -27,7 +27,7 @@ use rand::RngCore;
 use super::base::load_policy_input;
 use super::StageContext;
 use crate::game::{cot_format_check_and_extract, defender_prompt, postfill_prompt, postfilled_sft_target, ChatPrompt, DefenderStyle, THINKING_PREFIX};
-use crate::verbs::generate::render_prompt;
+use crate::game::render_prompt;
 use crate::model::{ChatTokenizer, SamplingParams, TokenId};
 use crate::schema::seeds::SeedsSchema;
 use crate::schema::sft_demos::{SftDemoRow, SftDemosSchema};

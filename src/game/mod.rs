@@ -22,7 +22,7 @@ pub use cot::{
 };
 pub use outcome::{Outcome, OutcomeSet};
 pub use prompts::{
-    attacker_prompt, defender_prompt, postfill_prompt, postfill_template_digest, postfilled_sft_target, template_digest, ChatPrompt,
+    attacker_prompt, defender_prompt, postfill_prompt, postfill_template_digest, postfilled_sft_target, render_prompt, rollout_sampling, template_digest, ChatPrompt,
     ChatRole, DefenderStyle, Message, TemplateDigest, THINKING_PREFIX,
 };
 pub use reward::{

@@ -214,6 +214,26 @@ pub fn postfilled_sft_target(thinking: &str, response: &str) -> String {
     format!("{THINKING_PREFIX}{thinking} </think>\n<answer> {response} </answer>")
 }
 
+/// A game prompt rendered with the model's chat template (generation prompt added, then the
+/// assistant prefix verbatim): the text and its token ids.
+pub fn render_prompt(tokenizer: &crate::model::ChatTokenizer, prompt: &ChatPrompt) -> Result<(String, Vec<crate::model::TokenId>), crate::model::ModelError> {
+    let messages: Vec<crate::model::ChatMessage> = prompt.messages.iter().map(|m| crate::model::ChatMessage::new(m.role.as_str(), m.content.clone())).collect();
+    let text = tokenizer.render_chat(&messages, true, prompt.assistant_prefix.as_deref())?;
+    let ids = tokenizer.encode(&text, false)?;
+    Ok((text, ids))
+}
+
+/// The rollout sampling settings of the spec (method.md §1.5).
+pub fn rollout_sampling(r: &crate::spec::RolloutParams) -> crate::model::SamplingParams {
+    crate::model::SamplingParams {
+        temperature: r.temperature,
+        top_p: r.top_p,
+        top_k: (r.top_k > 0).then_some(r.top_k as usize),
+        max_new_tokens: r.max_new_tokens as usize,
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

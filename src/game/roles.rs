@@ -200,7 +200,7 @@ mod tests {
                     }
                 }
                 for (role, p) in prompts {
-                    let (text, _) = crate::verbs::generate::render_prompt(tok, &p).expect("render");
+                    let (text, _) = crate::game::render_prompt(tok, &p).expect("render");
                     assert_eq!(text.ends_with(THINKING_PREFIX), cot, "{mode:?} {role} cot={cot}: {text:?}");
                     assert_eq!(text.contains("<think>"), cot, "{mode:?} {role} cot={cot}");
                 }

@@ -51,3 +51,22 @@ pub use tokenizer::{ChatMessage, ChatTokenizer, TokenId};
 
 /// The CoT assistant prefix of method.md §1.2/§1.3, appended after the generation prompt.
 pub const COT_ASSISTANT_PREFIX: &str = "Let's think step by step.\n<think> ";
+
+/// The files of a policy artifact (an HF directory).
+pub const POLICY_FILES: [&str; 4] = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"];
+
+/// The tch device of the spec's `run.device`.
+pub fn tch_device(d: crate::spec::Device) -> tch::Device {
+    match d {
+        crate::spec::Device::Cpu => tch::Device::Cpu,
+        crate::spec::Device::Cuda => tch::Device::Cuda(0),
+    }
+}
+
+/// The tch kind of `base.dtype` (every policy of a run has the base's dtype).
+pub fn tch_kind(dtype: crate::spec::Dtype) -> tch::Kind {
+    match dtype {
+        crate::spec::Dtype::F32 => tch::Kind::Float,
+        crate::spec::Dtype::Bf16 => tch::Kind::BFloat16,
+    }
+}

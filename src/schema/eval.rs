@@ -109,3 +109,6 @@ mod tests {
         assert_eq!(from_parquet_bytes::<EvalSummarySchema>(to_parquet_bytes::<EvalSummarySchema>(&s).expect("write")).expect("read"), s);
     }
 }
+
+/// Category name of a suite's overall row in `eval_summary.parquet`.
+pub const ALL: &str = "(all)";

@@ -1,6 +1,4 @@
-//! Sampling from a policy outside the training loop, and the glue between game prompts and
-//! the model runtime: `render_prompt` (game `ChatPrompt` → rendered text + token ids, used by
-//! the rollout stage) and the `generate` verb (`self-redteam generate --model REF|PATH …`,
+//! Sampling from a policy outside the training loop: the `generate` verb (`self-redteam generate --model REF|PATH …`,
 //! called by src/cli.rs), which resolves a policy from the store (digest-verified) or a path
 //! and samples one batch. `terminal_safe` / `write_plain` are how its plain (non-`--json`)
 //! output must be printed: model text is untrusted bytes, and escape sequences in it could
@@ -13,29 +11,9 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::engine::Engine;
-use crate::game::{attacker_prompt, defender_prompt, ChatPrompt, DefenderStyle, SeedLabel};
-use crate::model::{ChatMessage, ChatTokenizer, Policy, SamplingParams, TokenId};
-use crate::spec::{RolloutParams, Spec};
-
-/// A game prompt rendered with the model's chat template (generation prompt added, then the
-/// assistant prefix verbatim): the text and its token ids.
-pub fn render_prompt(tokenizer: &ChatTokenizer, prompt: &ChatPrompt) -> Result<(String, Vec<TokenId>)> {
-    let messages: Vec<ChatMessage> = prompt.messages.iter().map(|m| ChatMessage::new(m.role.as_str(), m.content.clone())).collect();
-    let text = tokenizer.render_chat(&messages, true, prompt.assistant_prefix.as_deref())?;
-    let ids = tokenizer.encode(&text, false)?;
-    Ok((text, ids))
-}
-
-/// The rollout sampling settings of the spec (method.md §1.5).
-pub fn rollout_sampling(r: &RolloutParams) -> SamplingParams {
-    SamplingParams {
-        temperature: r.temperature,
-        top_p: r.top_p,
-        top_k: (r.top_k > 0).then_some(r.top_k as usize),
-        max_new_tokens: r.max_new_tokens as usize,
-        ..Default::default()
-    }
-}
+use crate::game::{attacker_prompt, defender_prompt, render_prompt, rollout_sampling, DefenderStyle, SeedLabel};
+use crate::model::{Policy, TokenId};
+use crate::spec::Spec;
 
 /// How `generate` wraps each PROMPT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -83,7 +61,7 @@ fn resolve_model(spec: &Spec, store_root: &Path, iterations: Option<u32>, model:
     let plan = crate::plan::Plan::new(spec, iterations);
     let engine = Engine::new(spec, plan, crate::store::Store::at(store_root));
     let a = engine.find(model).with_context(|| format!("--model {model:?} is neither a path nor a store REF"))?;
-    for f in crate::stages::base::POLICY_FILES {
+    for f in crate::model::POLICY_FILES {
         a.verify_file(f).with_context(|| format!("{} ({}) is not a usable policy artifact", a.manifest.node, a.manifest.stage))?;
     }
     Ok(a.dir.clone())
@@ -96,7 +74,7 @@ pub fn generate(spec: &Spec, store_root: &Path, iterations: Option<u32>, opts: &
     }
     tch::set_num_threads(spec.raw.run.threads as i32);
     let path = resolve_model(spec, store_root, iterations, &opts.model)?;
-    let policy = Policy::load(&path, crate::stages::base::tch_device(spec.raw.run.device), crate::stages::base::tch_kind(spec.raw.base.dtype)).with_context(|| format!("load model {}", path.display()))?;
+    let policy = Policy::load(&path, crate::model::tch_device(spec.raw.run.device), crate::model::tch_kind(spec.raw.base.dtype)).with_context(|| format!("load model {}", path.display()))?;
     let cot = spec.raw.rollout.cot;
     let mut rendered = Vec::new();
     for p in &opts.prompts {

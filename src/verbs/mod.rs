@@ -203,7 +203,7 @@ pub fn eval_rows(a: &Artifact) -> anyhow::Result<Vec<EvalRecord>> {
 pub fn eval_headlines(a: &Artifact) -> anyhow::Result<BTreeMap<String, String>> {
     let p = a.verify_file("eval_summary.parquet")?;
     let rows = crate::schema::read_parquet::<EvalSummarySchema>(&p)?;
-    Ok(rows.into_iter().filter(|r| r.headline && r.category == crate::stages::eval::ALL).map(|r| (r.suite, r.metric)).collect())
+    Ok(rows.into_iter().filter(|r| r.headline && r.category == crate::schema::eval::ALL).map(|r| (r.suite, r.metric)).collect())
 }
 
 /// Per-suite rate changes from `before` to `after` (two eval artifacts; paired on prompt

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::plan::Plan;
-use crate::stages::StageKind;
+use crate::plan::StageKind;
 use crate::store::key::FileDigest;
 
 /// What `plan --json` prints.

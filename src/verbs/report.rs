@@ -159,7 +159,7 @@ fn intervals_table(g: &Gathered) -> anyhow::Result<String> {
         return Ok(h);
     };
     let pick = |rows: Vec<SummaryRecord>| -> BTreeMap<(String, String), SummaryRecord> {
-        rows.into_iter().filter(|r| r.category == crate::stages::eval::ALL && (r.headline || r.metric == "over_refusal" || r.metric == "asr")).map(|r| ((r.suite.clone(), r.metric.clone()), r)).collect()
+        rows.into_iter().filter(|r| r.category == crate::schema::eval::ALL && (r.headline || r.metric == "over_refusal" || r.metric == "asr")).map(|r| ((r.suite.clone(), r.metric.clone()), r)).collect()
     };
     let a = pick(read_summary(first)?);
     let b = pick(read_summary(last)?);

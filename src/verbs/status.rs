@@ -5,7 +5,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::engine::Engine;
-use crate::stages::StageKind;
+use crate::plan::StageKind;
 use crate::store::{Digest, Key};
 
 /// What `status --json` prints.
