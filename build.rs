@@ -1,5 +1,5 @@
 //! Link libtorch so that binaries and tests of this crate find it without LD_LIBRARY_PATH.
-//! tch's own rpath and `--no-as-needed -ltorch` do not reach dependants (toolchain.md,
+//! tch's own rpath and `--no-as-needed -ltorch` do not reach dependants (docs/toolchain.md,
 //! "Linking pitfall"), so this package emits them itself.
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");

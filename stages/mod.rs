@@ -63,8 +63,8 @@ use crate::schema::ArtifactSchema;
 use crate::spec::{Device, Spec};
 use crate::store::{is_safe_file_name, Artifact, FileEntry, Key};
 
-/// Every stage kind of the DAG, in the order of DESIGN's stage table. The name (`judge-fit`)
-/// is the `stage` of `stage@iteration` and the store's directory.
+/// Every stage kind of the DAG, in the order of the node table of docs/design.md "The DAG".
+/// The name (`judge-fit`) is the `stage` of `stage@iteration` and the store's directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum StageKind {

@@ -1,5 +1,5 @@
-//! Readers for the pinned source files of resources.md (one per `SourceFormat`), text
-//! normalisation and prompt ids, and the seed-pool builder behind the `dataset` stage
+//! Readers for the pinned source files of docs/resources.md (one per `SourceFormat`),
+//! text normalisation and prompt ids, and the seed-pool builder behind the `dataset` stage
 //! ([`build_dataset`]). Called by stages/dataset.rs; `judge-fit` reads the labelled sets
 //! back from the dataset artifact (`judge_train.parquet`, schema/judge_train.rs).
 use std::collections::{BTreeMap, HashSet};

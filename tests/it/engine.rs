@@ -479,7 +479,7 @@ fn dataset_from_the_pinned_sources_keeps_every_eval_prompt_out_of_training() {
     let seeds = read_parquet::<SeedsSchema>(&dir.join("seeds.parquet")).expect("seeds");
     let judge = read_parquet::<JudgeTrainSchema>(&dir.join("judge_train.parquet")).expect("judge");
     let count = |split: &str, suite: Option<&str>, label: &str| seeds.iter().filter(|r| r.split == split && r.suite.as_deref() == suite && r.label == label).count();
-    // HarmBench test, standard functional category only (resources.md: 159 of 320).
+    // HarmBench test, standard functional category only (docs/resources.md: 159 of 320).
     assert_eq!(count("eval", Some("harmbench"), "harmful"), 159);
     assert_eq!(count("eval", Some("overrefusal"), "benign"), 150);
     assert!(count("eval", Some("strongreject"), "harmful") >= 300);

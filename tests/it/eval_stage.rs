@@ -74,7 +74,7 @@ fn run_direct(spec: &Spec) -> EvalOutput {
     let emb = load_embedder(&embedder_dir(), tch::Device::Cpu).expect("MiniLM");
     let rng = |row: u64| self_redteam::plan::rng_for(1, "eval", Some(0), row);
     let quiet = |_: &str, _: u64| {};
-    evaluate(&EvalInputs { params: &self_redteam::stages::eval::params(spec), run_seed: spec.raw.run.seed, adversarial: &spec.raw.dataset.adversarial_suites.keys().cloned().collect(), seeds: &ds.seeds, policy: &policy, judge: judge.as_ref(), embedder: Some(&emb as &dyn Embedder), rng: &rng, cancel: &std::sync::atomic::AtomicBool::new(false), progress: &quiet }).expect("evaluate")
+    evaluate(&EvalInputs { params: &self_redteam::stages::eval::params(spec).settings, run_seed: spec.raw.run.seed, adversarial: &spec.raw.dataset.adversarial_suites.keys().cloned().collect(), seeds: &ds.seeds, policy: &policy, judge: judge.as_ref(), embedder: Some(&emb as &dyn Embedder), rng: &rng, cancel: &std::sync::atomic::AtomicBool::new(false), progress: &quiet }).expect("evaluate")
 }
 
 #[test]
@@ -362,7 +362,7 @@ fn eval_timing_on_smollm2_default_config() {
     let rng = |row: u64| self_redteam::plan::rng_for(1, "eval", Some(0), row);
     let t0 = std::time::Instant::now();
     let progress = |what: &str, done: u64| eprintln!("{:>7.1}s {what} {done}", t0.elapsed().as_secs_f64());
-    let out = evaluate(&EvalInputs { params: &self_redteam::stages::eval::params(&spec), run_seed: spec.raw.run.seed, adversarial: &spec.raw.dataset.adversarial_suites.keys().cloned().collect(), seeds: &ds.seeds, policy: &policy, judge: judge.as_ref(), embedder: Some(&emb as &dyn Embedder), rng: &rng, cancel: &std::sync::atomic::AtomicBool::new(false), progress: &progress }).expect("evaluate");
+    let out = evaluate(&EvalInputs { params: &self_redteam::stages::eval::params(&spec).settings, run_seed: spec.raw.run.seed, adversarial: &spec.raw.dataset.adversarial_suites.keys().cloned().collect(), seeds: &ds.seeds, policy: &policy, judge: judge.as_ref(), embedder: Some(&emb as &dyn Embedder), rng: &rng, cancel: &std::sync::atomic::AtomicBool::new(false), progress: &progress }).expect("evaluate");
     let secs = t0.elapsed().as_secs_f64();
     let tokens: u64 = out.rows.iter().map(|r| u64::from(r.output_tokens)).sum();
     // CPU seconds of this process (utime + stime from /proc, 100 ticks/s): the machine is

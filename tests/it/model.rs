@@ -56,7 +56,7 @@ fn to_vec(t: &Tensor) -> Vec<f32> {
 
 #[test]
 fn smollm2_gguf_tokenizer_reproduces_reference_encoding() {
-    // resources.md: the check string and its ids.
+    // docs/resources.md: the check string and its ids.
     let gguf = model::gguf::GgufFile::open(&smollm2_gguf()).expect("open");
     let cfg = gguf.config().expect("config");
     let tok = model::ChatTokenizer::from_json(
