@@ -1,6 +1,9 @@
 //! Readers for the labelled response sets used to train and score the probe judge
 //! (docs/resources.md "Labelled responses"): PyRIT's refusal and objective scorer evals, and
-//! UncensorBench's paired censored/uncensored answers. Called by the `judge-fit` stage.
+//! UncensorBench's paired censored/uncensored answers, and `LabelledPair`, the probe's
+//! training example. The readers are used by tests/it/judge.rs on the pinned files; the pipeline itself reads these sets through
+//! `data::read_labelled` (the `dataset` stage's `judge_train.parquet`), and `judge-fit`
+//! builds its `LabelledPair`s from that artifact (judge/fit.rs).
 //!
 //! Formats, as found in the pinned files: PyRIT CSVs start with one or more `#` comment
 //! lines (some padded with commas), then a header; columns are found by name because their

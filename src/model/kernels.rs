@@ -17,8 +17,9 @@
 //! Used only where the caller knows no gradient is needed (the KV-cache decoding path); any
 //! input it does not handle (non-CPU, non-f32, > 64 rows, no AVX2/FMA) returns `None` and the
 //! caller falls back to `Tensor::linear`.
-// The one module with `unsafe`: SIMD intrinsics and raw views of tensor memory; every block
-// states the invariant it relies on.
+// The module with the most `unsafe` (SIMD intrinsics and raw views of tensor memory; every
+// block states the invariant it relies on). The only other uses are the two read-only file
+// maps of model/tensors.rs and model/gguf.rs, each allowed at its one call.
 #![allow(unsafe_code)]
 use std::cell::{RefCell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
