@@ -1,6 +1,7 @@
 """Model runtime benchmark: this crate (tch) vs PyTorch/transformers on the same weights.
 
-Run from the repository root:  /work/venv-dev/bin/python scripts/bench_model.py
+Run from the repository root, in a venv made from scripts/requirements-golden.txt:
+    python scripts/bench_model.py
 It (1) exports SmolLM2 from the GGUF to an HF directory with the Rust saver (unless
 SMOLLM2_EXPORT_DIR already holds one), (2) runs `cargo bench --bench model` (release profile),
 (3) runs the same workloads in transformers with the same thread count, (4) prints both JSON

@@ -1,6 +1,7 @@
 """Golden numbers for src/eval (Self-BLEU and SBERT diversity).
 
-Run: /work/venv-dev/bin/python scripts/golden_eval.py
+Run from the repository root, in a venv made from scripts/requirements-golden.txt:
+    python scripts/golden_eval.py
 Writes tests/golden/eval_golden.json, read by tests/it/eval.rs:
   - per-sentence sacreBLEU sentence_bleu(hyp, all others) with defaults (13a tokenizer,
     4-gram, smooth_method="exp", use_effective_order=True), their mean, and

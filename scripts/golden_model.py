@@ -1,6 +1,7 @@
 """Golden values for the model runtime's parity tests (tests/it/model.rs).
 
-Run from the repository root:  /work/venv-dev/bin/python scripts/golden_model.py
+Run from the repository root, in a venv made from scripts/requirements-golden.txt:
+    python scripts/golden_model.py
 Writes tests/golden/model_golden.json and tests/golden/tiny_qwen2/ (config + safetensors).
 
 1. SmolLM2: the Rust runtime dequantizes the GGUF and saves it as an HF directory with its own

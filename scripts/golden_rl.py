@@ -1,6 +1,7 @@
 """Golden numbers for src/rl (tests/it/game_rl.rs pastes them).
 
-Run: /work/venv-dev/bin/python scripts/golden_rl.py
+Run from the repository root, in a venv made from scripts/requirements-golden.txt:
+    python scripts/golden_rl.py
 Reference semantics (method.md §3.1, OpenRLHF as forked by selfplay-redteaming):
   - k1 KL: kl_t = logp_old - logp_ref                      (models/utils.compute_approx_kl)
   - token rewards: -beta*kl_t, clamp(r,-10,10) added at the last response token (compute_reward)

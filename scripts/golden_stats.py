@@ -1,8 +1,8 @@
 """Golden numbers for src/eval/stats.rs (paired eval statistics).
 
-Run (a throwaway venv; scipy/statsmodels are not part of the project's setup):
-    python3 -m venv /work/venv-stats && /work/venv-stats/bin/pip install scipy statsmodels
-    /work/venv-stats/bin/python scripts/golden_stats.py
+Run from the repository root, in a venv made from scripts/requirements-golden.txt
+(scipy/statsmodels are not part of the project's setup):
+    python scripts/golden_stats.py
 Writes tests/golden/stats_golden.json, read by the `stats_*` unit tests.
 
 For each paired 2x2 table (a: 1->1, b: 1->0, c: 0->1, d: 0->0, before -> after):

@@ -7,14 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
-
-pub(crate) fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_self-redteam")
-}
-
-pub(crate) fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+pub(crate) use super::util::{bin, root, sr, text};
 
 pub(crate) fn tiny() -> PathBuf {
     root().join("tests/fixtures/tiny.yaml")
@@ -31,14 +24,6 @@ fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("write config");
     p
-}
-
-pub(crate) fn sr(config: &Path, store: &Path, args: &[&str]) -> Output {
-    Command::new(bin()).arg("--config").arg(config).arg("--store").arg(store).args(args).output().expect("spawn self-redteam")
-}
-
-pub(crate) fn text(o: &Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// Build dataset, prep@1, prep@2 (the built stages) into `store`.

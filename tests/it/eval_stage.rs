@@ -3,7 +3,6 @@
 //! responses; the `log` headline columns, `report` HTML and `compare` verbs on real eval
 //! artifacts; SBERT diversity end to end with the pinned MiniLM.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
@@ -14,10 +13,8 @@ use self_redteam::plan::Plan;
 use self_redteam::spec::Spec;
 use self_redteam::stages::eval::{evaluate, EvalInputs, EvalOutput};
 use self_redteam::store::{Manifest, Store};
+use super::util::{root, sr, text};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn sources() -> String {
     root().join(".cache/sources").display().to_string()
@@ -150,13 +147,7 @@ fn custom_suite_file_enters_the_eval_key_and_needs_a_label() {
     assert!(msg.contains("eval.custom_suites.nolabel"), "{msg}");
 }
 
-fn sr(config: &Path, store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_self-redteam")).arg("--config").arg(config).arg("--store").arg(store).args(args).output().expect("spawn")
-}
 
-fn text(o: &Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 /// Publish a tiny random policy as the plan's `base` artifact (the base stage belongs to
 /// another issue; its key only needs the plan's components).

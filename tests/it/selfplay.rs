@@ -12,27 +12,16 @@ use self_redteam::schema::judged::JudgedSchema;
 use self_redteam::schema::rollout::{GameRow, GamesSchema};
 use self_redteam::schema::update_steps::UpdateStepsSchema;
 use tch::{Device, Kind, Tensor};
+use super::util::{bin, root, sr, text};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_self-redteam")
-}
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn tiny_text_abs() -> String {
     let text = std::fs::read_to_string(root().join("tests/fixtures/tiny.yaml")).expect("read tiny.yaml");
     text.replace("../../.cache", &root().join(".cache").display().to_string())
 }
 
-fn sr(config: &Path, store: &Path, args: &[&str]) -> Output {
-    Command::new(bin()).arg("--config").arg(config).arg("--store").arg(store).args(args).output().expect("spawn self-redteam")
-}
 
-fn text(o: &Output) -> String {
-    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 /// `run` until every node but the (not yet built here) eval nodes is done.
 fn run_all(config: &Path, store: &Path, extra: &[&str]) -> Output {

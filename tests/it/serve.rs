@@ -7,7 +7,6 @@
 //! `parse_request`.
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -19,10 +18,8 @@ use self_redteam::judge::TextGenerator;
 use self_redteam::model::tiny_random_llama;
 
 use crate::fuzz;
+use super::util::{root};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 const TOKEN_VAR: &str = "SELF_REDTEAM_TEST_SERVE_TOKEN_91c2";
 const TOKEN: &str = "test-token-5d1e";
