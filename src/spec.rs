@@ -433,14 +433,9 @@ impl Default for PrepParams {
     }
 }
 
-/// Which roles train (method.md §6 ablations).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GameMode {
-    Selfplay,
-    AttackerOnly,
-    DefenderOnly,
-}
+/// Which roles train (method.md §6 ablations): the game's own enum (`selfplay`,
+/// `attacker_only`, `defender_only` in pipeline.yaml).
+pub use crate::game::GameMode;
 
 /// `rollout:` — sampling settings of both turns (method.md §1.5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -461,7 +456,7 @@ pub struct RolloutParams {
 }
 impl Default for RolloutParams {
     fn default() -> Self {
-        RolloutParams { max_new_tokens: 256, temperature: 1.0, top_p: 1.0, top_k: 0, cot: true, mode: GameMode::Selfplay, batch_size: 8 }
+        RolloutParams { max_new_tokens: 256, temperature: 1.0, top_p: 1.0, top_k: 0, cot: true, mode: GameMode::SelfPlay, batch_size: 8 }
     }
 }
 
@@ -587,26 +582,21 @@ impl Default for JudgeParams {
     }
 }
 
-/// Reward table (method.md §2.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RewardType {
-    GeneralSum,
-    GeneralSumAllOne,
-    ZeroSum,
-}
+/// Reward table (method.md §2.3): the game's own enum (`general_sum`, `general_sum_all_one`,
+/// `zero_sum` in pipeline.yaml).
+pub use crate::game::RewardScheme;
 
 /// `reward:`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RewardParams {
     #[serde(rename = "type")]
-    pub kind: RewardType,
+    pub kind: RewardScheme,
     pub remove_ties: bool,
 }
 impl Default for RewardParams {
     fn default() -> Self {
-        RewardParams { kind: RewardType::GeneralSum, remove_ties: true }
+        RewardParams { kind: RewardScheme::GeneralSum, remove_ties: true }
     }
 }
 

@@ -7,12 +7,12 @@ use anyhow::Context;
 
 use super::rollout::game_options;
 use super::StageContext;
-use crate::game::{GameOptions, score_game, training_rewards, CotFormat, GameRecord, JudgeLabels, RewardScheme, Role, RoleReward, ScoredGame, SeedKind, Verdict as GameVerdict};
+use crate::game::{GameOptions, score_game, training_rewards, CotFormat, GameRecord, JudgeLabels, Role, RoleReward, ScoredGame, SeedKind, GameVerdict};
 use crate::judge::cache::{judge_cached, VerdictCache, VERDICT_CACHE_DIR};
 use crate::judge::{JudgeInput, Verdict};
 use crate::schema::judged::{JudgedRow, JudgedSchema};
 use crate::schema::rollout::{GameRow, GamesSchema};
-use crate::spec::{RewardParams, RewardType, Spec};
+use crate::spec::{RewardParams, Spec};
 
 /// Bump when this stage's output for the same inputs would change.
 /// 2: decoding steps use the CPU decode kernel (src/model/kernels.rs), whose float rounding
@@ -40,13 +40,6 @@ impl Params {
     }
 }
 
-pub fn reward_scheme(t: RewardType) -> RewardScheme {
-    match t {
-        RewardType::GeneralSum => RewardScheme::GeneralSum,
-        RewardType::GeneralSumAllOne => RewardScheme::GeneralSumAllOne,
-        RewardType::ZeroSum => RewardScheme::ZeroSum,
-    }
-}
 
 /// The judge's verdict as the reward code sees it. A missing prompt-harm label cannot be
 /// scored (every term keys on Q), so it counts as a parse error, like WildGuard's own parser.
@@ -92,7 +85,7 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     drop(bar);
 
     let options = p.game;
-    let scheme = reward_scheme(p.reward.kind);
+    let scheme = p.reward.kind;
     let remove_ties = p.reward.remove_ties;
     let mut rows = Vec::with_capacity(games.len());
     for (g, v) in games.iter().zip(&verdicts) {

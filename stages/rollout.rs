@@ -12,12 +12,12 @@ use rand::RngCore;
 
 use super::base::load_policy_input;
 use super::StageContext;
-use crate::game::{attack_turn, defender_prompt, public_text, AttackTurn, GameMode, GameOptions, SeedKind};
+use crate::game::{attack_turn, defender_prompt, public_text, AttackTurn, GameOptions, SeedKind};
 use crate::game::{render_prompt, rollout_sampling};
 use crate::model::{Policy, Sample, SamplingParams, TokenId};
 use crate::schema::prep::{PrepRow, PrepSchema};
 use crate::schema::rollout::{GameRow, GamesSchema};
-use crate::spec::{Dtype, GameMode as SpecMode, RolloutParams, Spec};
+use crate::spec::{Dtype, RolloutParams, Spec};
 
 /// Bump when this stage's output for the same inputs would change.
 /// 2: decoding steps use the CPU decode kernel (src/model/kernels.rs), whose float rounding
@@ -47,12 +47,7 @@ impl Params {
 
 /// The game switches of a `rollout` section.
 pub fn game_options(r: &RolloutParams) -> GameOptions {
-    let mode = match r.mode {
-        SpecMode::Selfplay => GameMode::SelfPlay,
-        SpecMode::AttackerOnly => GameMode::AttackerOnly,
-        SpecMode::DefenderOnly => GameMode::DefenderOnly,
-    };
-    GameOptions { cot: r.cot, mode }
+    GameOptions { cot: r.cot, mode: r.mode }
 }
 
 /// Sample `prompts` in chunks of `batch` (one progress tick per row).

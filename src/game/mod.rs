@@ -27,6 +27,6 @@ pub use prompts::{
 };
 pub use reward::{
     score_game, training_rewards, CotFormat, GameRecord, JudgeLabels, RewardScheme, RewardTerms,
-    RoleReward, ScoredGame, Verdict,
+    RoleReward, ScoredGame, GameVerdict,
 };
 pub use roles::{attack_turn, AttackTurn, GameMode, GameOptions, Role, SeedKind, SeedLabel};

@@ -30,10 +30,12 @@ pub struct JudgeLabels {
     pub response_harmful: Option<bool>,
 }
 
-/// What the judge returned for a game.
+/// What the judge returned for a game, as the reward table sees it: its labels, or a parse
+/// error. (`judge::Verdict` is the judge's full output, optional labels plus its raw text; the
+/// judge stage maps one to the other with `stages::judge::game_verdict`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Verdict {
+pub enum GameVerdict {
     Labels(JudgeLabels),
     /// The judge's output did not parse: the whole game is dropped (§2.5.1).
     ParseError,
@@ -304,10 +306,10 @@ fn defender_reward(
 
 /// Rewards of one game (§2.3). The attacker is scored only when it wrote the attack; the
 /// defender always (vanilla games included). A judge parse error drops the game.
-pub fn score_game(game: &GameRecord, verdict: &Verdict, scheme: RewardScheme) -> ScoredGame {
+pub fn score_game(game: &GameRecord, verdict: &GameVerdict, scheme: RewardScheme) -> ScoredGame {
     let labels = match verdict {
-        Verdict::ParseError => return ScoredGame::Dropped,
-        Verdict::Labels(l) => l,
+        GameVerdict::ParseError => return ScoredGame::Dropped,
+        GameVerdict::Labels(l) => l,
     };
     let c = scheme.coefficients();
     let label = game.seed_kind.label();
@@ -439,7 +441,7 @@ mod tests {
     }
 
     fn scored(g: &GameRecord, v: JudgeLabels, s: RewardScheme) -> (Option<RoleReward>, RoleReward) {
-        match score_game(g, &Verdict::Labels(v), s) {
+        match score_game(g, &GameVerdict::Labels(v), s) {
             ScoredGame::Scored { attacker, defender } => (attacker, defender),
             ScoredGame::Dropped => panic!("not dropped"),
         }
@@ -561,7 +563,7 @@ mod tests {
     #[test]
     fn parse_error_drops_the_game() {
         let g = generated(SeedKind::GeneratedHarmful, CotFormat::WellFormed, CotFormat::WellFormed);
-        assert_eq!(score_game(&g, &Verdict::ParseError, GS), ScoredGame::Dropped);
+        assert_eq!(score_game(&g, &GameVerdict::ParseError, GS), ScoredGame::Dropped);
         let o = GameOptions { cot: true, mode: GameMode::SelfPlay };
         assert!(training_rewards(&ScoredGame::Dropped, &o, true).is_empty());
     }
@@ -569,7 +571,7 @@ mod tests {
     #[test]
     fn ties_are_dropped_for_both_roles_when_remove_ties() {
         let g = generated(SeedKind::GeneratedHarmful, CotFormat::WellFormed, CotFormat::WellFormed);
-        let s = score_game(&g, &Verdict::Labels(labels(true, Some(true), None)), GS);
+        let s = score_game(&g, &GameVerdict::Labels(labels(true, Some(true), None)), GS);
         let o = GameOptions { cot: true, mode: GameMode::SelfPlay };
         assert!(training_rewards(&s, &o, true).is_empty());
         let kept = training_rewards(&s, &o, false);
@@ -580,7 +582,7 @@ mod tests {
     #[test]
     fn attacker_only_keeps_only_attacker_samples() {
         let g = generated(SeedKind::GeneratedBenign, CotFormat::WellFormed, CotFormat::Violated);
-        let s = score_game(&g, &Verdict::Labels(labels(false, Some(false), Some(false))), GS);
+        let s = score_game(&g, &GameVerdict::Labels(labels(false, Some(false), Some(false))), GS);
         let o = GameOptions { cot: true, mode: GameMode::AttackerOnly };
         let kept = training_rewards(&s, &o, true);
         assert_eq!(kept.iter().map(|r| r.role).collect::<Vec<_>>(), vec![Role::Attacker]);

@@ -82,6 +82,8 @@ impl SeedKind {
 #[serde(rename_all = "snake_case")]
 pub enum GameMode {
     /// Both roles are the trained policy; `generated_*` seeds get an attacker turn.
+    /// Spelled `selfplay` in pipeline.yaml (and keys).
+    #[serde(rename = "selfplay")]
     SelfPlay,
     /// Static defender (`no_defender_turn`): the frozen initial model answers with the plain
     /// template, `vanilla_*` seeds are skipped, defender samples never train.

@@ -636,14 +636,21 @@ mod tests {
             });
             assert!(counts.iter().all(|n| n.load(Ordering::Relaxed) == 1), "job {job}: a chunk ran other than once");
         }
-        let claimed_by = std::sync::Mutex::new(std::collections::HashSet::new());
-        team.run(64, &|c| {
-            if c == 0 {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            claimed_by.lock().unwrap().insert(std::thread::current().id());
+        // The others take the chunks while one member sleeps. Seen in at least one of 20 jobs:
+        // on a loaded machine (a test build beside it) the helpers themselves can be
+        // descheduled for the whole 50 ms of one job, which says nothing about the team.
+        let parallel = (0..20).any(|_| {
+            let claimed_by = std::sync::Mutex::new(std::collections::HashSet::new());
+            team.run(64, &|c| {
+                if c == 0 {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                claimed_by.lock().unwrap().insert(std::thread::current().id());
+            });
+            let n = claimed_by.lock().unwrap().len();
+            n >= 2
         });
-        assert!(claimed_by.lock().unwrap().len() >= 2, "the others work while one member is slow");
+        assert!(parallel, "the others work while one member is slow");
     }
 
     #[test]

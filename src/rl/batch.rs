@@ -1,5 +1,5 @@
 //! Buffer samples and micro-batches (method.md §3.3): the seeded shuffle that mixes both roles
-//! into micro-batches, and the right-padded tensors a `Policy` sees. Called by
+//! into micro-batches, and the right-padded tensors a `NextTokenLogprobs` model sees. Called by
 //! `update::run_update`; the update stage builds `RlSample`s from rollout + judge artifacts.
 //!
 //! Alignment used everywhere in `rl`: a sequence of length n gives n − 1 next-token positions;

@@ -2,7 +2,7 @@
 //! selfplay-redteaming): k1 KL in the token rewards, return-to-go, per-role advantage
 //! normalisation, PPO-clip token-mean loss, the SFT term of §3.1 step 6, Adam with exportable
 //! state, global grad-norm clipping and the cosine-with-min-LR schedule. Called by the update
-//! stage; it works on plain tch tensors through the `Policy` trait, so any model that returns
+//! stage; it works on plain tch tensors through the `NextTokenLogprobs` trait, so any model that returns
 //! next-token log-probs with gradients can be trained.
 //!
 //! Data flow of one update (`update::run_update`):
@@ -25,4 +25,4 @@ pub use batch::{micro_batch_indices, RlSample, SftExample, TokenBatch};
 pub use loss::{next_token_logprobs, ppo_clip_loss, sft_loss, PolicyLoss};
 pub use metrics::{RoleMetrics, StepMetrics, UpdateMetrics};
 pub use schedule::CosineWithMinLr;
-pub use update::{run_update, Policy, PolicyError, RlError, UpdateConfig};
+pub use update::{run_update, NextTokenLogprobs, PolicyError, RlError, UpdateConfig};

@@ -2,7 +2,7 @@
 //! `ppo_actor.fit`/`training_step` as forked by selfplay-redteaming): advantages, seeded
 //! micro-batches mixing both roles, PPO-clip loss plus the SFT term accumulated into the same
 //! step, global grad-norm clip, LR from the schedule, Adam. Called by the update stage with the
-//! real model behind `Policy`; the tests plug in a toy model.
+//! real model behind `NextTokenLogprobs`; the tests plug in a toy model.
 use tch::{Device, Tensor};
 
 use super::adam::{clip_grad_norm, Adam};
@@ -18,11 +18,11 @@ pub type PolicyError = Box<dyn std::error::Error + Send + Sync>;
 /// Anything that scores a micro-batch: returns `[B, L−1]` next-token log-probs (position j =
 /// log p(input_ids[b, j+1] | input_ids[b, ..=j])) that carry gradients to the trained
 /// parameters. Closures of that shape implement it.
-pub trait Policy {
+pub trait NextTokenLogprobs {
     fn next_token_logprobs(&mut self, batch: &TokenBatch) -> Result<Tensor, PolicyError>;
 }
 
-impl<F> Policy for F
+impl<F> NextTokenLogprobs for F
 where
     F: FnMut(&TokenBatch) -> Result<Tensor, PolicyError>,
 {
@@ -118,7 +118,7 @@ fn zero_grads(params: &[(String, Tensor)]) {
     }
 }
 
-fn policy_logprobs(policy: &mut dyn Policy, batch: &TokenBatch, step: u64) -> Result<Tensor, RlError> {
+fn policy_logprobs(policy: &mut dyn NextTokenLogprobs, batch: &TokenBatch, step: u64) -> Result<Tensor, RlError> {
     let logp = policy.next_token_logprobs(batch).map_err(|source| RlError::Policy { step, source })?;
     let expected = batch.loss_mask.size();
     if logp.size() != expected {
@@ -133,7 +133,7 @@ fn policy_logprobs(policy: &mut dyn Policy, batch: &TokenBatch, step: u64) -> Re
 /// SFT demonstrations added to that step; it is ignored when `config.sft_coef == 0`.
 #[allow(clippy::too_many_arguments)]
 pub fn run_update(
-    policy: &mut dyn Policy,
+    policy: &mut dyn NextTokenLogprobs,
     params: &[(String, Tensor)],
     adam: &mut Adam,
     schedule: &CosineWithMinLr,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use self_redteam::game::{
     self, attack_turn, public_text, score_game, training_rewards, AttackTurn, CotFormat, GameMode, GameOptions,
-    GameRecord, JudgeLabels, OutcomeSet, Role, ScoredGame, SeedKind, Verdict,
+    GameRecord, JudgeLabels, OutcomeSet, Role, ScoredGame, SeedKind, GameVerdict,
 };
 use self_redteam::rl::{
     clip_grad_norm, kl_k1, next_token_logprobs, ppo_clip_loss, prepare_advantages, returns_to_go, run_update,
@@ -539,7 +539,7 @@ fn a_selfplay_game_flows_from_seed_to_training_rewards() {
         defender_format: CotFormat::from_violation(answer.violation),
     };
     let labels = JudgeLabels { prompt_harmful: true, refusal: Some(true), response_harmful: Some(false) };
-    let scored = score_game(&record, &Verdict::Labels(labels), game::RewardScheme::GeneralSum);
+    let scored = score_game(&record, &GameVerdict::Labels(labels), game::RewardScheme::GeneralSum);
     let ScoredGame::Scored { attacker: Some(a), defender: d } = &scored else { panic!("scored") };
     // attacker: +0.5 faithful, -0.5 refused harmful, -1 harmless, +1 format = 0
     assert_eq!(a.total, 0.0);
