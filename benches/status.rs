@@ -45,5 +45,10 @@ fn main() {
         assert!(resolved.iter().all(|r| r.state == self_redteam::engine::State::Cached), "every node cached");
     }
     times.sort_by(f64::total_cmp);
-    println!("status (Engine::resolve), 100 iterations, {} nodes all cached: best {:.1} ms, median {:.1} ms", engine.plan.nodes.len(), times[0] * 1e3, times[2] * 1e3);
+    println!(
+        "status (Engine::resolve), 100 iterations, {} nodes all cached: best {:.1} ms, median {:.1} ms",
+        engine.plan.nodes.len(),
+        times[0] * 1e3,
+        times[2] * 1e3
+    );
 }

@@ -17,12 +17,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use self_redteam::judge::build::load_embedder;
+use self_redteam::judge::fit::{source_groups, texts_to_embed, train_config, training_set};
 use self_redteam::judge::probe::{train_probe, ProbeTrainConfig, RefusalFeatures};
 use self_redteam::judge::Embedder;
 use self_redteam::schema::judge_train::JudgeTrainSchema;
 use self_redteam::schema::seeds::SeedsSchema;
 use self_redteam::spec::{DatasetParams, ProbeParams};
-use self_redteam::judge::fit::{source_groups, texts_to_embed, train_config, training_set};
 
 /// Embeddings from a JSON cache, computing (and saving) the missing ones.
 struct CachedEmbedder {

@@ -94,7 +94,15 @@ fn main() -> anyhow::Result<()> {
             let mean = if losses.is_empty() { f64::NAN } else { losses.iter().sum::<f64>() / losses.len() as f64 };
             for params in &settings {
                 let (wf, closed, stopped) = measure(&policy, &prompts, params, seed)?;
-                println!("{step:>4}  {mean:>8.3}  {:<4}  {:<5}  {:>11.3}  {:>12.3}  {:>7.3}  {:>4.0}", params.temperature, params.top_p, wf as f64 / n, closed as f64 / n, stopped as f64 / n, t.elapsed().as_secs_f64());
+                println!(
+                    "{step:>4}  {mean:>8.3}  {:<4}  {:<5}  {:>11.3}  {:>12.3}  {:>7.3}  {:>4.0}",
+                    params.temperature,
+                    params.top_p,
+                    wf as f64 / n,
+                    closed as f64 / n,
+                    stopped as f64 / n,
+                    t.elapsed().as_secs_f64()
+                );
             }
             losses.clear();
         }

@@ -296,37 +296,86 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             let (spec, plan, _) = load(g, iterations)?;
             let engine = Engine::new(&spec, plan, Store::open(&g.store)?);
             // Text: one line per node on stderr as it ends, then the count.
-            let out = run::run(&engine, &RunOptions { only, from, force }, &mut |r: &NodeReport| if !json { let _ = run::write_node_line(&mut stderr().lock(), r); })?;
+            let out = run::run(&engine, &RunOptions { only, from, force }, &mut |r: &NodeReport| {
+                if !json {
+                    let _ = run::write_node_line(&mut stderr().lock(), r);
+                }
+            })?;
             print(json, &out, stderr(), run::RunOutput::write_text)?;
         }
         Command::Plan { iterations, json } => print(json, &plan::plan(&load(g, iterations)?.1), stdout(), plan::PlanOutput::write_text)?,
         Command::Status { iterations, json } => print(json, &with_engine(g, iterations, status::status)?, stdout(), status::StatusOutput::write_text)?,
         Command::Log { iterations, all, json } => print(json, &with_engine(g, iterations, log::log)?, stdout(), |o, w| o.write_text(all, w))?,
-        Command::Report { out, iterations, json } => print(json, &with_engine(g, iterations, |e| report::write(e, &out))?, stderr(), report::ReportSummary::write_text)?,
+        Command::Report { out, iterations, json } => {
+            print(json, &with_engine(g, iterations, |e| report::write(e, &out))?, stderr(), report::ReportSummary::write_text)?
+        }
         Command::Compare { runs, json } => print(json, &compare::compare(&runs, &g.store)?, stdout(), compare::CompareOutput::write_text)?,
-        Command::Show { reference, rows, iterations, json } => print(json, &with_engine(g, iterations, |e| show::show(e, &reference, rows))?, stdout(), show::ShowOutput::write_text)?,
-        Command::Lineage { reference, iterations, json } => print(json, &with_engine(g, iterations, |e| lineage::lineage_of(e, &reference))?, stdout(), lineage::LineageNode::write_text)?,
-        Command::Explain { reference, iterations, json } => print(json, &with_engine(g, iterations, |e| explain::explain(e, &reference))?, stdout(), explain::ExplainOutput::write_text)?,
+        Command::Show { reference, rows, iterations, json } => {
+            print(json, &with_engine(g, iterations, |e| show::show(e, &reference, rows))?, stdout(), show::ShowOutput::write_text)?
+        }
+        Command::Lineage { reference, iterations, json } => {
+            print(json, &with_engine(g, iterations, |e| lineage::lineage_of(e, &reference))?, stdout(), lineage::LineageNode::write_text)?
+        }
+        Command::Explain { reference, iterations, json } => {
+            print(json, &with_engine(g, iterations, |e| explain::explain(e, &reference))?, stdout(), explain::ExplainOutput::write_text)?
+        }
         Command::Verify { reference, all, recompute, iterations, json } => {
             // Text: each artifact as it is checked (recomputing takes as long as the node), then the leftovers.
-            let mut each = |c: &verify::ArtifactCheck| if !json { let _ = c.write_text(&mut stdout().lock()); };
+            let mut each = |c: &verify::ArtifactCheck| {
+                if !json {
+                    let _ = c.write_text(&mut stdout().lock());
+                }
+            };
             let out = with_engine(g, iterations, |e| verify::verify(e, reference.as_deref(), all, recompute, &mut each))?;
             print(json, &out, stdout(), verify::VerifyOutput::write_leftovers_text)?;
             return Ok(if out.bad() > 0 { 1 } else { 0 });
         }
         Command::Generate { model, role, greedy, max_new_tokens, iterations, json, prompts } => {
-            let out = generate::generate(&Spec::load(&g.config)?, &g.store, iterations, &generate::GenerateOptions { model, role, greedy, max_new_tokens, prompts })?;
+            let out =
+                generate::generate(&Spec::load(&g.config)?, &g.store, iterations, &generate::GenerateOptions { model, role, greedy, max_new_tokens, prompts })?;
             // Model text may hold terminal control sequences: printed stripped (--json keeps it raw).
             print(json, &out, stdout(), |o, w| generate::write_plain(w, o))?;
         }
-        Command::Gc { dry_run, keep_last, thin, iterations, json } => print(json, &with_engine(g, iterations, |e| gc::gc(e, keep_last, thin, dry_run))?, stdout(), gc::GcOutput::write_text)?,
-        Command::Judge { with, file, prompt_column, response_column, prompt_harmful_column, refusal_column, response_harmful_column, seed_label_column, seed_label, no_cache, rows, iterations, json } => {
-            let columns = judge::PairColumns { prompt: prompt_column, response: response_column, prompt_harmful: prompt_harmful_column, refusal: refusal_column, response_harmful: response_harmful_column, seed_label: seed_label_column };
-            let opts = judge::JudgeFileOptions { with: judge::JudgeChoice::parse(&with), file, columns, seed_label: seed_label.map(|s| s == "harmful"), use_cache: !no_cache };
-            print(json, &judge::judge_file(&Spec::load(&g.config)?, &g.store, iterations, &opts)?, stdout(), |r, w| write!(w, "{}", judge::render_text(r, rows)))?;
+        Command::Gc { dry_run, keep_last, thin, iterations, json } => {
+            print(json, &with_engine(g, iterations, |e| gc::gc(e, keep_last, thin, dry_run))?, stdout(), gc::GcOutput::write_text)?
+        }
+        Command::Judge {
+            with,
+            file,
+            prompt_column,
+            response_column,
+            prompt_harmful_column,
+            refusal_column,
+            response_harmful_column,
+            seed_label_column,
+            seed_label,
+            no_cache,
+            rows,
+            iterations,
+            json,
+        } => {
+            let columns = judge::PairColumns {
+                prompt: prompt_column,
+                response: response_column,
+                prompt_harmful: prompt_harmful_column,
+                refusal: refusal_column,
+                response_harmful: response_harmful_column,
+                seed_label: seed_label_column,
+            };
+            let opts = judge::JudgeFileOptions {
+                with: judge::JudgeChoice::parse(&with),
+                file,
+                columns,
+                seed_label: seed_label.map(|s| s == "harmful"),
+                use_cache: !no_cache,
+            };
+            print(json, &judge::judge_file(&Spec::load(&g.config)?, &g.store, iterations, &opts)?, stdout(), |r, w| {
+                write!(w, "{}", judge::render_text(r, rows))
+            })?;
         }
         Command::Serve { model, bind, name, fail_first, workers, iterations, auth_token_env, max_body_bytes, max_prompts, max_tokens, request_timeout_s } => {
-            let opts = serve::ServeOptions { model, bind, name, fail_first, workers, auth_token_env, max_body_bytes, max_prompts, max_tokens, request_timeout_s };
+            let opts =
+                serve::ServeOptions { model, bind, name, fail_first, workers, auth_token_env, max_body_bytes, max_prompts, max_tokens, request_timeout_s };
             serve::serve(&Spec::load(&g.config)?, &g.store, iterations, &opts)?;
         }
     }

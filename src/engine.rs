@@ -233,7 +233,8 @@ impl<'a> Engine<'a> {
         for &i in nodes {
             let node = &self.plan.nodes[i];
             for f in &node.files {
-                crate::data::verify_source(&f.path, &f.sha256).map_err(|source| EngineError::Source { node: format!("{} ({})", node.name(), f.name), source })?;
+                crate::data::verify_source(&f.path, &f.sha256)
+                    .map_err(|source| EngineError::Source { node: format!("{} ({})", node.name(), f.name), source })?;
             }
         }
         Ok(())
@@ -294,7 +295,15 @@ impl<'a> Engine<'a> {
             if let Some(a) = cached.clone() {
                 if !(is_selected && opts.force) {
                     if is_selected {
-                        let r = NodeReport { node: name.clone(), outcome: Outcome::Hit, key: key.clone(), content_digest: a.manifest.content_digest.clone(), seconds: 0.0, rows: a.manifest.total_rows(), parts: Default::default() };
+                        let r = NodeReport {
+                            node: name.clone(),
+                            outcome: Outcome::Hit,
+                            key: key.clone(),
+                            content_digest: a.manifest.content_digest.clone(),
+                            seconds: 0.0,
+                            rows: a.manifest.total_rows(),
+                            parts: Default::default(),
+                        };
                         report(&r);
                         reports.push(r);
                     }
@@ -320,7 +329,15 @@ impl<'a> Engine<'a> {
             let inputs = self.input_artifacts(node, &done);
             let t0 = Instant::now();
             let a = self.execute(node, components, inputs, &self.store, cached.is_some())?;
-            let r = NodeReport { node: name.clone(), outcome: Outcome::Miss, key, content_digest: a.manifest.content_digest.clone(), seconds: t0.elapsed().as_secs_f64(), rows: a.manifest.total_rows(), parts: a.manifest.timing.parts.clone() };
+            let r = NodeReport {
+                node: name.clone(),
+                outcome: Outcome::Miss,
+                key,
+                content_digest: a.manifest.content_digest.clone(),
+                seconds: t0.elapsed().as_secs_f64(),
+                rows: a.manifest.total_rows(),
+                parts: a.manifest.timing.parts.clone(),
+            };
             report(&r);
             reports.push(r);
             done.insert(name, a);
@@ -342,7 +359,13 @@ impl<'a> Engine<'a> {
         let staging = target.begin(node.id.kind.name(), &key)?;
         let records: Vec<InputRecord> = inputs
             .iter()
-            .map(|i| InputRecord { role: i.role.to_string(), node: i.node.clone(), stage: i.artifact.manifest.stage.clone(), key: i.artifact.manifest.key.clone(), digest: i.artifact.manifest.content_digest.clone() })
+            .map(|i| InputRecord {
+                role: i.role.to_string(),
+                node: i.node.clone(),
+                stage: i.artifact.manifest.stage.clone(),
+                key: i.artifact.manifest.key.clone(),
+                digest: i.artifact.manifest.content_digest.clone(),
+            })
             .collect();
         let started = now_ms();
         let t0 = Instant::now();
@@ -391,8 +414,16 @@ impl<'a> Engine<'a> {
             }
             Err(payload) => {
                 staging.discard();
-                let message = payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "panic without a message".into());
-                return Err(EngineError::Panicked { node: name, key: key.to_string(), message: message.lines().next().unwrap_or("").chars().take(500).collect() });
+                let message = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic without a message".into());
+                return Err(EngineError::Panicked {
+                    node: name,
+                    key: key.to_string(),
+                    message: message.lines().next().unwrap_or("").chars().take(500).collect(),
+                });
             }
         }
         if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
@@ -418,10 +449,13 @@ impl<'a> Engine<'a> {
     /// (the downstream nodes show as stale and the next `run` rebuilds them).
     fn rehydrate(&self, a: &Artifact) -> Result<Artifact> {
         let name = &a.manifest.node;
-        let node = self.plan.get(name).ok_or_else(|| EngineError::Ref(format!("{name} was thinned by gc and is not in the current plan, so it cannot be rebuilt")))?;
+        let node =
+            self.plan.get(name).ok_or_else(|| EngineError::Ref(format!("{name} was thinned by gc and is not in the current plan, so it cannot be rebuilt")))?;
         let mut done = HashMap::new();
         for rec in &a.manifest.inputs {
-            let mut input = self.store.load(&rec.stage, &rec.key)?.ok_or_else(|| EngineError::Ref(format!("cannot rebuild the thinned {name}: its input {} ({}) is no longer in the store", rec.node, rec.key.short())))?;
+            let mut input = self.store.load(&rec.stage, &rec.key)?.ok_or_else(|| {
+                EngineError::Ref(format!("cannot rebuild the thinned {name}: its input {} ({}) is no longer in the store", rec.node, rec.key.short()))
+            })?;
             if !input.manifest.thinned.is_empty() {
                 input = self.rehydrate(&input)?;
             }
@@ -429,7 +463,11 @@ impl<'a> Engine<'a> {
         }
         let components = self.components_for(node, &done).map_err(|i| EngineError::InputNotBuilt { node: name.clone(), input: i })?;
         if components.key() != a.manifest.key {
-            return Err(EngineError::Ref(format!("cannot rebuild the thinned {name}: the current spec gives key {} ≠ its key {}", components.key().short(), a.manifest.key.short())));
+            return Err(EngineError::Ref(format!(
+                "cannot rebuild the thinned {name}: the current spec gives key {} ≠ its key {}",
+                components.key().short(),
+                a.manifest.key.short()
+            )));
         }
         eprintln!("rebuilding {name} (its files were thinned by gc)");
         let inputs = self.input_artifacts(node, &done);
@@ -455,25 +493,41 @@ impl<'a> Engine<'a> {
         let hits = self.store.find_by_key_prefix(r)?;
         match hits.len() {
             1 => Ok(hits.into_iter().next().expect("one hit")),
-            0 => Err(EngineError::Ref(format!("{r:?} is neither a node of the plan nor a key (prefix of at least 4 hex digits) in store {}", self.store.root().display()))),
-            n => Err(EngineError::Ref(format!("key prefix {r:?} is ambiguous ({n} artifacts: {})", hits.iter().map(|a| format!("{}/{}", a.manifest.stage, a.manifest.key.short())).collect::<Vec<_>>().join(", ")))),
+            0 => Err(EngineError::Ref(format!(
+                "{r:?} is neither a node of the plan nor a key (prefix of at least 4 hex digits) in store {}",
+                self.store.root().display()
+            ))),
+            n => Err(EngineError::Ref(format!(
+                "key prefix {r:?} is ambiguous ({n} artifacts: {})",
+                hits.iter().map(|a| format!("{}/{}", a.manifest.stage, a.manifest.key.short())).collect::<Vec<_>>().join(", ")
+            ))),
         }
     }
 
     /// Re-execute an artifact's node into a temporary store and compare file digests.
     /// Returns (file, matches) per file of the stored artifact.
     pub fn recompute(&self, a: &Artifact) -> Result<Vec<(String, bool)>> {
-        let node = self.plan.get(&a.manifest.node).ok_or_else(|| EngineError::Ref(format!("{} is not in the current plan; cannot recompute", a.manifest.node)))?;
+        let node =
+            self.plan.get(&a.manifest.node).ok_or_else(|| EngineError::Ref(format!("{} is not in the current plan; cannot recompute", a.manifest.node)))?;
         let mut done = HashMap::new();
         for rec in &a.manifest.inputs {
-            let input = self.store.load(&rec.stage, &rec.key)?.ok_or_else(|| EngineError::Ref(format!("input {} ({}) of {} is no longer in the store", rec.node, rec.key.short(), a.manifest.node)))?;
+            let input = self
+                .store
+                .load(&rec.stage, &rec.key)?
+                .ok_or_else(|| EngineError::Ref(format!("input {} ({}) of {} is no longer in the store", rec.node, rec.key.short(), a.manifest.node)))?;
             done.insert(rec.node.clone(), input);
         }
         let components = self.components_for(node, &done).map_err(|i| EngineError::InputNotBuilt { node: node.name(), input: i })?;
         if components.key() != a.manifest.key {
-            return Err(EngineError::Ref(format!("{} was built from another spec (key {} ≠ current {}); recompute needs the spec that made it", a.manifest.node, a.manifest.key.short(), components.key().short())));
+            return Err(EngineError::Ref(format!(
+                "{} was built from another spec (key {} ≠ current {}); recompute needs the spec that made it",
+                a.manifest.node,
+                a.manifest.key.short(),
+                components.key().short()
+            )));
         }
-        let tmp = tempfile::tempdir().map_err(|e| EngineError::Store(StoreError::Io { root: PathBuf::from("tmp"), op: "create temp store".into(), source: e }))?;
+        let tmp =
+            tempfile::tempdir().map_err(|e| EngineError::Store(StoreError::Io { root: PathBuf::from("tmp"), op: "create temp store".into(), source: e }))?;
         let tstore = Store::open(tmp.path())?;
         let _l = tstore.lock()?;
         let inputs = self.input_artifacts(node, &done);
@@ -526,7 +580,11 @@ impl<'a> Engine<'a> {
     pub fn thin_candidates(&self, keep_last: usize) -> Result<Vec<Artifact>> {
         let mut updates: Vec<Artifact> = self.resolve()?.into_iter().filter_map(|r| r.artifact).filter(|a| a.manifest.stage == "update").collect();
         updates.sort_by_key(|a| std::cmp::Reverse(a.manifest.iteration));
-        Ok(updates.into_iter().skip(keep_last.max(1)).filter(|a| a.manifest.files.iter().any(|f| thinnable(&f.name) && !a.manifest.thinned.contains(&f.name))).collect())
+        Ok(updates
+            .into_iter()
+            .skip(keep_last.max(1))
+            .filter(|a| a.manifest.files.iter().any(|f| thinnable(&f.name) && !a.manifest.thinned.contains(&f.name)))
+            .collect())
     }
 
     /// `gc`: under the store lock (taken before anything is decided, so a run cannot publish
@@ -570,7 +628,14 @@ impl<'a> Engine<'a> {
                 continue;
             }
             if a.manifest.stage == "judge" && a.manifest.verdict_judges.is_empty() {
-                return Ok(VerdictCacheGc { skipped: Some(format!("{} ({}) does not record which judge's verdicts it used; rerun it to let gc collect the verdict cache", a.manifest.node, &a.manifest.key.as_str()[..12])), ..Default::default() });
+                return Ok(VerdictCacheGc {
+                    skipped: Some(format!(
+                        "{} ({}) does not record which judge's verdicts it used; rerun it to let gc collect the verdict cache",
+                        a.manifest.node,
+                        &a.manifest.key.as_str()[..12]
+                    )),
+                    ..Default::default()
+                });
             }
             live.extend(a.manifest.verdict_judges.iter().cloned());
         }

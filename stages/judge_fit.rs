@@ -55,7 +55,8 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let p = &p.judge.probe;
     // The probe's weights only mean something on the embeddings they were fitted on.
     let weights = embedder_dir.join("model.safetensors");
-    crate::data::verify_source(&weights, &p.embedder_sha256).with_context(|| format!("judge.probe: the sentence embedder's weights {} do not match judge.probe.embedder_sha256", weights.display()))?;
+    crate::data::verify_source(&weights, &p.embedder_sha256)
+        .with_context(|| format!("judge.probe: the sentence embedder's weights {} do not match judge.probe.embedder_sha256", weights.display()))?;
     let seeds = ctx.read_parquet::<SeedsSchema>("dataset")?;
     let pairs = ctx.read_parquet::<JudgeTrainSchema>("dataset")?;
     let data = training_set(&seeds, &pairs, &p_groups);

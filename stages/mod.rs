@@ -80,7 +80,17 @@ pub enum StageKind {
 }
 
 impl StageKind {
-    pub const ALL: [StageKind; 9] = [StageKind::Dataset, StageKind::Base, StageKind::JudgeFit, StageKind::SftData, StageKind::Prep, StageKind::Rollout, StageKind::Judge, StageKind::Update, StageKind::Eval];
+    pub const ALL: [StageKind; 9] = [
+        StageKind::Dataset,
+        StageKind::Base,
+        StageKind::JudgeFit,
+        StageKind::SftData,
+        StageKind::Prep,
+        StageKind::Rollout,
+        StageKind::Judge,
+        StageKind::Update,
+        StageKind::Eval,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -301,7 +311,12 @@ impl OutputWriter {
     }
 
     pub(crate) fn into_parts(self) -> OutputParts {
-        OutputParts { files: self.files.into_values().collect(), metrics: self.metrics, timing: self.timing, verdict_judges: self.verdict_judges.into_iter().collect() }
+        OutputParts {
+            files: self.files.into_values().collect(),
+            metrics: self.metrics,
+            timing: self.timing,
+            verdict_judges: self.verdict_judges.into_iter().collect(),
+        }
     }
 }
 
@@ -440,7 +455,28 @@ pub fn params_table(spec: &Spec) -> Vec<(String, Vec<StageKind>)> {
             }
             // Text: extended, or another value of one of the spec's enums.
             Value::String(s) => std::iter::once(format!("{s}x"))
-                .chain(["selfplay", "attacker_only", "defender_only", "keywords", "rules", "probe", "general_sum", "zero_sum", "general_sum_all_one", "bf16", "f32", "cuda", "cpu", "harmful", "benign"].into_iter().filter(|e| e != s).map(String::from))
+                .chain(
+                    [
+                        "selfplay",
+                        "attacker_only",
+                        "defender_only",
+                        "keywords",
+                        "rules",
+                        "probe",
+                        "general_sum",
+                        "zero_sum",
+                        "general_sum_all_one",
+                        "bf16",
+                        "f32",
+                        "cuda",
+                        "cpu",
+                        "harmful",
+                        "benign",
+                    ]
+                    .into_iter()
+                    .filter(|e| e != s)
+                    .map(String::from),
+                )
                 .map(Value::String)
                 .collect(),
             _ => vec![],
@@ -527,7 +563,11 @@ mod tests {
         if std::env::var("UPDATE_GOLDEN").is_ok() {
             std::fs::write(&doc_path, format!("{head}{md}")).expect("write docs/stage-params.md");
         } else {
-            assert_eq!(doc.split_once("| setting |").map(|(_, t)| format!("| setting |{t}")).unwrap_or_default(), md, "docs/stage-params.md is stale: UPDATE_GOLDEN=1 cargo test --lib stage_params_table");
+            assert_eq!(
+                doc.split_once("| setting |").map(|(_, t)| format!("| setting |{t}")).unwrap_or_default(),
+                md,
+                "docs/stage-params.md is stale: UPDATE_GOLDEN=1 cargo test --lib stage_params_table"
+            );
         }
     }
 }

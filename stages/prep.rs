@@ -26,7 +26,6 @@ impl crate::spec::PrepParams {
     }
 }
 
-
 /// Pick `n` of `pool` and mark `round(n · revise)` of them for revision.
 fn draw<'a>(pool: &[&'a SeedRow], n: usize, revise: f64, rng_pick: &mut impl rand::Rng, rng_mark: &mut impl rand::Rng) -> Vec<(&'a SeedRow, bool)> {
     let picked: Vec<&SeedRow> = index::sample(rng_pick, pool.len(), n).into_iter().map(|i| pool[i]).collect();

@@ -51,7 +51,15 @@ pub fn game_options(r: &RolloutParams) -> GameOptions {
 }
 
 /// Sample `prompts` in chunks of `batch` (one progress tick per row).
-fn sample_chunked(ctx: &StageContext<'_>, policy: &Policy, prompts: &[Vec<TokenId>], seeds: &[u64], params: &SamplingParams, batch: usize, what: &str) -> anyhow::Result<Vec<Sample>> {
+fn sample_chunked(
+    ctx: &StageContext<'_>,
+    policy: &Policy,
+    prompts: &[Vec<TokenId>],
+    seeds: &[u64],
+    params: &SamplingParams,
+    batch: usize,
+    what: &str,
+) -> anyhow::Result<Vec<Sample>> {
     let bar = ctx.progress(prompts.len() as u64, what);
     let mut out = Vec::with_capacity(prompts.len());
     for (p, s) in prompts.chunks(batch.max(1)).zip(seeds.chunks(batch.max(1))) {
@@ -160,7 +168,8 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
         ctx.output.metric("attacker_finished_rate", attackers.iter().filter(|r| r.attacker_finished_by_stop == Some(true)).count() as f64 / na);
     }
     if options.cot {
-        let v: Vec<bool> = rows.iter().flat_map(|r| [r.attacker_format_violation, (!r.defender_frozen).then_some(r.defender_format_violation).flatten()]).flatten().collect();
+        let v: Vec<bool> =
+            rows.iter().flat_map(|r| [r.attacker_format_violation, (!r.defender_frozen).then_some(r.defender_format_violation).flatten()]).flatten().collect();
         if !v.is_empty() {
             ctx.output.metric("format_violation_rate", v.iter().filter(|x| **x).count() as f64 / v.len() as f64);
         }
@@ -169,8 +178,20 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     // often it was cut inside its reasoning (no `</think>`): then the parser's fallback
     // makes the whole reasoning public (method.md §1.4). These choose the caps.
     let turns: [(&str, Vec<(Option<bool>, bool, &str)>); 2] = [
-        ("attacker", attackers.iter().map(|r| (r.attacker_format_violation, r.attacker_finished_by_stop == Some(true), r.attacker_output.as_deref().unwrap_or(""))).collect()),
-        ("defender", rows.iter().filter(|r| !r.defender_frozen).map(|r| (r.defender_format_violation, r.defender_finished_by_stop, r.defender_output.as_str())).collect()),
+        (
+            "attacker",
+            attackers
+                .iter()
+                .map(|r| (r.attacker_format_violation, r.attacker_finished_by_stop == Some(true), r.attacker_output.as_deref().unwrap_or("")))
+                .collect(),
+        ),
+        (
+            "defender",
+            rows.iter()
+                .filter(|r| !r.defender_frozen)
+                .map(|r| (r.defender_format_violation, r.defender_finished_by_stop, r.defender_output.as_str()))
+                .collect(),
+        ),
     ];
     for (role, t) in turns {
         if t.is_empty() {

@@ -26,8 +26,8 @@ use rand::RngCore;
 
 use super::base::load_policy_input;
 use super::StageContext;
-use crate::game::{cot_format_check_and_extract, defender_prompt, postfill_prompt, postfilled_sft_target, ChatPrompt, DefenderStyle, THINKING_PREFIX};
 use crate::game::render_prompt;
+use crate::game::{cot_format_check_and_extract, defender_prompt, postfill_prompt, postfilled_sft_target, ChatPrompt, DefenderStyle, THINKING_PREFIX};
 use crate::model::{ChatTokenizer, SamplingParams, TokenId};
 use crate::schema::seeds::SeedsSchema;
 use crate::schema::sft_demos::{SftDemoRow, SftDemosSchema};
@@ -63,7 +63,6 @@ impl Params {
         v
     }
 }
-
 
 /// Tags that may not appear inside a post-filled reasoning or a reference answer.
 const TAGS: [&str; 4] = ["<think>", "</think>", "<answer>", "</answer>"];
@@ -151,7 +150,9 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
             prompts.push(render_prompt(tok, &postfill_prompt(&c.request, &c.response))?.1);
         }
         let draw_seeds: Vec<u64> = chunk.iter().map(|c| ctx.rng(c.row).next_u64()).collect();
-        let samples = policy.generate_interruptible(&prompts, &draw_seeds, &params, ctx.interrupt_flag()).with_context(|| format!("{}: post-filling reasoning", ctx.node))?;
+        let samples = policy
+            .generate_interruptible(&prompts, &draw_seeds, &params, ctx.interrupt_flag())
+            .with_context(|| format!("{}: post-filling reasoning", ctx.node))?;
         for (c, s) in chunk.iter().zip(samples) {
             if rows.len() >= want {
                 break;

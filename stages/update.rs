@@ -155,11 +155,25 @@ fn kept_turns(games: &[GameRow], judged: &[JudgedRow]) -> anyhow::Result<Vec<Tur
         let g = by_id.get(j.game_id.as_str()).with_context(|| format!("judge row {} has no game in the rollout", j.game_id))?;
         if j.attacker_kept {
             let reward = j.attacker_total.with_context(|| format!("game {}: kept attacker sample without a reward", j.game_id))?;
-            turns.push(Turn { role: Role::Attacker, prompt: to_i64(&g.attacker_prompt_ids), response: to_i64(&g.attacker_response_ids), reward, violation: g.attacker_format_violation, outcomes: j.attacker_outcomes.clone() });
+            turns.push(Turn {
+                role: Role::Attacker,
+                prompt: to_i64(&g.attacker_prompt_ids),
+                response: to_i64(&g.attacker_response_ids),
+                reward,
+                violation: g.attacker_format_violation,
+                outcomes: j.attacker_outcomes.clone(),
+            });
         }
         if j.defender_kept {
             let reward = j.defender_total.with_context(|| format!("game {}: kept defender sample without a reward", j.game_id))?;
-            turns.push(Turn { role: Role::Defender, prompt: to_i64(&g.defender_prompt_ids), response: to_i64(&g.defender_response_ids), reward, violation: g.defender_format_violation, outcomes: j.defender_outcomes.clone() });
+            turns.push(Turn {
+                role: Role::Defender,
+                prompt: to_i64(&g.defender_prompt_ids),
+                response: to_i64(&g.defender_response_ids),
+                reward,
+                violation: g.defender_format_violation,
+                outcomes: j.defender_outcomes.clone(),
+            });
         }
     }
     turns.retain(|t| !t.response.is_empty() && !t.prompt.is_empty());
@@ -251,12 +265,17 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let t3 = std::time::Instant::now();
     let metrics = {
         let p = &policy;
-        let mut forward = |b: &TokenBatch| -> Result<Tensor, crate::rl::PolicyError> { Ok(next_token_logprobs(&p.logits(&b.input_ids, &b.attention_mask).to_kind(tch::Kind::Float), &b.input_ids)) };
+        let mut forward = |b: &TokenBatch| -> Result<Tensor, crate::rl::PolicyError> {
+            Ok(next_token_logprobs(&p.logits(&b.input_ids, &b.attention_mask).to_kind(tch::Kind::Float), &b.input_ids))
+        };
         if buffer.is_empty() {
             None
         } else {
             let sft: Option<&mut dyn FnMut(u64) -> Vec<SftExample>> = if u.sft_coef > 0.0 { Some(&mut sft_source) } else { None };
-            Some(run_update(&mut forward, &params, &mut adam, &schedule, &buffer, sft, &config, device).with_context(|| format!("{}: REINFORCE++ update", ctx.node))?)
+            Some(
+                run_update(&mut forward, &params, &mut adam, &schedule, &buffer, sft, &config, device)
+                    .with_context(|| format!("{}: REINFORCE++ update", ctx.node))?,
+            )
         }
     };
     let time_train = t3.elapsed().as_secs_f64();

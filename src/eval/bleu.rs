@@ -50,26 +50,15 @@ fn rules() -> &'static Rules {
 /// returns the tokens.
 pub fn tokenize_13a(line: &str) -> Vec<String> {
     let mut line = line.trim_end_matches(is_py_space).to_string();
-    line = line
-        .replace("<skipped>", "")
-        .replace("-\n", "")
-        .replace('\n', " ");
+    line = line.replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
     if line.contains('&') {
-        line = line
-            .replace("&quot;", "\"")
-            .replace("&amp;", "&")
-            .replace("&lt;", "<")
-            .replace("&gt;", ">");
+        line = line.replace("&quot;", "\"").replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">");
     }
     let line = format!(" {line} ");
     let r = rules();
     let line = r.punct.replace_all(&line, " ${1} ");
-    let line = r
-        .period_comma_after_nondigit
-        .replace_all(&line, "${1} ${2} ");
-    let line = r
-        .period_comma_before_nondigit
-        .replace_all(&line, " ${1} ${2}");
+    let line = r.period_comma_after_nondigit.replace_all(&line, "${1} ${2} ");
+    let line = r.period_comma_before_nondigit.replace_all(&line, " ${1} ${2}");
     let line = r.dash_after_digit.replace_all(&line, "${1} ${2} ");
     py_split(&line).map(str::to_string).collect()
 }
@@ -134,19 +123,10 @@ fn my_log(x: f64) -> f64 {
 }
 
 /// sacreBLEU `compute_bleu` with smooth_method="exp", effective_order=True; 0..=100.
-fn compute_bleu(
-    correct: &[usize; MAX_NGRAM_ORDER],
-    total: &[usize; MAX_NGRAM_ORDER],
-    sys_len: usize,
-    ref_len: usize,
-) -> f64 {
+fn compute_bleu(correct: &[usize; MAX_NGRAM_ORDER], total: &[usize; MAX_NGRAM_ORDER], sys_len: usize, ref_len: usize) -> f64 {
     let mut bp = 1.0;
     if sys_len < ref_len {
-        bp = if sys_len > 0 {
-            (1.0 - ref_len as f64 / sys_len as f64).exp()
-        } else {
-            0.0
-        };
+        bp = if sys_len > 0 { (1.0 - ref_len as f64 / sys_len as f64).exp() } else { 0.0 };
     }
     let mut precisions = [0.0_f64; MAX_NGRAM_ORDER];
     if correct.iter().all(|&c| c == 0) {
@@ -212,10 +192,7 @@ pub fn self_bleu_scores<S: AsRef<str>>(texts: &[S]) -> Vec<f64> {
         .collect();
     (0..counted.len())
         .map(|i| {
-            let mut refs = References {
-                ngrams: Ngrams::new(),
-                lens: Vec::with_capacity(counted.len().saturating_sub(1)),
-            };
+            let mut refs = References { ngrams: Ngrams::new(), lens: Vec::with_capacity(counted.len().saturating_sub(1)) };
             for (j, (ng, len)) in counted.iter().enumerate() {
                 if j == i {
                     continue;
@@ -248,10 +225,7 @@ mod tests {
 
     #[test]
     fn thirteen_a_splits_punctuation_but_not_numbers() {
-        assert_eq!(
-            tokenize_13a("$1,000.50 in 2023-2024, ok."),
-            vec!["$", "1,000.50", "in", "2023", "-", "2024", ",", "ok", "."]
-        );
+        assert_eq!(tokenize_13a("$1,000.50 in 2023-2024, ok."), vec!["$", "1,000.50", "in", "2023", "-", "2024", ",", "ok", "."]);
     }
 
     #[test]

@@ -80,7 +80,13 @@ pub struct AttackerSampling {
 
 impl AttackerSampling {
     pub fn sampling_params(&self) -> SamplingParams {
-        SamplingParams { temperature: self.temperature, top_p: self.top_p, top_k: (self.top_k > 0).then_some(self.top_k as usize), max_new_tokens: self.max_new_tokens as usize, ..Default::default() }
+        SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: (self.top_k > 0).then_some(self.top_k as usize),
+            max_new_tokens: self.max_new_tokens as usize,
+            ..Default::default()
+        }
     }
 }
 
@@ -205,7 +211,14 @@ fn check_cancelled(inputs: &EvalInputs<'_>) -> anyhow::Result<()> {
 /// Generate for every prompt in batches ([`batches`]), shortest prompts first (less
 /// padding); results come back in input order. Rows are independent of their batch mates
 /// (model sampler), so the order and batch sizes change nothing but speed and memory.
-fn generate_all(inputs: &EvalInputs<'_>, prompts: &[Vec<TokenId>], seeds: &[u64], params: &SamplingParams, batch: usize, what: &str) -> anyhow::Result<Vec<Sample>> {
+fn generate_all(
+    inputs: &EvalInputs<'_>,
+    prompts: &[Vec<TokenId>],
+    seeds: &[u64],
+    params: &SamplingParams,
+    batch: usize,
+    what: &str,
+) -> anyhow::Result<Vec<Sample>> {
     let mut order: Vec<usize> = (0..prompts.len()).collect();
     order.sort_by_key(|i| (prompts[*i].len(), *i));
     let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
@@ -243,18 +256,40 @@ fn defender_items(params: &EvalSettings, seeds: &[SeedRow], run_seed: u64) -> an
         if rows.is_empty() {
             bail!("eval suite {suite:?} has no prompts in the dataset artifact (is it in dataset.eval_suites, or are its held-out fractions 0?)");
         }
-        items.extend(rows.into_iter().map(|r| Item { suite: suite.clone(), category: r.category.clone(), prompt_id: r.id.clone(), prompt: r.text.clone(), harmful: r.label == "harmful", given: None }));
+        items.extend(rows.into_iter().map(|r| Item {
+            suite: suite.clone(),
+            category: r.category.clone(),
+            prompt_id: r.id.clone(),
+            prompt: r.text.clone(),
+            harmful: r.label == "harmful",
+            given: None,
+        }));
     }
     for (suite, c) in &e.custom_suites {
         let path = params.custom_suite_paths.get(suite).cloned().with_context(|| format!("eval.custom_suites.{suite}: no resolved path"))?;
-        let file = SuiteFileSpec { path: path.clone(), prompt_column: c.prompt_column.clone(), label_column: c.label_column.clone(), category_column: c.category_column.clone(), response_column: c.response_column.clone() };
+        let file = SuiteFileSpec {
+            path: path.clone(),
+            prompt_column: c.prompt_column.clone(),
+            label_column: c.label_column.clone(),
+            category_column: c.category_column.clone(),
+            response_column: c.response_column.clone(),
+        };
         let loaded = load_suite_file(&file).with_context(|| format!("eval.custom_suites.{suite}"))?;
         // Reuse the pinned suites' seeded subset: the same rows every iteration.
         let as_seeds: Vec<SeedRow> = loaded
             .iter()
-            .map(|r| SeedRow { id: format!("{suite}:{}", r.row), text: r.prompt.clone(), label: String::new(), source: suite.clone(), category: String::new(), split: "eval".into(), suite: Some(suite.clone()) })
+            .map(|r| SeedRow {
+                id: format!("{suite}:{}", r.row),
+                text: r.prompt.clone(),
+                label: String::new(),
+                source: suite.clone(),
+                category: String::new(),
+                split: "eval".into(),
+                suite: Some(suite.clone()),
+            })
             .collect();
-        let keep: std::collections::HashSet<String> = crate::data::suite_subset(&as_seeds, suite, c.subset, run_seed).into_iter().map(|r| r.id.clone()).collect();
+        let keep: std::collections::HashSet<String> =
+            crate::data::suite_subset(&as_seeds, suite, c.subset, run_seed).into_iter().map(|r| r.id.clone()).collect();
         for r in loaded {
             let id = format!("{suite}:{}", r.row);
             if !keep.contains(&id) {
@@ -278,7 +313,17 @@ fn rate_json(r: &Rate) -> Value {
 /// The summary rows of one group.
 fn group_rows(suite: &str, category: &str, g: &GroupMetrics, kind: SuiteKind, overall: bool, out: &mut Vec<SummaryRecord>) {
     let mut push = |metric: &str, r: &Rate, headline: bool| {
-        out.push(SummaryRecord { suite: suite.into(), category: category.into(), metric: metric.into(), headline: overall && headline, k: r.k as u64, n: r.n as u64, value: r.value, lo: r.lo, hi: r.hi });
+        out.push(SummaryRecord {
+            suite: suite.into(),
+            category: category.into(),
+            metric: metric.into(),
+            headline: overall && headline,
+            k: r.k as u64,
+            n: r.n as u64,
+            value: r.value,
+            lo: r.lo,
+            hi: r.hi,
+        });
     };
     if g.refusal_on_harmful.is_some() {
         push("asr", &g.asr, kind == SuiteKind::Asr);
@@ -312,7 +357,11 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
     for i in &gen_idx {
         prompts.push(render(policy, &defender_prompt(&items[*i].prompt, style))?);
     }
-    let defender_params = if e.greedy { SamplingParams::greedy(e.max_new_tokens as usize) } else { SamplingParams { max_new_tokens: e.max_new_tokens as usize, ..rollout_params.clone() } };
+    let defender_params = if e.greedy {
+        SamplingParams::greedy(e.max_new_tokens as usize)
+    } else {
+        SamplingParams { max_new_tokens: e.max_new_tokens as usize, ..rollout_params.clone() }
+    };
     // Per-row seeds: rows 0..n of the node's generator (unused when greedy).
     let seeds: Vec<u64> = gen_idx.iter().map(|i| if e.greedy { 0 } else { (inputs.rng)(*i as u64).next_u64() }).collect();
     let samples = generate_all(inputs, &prompts, &seeds, &defender_params, batch, "defender suites")?;
@@ -330,7 +379,13 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
         };
         // §5.1: a given response is judged as it is (only cut); a generated one through the
         // eval fork's answer extraction.
-        let extracted = if given { raw.clone() } else if cot { eval_extract_answer(&raw).text } else { raw.trim().to_string() };
+        let extracted = if given {
+            raw.clone()
+        } else if cot {
+            eval_extract_answer(&raw).text
+        } else {
+            raw.trim().to_string()
+        };
         let (judged, truncated) = truncate_tokens(policy, &extracted, e.max_answer_tokens as usize)?;
         rows.push(EvalRecord {
             row: i as u32,
@@ -356,7 +411,8 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
     let mut done = 0u64;
     for chunk in rows.chunks_mut(JUDGE_BATCH) {
         check_cancelled(inputs)?;
-        let pairs: Vec<JudgeInput> = chunk.iter().map(|r| JudgeInput::new(r.prompt.clone(), r.judged_answer.clone()).with_seed_label(r.label == "harmful")).collect();
+        let pairs: Vec<JudgeInput> =
+            chunk.iter().map(|r| JudgeInput::new(r.prompt.clone(), r.judged_answer.clone()).with_seed_label(r.label == "harmful")).collect();
         let verdicts = inputs.judge.judge_batch(&pairs).with_context(|| format!("eval: judging with {}", inputs.judge.name()))?;
         if verdicts.len() != chunk.len() {
             bail!("judge {} returned {} verdicts for {} pairs", inputs.judge.name(), verdicts.len(), chunk.len());
@@ -379,7 +435,13 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
             suite: r.suite.clone(),
             category: Some(r.category.clone()).filter(|c| !c.is_empty()),
             prompt_harmful: r.label == "harmful",
-            verdict: Verdict { prompt_harmful: r.prompt_harmful, response_refusal: r.response_refusal, response_harmful: r.response_harmful, parse_error: r.parse_error, raw: None },
+            verdict: Verdict {
+                prompt_harmful: r.prompt_harmful,
+                response_refusal: r.response_refusal,
+                response_harmful: r.response_harmful,
+                parse_error: r.parse_error,
+                raw: None,
+            },
             format_violation: r.format_violation,
         })
         .collect();
@@ -437,7 +499,18 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
         for (j, (s, sample)) in held.iter().zip(samples).enumerate() {
             let turn = public_text(&sample.text, cot);
             let violation = turn.violation.unwrap_or(false) || turn.text.is_empty();
-            attacker.push(AttackerRecord { row: j as u32, seed_id: s.id.clone(), seed: s.text.clone(), category: s.category.clone(), sample_seed: seeds[j], raw_output: sample.text, revision: turn.text, thinking: turn.thinking, format_violation: violation, faithfulness: None });
+            attacker.push(AttackerRecord {
+                row: j as u32,
+                seed_id: s.id.clone(),
+                seed: s.text.clone(),
+                category: s.category.clone(),
+                sample_seed: seeds[j],
+                raw_output: sample.text,
+                revision: turn.text,
+                thinking: turn.thinking,
+                format_violation: violation,
+                faithfulness: None,
+            });
         }
         let ok: Vec<usize> = (0..attacker.len()).filter(|j| !attacker[*j].format_violation).collect();
         put(&mut metrics, "attacker/format_violation".into(), &Rate::new(attacker.len() - ok.len(), attacker.len()));

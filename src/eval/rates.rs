@@ -36,13 +36,7 @@ impl Rate {
     pub fn new(k: usize, n: usize) -> Self {
         assert!(k <= n, "successes cannot exceed trials");
         let (lo, hi) = wilson_interval(k, n, Z95);
-        Self {
-            k,
-            n,
-            value: if n == 0 { 0.0 } else { k as f64 / n as f64 },
-            lo,
-            hi,
-        }
+        Self { k, n, value: if n == 0 { 0.0 } else { k as f64 / n as f64 }, lo, hi }
     }
 }
 
@@ -178,19 +172,14 @@ pub fn summarize(rows: &[EvalRow], kinds: &BTreeMap<String, SuiteKind>) -> Vec<S
             });
             let mut cats: BTreeMap<String, Vec<&EvalRow>> = BTreeMap::new();
             for r in &rs {
-                cats.entry(r.category.clone().unwrap_or_else(|| "(none)".into()))
-                    .or_default()
-                    .push(r);
+                cats.entry(r.category.clone().unwrap_or_else(|| "(none)".into())).or_default().push(r);
             }
             let overall = group_metrics(rs.iter().copied());
             SuiteSummary {
                 suite: suite.to_string(),
                 kind,
                 headline: overall.headline(kind),
-                per_category: cats
-                    .into_iter()
-                    .map(|(c, v)| (c, group_metrics(v)))
-                    .collect(),
+                per_category: cats.into_iter().map(|(c, v)| (c, group_metrics(v))).collect(),
                 overall,
             }
         })

@@ -34,10 +34,7 @@ pub struct PlotSpec {
 
 impl PlotSpec {
     pub fn new(title: &str, key_prefix: &str) -> Self {
-        Self {
-            title: title.into(),
-            key_prefix: key_prefix.into(),
-        }
+        Self { title: title.into(), key_prefix: key_prefix.into() }
     }
 }
 
@@ -48,10 +45,7 @@ pub fn default_plots() -> Vec<PlotSpec> {
         PlotSpec::new("Attack success rate per suite", "asr/"),
         PlotSpec::new("Refusal rate on harmful prompts per suite", "refusal/"),
         PlotSpec::new("Over-refusal (refusal on benign prompts)", "over_refusal/"),
-        PlotSpec::new(
-            "Diversity (1 - SBERT similarity, 1 - Self-BLEU)",
-            "diversity/",
-        ),
+        PlotSpec::new("Diversity (1 - SBERT similarity, 1 - Self-BLEU)", "diversity/"),
         PlotSpec::new("KL to the reference policy", "kl"),
     ]
 }
@@ -66,20 +60,8 @@ pub struct JudgeAccuracy {
 
 impl JudgeAccuracy {
     /// The probe's held-out metrics, one row per trained head.
-    pub fn from_probe_report(
-        judge: &str,
-        judge_key: &str,
-        report: &crate::judge::probe::ProbeReport,
-    ) -> Self {
-        Self {
-            judge: judge.into(),
-            judge_key: judge_key.into(),
-            heads: report
-                .heads
-                .iter()
-                .map(|h| (h.head.name().to_string(), h.held_out))
-                .collect(),
-        }
+    pub fn from_probe_report(judge: &str, judge_key: &str, report: &crate::judge::probe::ProbeReport) -> Self {
+        Self { judge: judge.into(), judge_key: judge_key.into(), heads: report.heads.iter().map(|h| (h.head.name().to_string(), h.held_out)).collect() }
     }
 }
 
@@ -122,9 +104,7 @@ pub fn escape_html(s: &str) -> String {
     out
 }
 
-const PALETTE: [&str; 8] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-];
+const PALETTE: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
 const W: f64 = 640.0;
 const H: f64 = 260.0;
 const ML: f64 = 56.0;
@@ -185,12 +165,7 @@ fn svg_plot(spec: &PlotSpec, iterations: &[IterationMetrics]) -> String {
         escape_html(&spec.title)
     );
     if data.is_empty() {
-        let _ = write!(
-            s,
-            r#"<text x="{}" y="{}" class="nodata">no data</text></svg>"#,
-            W / 2.0 - 24.0,
-            H / 2.0
-        );
+        let _ = write!(s, r#"<text x="{}" y="{}" class="nodata">no data</text></svg>"#, W / 2.0 - 24.0, H / 2.0);
         return s;
     }
     let pts = data.values().flatten();
@@ -213,43 +188,16 @@ fn svg_plot(spec: &PlotSpec, iterations: &[IterationMetrics]) -> String {
     let px = |x: f64| ML + (x - x0) / (x1 - x0) * (W - ML - MR);
     let py = |y: f64| MT + (y1 - y) / (y1 - y0) * (H - MT - MB);
     // Axes and ticks (5 on y, first/last iteration on x).
-    let _ = write!(
-        s,
-        r#"<line x1="{ML}" y1="{}" x2="{}" y2="{}" class="axis"/>"#,
-        H - MB,
-        W - MR,
-        H - MB
-    );
-    let _ = write!(
-        s,
-        r#"<line x1="{ML}" y1="{MT}" x2="{ML}" y2="{}" class="axis"/>"#,
-        H - MB
-    );
+    let _ = write!(s, r#"<line x1="{ML}" y1="{}" x2="{}" y2="{}" class="axis"/>"#, H - MB, W - MR, H - MB);
+    let _ = write!(s, r#"<line x1="{ML}" y1="{MT}" x2="{ML}" y2="{}" class="axis"/>"#, H - MB);
     for t in 0..=4 {
         let y = y0 + (y1 - y0) * f64::from(t) / 4.0;
-        let _ = write!(
-            s,
-            r#"<text x="{}" y="{:.1}" class="tick" text-anchor="end">{}</text>"#,
-            ML - 4.0,
-            py(y) + 4.0,
-            fmt_num(y)
-        );
+        let _ = write!(s, r#"<text x="{}" y="{:.1}" class="tick" text-anchor="end">{}</text>"#, ML - 4.0, py(y) + 4.0, fmt_num(y));
     }
     for x in [x0, x1] {
-        let _ = write!(
-            s,
-            r#"<text x="{:.1}" y="{}" class="tick" text-anchor="middle">{}</text>"#,
-            px(x),
-            H - MB + 16.0,
-            fmt_num(x)
-        );
+        let _ = write!(s, r#"<text x="{:.1}" y="{}" class="tick" text-anchor="middle">{}</text>"#, px(x), H - MB + 16.0, fmt_num(x));
     }
-    let _ = write!(
-        s,
-        r#"<text x="{:.1}" y="{}" class="tick" text-anchor="middle">iteration</text>"#,
-        (ML + W - MR) / 2.0,
-        H - 2.0
-    );
+    let _ = write!(s, r#"<text x="{:.1}" y="{}" class="tick" text-anchor="middle">iteration</text>"#, (ML + W - MR) / 2.0, H - 2.0);
     for (i, (key, points)) in data.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
         // The 95% interval band: upper ends left to right, lower ends back.
@@ -263,10 +211,7 @@ fn svg_plot(spec: &PlotSpec, iterations: &[IterationMetrics]) -> String {
                 band.join(" ")
             );
         }
-        let coords: Vec<String> = points
-            .iter()
-            .map(|p| format!("{:.1},{:.1}", px(p.x), py(p.y)))
-            .collect();
+        let coords: Vec<String> = points.iter().map(|p| format!("{:.1},{:.1}", px(p.x), py(p.y))).collect();
         let _ = write!(
             s,
             r#"<polyline class="series" data-key="{}" fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
@@ -287,19 +232,9 @@ fn svg_plot(spec: &PlotSpec, iterations: &[IterationMetrics]) -> String {
         }
         // Legend under the plot, one line per series (never clipped at the right edge).
         let ly = H + LEGEND_LINE * i as f64 + 4.0;
-        let _ = write!(
-            s,
-            r#"<line x1="{ML}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/>"#,
-            ML + 18.0
-        );
+        let _ = write!(s, r#"<line x1="{ML}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/>"#, ML + 18.0);
         let band_note = if points.iter().any(|p| p.band.is_some()) { " (band: 95% Wilson interval)" } else { "" };
-        let _ = write!(
-            s,
-            r#"<text x="{}" y="{}" class="legend">{}{band_note}</text>"#,
-            ML + 24.0,
-            ly + 4.0,
-            escape_html(&legend_label(key))
-        );
+        let _ = write!(s, r#"<text x="{}" y="{}" class="legend">{}{band_note}</text>"#, ML + 24.0, ly + 4.0, escape_html(&legend_label(key)));
     }
     s.push_str("</svg>");
     s
@@ -323,23 +258,13 @@ pre{{white-space:pre-wrap;background:#f6f6f6;padding:.5em;max-height:16em;overfl
     }
     h.push_str("<h2>Metrics over iterations</h2>\n");
     for p in &input.plots {
-        let _ = writeln!(
-            h,
-            "<figure><figcaption>{}</figcaption>{}</figure>",
-            escape_html(&p.title),
-            svg_plot(p, &input.iterations)
-        );
+        let _ = writeln!(h, "<figure><figcaption>{}</figcaption>{}</figure>", escape_html(&p.title), svg_plot(p, &input.iterations));
     }
     h.push_str("<h2>Judge held-out accuracy</h2>\n");
     match &input.judge {
         None => h.push_str("<p>No held-out accuracy recorded for this judge.</p>\n"),
         Some(j) => {
-            let _ = writeln!(
-                h,
-                "<p>Judge <b>{}</b>, key <code>{}</code></p>",
-                escape_html(&j.judge),
-                escape_html(&j.judge_key)
-            );
+            let _ = writeln!(h, "<p>Judge <b>{}</b>, key <code>{}</code></p>", escape_html(&j.judge), escape_html(&j.judge_key));
             h.push_str("<table><tr><th>head</th><th>accuracy</th><th>precision</th><th>recall</th><th>F1</th><th>n</th></tr>\n");
             for (head, m) in &j.heads {
                 let _ = writeln!(
@@ -385,10 +310,7 @@ pre{{white-space:pre-wrap;background:#f6f6f6;padding:.5em;max-height:16em;overfl
 
 /// Write the report atomically (temp file + rename) to `path`.
 pub fn write_report(input: &ReportInput, path: &std::path::Path) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or_else(|| std::path::Path::new("."));
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or_else(|| std::path::Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut tmp, render_report(input).as_bytes())?;
     tmp.persist(path).map_err(|e| e.error)?;

@@ -5,11 +5,7 @@
 
 /// Cosine similarity in f64; 0 when either vector has zero norm.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(
-        a.len(),
-        b.len(),
-        "embeddings of one model have one dimension"
-    );
+    assert_eq!(a.len(), b.len(), "embeddings of one model have one dimension");
     let (mut ab, mut aa, mut bb) = (0.0_f64, 0.0_f64, 0.0_f64);
     for (&x, &y) in a.iter().zip(b) {
         let (x, y) = (f64::from(x), f64::from(y));

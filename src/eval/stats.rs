@@ -179,13 +179,35 @@ impl Change {
         let ph = phi(t);
         let (lo, hi) = newcombe_interval((b0, n), (a1, n), ph, Z95);
         let (lo1, hi1) = newcombe_interval((b0, n), (a1, n), ph, Z95_ONE_SIDED);
-        Change { paired: true, before: t.before(), after: t.after(), difference: t.difference(), lo, hi, lo_one_sided: lo1, hi_one_sided: hi1, discordant: Some((t.b, t.c)), mcnemar_p: Some(mcnemar_exact(t.b, t.c)) }
+        Change {
+            paired: true,
+            before: t.before(),
+            after: t.after(),
+            difference: t.difference(),
+            lo,
+            hi,
+            lo_one_sided: lo1,
+            hi_one_sided: hi1,
+            discordant: Some((t.b, t.c)),
+            mcnemar_p: Some(mcnemar_exact(t.b, t.c)),
+        }
     }
     /// From two independent rates (different prompts): no test, φ = 0.
     pub fn unpaired(before: Rate, after: Rate) -> Self {
         let (lo, hi) = newcombe_interval((before.k, before.n), (after.k, after.n), 0.0, Z95);
         let (lo1, hi1) = newcombe_interval((before.k, before.n), (after.k, after.n), 0.0, Z95_ONE_SIDED);
-        Change { paired: false, before, after, difference: after.value - before.value, lo, hi, lo_one_sided: lo1, hi_one_sided: hi1, discordant: None, mcnemar_p: None }
+        Change {
+            paired: false,
+            before,
+            after,
+            difference: after.value - before.value,
+            lo,
+            hi,
+            lo_one_sided: lo1,
+            hi_one_sided: hi1,
+            discordant: None,
+            mcnemar_p: None,
+        }
     }
 }
 

@@ -29,13 +29,7 @@ fn default_prompt_column() -> String {
 
 impl SuiteFileSpec {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self {
-            path: path.into(),
-            prompt_column: default_prompt_column(),
-            label_column: None,
-            category_column: None,
-            response_column: None,
-        }
+        Self { path: path.into(), prompt_column: default_prompt_column(), label_column: None, category_column: None, response_column: None }
     }
 }
 
@@ -52,24 +46,13 @@ pub struct SuiteRow {
 #[derive(Debug, thiserror::Error)]
 pub enum SuiteError {
     #[error("suite file {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("suite file {path}: unsupported extension (expected .csv, .jsonl or .parquet)")]
     Format { path: PathBuf },
     #[error("suite file {path}: missing column {column:?} (columns found: {found:?})")]
-    MissingColumn {
-        path: PathBuf,
-        column: String,
-        found: Vec<String>,
-    },
+    MissingColumn { path: PathBuf, column: String, found: Vec<String> },
     #[error("suite file {path}, row {row}: {detail}")]
-    Row {
-        path: PathBuf,
-        row: usize,
-        detail: String,
-    },
+    Row { path: PathBuf, row: usize, detail: String },
     #[error("suite file {path}: {detail}")]
     Parse { path: PathBuf, detail: String },
 }
@@ -80,9 +63,7 @@ pub fn parse_label(cell: &str) -> Result<Option<bool>, String> {
         "" | "null" | "none" => Ok(None),
         "true" | "1" | "1.0" | "yes" | "harmful" | "unsafe" => Ok(Some(true)),
         "false" | "0" | "0.0" | "no" | "benign" | "unharmful" | "safe" => Ok(Some(false)),
-        other => Err(format!(
-            "label {other:?} is not one of true/false, 1/0, yes/no, harmful/benign, unsafe/safe"
-        )),
+        other => Err(format!("label {other:?} is not one of true/false, 1/0, yes/no, harmful/benign, unsafe/safe")),
     }
 }
 
@@ -96,14 +77,11 @@ struct Columns {
 
 fn find_columns(spec: &SuiteFileSpec, headers: &[String]) -> Result<Columns, SuiteError> {
     let find = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| SuiteError::MissingColumn {
-                path: spec.path.clone(),
-                column: name.to_string(),
-                found: headers.to_vec(),
-            })
+        headers.iter().position(|h| h == name).ok_or_else(|| SuiteError::MissingColumn {
+            path: spec.path.clone(),
+            column: name.to_string(),
+            found: headers.to_vec(),
+        })
     };
     Ok(Columns {
         prompt: find(&spec.prompt_column)?,
@@ -113,77 +91,42 @@ fn find_columns(spec: &SuiteFileSpec, headers: &[String]) -> Result<Columns, Sui
     })
 }
 
-fn make_row(
-    spec: &SuiteFileSpec,
-    row: usize,
-    cols: &Columns,
-    cell: impl Fn(usize) -> Option<String>,
-) -> Result<SuiteRow, SuiteError> {
-    let err = |detail: String| SuiteError::Row {
-        path: spec.path.clone(),
-        row,
-        detail,
-    };
-    let prompt = cell(cols.prompt)
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| err(format!("empty prompt in column {:?}", spec.prompt_column)))?;
+fn make_row(spec: &SuiteFileSpec, row: usize, cols: &Columns, cell: impl Fn(usize) -> Option<String>) -> Result<SuiteRow, SuiteError> {
+    let err = |detail: String| SuiteError::Row { path: spec.path.clone(), row, detail };
+    let prompt = cell(cols.prompt).filter(|p| !p.is_empty()).ok_or_else(|| err(format!("empty prompt in column {:?}", spec.prompt_column)))?;
     let label_harmful = match cols.label {
         Some(c) => parse_label(&cell(c).unwrap_or_default()).map_err(err)?,
         None => None,
     };
-    Ok(SuiteRow {
-        row,
-        prompt,
-        label_harmful,
-        category: cols.category.and_then(&cell).filter(|s| !s.is_empty()),
-        response: cols.response.and_then(&cell),
-    })
+    Ok(SuiteRow { row, prompt, label_harmful, category: cols.category.and_then(&cell).filter(|s| !s.is_empty()), response: cols.response.and_then(&cell) })
 }
 
 /// Load a suite file; the format is chosen by extension.
 pub fn load_suite_file(spec: &SuiteFileSpec) -> Result<Vec<SuiteRow>, SuiteError> {
-    let ext = spec
-        .path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_lowercase);
+    let ext = spec.path.extension().and_then(|e| e.to_str()).map(str::to_lowercase);
     match ext.as_deref() {
         Some("csv") => load_csv(spec),
         Some("jsonl") | Some("ndjson") => load_jsonl(spec),
         Some("parquet") => load_parquet(spec),
-        _ => Err(SuiteError::Format {
-            path: spec.path.clone(),
-        }),
+        _ => Err(SuiteError::Format { path: spec.path.clone() }),
     }
 }
 
 fn load_csv(spec: &SuiteFileSpec) -> Result<Vec<SuiteRow>, SuiteError> {
     let path = &spec.path;
-    let file = std::fs::File::open(path).map_err(|source| SuiteError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    let file = std::fs::File::open(path).map_err(|source| SuiteError::Io { path: path.clone(), source })?;
     let mut rdr = csv::ReaderBuilder::new().from_reader(file);
     let headers: Vec<String> = rdr
         .headers()
-        .map_err(|e| SuiteError::Parse {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?
+        .map_err(|e| SuiteError::Parse { path: path.clone(), detail: e.to_string() })?
         .iter()
         .map(|h| h.trim().trim_start_matches('\u{feff}').to_string())
         .collect();
     let cols = find_columns(spec, &headers)?;
     let mut out = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
-        let rec = rec.map_err(|e| SuiteError::Row {
-            path: path.clone(),
-            row: i,
-            detail: e.to_string(),
-        })?;
-        out.push(make_row(spec, i, &cols, |c| {
-            rec.get(c).map(str::to_string)
-        })?);
+        let rec = rec.map_err(|e| SuiteError::Row { path: path.clone(), row: i, detail: e.to_string() })?;
+        out.push(make_row(spec, i, &cols, |c| rec.get(c).map(str::to_string))?);
     }
     Ok(out)
 }
@@ -198,43 +141,25 @@ fn json_cell(v: &serde_json::Value) -> Option<String> {
 
 fn load_jsonl(spec: &SuiteFileSpec) -> Result<Vec<SuiteRow>, SuiteError> {
     let path = &spec.path;
-    let text = std::fs::read_to_string(path).map_err(|source| SuiteError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let names: Vec<String> = [
-        Some(&spec.prompt_column),
-        spec.label_column.as_ref(),
-        spec.category_column.as_ref(),
-        spec.response_column.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .cloned()
-    .collect();
+    let text = std::fs::read_to_string(path).map_err(|source| SuiteError::Io { path: path.clone(), source })?;
+    let names: Vec<String> = [Some(&spec.prompt_column), spec.label_column.as_ref(), spec.category_column.as_ref(), spec.response_column.as_ref()]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
     let mut out = Vec::new();
     for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
         let obj: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(line).map_err(|e| SuiteError::Row {
-                path: path.clone(),
-                row: i,
-                detail: format!("not a JSON object: {e}"),
-            })?;
+            serde_json::from_str(line).map_err(|e| SuiteError::Row { path: path.clone(), row: i, detail: format!("not a JSON object: {e}") })?;
         // Each line is its own record: a key missing from a line is a missing column there.
         for n in &names {
             if !obj.contains_key(n) {
-                return Err(SuiteError::MissingColumn {
-                    path: path.clone(),
-                    column: n.clone(),
-                    found: obj.keys().cloned().collect(),
-                });
+                return Err(SuiteError::MissingColumn { path: path.clone(), column: n.clone(), found: obj.keys().cloned().collect() });
             }
         }
         let headers: Vec<String> = names.clone();
         let cols = find_columns(spec, &headers)?;
-        out.push(make_row(spec, i, &cols, |c| {
-            obj.get(&headers[c]).and_then(json_cell)
-        })?);
+        out.push(make_row(spec, i, &cols, |c| obj.get(&headers[c]).and_then(json_cell))?);
     }
     Ok(out)
 }
@@ -244,21 +169,10 @@ fn load_parquet(spec: &SuiteFileSpec) -> Result<Vec<SuiteRow>, SuiteError> {
     use arrow::util::display::{ArrayFormatter, FormatOptions};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let path = &spec.path;
-    let perr = |e: &dyn std::fmt::Display| SuiteError::Parse {
-        path: path.clone(),
-        detail: e.to_string(),
-    };
-    let file = std::fs::File::open(path).map_err(|source| SuiteError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    let perr = |e: &dyn std::fmt::Display| SuiteError::Parse { path: path.clone(), detail: e.to_string() };
+    let file = std::fs::File::open(path).map_err(|source| SuiteError::Io { path: path.clone(), source })?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| perr(&e))?;
-    let headers: Vec<String> = builder
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
+    let headers: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
     let cols = find_columns(spec, &headers)?;
     let reader = builder.build().map_err(|e| perr(&e))?;
     let mut out = Vec::new();
@@ -268,12 +182,9 @@ fn load_parquet(spec: &SuiteFileSpec) -> Result<Vec<SuiteRow>, SuiteError> {
         let batch = batch.map_err(|e| perr(&e))?;
         let formatters: Vec<Option<ArrayFormatter<'_>>> = (0..batch.num_columns())
             .map(|c| {
-                let used = [Some(cols.prompt), cols.label, cols.category, cols.response]
-                    .contains(&Some(c));
+                let used = [Some(cols.prompt), cols.label, cols.category, cols.response].contains(&Some(c));
                 if used {
-                    ArrayFormatter::try_new(batch.column(c).as_ref(), &opts)
-                        .map(Some)
-                        .map_err(|e| perr(&e))
+                    ArrayFormatter::try_new(batch.column(c).as_ref(), &opts).map(Some).map_err(|e| perr(&e))
                 } else {
                     Ok(None)
                 }
@@ -296,11 +207,7 @@ fn load_parquet(spec: &SuiteFileSpec) -> Result<Vec<SuiteRow>, SuiteError> {
 
 /// Convenience for error messages and manifests.
 pub fn describe(spec: &SuiteFileSpec) -> String {
-    format!(
-        "{} (prompt column {:?})",
-        display_path(&spec.path),
-        spec.prompt_column
-    )
+    format!("{} (prompt column {:?})", display_path(&spec.path), spec.prompt_column)
 }
 
 fn display_path(p: &Path) -> String {

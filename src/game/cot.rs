@@ -125,27 +125,15 @@ pub fn cot_format_check_and_extract(response: &str) -> ParsedResponse {
     }
 
     match (broken.is_empty(), thinking, answer) {
-        (true, Some(t), Some(a)) => ParsedResponse {
-            thinking: Some(t.to_owned()),
-            answer: a.to_owned(),
-            violation: false,
-            source: AnswerSource::WellFormed,
-            broken_rules: broken,
-        },
-        (_, _, Some(a)) => ParsedResponse {
-            thinking: None,
-            answer: a.to_owned(),
-            violation: true,
-            source: AnswerSource::AnswerTagFallback,
-            broken_rules: broken,
-        },
-        (_, _, None) => ParsedResponse {
-            thinking: None,
-            answer: response.to_owned(),
-            violation: true,
-            source: AnswerSource::WholeResponseFallback,
-            broken_rules: broken,
-        },
+        (true, Some(t), Some(a)) => {
+            ParsedResponse { thinking: Some(t.to_owned()), answer: a.to_owned(), violation: false, source: AnswerSource::WellFormed, broken_rules: broken }
+        }
+        (_, _, Some(a)) => {
+            ParsedResponse { thinking: None, answer: a.to_owned(), violation: true, source: AnswerSource::AnswerTagFallback, broken_rules: broken }
+        }
+        (_, _, None) => {
+            ParsedResponse { thinking: None, answer: response.to_owned(), violation: true, source: AnswerSource::WholeResponseFallback, broken_rules: broken }
+        }
     }
 }
 
@@ -168,19 +156,9 @@ pub struct PublicTurn {
 pub fn public_text(raw_response: &str, cot: bool) -> PublicTurn {
     if cot {
         let p = cot_format_check_and_extract(raw_response);
-        PublicTurn {
-            text: py_strip(&p.answer).to_owned(),
-            thinking: p.thinking,
-            violation: Some(p.violation),
-            source: Some(p.source),
-        }
+        PublicTurn { text: py_strip(&p.answer).to_owned(), thinking: p.thinking, violation: Some(p.violation), source: Some(p.source) }
     } else {
-        PublicTurn {
-            text: py_strip(raw_response).to_owned(),
-            thinking: None,
-            violation: None,
-            source: None,
-        }
+        PublicTurn { text: py_strip(raw_response).to_owned(), thinking: None, violation: None, source: None }
     }
 }
 

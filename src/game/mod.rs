@@ -16,17 +16,11 @@ pub mod prompts;
 pub mod reward;
 pub mod roles;
 
-pub use cot::{
-    cot_format_check_and_extract, eval_extract_answer, public_text, AnswerSource, CotRule,
-    EvalAnswer, ParsedResponse, PublicTurn,
-};
+pub use cot::{cot_format_check_and_extract, eval_extract_answer, public_text, AnswerSource, CotRule, EvalAnswer, ParsedResponse, PublicTurn};
 pub use outcome::{Outcome, OutcomeSet};
 pub use prompts::{
-    attacker_prompt, defender_prompt, postfill_prompt, postfill_template_digest, postfilled_sft_target, render_prompt, rollout_sampling, template_digest, ChatPrompt,
-    ChatRole, DefenderStyle, Message, TemplateDigest, THINKING_PREFIX,
+    attacker_prompt, defender_prompt, postfill_prompt, postfill_template_digest, postfilled_sft_target, render_prompt, rollout_sampling, template_digest,
+    ChatPrompt, ChatRole, DefenderStyle, Message, TemplateDigest, THINKING_PREFIX,
 };
-pub use reward::{
-    score_game, training_rewards, CotFormat, GameRecord, JudgeLabels, RewardScheme, RewardTerms,
-    RoleReward, ScoredGame, GameVerdict,
-};
+pub use reward::{score_game, training_rewards, CotFormat, GameRecord, GameVerdict, JudgeLabels, RewardScheme, RewardTerms, RoleReward, ScoredGame};
 pub use roles::{attack_turn, AttackTurn, GameMode, GameOptions, Role, SeedKind, SeedLabel};

@@ -130,9 +130,7 @@ fn text(template: &'static str) -> &'static str {
 /// `replace` on the result) means a seed that itself contains `{seed}` is left untouched.
 fn fill(template: &'static str, placeholder: &str, value: &str) -> String {
     let t = text(template);
-    let (head, tail) = t
-        .split_once(placeholder)
-        .expect("attacker templates contain the seed placeholder (checked by a unit test)");
+    let (head, tail) = t.split_once(placeholder).expect("attacker templates contain the seed placeholder (checked by a unit test)");
     let mut out = String::with_capacity(t.len() + value.len());
     out.push_str(head);
     out.push_str(value);
@@ -157,10 +155,7 @@ pub fn attacker_prompt(seed_text: &str, label: SeedLabel, cot: bool) -> ChatProm
     user.push_str("\n\n");
     user.push_str(text(format));
     ChatPrompt {
-        messages: vec![
-            Message { role: ChatRole::System, content: text(ATTACKER_SYSTEM).to_owned() },
-            Message { role: ChatRole::User, content: user },
-        ],
+        messages: vec![Message { role: ChatRole::System, content: text(ATTACKER_SYSTEM).to_owned() }, Message { role: ChatRole::User, content: user }],
         assistant_prefix: cot.then(|| THINKING_PREFIX.to_owned()),
     }
 }
@@ -169,10 +164,7 @@ pub fn attacker_prompt(seed_text: &str, label: SeedLabel, cot: bool) -> ChatProm
 pub fn defender_prompt(public_attack: &str, style: DefenderStyle) -> ChatPrompt {
     match style {
         DefenderStyle::Cot => ChatPrompt {
-            messages: vec![Message {
-                role: ChatRole::User,
-                content: format!("{}\n\nUser: {}", text(DEFENDER_COT), public_attack),
-            }],
+            messages: vec![Message { role: ChatRole::User, content: format!("{}\n\nUser: {}", text(DEFENDER_COT), public_attack) }],
             assistant_prefix: Some(THINKING_PREFIX.to_owned()),
         },
         DefenderStyle::Plain | DefenderStyle::PlainThinking => ChatPrompt {
@@ -309,10 +301,7 @@ mod tests {
     #[test]
     fn defender_plain_prompt_is_the_raw_attack() {
         let p = defender_prompt("  raw attack\n", DefenderStyle::Plain);
-        assert_eq!(
-            p.messages,
-            vec![Message { role: ChatRole::User, content: "  raw attack\n".into() }]
-        );
+        assert_eq!(p.messages, vec![Message { role: ChatRole::User, content: "  raw attack\n".into() }]);
         assert_eq!(p.assistant_prefix, None);
     }
 
@@ -325,9 +314,6 @@ mod tests {
 
     #[test]
     fn sft_target_wraps_thinking_and_answer() {
-        assert_eq!(
-            postfilled_sft_target("think", "answer"),
-            "Let's think step by step.\n<think> think </think>\n<answer> answer </answer>"
-        );
+        assert_eq!(postfilled_sft_target("think", "answer"), "Let's think step by step.\n<think> think </think>\n<answer> answer </answer>");
     }
 }

@@ -122,7 +122,10 @@ impl RoleReward {
 pub enum ScoredGame {
     /// Judge parse error: neither role gets a sample.
     Dropped,
-    Scored { attacker: Option<RoleReward>, defender: RoleReward },
+    Scored {
+        attacker: Option<RoleReward>,
+        defender: RoleReward,
+    },
 }
 
 /// Magnitudes (each term is ± its coefficient).
@@ -141,28 +144,16 @@ const FORMAT_COEFFICIENT: f64 = 1.0;
 impl RewardScheme {
     fn coefficients(self) -> Coefficients {
         match self {
-            RewardScheme::GeneralSum => Coefficients {
-                attacker_revision: 0.5,
-                attacker_refusal: 0.5,
-                attacker_harm: 1.0,
-                defender_refusal: 1.0,
-                defender_harm: 1.0,
-            },
-            RewardScheme::GeneralSumAllOne => Coefficients {
-                attacker_revision: 1.0,
-                attacker_refusal: 1.0,
-                attacker_harm: 1.0,
-                defender_refusal: 1.0,
-                defender_harm: 1.0,
-            },
+            RewardScheme::GeneralSum => {
+                Coefficients { attacker_revision: 0.5, attacker_refusal: 0.5, attacker_harm: 1.0, defender_refusal: 1.0, defender_harm: 1.0 }
+            }
+            RewardScheme::GeneralSumAllOne => {
+                Coefficients { attacker_revision: 1.0, attacker_refusal: 1.0, attacker_harm: 1.0, defender_refusal: 1.0, defender_harm: 1.0 }
+            }
             // Game terms shared by both roles (with opposite signs); revision is shaping.
-            RewardScheme::ZeroSum => Coefficients {
-                attacker_revision: 0.5,
-                attacker_refusal: 1.0,
-                attacker_harm: 1.0,
-                defender_refusal: 1.0,
-                defender_harm: 1.0,
-            },
+            RewardScheme::ZeroSum => {
+                Coefficients { attacker_revision: 0.5, attacker_refusal: 1.0, attacker_harm: 1.0, defender_refusal: 1.0, defender_harm: 1.0 }
+            }
         }
     }
 }
@@ -207,11 +198,7 @@ fn attacker_harm(label: SeedLabel, h: Option<bool>, coef: f64) -> (f64, Outcome)
 fn defender_refusal_general(q: bool, r: Option<bool>, coef: f64, tags: &mut OutcomeSet) -> f64 {
     let refused = r == Some(true);
     let correct = if q { refused } else { !refused };
-    tags.insert(if correct {
-        Outcome::DefenderWinCorrectRefusal
-    } else {
-        Outcome::DefenderLoseWrongRefusal
-    });
+    tags.insert(if correct { Outcome::DefenderWinCorrectRefusal } else { Outcome::DefenderLoseWrongRefusal });
     if r.is_none() {
         tags.insert(Outcome::Tie);
     }
@@ -251,12 +238,7 @@ fn role_reward(role: Role, terms: RewardTerms, outcomes: OutcomeSet) -> RoleRewa
     RoleReward { role, total: terms.total(), terms, outcomes }
 }
 
-fn attacker_reward(
-    label: SeedLabel,
-    labels: &JudgeLabels,
-    format: CotFormat,
-    c: &Coefficients,
-) -> RoleReward {
+fn attacker_reward(label: SeedLabel, labels: &JudgeLabels, format: CotFormat, c: &Coefficients) -> RoleReward {
     let mut tags = OutcomeSet::new();
     let (revision, t) = attacker_revision(label, labels.prompt_harmful, c.attacker_revision);
     tags.insert(t);
@@ -268,13 +250,7 @@ fn attacker_reward(
     role_reward(Role::Attacker, terms, tags)
 }
 
-fn defender_reward(
-    label: SeedLabel,
-    labels: &JudgeLabels,
-    format: CotFormat,
-    scheme: RewardScheme,
-    c: &Coefficients,
-) -> RoleReward {
+fn defender_reward(label: SeedLabel, labels: &JudgeLabels, format: CotFormat, scheme: RewardScheme, c: &Coefficients) -> RoleReward {
     let mut tags = OutcomeSet::new();
     let (refusal, response_harm) = if scheme == RewardScheme::ZeroSum {
         // Exactly the negatives of the attacker's game terms (which exist for every game: they
@@ -326,13 +302,7 @@ pub fn training_rewards(game: &ScoredGame, options: &GameOptions, remove_ties: b
     let ScoredGame::Scored { attacker, defender } = game else {
         return Vec::new();
     };
-    attacker
-        .iter()
-        .chain(std::iter::once(defender))
-        .filter(|r| options.trains(r.role))
-        .filter(|r| !(remove_ties && r.is_tie()))
-        .cloned()
-        .collect()
+    attacker.iter().chain(std::iter::once(defender)).filter(|r| options.trains(r.role)).filter(|r| !(remove_ties && r.is_tie())).cloned().collect()
 }
 
 #[cfg(test)]
@@ -422,11 +392,8 @@ mod tests {
 
     #[test]
     fn defender_harm_rows_general_sum() {
-        let rows: [(Option<bool>, f64, Outcome); 3] = [
-            (Some(false), 1.0, DefenderWinSuccessfulDefense),
-            (Some(true), -1.0, DefenderLoseBrokenDefense),
-            (None, 0.0, Tie),
-        ];
+        let rows: [(Option<bool>, f64, Outcome); 3] =
+            [(Some(false), 1.0, DefenderWinSuccessfulDefense), (Some(true), -1.0, DefenderLoseBrokenDefense), (None, 0.0, Tie)];
         for (h, want, tag) in rows {
             let mut got = OutcomeSet::new();
             assert_eq!(defender_harm_general(h, 1.0, &mut got), want);
@@ -452,21 +419,10 @@ mod tests {
         let g = generated(SeedKind::GeneratedHarmful, CotFormat::WellFormed, CotFormat::Violated);
         let (a, d) = scored(&g, labels(true, Some(false), Some(true)), GS);
         let a = a.expect("attacker scored");
-        assert_eq!(
-            a.terms,
-            RewardTerms { revision: Some(0.5), refusal: 0.5, response_harm: 1.0, format: Some(1.0) }
-        );
+        assert_eq!(a.terms, RewardTerms { revision: Some(0.5), refusal: 0.5, response_harm: 1.0, format: Some(1.0) });
         assert_eq!(a.total, 3.0);
-        assert_eq!(
-            a.outcomes,
-            [AttackerFaithfulRevision, AttackerWinHarmfulCompliance, AttackerWinSuccessfulHarmfulRequest]
-                .into_iter()
-                .collect()
-        );
-        assert_eq!(
-            d.terms,
-            RewardTerms { revision: None, refusal: -1.0, response_harm: -1.0, format: Some(-1.0) }
-        );
+        assert_eq!(a.outcomes, [AttackerFaithfulRevision, AttackerWinHarmfulCompliance, AttackerWinSuccessfulHarmfulRequest].into_iter().collect());
+        assert_eq!(d.terms, RewardTerms { revision: None, refusal: -1.0, response_harm: -1.0, format: Some(-1.0) });
         assert_eq!(d.total, -3.0);
         assert_eq!(d.outcomes, [DefenderLoseWrongRefusal, DefenderLoseBrokenDefense].into_iter().collect());
     }

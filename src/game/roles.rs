@@ -166,10 +166,7 @@ mod tests {
     fn generated_seeds_get_an_attacker_turn_vanilla_go_verbatim_in_selfplay() {
         let o = GameOptions { cot: true, mode: GameMode::SelfPlay };
         assert!(matches!(attack_turn("x", SeedKind::GeneratedBenign, &o), AttackTurn::Generate(_)));
-        assert_eq!(
-            attack_turn("raw seed ", SeedKind::VanillaHarmful, &o),
-            AttackTurn::Verbatim("raw seed ".into())
-        );
+        assert_eq!(attack_turn("raw seed ", SeedKind::VanillaHarmful, &o), AttackTurn::Verbatim("raw seed ".into()));
         assert_eq!(o.defender_style(), DefenderStyle::Cot);
         assert!(o.trains(Role::Attacker) && o.trains(Role::Defender));
     }
@@ -222,12 +219,7 @@ mod tests {
 
     #[test]
     fn seed_kind_round_trips_its_data_type_string() {
-        for k in [
-            SeedKind::GeneratedHarmful,
-            SeedKind::GeneratedBenign,
-            SeedKind::VanillaHarmful,
-            SeedKind::VanillaBenign,
-        ] {
+        for k in [SeedKind::GeneratedHarmful, SeedKind::GeneratedBenign, SeedKind::VanillaHarmful, SeedKind::VanillaBenign] {
             assert_eq!(SeedKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(SeedKind::parse("other"), None);

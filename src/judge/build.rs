@@ -38,7 +38,11 @@ pub struct JudgeSetup {
 
 impl JudgeSetup {
     pub fn of(spec: &Spec) -> JudgeSetup {
-        JudgeSetup { params: spec.raw.judge.clone(), embedder_dir: spec.embedder_dir.clone(), config_dir: spec.config_file.parent().map(Path::to_path_buf).unwrap_or_default() }
+        JudgeSetup {
+            params: spec.raw.judge.clone(),
+            embedder_dir: spec.embedder_dir.clone(),
+            config_dir: spec.config_file.parent().map(Path::to_path_buf).unwrap_or_default(),
+        }
     }
 }
 

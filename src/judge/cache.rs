@@ -35,10 +35,7 @@ pub const VERDICT_CACHE_DIR: &str = ".verdict-cache";
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("verdict cache {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("verdict cache entry {path} is corrupt: {detail}")]
     Corrupt { path: PathBuf, detail: String },
 }
@@ -50,12 +47,7 @@ pub struct EntryKey(pub String);
 pub fn entry_key(judge: &JudgeKey, input: &JudgeInput, uses_seed_label: bool) -> EntryKey {
     let mut h = blake3::Hasher::new();
     // Length-prefixed fields: no two different tuples hash the same byte stream.
-    for field in [
-        CACHE_SCHEME.as_bytes(),
-        judge.0.as_bytes(),
-        input.prompt.as_bytes(),
-        input.response.as_bytes(),
-    ] {
+    for field in [CACHE_SCHEME.as_bytes(), judge.0.as_bytes(), input.prompt.as_bytes(), input.response.as_bytes()] {
         h.update(&(field.len() as u64).to_le_bytes());
         h.update(field);
     }
@@ -92,10 +84,7 @@ impl VerdictCache {
     /// Open (creating if needed) a cache directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(|source| CacheError::Io {
-            path: root.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&root).map_err(|source| CacheError::Io { path: root.clone(), source })?;
         Ok(Self { root })
     }
 
@@ -115,10 +104,7 @@ impl VerdictCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(CacheError::Io { path, source }),
         };
-        let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| CacheError::Corrupt {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
+        let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| CacheError::Corrupt { path: path.clone(), detail: e.to_string() })?;
         if entry.scheme != CACHE_SCHEME {
             return Ok(None);
         }
@@ -126,43 +112,16 @@ impl VerdictCache {
     }
 
     /// Store a verdict atomically (temp file in the same directory, then rename).
-    pub fn put(
-        &self,
-        key: &EntryKey,
-        judge: &JudgeKey,
-        verdict: &Verdict,
-    ) -> Result<(), CacheError> {
+    pub fn put(&self, key: &EntryKey, judge: &JudgeKey, verdict: &Verdict) -> Result<(), CacheError> {
         let path = self.path_of(key);
-        let dir = path
-            .parent()
-            .expect("entry path has a fan-out parent")
-            .to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|source| CacheError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        let entry = Entry {
-            scheme: CACHE_SCHEME.into(),
-            judge: judge.clone(),
-            verdict: verdict.clone(),
-        };
+        let dir = path.parent().expect("entry path has a fan-out parent").to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|source| CacheError::Io { path: dir.clone(), source })?;
+        let entry = Entry { scheme: CACHE_SCHEME.into(), judge: judge.clone(), verdict: verdict.clone() };
         let bytes = serde_json::to_vec(&entry).expect("verdict entries always serialise");
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|source| CacheError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        std::io::Write::write_all(&mut tmp, &bytes).map_err(|source| CacheError::Io {
-            path: tmp.path().to_path_buf(),
-            source,
-        })?;
-        tmp.as_file().sync_all().map_err(|source| CacheError::Io {
-            path: tmp.path().to_path_buf(),
-            source,
-        })?;
-        tmp.persist(&path).map_err(|e| CacheError::Io {
-            path: path.clone(),
-            source: e.error,
-        })?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|source| CacheError::Io { path: dir.clone(), source })?;
+        std::io::Write::write_all(&mut tmp, &bytes).map_err(|source| CacheError::Io { path: tmp.path().to_path_buf(), source })?;
+        tmp.as_file().sync_all().map_err(|source| CacheError::Io { path: tmp.path().to_path_buf(), source })?;
+        tmp.persist(&path).map_err(|e| CacheError::Io { path: path.clone(), source: e.error })?;
         Ok(())
     }
 }
@@ -202,7 +161,8 @@ impl VerdictCache {
         let mut fanouts: Vec<PathBuf> = top.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(io(&self.root))?;
         fanouts.sort();
         for dir in fanouts.into_iter().filter(|p| p.is_dir()) {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).map_err(io(&dir))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(io(&dir))?;
+            let mut files: Vec<PathBuf> =
+                std::fs::read_dir(&dir).map_err(io(&dir))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(io(&dir))?;
             files.sort();
             for path in files {
                 let bytes = std::fs::metadata(&path).map_err(io(&path))?.len();
@@ -241,11 +201,7 @@ impl VerdictCache {
 /// Judge `inputs` through the cache: hits are read, misses are judged in one batch (in
 /// input order) and stored. If the judge fails, nothing from this call is stored and the
 /// error is returned.
-pub fn judge_cached(
-    judge: &dyn Judge,
-    cache: &VerdictCache,
-    inputs: &[JudgeInput],
-) -> Result<(Vec<Verdict>, CacheStats), JudgeError> {
+pub fn judge_cached(judge: &dyn Judge, cache: &VerdictCache, inputs: &[JudgeInput]) -> Result<(Vec<Verdict>, CacheStats), JudgeError> {
     if let Some(why) = judge.uncacheable() {
         tracing::warn!(judge = judge.name(), "judging without the verdict cache: {why}");
         let verdicts = judge.judge_batch(inputs)?;
@@ -266,19 +222,12 @@ pub fn judge_cached(
         }
         out.push(hit);
     }
-    let stats = CacheStats {
-        hits: inputs.len() - miss_idx.len(),
-        misses: miss_idx.len(),
-    };
+    let stats = CacheStats { hits: inputs.len() - miss_idx.len(), misses: miss_idx.len() };
     if !miss_idx.is_empty() {
         let batch: Vec<JudgeInput> = miss_idx.iter().map(|&i| inputs[i].clone()).collect();
         let verdicts = judge.judge_batch(&batch)?;
         if verdicts.len() != batch.len() {
-            return Err(JudgeError::CountMismatch {
-                backend: judge.name().to_string(),
-                expected: batch.len(),
-                got: verdicts.len(),
-            });
+            return Err(JudgeError::CountMismatch { backend: judge.name().to_string(), expected: batch.len(), got: verdicts.len() });
         }
         for (&i, v) in miss_idx.iter().zip(verdicts) {
             if !v.parse_error {
@@ -287,10 +236,5 @@ pub fn judge_cached(
             out[i] = Some(v);
         }
     }
-    Ok((
-        out.into_iter()
-            .map(|v| v.expect("every slot is a hit or a judged miss"))
-            .collect(),
-        stats,
-    ))
+    Ok((out.into_iter().map(|v| v.expect("every slot is a hit or a judged miss")).collect(), stats))
 }

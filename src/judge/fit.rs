@@ -77,7 +77,13 @@ pub fn training_set(seeds: &[SeedRow], pairs: &[JudgeExampleRow], groups: &BTree
     let mut prompt_seen: HashSet<String> = HashSet::new();
     for s in seeds.iter().filter(|s| s.split == "train") {
         if prompt_seen.insert(s.id.clone()) {
-            set.prompt_harmful.push(LabelledPair { prompt: s.text.clone(), response: String::new(), label: s.label == "harmful", source: s.source.clone(), category: Some(s.category.clone()).filter(|c| !c.is_empty()) });
+            set.prompt_harmful.push(LabelledPair {
+                prompt: s.text.clone(),
+                response: String::new(),
+                label: s.label == "harmful",
+                source: s.source.clone(),
+                category: Some(s.category.clone()).filter(|c| !c.is_empty()),
+            });
         }
     }
     for r in pairs {
@@ -87,7 +93,13 @@ pub fn training_set(seeds: &[SeedRow], pairs: &[JudgeExampleRow], groups: &BTree
             continue;
         }
         let source = groups.get(&r.source).cloned().unwrap_or_else(|| r.source.clone());
-        let pair = |label: bool, response: &str| LabelledPair { prompt: r.prompt.clone(), response: response.to_string(), label, source: source.clone(), category: Some(r.category.clone()).filter(|c| !c.is_empty()) };
+        let pair = |label: bool, response: &str| LabelledPair {
+            prompt: r.prompt.clone(),
+            response: response.to_string(),
+            label,
+            source: source.clone(),
+            category: Some(r.category.clone()).filter(|c| !c.is_empty()),
+        };
         if let Some(l) = r.prompt_harmful {
             if prompt_seen.insert(pid) {
                 set.prompt_harmful.push(pair(l, ""));
@@ -107,7 +119,15 @@ pub fn training_set(seeds: &[SeedRow], pairs: &[JudgeExampleRow], groups: &BTree
 /// (every iteration sees every example). `lr` is not used: the trainer's step is fixed at
 /// 1/L from the data (probe.rs), which needs no tuning and cannot diverge.
 pub fn train_config(p: &ProbeParams, seed: u64) -> ProbeTrainConfig {
-    ProbeTrainConfig { seed, held_out_fraction: p.holdout_fraction, l2: p.l2, iterations: p.epochs as usize, refusal_features: p.refusal_features, refusal_l2: Some(p.refusal_l2), ..ProbeTrainConfig::default() }
+    ProbeTrainConfig {
+        seed,
+        held_out_fraction: p.holdout_fraction,
+        l2: p.l2,
+        iterations: p.epochs as usize,
+        refusal_features: p.refusal_features,
+        refusal_l2: Some(p.refusal_l2),
+        ..ProbeTrainConfig::default()
+    }
 }
 
 /// The held-out report as Parquet rows: first each head's by-row split (`split` = `row`,
@@ -139,7 +159,9 @@ pub fn metric_rows(report: &ProbeReport) -> Vec<HeadMetricsRow> {
 /// distinct, shortest first.
 pub fn texts_to_embed(set: &ProbeTrainingSet, config: &ProbeTrainConfig) -> Vec<String> {
     let mut texts: HashSet<String> = HashSet::new();
-    for (h, examples) in [(Head::PromptHarmful, &set.prompt_harmful), (Head::ResponseRefusal, &set.response_refusal), (Head::ResponseHarmful, &set.response_harmful)] {
+    for (h, examples) in
+        [(Head::PromptHarmful, &set.prompt_harmful), (Head::ResponseRefusal, &set.response_refusal), (Head::ResponseHarmful, &set.response_harmful)]
+    {
         for e in examples {
             texts.extend(texts_for(h, config.refusal_features, &e.prompt, &e.response));
         }
@@ -177,7 +199,8 @@ impl<'a> PrefetchedEmbedder<'a> {
 impl Embedder for PrefetchedEmbedder<'_> {
     fn embed(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
         let missing: Vec<String> = texts.iter().filter(|t| !self.table.contains_key(*t)).cloned().collect();
-        let extra: HashMap<String, Vec<f32>> = if missing.is_empty() { HashMap::new() } else { missing.iter().cloned().zip(self.inner.embed(&missing)?).collect() };
+        let extra: HashMap<String, Vec<f32>> =
+            if missing.is_empty() { HashMap::new() } else { missing.iter().cloned().zip(self.inner.embed(&missing)?).collect() };
         Ok(texts.iter().map(|t| self.table.get(t).or_else(|| extra.get(t)).cloned().expect("every text was embedded above")).collect())
     }
 }
@@ -187,16 +210,38 @@ mod tests {
     use super::*;
 
     fn seed(text: &str, label: &str, split: &str) -> SeedRow {
-        SeedRow { id: crate::data::prompt_id(text), text: text.into(), label: label.into(), source: "s".into(), category: String::new(), split: split.into(), suite: (split == "eval").then(|| "x".to_string()) }
+        SeedRow {
+            id: crate::data::prompt_id(text),
+            text: text.into(),
+            label: label.into(),
+            source: "s".into(),
+            category: String::new(),
+            split: split.into(),
+            suite: (split == "eval").then(|| "x".to_string()),
+        }
     }
 
     fn pair(prompt: &str, response: &str, ph: Option<bool>, refusal: Option<bool>, harm: Option<bool>) -> JudgeExampleRow {
-        JudgeExampleRow { id: format!("{prompt}/{response}"), prompt: prompt.into(), response: response.into(), prompt_harmful: ph, refusal, harmful_response: harm, source: "src".into(), category: "c".into() }
+        JudgeExampleRow {
+            id: format!("{prompt}/{response}"),
+            prompt: prompt.into(),
+            response: response.into(),
+            prompt_harmful: ph,
+            refusal,
+            harmful_response: harm,
+            source: "src".into(),
+            category: "c".into(),
+        }
     }
 
     #[test]
     fn training_set_keeps_train_seeds_and_drops_every_evaluated_prompt() {
-        let seeds = vec![seed("make a bomb", "harmful", "train"), seed("bake bread", "benign", "train"), seed("Eval Prompt", "harmful", "eval"), seed("attacker holdout", "harmful", "holdout_attacker")];
+        let seeds = vec![
+            seed("make a bomb", "harmful", "train"),
+            seed("bake bread", "benign", "train"),
+            seed("Eval Prompt", "harmful", "eval"),
+            seed("attacker holdout", "harmful", "holdout_attacker"),
+        ];
         let pairs = vec![
             pair("eval   prompt", "no", Some(true), Some(true), Some(false)), // normalises to an eval prompt
             pair("attacker holdout", "sure", Some(true), None, Some(true)),

@@ -101,19 +101,11 @@ pub enum HttpError {
     #[error("environment variable {var} (named by api_key_env) is not set")]
     MissingApiKey { var: String },
     #[error("POST {url} failed after {attempts} attempts; last error: {last}")]
-    Exhausted {
-        url: String,
-        attempts: u32,
-        last: String,
-    },
+    Exhausted { url: String, attempts: u32, last: String },
     #[error("POST {url} failed permanently (not retried): {detail}")]
     Permanent { url: String, detail: String },
     #[error("POST {url}: reply has {got} choices for {expected} prompts")]
-    Choices {
-        url: String,
-        expected: usize,
-        got: usize,
-    },
+    Choices { url: String, expected: usize, got: usize },
 }
 
 /// Largest completions reply read: 16 prompts of 128 tokens are a few KiB; a reply past this
@@ -224,10 +216,7 @@ pub struct CompletionsClient {
 impl std::fmt::Debug for CompletionsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the key.
-        f.debug_struct("CompletionsClient")
-            .field("config", &self.config)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
-            .finish()
+        f.debug_struct("CompletionsClient").field("config", &self.config).field("api_key", &self.api_key.as_ref().map(|_| "<set>")).finish()
     }
 }
 
@@ -235,40 +224,21 @@ impl CompletionsClient {
     /// Validate the config and read the API key from the named environment variable.
     pub fn new(config: CompletionsConfig) -> Result<Self, HttpError> {
         if config.concurrency == 0 || config.prompts_per_request == 0 {
-            return Err(HttpError::Config(
-                "concurrency and prompts_per_request must be at least 1".into(),
-            ));
+            return Err(HttpError::Config("concurrency and prompts_per_request must be at least 1".into()));
         }
         if !(config.timeout_s > 0.0 && config.timeout_s.is_finite()) {
-            return Err(HttpError::Config(format!(
-                "timeout_s must be positive, got {}",
-                config.timeout_s
-            )));
+            return Err(HttpError::Config(format!("timeout_s must be positive, got {}", config.timeout_s)));
         }
         if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
-            return Err(HttpError::Config(format!(
-                "url must start with http:// or https://, got {:?}",
-                config.url
-            )));
+            return Err(HttpError::Config(format!("url must start with http:// or https://, got {:?}", config.url)));
         }
         let api_key = match &config.api_key_env {
             None => None,
-            Some(var) => Some(
-                std::env::var(var).map_err(|_| HttpError::MissingApiKey { var: var.clone() })?,
-            ),
+            Some(var) => Some(std::env::var(var).map_err(|_| HttpError::MissingApiKey { var: var.clone() })?),
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs_f64(config.timeout_s)))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Ok(Self {
-            config,
-            api_key,
-            agent,
-            requests_sent: AtomicUsize::new(0),
-            identity: OnceLock::new(),
-        })
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs_f64(config.timeout_s))).http_status_as_error(false).build().into();
+        Ok(Self { config, api_key, agent, requests_sent: AtomicUsize::new(0), identity: OnceLock::new() })
     }
 
     /// Who answers at this URL (see `ServedIdentity`), read once from `GET /v1/models` beside
@@ -311,14 +281,9 @@ impl CompletionsClient {
     /// Complete every prompt greedily; outputs in input order. Chunks of
     /// `prompts_per_request` are sent by up to `concurrency` worker threads; the first
     /// chunk that fails for good fails the batch (the other workers stop taking chunks).
-    pub fn complete(
-        &self,
-        prompts: &[String],
-        max_tokens: usize,
-    ) -> Result<Vec<String>, HttpError> {
+    pub fn complete(&self, prompts: &[String], max_tokens: usize) -> Result<Vec<String>, HttpError> {
         let chunks: Vec<&[String]> = prompts.chunks(self.config.prompts_per_request).collect();
-        let results: Vec<Mutex<Option<Vec<String>>>> =
-            chunks.iter().map(|_| Mutex::new(None)).collect();
+        let results: Vec<Mutex<Option<Vec<String>>>> = chunks.iter().map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
         let failure: Mutex<Option<HttpError>> = Mutex::new(None);
         let workers = self.config.concurrency.min(chunks.len()).max(1);
@@ -351,41 +316,26 @@ impl CompletionsClient {
         }
         let mut out = Vec::with_capacity(prompts.len());
         for slot in results {
-            let texts = slot
-                .into_inner()
-                .ok()
-                .flatten()
-                .expect("every chunk either stored its texts or recorded a failure");
+            let texts = slot.into_inner().ok().flatten().expect("every chunk either stored its texts or recorded a failure");
             out.extend(texts);
         }
         Ok(out)
     }
 
-    fn complete_chunk(
-        &self,
-        chunk: &[String],
-        max_tokens: usize,
-    ) -> Result<Vec<String>, HttpError> {
+    fn complete_chunk(&self, chunk: &[String], max_tokens: usize) -> Result<Vec<String>, HttpError> {
         let url = &self.config.url;
         let mut last = String::new();
         let attempts = self.config.max_retries + 1;
         for attempt in 0..attempts {
             if attempt > 0 {
                 let factor = 1u64.checked_shl(attempt - 1).unwrap_or(u64::MAX);
-                let delay = self
-                    .config
-                    .backoff_initial_ms
-                    .saturating_mul(factor)
-                    .min(self.config.backoff_max_ms);
+                let delay = self.config.backoff_initial_ms.saturating_mul(factor).min(self.config.backoff_max_ms);
                 std::thread::sleep(Duration::from_millis(delay));
             }
             match self.attempt(chunk, max_tokens) {
                 Ok(texts) => return Ok(texts),
                 Err(Attempt::Permanent(detail)) => {
-                    return Err(HttpError::Permanent {
-                        url: url.clone(),
-                        detail,
-                    });
+                    return Err(HttpError::Permanent { url: url.clone(), detail });
                 }
                 Err(Attempt::Transient(detail)) => {
                     tracing::warn!(url = %url, attempt = attempt + 1, of = attempts, "transient completions failure: {detail}");
@@ -393,11 +343,7 @@ impl CompletionsClient {
                 }
             }
         }
-        Err(HttpError::Exhausted {
-            url: url.clone(),
-            attempts,
-            last,
-        })
+        Err(HttpError::Exhausted { url: url.clone(), attempts, last })
     }
 
     fn attempt(&self, chunk: &[String], max_tokens: usize) -> Result<Vec<String>, Attempt> {
@@ -409,10 +355,7 @@ impl CompletionsClient {
             top_p: 1.0,
             add_special_tokens: self.config.add_special_tokens,
         };
-        let mut req = self
-            .agent
-            .post(&self.config.url)
-            .header("Content-Type", "application/json");
+        let mut req = self.agent.post(&self.config.url).header("Content-Type", "application/json");
         if let Some(key) = &self.api_key {
             req = req.header("Authorization", &format!("Bearer {key}"));
         }
@@ -424,17 +367,11 @@ impl CompletionsClient {
         let status = resp.status().as_u16();
         if status == 429 || status >= 500 {
             let text = resp.body_mut().read_to_string().unwrap_or_default();
-            return Err(Attempt::Transient(format!(
-                "HTTP {status}: {}",
-                truncate(&text, 200)
-            )));
+            return Err(Attempt::Transient(format!("HTTP {status}: {}", truncate(&text, 200))));
         }
         if status != 200 {
             let text = resp.body_mut().read_to_string().unwrap_or_default();
-            return Err(Attempt::Permanent(format!(
-                "HTTP {status}: {}",
-                truncate(&text, 200)
-            )));
+            return Err(Attempt::Permanent(format!("HTTP {status}: {}", truncate(&text, 200))));
         }
         let body = match resp.body_mut().with_config().limit(MAX_REPLY_BYTES).read_to_vec() {
             Ok(b) => b,
@@ -448,11 +385,9 @@ impl CompletionsClient {
 
 fn classify_transport_error(e: ureq::Error) -> Attempt {
     match e {
-        ureq::Error::Timeout(_)
-        | ureq::Error::Io(_)
-        | ureq::Error::ConnectionFailed
-        | ureq::Error::HostNotFound
-        | ureq::Error::Protocol(_) => Attempt::Transient(e.to_string()),
+        ureq::Error::Timeout(_) | ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound | ureq::Error::Protocol(_) => {
+            Attempt::Transient(e.to_string())
+        }
         ureq::Error::StatusCode(s) if s == 429 || s >= 500 => Attempt::Transient(e.to_string()),
         other => Attempt::Permanent(other.to_string()),
     }

@@ -17,24 +17,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum LabelError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: CSV: {detail}")]
     Csv { path: PathBuf, detail: String },
     #[error("{path}: missing column {column:?} (found {found:?})")]
-    MissingColumn {
-        path: PathBuf,
-        column: String,
-        found: Vec<String>,
-    },
+    MissingColumn { path: PathBuf, column: String, found: Vec<String> },
     #[error("{path}: row {row}: human_score {value:?} is not 0 or 1")]
-    BadScore {
-        path: PathBuf,
-        row: usize,
-        value: String,
-    },
+    BadScore { path: PathBuf, row: usize, value: String },
     #[error("{path}: JSON: {detail}")]
     Json { path: PathBuf, detail: String },
 }
@@ -51,10 +40,7 @@ pub struct LabelledPair {
 }
 
 fn read_commented_csv(path: &Path) -> Result<(Vec<String>, Vec<csv::StringRecord>), LabelError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LabelError::Io {
-        path: path.into(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| LabelError::Io { path: path.into(), source })?;
     // Drop the leading comment lines only (a `#` inside a quoted response is data).
     let mut body = text.as_str();
     while body.starts_with('#') {
@@ -63,46 +49,22 @@ fn read_commented_csv(path: &Path) -> Result<(Vec<String>, Vec<csv::StringRecord
             None => "",
         };
     }
-    let mut rdr = csv::ReaderBuilder::new()
-        .flexible(false)
-        .from_reader(body.as_bytes());
-    let headers: Vec<String> = rdr
-        .headers()
-        .map_err(|e| LabelError::Csv {
-            path: path.into(),
-            detail: e.to_string(),
-        })?
-        .iter()
-        .map(|h| h.trim().to_string())
-        .collect();
+    let mut rdr = csv::ReaderBuilder::new().flexible(false).from_reader(body.as_bytes());
+    let headers: Vec<String> =
+        rdr.headers().map_err(|e| LabelError::Csv { path: path.into(), detail: e.to_string() })?.iter().map(|h| h.trim().to_string()).collect();
     let mut rows = Vec::new();
     for r in rdr.records() {
-        rows.push(r.map_err(|e| LabelError::Csv {
-            path: path.into(),
-            detail: e.to_string(),
-        })?);
+        rows.push(r.map_err(|e| LabelError::Csv { path: path.into(), detail: e.to_string() })?);
     }
     Ok((headers, rows))
 }
 
 fn column(path: &Path, headers: &[String], name: &str) -> Result<usize, LabelError> {
-    headers
-        .iter()
-        .position(|h| h == name)
-        .ok_or_else(|| LabelError::MissingColumn {
-            path: path.into(),
-            column: name.into(),
-            found: headers.to_vec(),
-        })
+    headers.iter().position(|h| h == name).ok_or_else(|| LabelError::MissingColumn { path: path.into(), column: name.into(), found: headers.to_vec() })
 }
 
 fn source_name(prefix: &str, path: &Path) -> String {
-    format!(
-        "{prefix}/{}",
-        path.file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    )
+    format!("{prefix}/{}", path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default())
 }
 
 fn read_pyrit(path: &Path) -> Result<Vec<LabelledPair>, LabelError> {
@@ -119,23 +81,14 @@ fn read_pyrit(path: &Path) -> Result<Vec<LabelledPair>, LabelError> {
             let label = match score {
                 "1" | "1.0" => true,
                 "0" | "0.0" => false,
-                other => {
-                    return Err(LabelError::BadScore {
-                        path: path.into(),
-                        row: i + 1,
-                        value: other.into(),
-                    })
-                }
+                other => return Err(LabelError::BadScore { path: path.into(), row: i + 1, value: other.into() }),
             };
             Ok(LabelledPair {
                 prompt: r.get(c_obj).unwrap_or_default().to_string(),
                 response: r.get(c_resp).unwrap_or_default().to_string(),
                 label,
                 source: source.clone(),
-                category: c_cat
-                    .and_then(|c| r.get(c))
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty()),
+                category: c_cat.and_then(|c| r.get(c)).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()),
             })
         })
         .collect()
@@ -156,10 +109,7 @@ pub fn read_pyrit_objective(path: &Path) -> Result<Vec<LabelledPair>, LabelError
 /// Every `*.csv` in a PyRIT `objective/` directory, in file-name order (deterministic).
 pub fn read_pyrit_objective_dir(dir: &Path) -> Result<Vec<LabelledPair>, LabelError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|source| LabelError::Io {
-            path: dir.into(),
-            source,
-        })?
+        .map_err(|source| LabelError::Io { path: dir.into(), source })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "csv"))
         .collect();
@@ -189,14 +139,8 @@ struct UncensorBenchFile {
 }
 
 pub fn read_uncensorbench(path: &Path) -> Result<Vec<UncensorBenchItem>, LabelError> {
-    let bytes = std::fs::read(path).map_err(|source| LabelError::Io {
-        path: path.into(),
-        source,
-    })?;
-    let f: UncensorBenchFile = serde_json::from_slice(&bytes).map_err(|e| LabelError::Json {
-        path: path.into(),
-        detail: e.to_string(),
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| LabelError::Io { path: path.into(), source })?;
+    let f: UncensorBenchFile = serde_json::from_slice(&bytes).map_err(|e| LabelError::Json { path: path.into(), detail: e.to_string() })?;
     Ok(f.prompts)
 }
 
@@ -206,10 +150,7 @@ pub fn uncensorbench_pairs(items: &[UncensorBenchItem]) -> (Vec<LabelledPair>, V
     let mut refusal = Vec::new();
     let mut harm = Vec::new();
     for it in items {
-        for (response, is_refusal) in [
-            (&it.censored_response, true),
-            (&it.uncensored_response, false),
-        ] {
+        for (response, is_refusal) in [(&it.censored_response, true), (&it.uncensored_response, false)] {
             let pair = |label| LabelledPair {
                 prompt: it.prompt.clone(),
                 response: response.clone(),
@@ -226,10 +167,8 @@ pub fn uncensorbench_pairs(items: &[UncensorBenchItem]) -> (Vec<LabelledPair>, V
 
 /// Paths of the pinned labelled sets, relative to the extracted sources directory
 /// (`.cache/sources`), as listed in docs/resources.md.
-pub const PYRIT_REFUSAL_FILES: [&str; 2] = [
-    "pyrit/pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv",
-    "pyrit/pyrit/datasets/scorer_evals/refusal_scorer/refusal_extra.csv",
-];
+pub const PYRIT_REFUSAL_FILES: [&str; 2] =
+    ["pyrit/pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv", "pyrit/pyrit/datasets/scorer_evals/refusal_scorer/refusal_extra.csv"];
 pub const PYRIT_OBJECTIVE_DIR: &str = "pyrit/pyrit/datasets/scorer_evals/objective";
 pub const UNCENSORBENCH_FILE: &str = "uncensorbench/uncensorbench/data/prompts.json";
 
@@ -238,16 +177,13 @@ pub const UNCENSORBENCH_FILE: &str = "uncensorbench/uncensorbench/data/prompts.j
 /// UncensorBench (uncensored = harmful). 469 refusal pairs and 695 harm pairs with the
 /// pinned versions. The prompt-harm head's examples come from the dataset stage and are
 /// added by the caller (`ProbeTrainingSet::add_prompts`).
-pub fn pinned_response_sets(
-    sources_root: &Path,
-) -> Result<(Vec<LabelledPair>, Vec<LabelledPair>), LabelError> {
+pub fn pinned_response_sets(sources_root: &Path) -> Result<(Vec<LabelledPair>, Vec<LabelledPair>), LabelError> {
     let mut refusal = Vec::new();
     for f in PYRIT_REFUSAL_FILES {
         refusal.extend(read_pyrit_refusal(&sources_root.join(f))?);
     }
     let mut harm = read_pyrit_objective_dir(&sources_root.join(PYRIT_OBJECTIVE_DIR))?;
-    let (ub_refusal, ub_harm) =
-        uncensorbench_pairs(&read_uncensorbench(&sources_root.join(UNCENSORBENCH_FILE))?);
+    let (ub_refusal, ub_harm) = uncensorbench_pairs(&read_uncensorbench(&sources_root.join(UNCENSORBENCH_FILE))?);
     refusal.extend(ub_refusal);
     harm.extend(ub_harm);
     Ok((refusal, harm))

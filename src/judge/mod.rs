@@ -39,11 +39,7 @@ pub struct JudgeInput {
 
 impl JudgeInput {
     pub fn new(prompt: impl Into<String>, response: impl Into<String>) -> Self {
-        Self {
-            prompt: prompt.into(),
-            response: response.into(),
-            seed_harmful: None,
-        }
+        Self { prompt: prompt.into(), response: response.into(), seed_harmful: None }
     }
     pub fn with_seed_label(mut self, seed_harmful: bool) -> Self {
         self.seed_harmful = Some(seed_harmful);
@@ -85,11 +81,7 @@ pub enum JudgeError {
     #[error("embedder failed while judging a batch of {batch} texts: {source:#}")]
     Embedder { batch: usize, source: anyhow::Error },
     #[error("{backend} returned {got} outputs for {expected} inputs")]
-    CountMismatch {
-        backend: String,
-        expected: usize,
-        got: usize,
-    },
+    CountMismatch { backend: String, expected: usize, got: usize },
     #[error(transparent)]
     Http(#[from] http::HttpError),
     #[error(transparent)]
@@ -124,11 +116,7 @@ pub trait Judge {
 /// only the newly generated text for each prompt, in order. Prompts are complete strings
 /// (special tokens already in the text; the implementation must not add any).
 pub trait TextGenerator {
-    fn generate_greedy(
-        &self,
-        prompts: &[String],
-        max_new_tokens: usize,
-    ) -> anyhow::Result<Vec<String>>;
+    fn generate_greedy(&self, prompts: &[String], max_new_tokens: usize) -> anyhow::Result<Vec<String>>;
     /// Tokens the model attends to (prompt + generated), when bounded; the completions
     /// server refuses requests that would run past it.
     fn context_tokens(&self) -> Option<usize> {
@@ -146,11 +134,7 @@ pub trait TextGenerator {
 /// panic under the lock cannot have left `T` half-modified, and refusing every later request
 /// would turn one bad request into an outage.
 impl<T: TextGenerator> TextGenerator for std::sync::Mutex<T> {
-    fn generate_greedy(
-        &self,
-        prompts: &[String],
-        max_new_tokens: usize,
-    ) -> anyhow::Result<Vec<String>> {
+    fn generate_greedy(&self, prompts: &[String], max_new_tokens: usize) -> anyhow::Result<Vec<String>> {
         let guard = self.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         guard.generate_greedy(prompts, max_new_tokens)
     }
@@ -163,11 +147,7 @@ impl<T: TextGenerator> TextGenerator for std::sync::Mutex<T> {
 }
 
 impl<T: TextGenerator + ?Sized> TextGenerator for std::sync::Arc<T> {
-    fn generate_greedy(
-        &self,
-        prompts: &[String],
-        max_new_tokens: usize,
-    ) -> anyhow::Result<Vec<String>> {
+    fn generate_greedy(&self, prompts: &[String], max_new_tokens: usize) -> anyhow::Result<Vec<String>> {
         (**self).generate_greedy(prompts, max_new_tokens)
     }
     fn context_tokens(&self) -> Option<usize> {

@@ -87,11 +87,7 @@ pub enum Head {
 }
 
 impl Head {
-    pub const ALL: [Head; 3] = [
-        Head::PromptHarmful,
-        Head::ResponseRefusal,
-        Head::ResponseHarmful,
-    ];
+    pub const ALL: [Head; 3] = [Head::PromptHarmful, Head::ResponseRefusal, Head::ResponseHarmful];
     pub fn name(self) -> &'static str {
         match self {
             Head::PromptHarmful => "prompt_harmful",
@@ -177,14 +173,13 @@ pub struct ProbeTrainingSet {
 impl ProbeTrainingSet {
     /// Add prompt-harm examples (seed prompts with their dataset label).
     pub fn add_prompts(&mut self, prompts: impl IntoIterator<Item = (String, bool)>, source: &str) {
-        self.prompt_harmful
-            .extend(prompts.into_iter().map(|(prompt, label)| LabelledPair {
-                prompt,
-                response: String::new(),
-                label,
-                source: source.to_string(),
-                category: None,
-            }));
+        self.prompt_harmful.extend(prompts.into_iter().map(|(prompt, label)| LabelledPair {
+            prompt,
+            response: String::new(),
+            label,
+            source: source.to_string(),
+            category: None,
+        }));
     }
 
     fn head(&self, h: Head) -> &[LabelledPair] {
@@ -271,24 +266,13 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 
 /// Fit one L2-regularised logistic regression (see the module header). Public so callers
 /// with precomputed features (and tests) can use it directly.
-pub fn fit_logistic(
-    xs: &[Vec<f64>],
-    ys: &[bool],
-    l2: f64,
-    iterations: usize,
-) -> (LogisticHead, f64) {
+pub fn fit_logistic(xs: &[Vec<f64>], ys: &[bool], l2: f64, iterations: usize) -> (LogisticHead, f64) {
     fit_logistic_weighted(xs, ys, None, l2, iterations)
 }
 
 /// `fit_logistic` with per-example weights in the mean log-loss (Σ wᵢ·lossᵢ / Σ wᵢ);
 /// `None` = all 1.
-pub fn fit_logistic_weighted(
-    xs: &[Vec<f64>],
-    ys: &[bool],
-    sample_weights: Option<&[f64]>,
-    l2: f64,
-    iterations: usize,
-) -> (LogisticHead, f64) {
+pub fn fit_logistic_weighted(xs: &[Vec<f64>], ys: &[bool], sample_weights: Option<&[f64]>, l2: f64, iterations: usize) -> (LogisticHead, f64) {
     let n = xs.len();
     let sw = |i: usize| sample_weights.map_or(1.0, |w| w[i]);
     let d = xs.first().map_or(0, |x| x.len());
@@ -304,16 +288,8 @@ pub fn fit_logistic_weighted(
     };
     for t in 0..iterations {
         // Nesterov look-ahead point v = θ + (t-1)/(t+2)·(θ − θ_prev).
-        let mom = if t == 0 {
-            0.0
-        } else {
-            (t as f64 - 1.0) / (t as f64 + 2.0)
-        };
-        let vw: Vec<f64> = w
-            .iter()
-            .zip(&w_prev)
-            .map(|(a, p)| a + mom * (a - p))
-            .collect();
+        let mom = if t == 0 { 0.0 } else { (t as f64 - 1.0) / (t as f64 + 2.0) };
+        let vw: Vec<f64> = w.iter().zip(&w_prev).map(|(a, p)| a + mom * (a - p)).collect();
         let vb = b + mom * (b - b_prev);
         grad_w.iter_mut().for_each(|g| *g = 0.0);
         let mut grad_b = 0.0;
@@ -326,17 +302,10 @@ pub fn fit_logistic_weighted(
         }
         w_prev = w;
         b_prev = b;
-        w = vw
-            .iter()
-            .zip(&grad_w)
-            .map(|(v, g)| v - step * (g / nf + l2 * v))
-            .collect();
+        w = vw.iter().zip(&grad_w).map(|(v, g)| v - step * (g / nf + l2 * v)).collect();
         b = vb - step * grad_b / nf;
     }
-    let head = LogisticHead {
-        weights: w,
-        bias: b,
-    };
+    let head = LogisticHead { weights: w, bias: b };
     let loss = xs
         .iter()
         .zip(ys)
@@ -344,11 +313,7 @@ pub fn fit_logistic_weighted(
         .map(|(i, (x, &y))| {
             let z = dot(&head.weights, x) + head.bias;
             // log(1 + e^z) − y·z, computed stably.
-            let softplus = if z > 0.0 {
-                z + (-z).exp().ln_1p()
-            } else {
-                z.exp().ln_1p()
-            };
+            let softplus = if z > 0.0 { z + (-z).exp().ln_1p() } else { z.exp().ln_1p() };
             sw(i) * (softplus - if y { z } else { 0.0 })
         })
         .sum::<f64>()
@@ -366,11 +331,7 @@ struct EmbeddingTable {
 impl EmbeddingTable {
     const CHUNK: usize = 64;
 
-    fn build(
-        embedder: &dyn Embedder,
-        texts: impl IntoIterator<Item = String>,
-        dim: Option<usize>,
-    ) -> Result<Self, ProbeError> {
+    fn build(embedder: &dyn Embedder, texts: impl IntoIterator<Item = String>, dim: Option<usize>) -> Result<Self, ProbeError> {
         let mut unique: Vec<String> = texts.into_iter().collect();
         unique.sort();
         unique.dedup();
@@ -381,37 +342,23 @@ impl EmbeddingTable {
         let mut vecs = HashMap::with_capacity(unique.len());
         let mut dim = dim;
         for chunk in unique.chunks(Self::CHUNK) {
-            let out = embedder.embed(chunk).map_err(|source| ProbeError::Embed {
-                n: chunk.len(),
-                source,
-            })?;
+            let out = embedder.embed(chunk).map_err(|source| ProbeError::Embed { n: chunk.len(), source })?;
             if out.len() != chunk.len() {
-                return Err(ProbeError::EmbedCount {
-                    expected: chunk.len(),
-                    got: out.len(),
-                });
+                return Err(ProbeError::EmbedCount { expected: chunk.len(), got: out.len() });
             }
             for (t, v) in chunk.iter().zip(out) {
                 let expected = *dim.get_or_insert(v.len());
                 if v.len() != expected {
-                    return Err(ProbeError::EmbedDim {
-                        expected,
-                        got: v.len(),
-                    });
+                    return Err(ProbeError::EmbedDim { expected, got: v.len() });
                 }
                 vecs.insert(t.clone(), v.into_iter().map(f64::from).collect());
             }
         }
-        Ok(Self {
-            dim: dim.unwrap_or(0),
-            vecs,
-        })
+        Ok(Self { dim: dim.unwrap_or(0), vecs })
     }
 
     fn get(&self, t: &str) -> &[f64] {
-        self.vecs
-            .get(t)
-            .expect("every text was embedded when the table was built")
+        self.vecs.get(t).expect("every text was embedded when the table was built")
     }
 }
 
@@ -464,29 +411,18 @@ fn features(head: Head, refusal: RefusalFeatures, table: &EmbeddingTable, prompt
 }
 
 /// Seeded split by prompt group: returns (train indices, held-out indices), each sorted.
-fn split_by_prompt(
-    examples: &[LabelledPair],
-    seed: u64,
-    head: Head,
-    fraction: f64,
-) -> (Vec<usize>, Vec<usize>) {
+fn split_by_prompt(examples: &[LabelledPair], seed: u64, head: Head, fraction: f64) -> (Vec<usize>, Vec<usize>) {
     let mut groups: Vec<&str> = examples.iter().map(|e| e.prompt.as_str()).collect();
     groups.sort_unstable();
     groups.dedup();
     // Fisher–Yates over the sorted groups with ChaCha8 seeded by (seed, head): the split
     // does not depend on input order or on rand's shuffle implementation.
-    let mut rng = ChaCha8Rng::seed_from_u64(
-        seed ^ (0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(head.index() + 1)),
-    );
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(head.index() + 1)));
     for i in (1..groups.len()).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         groups.swap(i, j);
     }
-    let n_held = if groups.len() >= 2 {
-        ((groups.len() as f64 * fraction).round() as usize).clamp(1, groups.len() - 1)
-    } else {
-        0
-    };
+    let n_held = if groups.len() >= 2 { ((groups.len() as f64 * fraction).round() as usize).clamp(1, groups.len() - 1) } else { 0 };
     let held: std::collections::HashSet<&str> = groups[..n_held].iter().copied().collect();
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for (i, e) in examples.iter().enumerate() {
@@ -513,8 +449,7 @@ pub fn split_by_source(examples: &[LabelledPair]) -> Vec<(String, Vec<usize>, Ve
     sources
         .into_iter()
         .map(|src| {
-            let prompts: std::collections::HashSet<&str> =
-                examples.iter().filter(|e| e.source == src).map(|e| e.prompt.as_str()).collect();
+            let prompts: std::collections::HashSet<&str> = examples.iter().filter(|e| e.source == src).map(|e| e.prompt.as_str()).collect();
             let (mut train, mut test) = (Vec::new(), Vec::new());
             for (i, e) in examples.iter().enumerate() {
                 if e.source == src {
@@ -529,26 +464,12 @@ pub fn split_by_source(examples: &[LabelledPair]) -> Vec<(String, Vec<usize>, Ve
 }
 
 /// Train all heads that have examples; returns the probe with its held-out report.
-pub fn train_probe(
-    embedder: &dyn Embedder,
-    data: &ProbeTrainingSet,
-    config: &ProbeTrainConfig,
-) -> Result<Probe, ProbeError> {
+pub fn train_probe(embedder: &dyn Embedder, data: &ProbeTrainingSet, config: &ProbeTrainConfig) -> Result<Probe, ProbeError> {
     if !(0.0..1.0).contains(&config.held_out_fraction) {
-        return Err(ProbeError::Head {
-            head: "all",
-            detail: format!(
-                "held_out_fraction {} not in [0, 1)",
-                config.held_out_fraction
-            ),
-        });
+        return Err(ProbeError::Head { head: "all", detail: format!("held_out_fraction {} not in [0, 1)", config.held_out_fraction) });
     }
     let rf = config.refusal_features;
-    let all_texts = Head::ALL.iter().flat_map(|&h| {
-        data.head(h)
-            .iter()
-            .flat_map(move |e| texts_for(h, rf, &e.prompt, &e.response))
-    });
+    let all_texts = Head::ALL.iter().flat_map(|&h| data.head(h).iter().flat_map(move |e| texts_for(h, rf, &e.prompt, &e.response)));
     let table = EmbeddingTable::build(embedder, all_texts, None)?;
     let mut heads = BTreeMap::new();
     let mut report = ProbeReport::default();
@@ -573,39 +494,21 @@ pub fn train_probe(
             let l2 = if h == Head::ResponseRefusal { config.refusal_l2.unwrap_or(config.l2) } else { config.l2 };
             Some(fit_logistic_weighted(&x, &ys, weights.as_deref(), l2, config.iterations))
         };
-        let score = |m: &LogisticHead, test: &[usize]| {
-            BinaryMetrics::from_pairs(test.iter().map(|&i| (m.probability(&xs[i]) >= config.threshold, ex[i].label)))
-        };
+        let score =
+            |m: &LogisticHead, test: &[usize]| BinaryMetrics::from_pairs(test.iter().map(|&i| (m.probability(&xs[i]) >= config.threshold, ex[i].label)));
         let (train, test) = split_by_prompt(ex, config.seed, h, config.held_out_fraction);
         let Some((fitted, loss)) = fit(&train) else {
-            return Err(ProbeError::Head {
-                head: h.name(),
-                detail: format!("training split of {} examples has only one class", train.len()),
-            });
+            return Err(ProbeError::Head { head: h.name(), detail: format!("training split of {} examples has only one class", train.len()) });
         };
         let held_out = score(&fitted, &test);
         let by_source = split_by_source(ex)
             .into_iter()
-            .filter_map(|(source, train, test)| {
-                fit(&train).map(|(m, _)| SourceHeldOut { source, train_n: train.len(), held_out: score(&m, &test) })
-            })
+            .filter_map(|(source, train, test)| fit(&train).map(|(m, _)| SourceHeldOut { source, train_n: train.len(), held_out: score(&m, &test) }))
             .collect();
-        report.heads.push(HeadReport {
-            head: h,
-            train_n: train.len(),
-            held_out,
-            train_loss: loss,
-            by_source,
-        });
+        report.heads.push(HeadReport { head: h, train_n: train.len(), held_out, train_loss: loss, by_source });
         heads.insert(h, fitted);
     }
-    Ok(Probe {
-        embed_dim: table.dim,
-        threshold: config.threshold,
-        heads,
-        config: config.clone(),
-        report,
-    })
+    Ok(Probe { embed_dim: table.dim, threshold: config.threshold, heads, config: config.clone(), report })
 }
 
 impl Probe {
@@ -618,19 +521,13 @@ impl Probe {
             config: self.config.clone(),
             report: self.report.clone(),
         };
-        let meta_json =
-            serde_json::to_string(&meta).map_err(|e| ProbeError::Format(e.to_string()))?;
+        let meta_json = serde_json::to_string(&meta).map_err(|e| ProbeError::Format(e.to_string()))?;
         // The threshold decides predictions, so it is stored bit-exactly as a tensor too.
-        let mut buffers: Vec<(String, Vec<u8>, usize)> =
-            vec![("threshold".into(), self.threshold.to_le_bytes().to_vec(), 1)];
+        let mut buffers: Vec<(String, Vec<u8>, usize)> = vec![("threshold".into(), self.threshold.to_le_bytes().to_vec(), 1)];
         for (h, head) in &self.heads {
             let w: Vec<u8> = head.weights.iter().flat_map(|v| v.to_le_bytes()).collect();
             buffers.push((format!("{}.weight", h.name()), w, head.weights.len()));
-            buffers.push((
-                format!("{}.bias", h.name()),
-                head.bias.to_le_bytes().to_vec(),
-                1,
-            ));
+            buffers.push((format!("{}.bias", h.name()), head.bias.to_le_bytes().to_vec(), 1));
         }
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = buffers
             .iter()
@@ -647,81 +544,39 @@ impl Probe {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ProbeError> {
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| ProbeError::Format(e.to_string()))?;
-        let (_, md) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| ProbeError::Format(e.to_string()))?;
-        let meta_json = md
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("probe"))
-            .ok_or_else(|| ProbeError::Format("no `probe` metadata entry".into()))?;
-        let meta: ProbeMeta =
-            serde_json::from_str(meta_json).map_err(|e| ProbeError::Format(e.to_string()))?;
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| ProbeError::Format(e.to_string()))?;
+        let (_, md) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| ProbeError::Format(e.to_string()))?;
+        let meta_json = md.metadata().as_ref().and_then(|m| m.get("probe")).ok_or_else(|| ProbeError::Format("no `probe` metadata entry".into()))?;
+        let meta: ProbeMeta = serde_json::from_str(meta_json).map_err(|e| ProbeError::Format(e.to_string()))?;
         if meta.version != PROBE_VERSION {
-            return Err(ProbeError::Format(format!(
-                "probe version {} (this build reads {PROBE_VERSION})",
-                meta.version
-            )));
+            return Err(ProbeError::Format(format!("probe version {} (this build reads {PROBE_VERSION})", meta.version)));
         }
         let read = |name: &str| -> Result<Option<Vec<f64>>, ProbeError> {
             match st.tensor(name) {
                 Ok(t) => {
                     if t.dtype() != safetensors::Dtype::F64 {
-                        return Err(ProbeError::Format(format!(
-                            "{name}: dtype {:?}, expected F64",
-                            t.dtype()
-                        )));
+                        return Err(ProbeError::Format(format!("{name}: dtype {:?}, expected F64", t.dtype())));
                     }
-                    Ok(Some(
-                        t.data()
-                            .chunks_exact(8)
-                            .map(|c| f64::from_le_bytes(c.try_into().expect("chunks of 8")))
-                            .collect(),
-                    ))
+                    Ok(Some(t.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("chunks of 8"))).collect()))
                 }
                 Err(_) => Ok(None),
             }
         };
         let mut heads = BTreeMap::new();
         for h in Head::ALL {
-            let (Some(weights), Some(bias)) = (
-                read(&format!("{}.weight", h.name()))?,
-                read(&format!("{}.bias", h.name()))?,
-            ) else {
+            let (Some(weights), Some(bias)) = (read(&format!("{}.weight", h.name()))?, read(&format!("{}.bias", h.name()))?) else {
                 continue;
             };
             if weights.len() != h.feature_dim(meta.embed_dim, meta.config.refusal_features) || bias.len() != 1 {
-                return Err(ProbeError::Format(format!(
-                    "{}: {} weights for embedding dim {}",
-                    h.name(),
-                    weights.len(),
-                    meta.embed_dim
-                )));
+                return Err(ProbeError::Format(format!("{}: {} weights for embedding dim {}", h.name(), weights.len(), meta.embed_dim)));
             }
-            heads.insert(
-                h,
-                LogisticHead {
-                    weights,
-                    bias: bias[0],
-                },
-            );
+            heads.insert(h, LogisticHead { weights, bias: bias[0] });
         }
         let threshold = match read("threshold")?.as_deref() {
             Some([t]) => *t,
-            _ => {
-                return Err(ProbeError::Format(
-                    "missing or malformed `threshold` tensor".into(),
-                ))
-            }
+            _ => return Err(ProbeError::Format("missing or malformed `threshold` tensor".into())),
         };
-        Ok(Self {
-            embed_dim: meta.embed_dim,
-            threshold,
-            heads,
-            config: meta.config,
-            report: meta.report,
-        })
+        Ok(Self { embed_dim: meta.embed_dim, threshold, heads, config: meta.config, report: meta.report })
     }
 
     /// Identity of the probe in judge keys: blake3 over exactly what decides its
@@ -749,11 +604,7 @@ impl Probe {
 
     /// Predict verdicts. An empty response gives n/a for refusal and response harm
     /// (WildGuard's convention).
-    pub fn predict(
-        &self,
-        embedder: &dyn Embedder,
-        pairs: &[JudgeInput],
-    ) -> Result<Vec<Verdict>, ProbeError> {
+    pub fn predict(&self, embedder: &dyn Embedder, pairs: &[JudgeInput]) -> Result<Vec<Verdict>, ProbeError> {
         let rf = self.config.refusal_features;
         let texts = pairs.iter().flat_map(|p| {
             self.heads
@@ -769,10 +620,7 @@ impl Probe {
                     if h != Head::PromptHarmful && p.response.trim().is_empty() {
                         return None;
                     }
-                    self.heads.get(&h).map(|m| {
-                        m.probability(&features(h, rf, &table, &p.prompt, &p.response))
-                            >= self.threshold
-                    })
+                    self.heads.get(&h).map(|m| m.probability(&features(h, rf, &table, &p.prompt, &p.response)) >= self.threshold)
                 };
                 Verdict {
                     prompt_harmful: decide(Head::PromptHarmful),
@@ -795,20 +643,9 @@ pub struct ProbeJudge {
 }
 
 impl ProbeJudge {
-    pub fn new(
-        probe: Probe,
-        embedder: Box<dyn Embedder + Send + Sync>,
-        embedder_id: &str,
-    ) -> Result<Self, ProbeError> {
-        let key = JudgeKey(format!(
-            "probe/v{PROBE_VERSION}/{embedder_id}/{}",
-            probe.digest()?
-        ));
-        Ok(Self {
-            probe,
-            embedder,
-            key,
-        })
+    pub fn new(probe: Probe, embedder: Box<dyn Embedder + Send + Sync>, embedder_id: &str) -> Result<Self, ProbeError> {
+        let key = JudgeKey(format!("probe/v{PROBE_VERSION}/{embedder_id}/{}", probe.digest()?));
+        Ok(Self { probe, embedder, key })
     }
     pub fn probe(&self) -> &Probe {
         &self.probe

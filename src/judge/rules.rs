@@ -80,10 +80,7 @@ impl Judge for RulesJudge {
 fn judge_one(p: &JudgeInput) -> Verdict {
     if p.response.trim().is_empty() {
         // Same convention as WildGuard: nothing to classify → n/a.
-        return Verdict {
-            prompt_harmful: p.seed_harmful,
-            ..Verdict::default()
-        };
+        return Verdict { prompt_harmful: p.seed_harmful, ..Verdict::default() };
     }
     let refusal = is_refusal(&p.response);
     Verdict {

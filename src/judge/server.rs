@@ -221,7 +221,10 @@ pub fn parse_request(body: &[u8], options: &ServerOptions, generator: &dyn TextG
                 return Err(Rejection::bad("prompt", format!("prompt {i} is empty (no tokens)")));
             }
             if n.saturating_add(parsed.max_tokens) > context {
-                return Err(Rejection::bad("max_tokens", format!("prompt {i} has {n} tokens; with max_tokens {} that is over the model's context of {context} tokens", parsed.max_tokens)));
+                return Err(Rejection::bad(
+                    "max_tokens",
+                    format!("prompt {i} has {n} tokens; with max_tokens {} that is over the model's context of {context} tokens", parsed.max_tokens),
+                ));
             }
         }
     }
@@ -256,7 +259,13 @@ impl CompletionsServer {
         let addr = server.server_addr().to_ip().ok_or_else(|| ServerError::Bind { bind: options.bind.clone(), detail: "not an IP listener".into() })?;
         let server = Arc::new(server);
         let requests_seen = Arc::new(AtomicUsize::new(0));
-        let shared = Arc::new(Shared { generator, options, seen: Arc::clone(&requests_seen), completions: AtomicUsize::new(0), pending_reads: Arc::new(AtomicUsize::new(0)) });
+        let shared = Arc::new(Shared {
+            generator,
+            options,
+            seen: Arc::clone(&requests_seen),
+            completions: AtomicUsize::new(0),
+            pending_reads: Arc::new(AtomicUsize::new(0)),
+        });
         let workers = (0..shared.options.workers.max(1))
             .map(|_| {
                 let server = Arc::clone(&server);
@@ -340,7 +349,11 @@ fn handle<G: TextGenerator>(request: tiny_http::Request, shared: &Shared<G>) {
     }
     if models {
         let o = options;
-        return respond_json(request, 200, json!({"object": "list", "data": [{"id": o.model_name, "object": "model", "created": 0, "owned_by": "self-redteam", "root": o.model_root}]}));
+        return respond_json(
+            request,
+            200,
+            json!({"object": "list", "data": [{"id": o.model_name, "object": "model", "created": 0, "owned_by": "self-redteam", "root": o.model_root}]}),
+        );
     }
     if !(request.method() == &tiny_http::Method::Post && path == "/v1/completions") {
         return respond_json(request, 404, error_body("only POST /v1/completions and GET /v1/models are served", "not_found"));
@@ -358,12 +371,26 @@ fn handle<G: TextGenerator>(request: tiny_http::Request, shared: &Shared<G>) {
     let mut texts = Vec::with_capacity(parsed.prompts.len());
     for chunk in parsed.prompts.chunks(options.batch.max(1)) {
         if Instant::now() >= deadline {
-            return respond_json(request, 504, error_body(&format!("request timeout ({:.0} s) reached after {} of {} prompts", options.request_timeout.as_secs_f64(), texts.len(), parsed.prompts.len()), "timeout"));
+            return respond_json(
+                request,
+                504,
+                error_body(
+                    &format!(
+                        "request timeout ({:.0} s) reached after {} of {} prompts",
+                        options.request_timeout.as_secs_f64(),
+                        texts.len(),
+                        parsed.prompts.len()
+                    ),
+                    "timeout",
+                ),
+            );
         }
         let out = catch_unwind(AssertUnwindSafe(|| shared.generator.generate_greedy(chunk, parsed.max_tokens)));
         match out {
             Ok(Ok(t)) if t.len() == chunk.len() => texts.extend(t),
-            Ok(Ok(t)) => return respond_json(request, 500, error_body(&format!("generator returned {} texts for {} prompts", t.len(), chunk.len()), "server_error")),
+            Ok(Ok(t)) => {
+                return respond_json(request, 500, error_body(&format!("generator returned {} texts for {} prompts", t.len(), chunk.len()), "server_error"))
+            }
             Ok(Err(e)) => return respond_json(request, 500, error_body(&format!("generation failed: {e:#}"), "server_error")),
             Err(_) => return respond_json(request, 500, error_body("generation panicked; the server keeps serving", "server_error")),
         }

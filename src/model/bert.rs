@@ -26,9 +26,7 @@ impl BertConfig {
     /// that `forward`'s `hidden / heads` and reshapes cannot fail.
     fn validate(&self, path: &Path) -> Result<()> {
         use super::config::LIMITS;
-        let bad = |key: &str, found: String, expected: String| {
-            Err(ModelError::InvalidConfig { path: path.to_path_buf(), key: key.into(), found, expected })
-        };
+        let bad = |key: &str, found: String, expected: String| Err(ModelError::InvalidConfig { path: path.to_path_buf(), key: key.into(), found, expected });
         for (key, v, max) in [
             ("vocab_size", self.vocab_size, LIMITS.vocab_size),
             ("hidden_size", self.hidden_size, LIMITS.hidden_size),
@@ -116,12 +114,11 @@ impl SentenceEncoder {
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
-        let cfg: BertConfig =
-            serde_json::from_str(&text).map_err(|source| ModelError::Json { path: cfg_path.clone(), source })?;
+        let cfg: BertConfig = serde_json::from_str(&text).map_err(|source| ModelError::Json { path: cfg_path.clone(), source })?;
         cfg.validate(&cfg_path)?;
         let tok_path = dir.join("tokenizer.json");
-        let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
-            .map_err(|e| ModelError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
+        let mut tokenizer =
+            tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| ModelError::Tokenizer { path: tok_path.clone(), message: e.to_string() })?;
         // The shipped tokenizer.json pads and truncates to 128; sentence-transformers
         // overrides that with max_seq_length 256 and pads per batch, as done here.
         // Past the position table, the embedding lookup would panic: truncate to both.
@@ -203,10 +200,7 @@ impl SentenceEncoder {
         let _guard = tch::no_grad_guard();
         let mut rows = Vec::with_capacity(texts.len());
         for t in texts {
-            let enc = self
-                .tokenizer
-                .encode(t.as_str(), true)
-                .map_err(|e| ModelError::Tokenizer { path: "<minilm encode>".into(), message: e.to_string() })?;
+            let enc = self.tokenizer.encode(t.as_str(), true).map_err(|e| ModelError::Tokenizer { path: "<minilm encode>".into(), message: e.to_string() })?;
             rows.push(enc.get_ids().iter().map(|&i| i as i64).collect::<Vec<i64>>());
         }
         let b_sz = rows.len() as i64;

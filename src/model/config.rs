@@ -228,16 +228,10 @@ impl LlamaConfig {
             }
         }
         if !self.num_attention_heads.is_multiple_of(self.num_kv_heads()) {
-            return bad(
-                "num_key_value_heads",
-                self.num_kv_heads().to_string(),
-                format!("a divisor of num_attention_heads {}", self.num_attention_heads),
-            );
+            return bad("num_key_value_heads", self.num_kv_heads().to_string(), format!("a divisor of num_attention_heads {}", self.num_attention_heads));
         }
         match self.head_dim {
-            Some(hd) if hd == 0 || hd > LIMITS.head_dim => {
-                return bad("head_dim", hd.to_string(), format!("an integer in 1..={}", LIMITS.head_dim))
-            }
+            Some(hd) if hd == 0 || hd > LIMITS.head_dim => return bad("head_dim", hd.to_string(), format!("an integer in 1..={}", LIMITS.head_dim)),
             Some(_) => {}
             None if !self.hidden_size.is_multiple_of(self.num_attention_heads) => {
                 return bad(
@@ -305,14 +299,7 @@ pub struct Limits {
     pub head_dim: usize,
 }
 
-pub const LIMITS: Limits = Limits {
-    vocab_size: 1 << 22,
-    hidden_size: 1 << 16,
-    intermediate_size: 1 << 18,
-    layers: 1 << 10,
-    heads: 1 << 10,
-    head_dim: 1 << 12,
-};
+pub const LIMITS: Limits = Limits { vocab_size: 1 << 22, hidden_size: 1 << 16, intermediate_size: 1 << 18, layers: 1 << 10, heads: 1 << 10, head_dim: 1 << 12 };
 
 /// Why a config is invalid: the key, its value, and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]

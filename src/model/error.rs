@@ -52,9 +52,13 @@ pub enum ModelError {
     /// embedding matrix.
     #[error("{path}: {what} is token id {id}, but the model's vocab_size is {vocab_size}")]
     TokenIdOutOfRange { path: PathBuf, what: String, id: u64, vocab_size: usize },
-    #[error("{path}: tensor `{tensor}` has ggml type {type_id}, which this runtime does not dequantize (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)")]
+    #[error(
+        "{path}: tensor `{tensor}` has ggml type {type_id}, which this runtime does not dequantize (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K)"
+    )]
     UnsupportedGgmlType { path: PathBuf, tensor: String, type_id: u32 },
-    #[error("{path}: architecture `{found}` is not supported (expected one of: llama, mistral, qwen2 / LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)")]
+    #[error(
+        "{path}: architecture `{found}` is not supported (expected one of: llama, mistral, qwen2 / LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)"
+    )]
     UnsupportedArchitecture { path: PathBuf, found: String },
     #[error("{path}: {what} is not supported: {detail}")]
     Unsupported { path: PathBuf, what: String, detail: String },

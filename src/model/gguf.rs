@@ -76,12 +76,10 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
-            ModelError::GgufFormat {
-                path: self.path.to_path_buf(),
-                offset: self.pos as u64,
-                expected: format!("{n} more bytes for {what} (file has {} bytes: truncated?)", self.bytes.len()),
-            }
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| ModelError::GgufFormat {
+            path: self.path.to_path_buf(),
+            offset: self.pos as u64,
+            expected: format!("{n} more bytes for {what} (file has {} bytes: truncated?)", self.bytes.len()),
         })?;
         let s = &self.bytes[self.pos..end];
         self.pos = end;
@@ -108,10 +106,7 @@ impl<'a> Cursor<'a> {
     fn checked_len(&self, len: u64, min_item_bytes: usize, what: &str) -> Result<usize> {
         let fits = len.checked_mul(min_item_bytes as u64).is_some_and(|b| b <= self.remaining() as u64);
         if !fits {
-            return Err(self.err(format!(
-                "a length whose {min_item_bytes}-byte items fit in the {} bytes left for {what}, got {len}",
-                self.remaining()
-            )));
+            return Err(self.err(format!("a length whose {min_item_bytes}-byte items fit in the {} bytes left for {what}, got {len}", self.remaining())));
         }
         Ok(len as usize)
     }
@@ -237,11 +232,7 @@ impl GgufFile {
         // c.pos <= file length and alignment <= 2^16, so this cannot overflow a u64.
         let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
         let file_len = mmap.len() as u64;
-        let tensor_err = |info: &GgufTensorInfo, expected: String| ModelError::GgufTensor {
-            path: path.into(),
-            tensor: info.name.clone(),
-            expected,
-        };
+        let tensor_err = |info: &GgufTensorInfo, expected: String| ModelError::GgufTensor { path: path.into(), tensor: info.name.clone(), expected };
         // (start, end, name) of every tensor's data, to check that no two overlap.
         let mut spans = Vec::with_capacity(infos.len());
         for info in &mut infos {
@@ -336,9 +327,8 @@ impl GgufFile {
         let tensor_err = |expected: String| ModelError::GgufTensor { path: self.path.clone(), tensor: info.name.clone(), expected };
         let size = tensor_size(info).map_err(tensor_err)?;
         let end = info.offset.checked_add(size);
-        end.and_then(|end| self.mmap.get(usize::try_from(info.offset).ok()?..usize::try_from(end).ok()?)).ok_or_else(|| {
-            tensor_err(format!("{size} bytes of data at offset {} inside the file ({} bytes)", info.offset, self.mmap.len()))
-        })
+        end.and_then(|end| self.mmap.get(usize::try_from(info.offset).ok()?..usize::try_from(end).ok()?))
+            .ok_or_else(|| tensor_err(format!("{size} bytes of data at offset {} inside the file ({} bytes)", info.offset, self.mmap.len())))
     }
 
     /// Dequantises one tensor to f32 with the row-major (reversed) shape.
@@ -349,9 +339,7 @@ impl GgufFile {
         let numel: u64 = info.dims.iter().product();
         let mut out = vec![0f32; numel as usize];
         dequantize_into(info.ggml_type, data, &mut out).map_err(|e| match e {
-            DequantError::UnsupportedType(type_id) => {
-                ModelError::UnsupportedGgmlType { path: self.path.clone(), tensor: info.name.clone(), type_id }
-            }
+            DequantError::UnsupportedType(type_id) => ModelError::UnsupportedGgmlType { path: self.path.clone(), tensor: info.name.clone(), type_id },
             DequantError::Length { expected, found } => ModelError::GgufTensor {
                 path: self.path.clone(),
                 tensor: info.name.clone(),
@@ -379,9 +367,7 @@ impl GgufFile {
             "llama" => ModelType::Llama,
             "mistral" => ModelType::Mistral,
             "qwen2" => ModelType::Qwen2,
-            other => {
-                return Err(ModelError::UnsupportedArchitecture { path: self.path.clone(), found: other.into() })
-            }
+            other => return Err(ModelError::UnsupportedArchitecture { path: self.path.clone(), found: other.into() }),
         };
         if self.tensors.iter().any(|t| t.name == "rope_freqs.weight") {
             return Err(ModelError::Unsupported {
@@ -474,10 +460,7 @@ impl GgufFile {
         let permuted = matches!(self.architecture()?, "llama" | "mistral");
         let mut out = TensorMap::new();
         for info in &self.tensors {
-            let hf = hf_name(&info.name).ok_or_else(|| ModelError::UnexpectedTensor {
-                path: self.path.clone(),
-                name: info.name.clone(),
-            })?;
+            let hf = hf_name(&info.name).ok_or_else(|| ModelError::UnexpectedTensor { path: self.path.clone(), name: info.name.clone() })?;
             let mut t = self.dequantize(info)?;
             if permuted {
                 let heads = if info.name.ends_with("attn_q.weight") || info.name.ends_with("attn_q.bias") {
@@ -516,16 +499,23 @@ impl GgufFile {
         let tokens = self.get_str_array("tokenizer.ggml.tokens")?;
         let merges = self.get_str_array("tokenizer.ggml.merges")?;
         let types: Vec<u64> = match self.get_array("tokenizer.ggml.token_type") {
-            Ok(a) => a.iter().map(|v| if let GgufValue::Int(i) = v { *i as u64 } else if let GgufValue::Uint(u) = v { *u } else { 1 }).collect(),
+            Ok(a) => a
+                .iter()
+                .map(|v| {
+                    if let GgufValue::Int(i) = v {
+                        *i as u64
+                    } else if let GgufValue::Uint(u) = v {
+                        *u
+                    } else {
+                        1
+                    }
+                })
+                .collect(),
             Err(_) => vec![1; tokens.len()],
         };
         let pre = self.get_str("tokenizer.ggml.pre").unwrap_or("default");
-        let byte_level = |use_regex: bool| {
-            serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-        };
-        let split = |pattern: &str| {
-            serde_json::json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false})
-        };
+        let byte_level = |use_regex: bool| serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+        let split = |pattern: &str| serde_json::json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false});
         // Pre-tokenizers of the `tokenizer.ggml.pre` values llama.cpp writes for these families
         // (llama.cpp `llm_tokenizer_bpe` regex table; HF tokenizer.json of each model).
         let (pre_tokenizer, ignore_merges) = match pre {
@@ -555,8 +545,7 @@ impl GgufFile {
                 })
             }
         };
-        let vocab: serde_json::Map<String, serde_json::Value> =
-            tokens.iter().enumerate().map(|(i, t)| (t.to_string(), serde_json::Value::from(i))).collect();
+        let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), serde_json::Value::from(i))).collect();
         // Control (3) and user-defined (4) tokens are added tokens, matched before BPE.
         let added: Vec<serde_json::Value> = tokens
             .iter()
@@ -598,9 +587,7 @@ impl GgufFile {
     /// An HF `tokenizer_config.json` document: special tokens and the chat template.
     pub fn tokenizer_config_json(&self) -> Result<serde_json::Value> {
         let tokens = self.get_str_array("tokenizer.ggml.tokens")?;
-        let tok = |key: &str| {
-            self.get_uint(key).ok().and_then(|id| tokens.get(id as usize)).map(|t| serde_json::Value::from(*t))
-        };
+        let tok = |key: &str| self.get_uint(key).ok().and_then(|id| tokens.get(id as usize)).map(|t| serde_json::Value::from(*t));
         let add_bos = matches!(self.metadata.get("tokenizer.ggml.add_bos_token"), Some(GgufValue::Bool(true)));
         Ok(serde_json::json!({
             "add_bos_token": add_bos,
@@ -621,9 +608,8 @@ impl GgufFile {
 /// product fits in an i64 (a tensor's shape is i64 in libtorch) and whose first (fastest)
 /// dim is a whole number of quantisation blocks, as llama.cpp requires.
 fn tensor_size(info: &GgufTensorInfo) -> std::result::Result<u64, String> {
-    let (block, size) = block_layout(info.ggml_type).ok_or_else(|| {
-        format!("a supported ggml type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K), got {}", info.ggml_type)
-    })?;
+    let (block, size) =
+        block_layout(info.ggml_type).ok_or_else(|| format!("a supported ggml type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K), got {}", info.ggml_type))?;
     let numel = info.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d)).filter(|&n| n <= i64::MAX as u64);
     let numel = numel.ok_or_else(|| format!("dims {:?} whose product fits in an i64", info.dims))?;
     let first = info.dims.first().copied().unwrap_or(1);
@@ -632,9 +618,7 @@ fn tensor_size(info: &GgufTensorInfo) -> std::result::Result<u64, String> {
     }
     // numel / block blocks of `size` bytes each: at most numel * 4 / 1, which fits after the
     // i64 check only if it is checked too (F32 of 2^62 elements is 2^64 bytes).
-    (numel / block as u64)
-        .checked_mul(size as u64)
-        .ok_or_else(|| format!("dims {:?} whose data size fits in a u64", info.dims))
+    (numel / block as u64).checked_mul(size as u64).ok_or_else(|| format!("dims {:?} whose data size fits in a u64", info.dims))
 }
 
 /// llama.cpp tensor name -> HF name (`None` for names outside the Llama family).
@@ -697,7 +681,10 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 pub enum DequantError {
     UnsupportedType(u32),
     /// `data` is not exactly the bytes of `out.len()` elements (a whole number of blocks).
-    Length { expected: usize, found: usize },
+    Length {
+        expected: usize,
+        found: usize,
+    },
 }
 
 /// Dequantises `data` of ggml type `ty` into `out` (ggml-quants.c `dequantize_row_*`).
@@ -745,10 +732,7 @@ pub fn dequantize_into(ty: u32, data: &[u8], out: &mut [f32]) -> std::result::Re
                 if j < 4 {
                     (scales[j] & 63, scales[j + 4] & 63)
                 } else {
-                    (
-                        (scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4),
-                        (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
-                    )
+                    ((scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4), (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4))
                 }
             };
             for chunk in 0..4 {

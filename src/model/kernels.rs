@@ -236,10 +236,7 @@ impl SpinTeam {
         let helpers = (1..=helpers)
             .map(|task| {
                 let shared = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name(format!("decode-kernel-{task}"))
-                    .spawn(move || helper_loop(&shared))
-                    .expect("spawning a decode kernel thread")
+                std::thread::Builder::new().name(format!("decode-kernel-{task}")).spawn(move || helper_loop(&shared)).expect("spawning a decode kernel thread")
             })
             .collect();
         SpinTeam { shared, helpers, epoch: std::cell::Cell::new(0) }
@@ -260,9 +257,7 @@ impl SpinTeam {
         shared.panicked.store(false, Ordering::Relaxed);
         // SAFETY: lifetime erasure only; this function does not return before every chunk has
         // completed (the wait below), and only a chunk's claimant calls `f`.
-        let job = Job(unsafe {
-            std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync + 'static)>(f)
-        });
+        let job = Job(unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const (dyn Fn(usize) + Sync + 'static)>(f) });
         // SAFETY: every chunk of the previous job completed, so nobody reads `job` now.
         unsafe { *shared.job.get() = Some(job) };
         shared.ticket.store(ticket(epoch, chunks, 0), Ordering::Release);

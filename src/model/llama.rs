@@ -86,12 +86,7 @@ impl KvCache {
     pub fn new(cfg: &LlamaConfig, batch: i64, capacity: i64, kind: Kind, device: tch::Device) -> Self {
         let shape = [batch, cfg.num_kv_heads() as i64, capacity, cfg.head_dim() as i64];
         let alloc = || Tensor::zeros(shape, (kind, device));
-        KvCache {
-            keys: (0..cfg.num_hidden_layers).map(|_| alloc()).collect(),
-            values: (0..cfg.num_hidden_layers).map(|_| alloc()).collect(),
-            len: 0,
-            capacity,
-        }
+        KvCache { keys: (0..cfg.num_hidden_layers).map(|_| alloc()).collect(), values: (0..cfg.num_hidden_layers).map(|_| alloc()).collect(), len: 0, capacity }
     }
     /// Number of positions already stored.
     pub fn len(&self) -> i64 {
@@ -133,15 +128,7 @@ impl Attention {
 
     /// `cache` holds S - T earlier keys; see `AttentionMask` for the mask and
     /// `Linear::forward` for `decode`.
-    fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &AttentionMask,
-        cache: Option<(&mut Tensor, &mut Tensor, i64)>,
-        decode: bool,
-    ) -> Tensor {
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &AttentionMask, cache: Option<(&mut Tensor, &mut Tensor, i64)>, decode: bool) -> Tensor {
         let (b_sz, seq_len, _) = x.size3().expect("attention input is [B, T, D]");
         let (num_heads, num_kv_heads, head_dim) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let q = self.q_proj.forward(x, decode).view([b_sz, seq_len, num_heads, head_dim]).transpose(1, 2);
@@ -167,11 +154,8 @@ impl Attention {
                     (k, v)
                 } else {
                     let kv_len = k.size()[2];
-                    let expand = |t: Tensor| {
-                        t.unsqueeze(2)
-                            .expand([b_sz, num_kv_heads, n_rep, kv_len, head_dim], false)
-                            .reshape([b_sz, num_heads, kv_len, head_dim])
-                    };
+                    let expand =
+                        |t: Tensor| t.unsqueeze(2).expand([b_sz, num_kv_heads, n_rep, kv_len, head_dim], false).reshape([b_sz, num_heads, kv_len, head_dim]);
                     (expand(k), expand(v))
                 };
                 Tensor::scaled_dot_product_attention(&q, &k, &v, None::<&Tensor>, 0.0, true, None::<f64>, false)
@@ -182,12 +166,9 @@ impl Attention {
             AttentionMask::Explicit(mask) if n_rep > 1 => {
                 let q = q.contiguous().view([b_sz, num_kv_heads, n_rep * seq_len, head_dim]);
                 let mask = mask.repeat([1, 1, n_rep, 1]);
-                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None::<f64>, false)
-                    .view([b_sz, num_heads, seq_len, head_dim])
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None::<f64>, false).view([b_sz, num_heads, seq_len, head_dim])
             }
-            AttentionMask::Explicit(mask) => {
-                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None::<f64>, false)
-            }
+            AttentionMask::Explicit(mask) => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None::<f64>, false),
         };
         let attn = attn.transpose(1, 2).reshape([b_sz, seq_len, num_heads * head_dim]);
         self.o_proj.forward(&attn, decode)
@@ -240,27 +221,20 @@ impl Llama {
     /// Creates the parameters (zeros; the loader fills them) under `root` with HF names.
     pub fn new(root: nn::Path, cfg: &LlamaConfig) -> Self {
         let m = &root / "model";
-        let embed_tokens =
-            (&m / "embed_tokens").zeros("weight", &[cfg.vocab_size as i64, cfg.hidden_size as i64]);
+        let embed_tokens = (&m / "embed_tokens").zeros("weight", &[cfg.vocab_size as i64, cfg.hidden_size as i64]);
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let l = &m / "layers" / i;
                 Block {
                     input_layernorm: RmsNorm::new(&l / "input_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
                     self_attn: Attention::new(&l / "self_attn", cfg),
-                    post_attention_layernorm: RmsNorm::new(
-                        &l / "post_attention_layernorm",
-                        cfg.hidden_size,
-                        cfg.rms_norm_eps,
-                    ),
+                    post_attention_layernorm: RmsNorm::new(&l / "post_attention_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
                     mlp: Mlp::new(&l / "mlp", cfg),
                 }
             })
             .collect();
         let norm = RmsNorm::new(&m / "norm", cfg.hidden_size, cfg.rms_norm_eps);
-        let lm_head = (!cfg.tie_word_embeddings).then(|| {
-            (&root / "lm_head").zeros("weight", &[cfg.vocab_size as i64, cfg.hidden_size as i64])
-        });
+        let lm_head = (!cfg.tie_word_embeddings).then(|| (&root / "lm_head").zeros("weight", &[cfg.vocab_size as i64, cfg.hidden_size as i64]));
         let inv_freq = Tensor::from_slice(&cfg.rope_inv_freq()).to_device(root.device());
         Llama { embed_tokens, layers, norm, lm_head, inv_freq, cfg: cfg.clone() }
     }
@@ -294,24 +268,12 @@ impl Llama {
     /// boolean `mask` [B, 1, T, S]. With a cache, keys/values are appended after its length;
     /// a cached forward is for inference only: single-token steps of at most `kernels::MAX_ROWS`
     /// rows may run the linears through the CPU decode kernel, which records no gradient.
-    pub fn hidden_states(
-        &self,
-        input_ids: &Tensor,
-        positions: &Tensor,
-        mask: &Tensor,
-        cache: Option<&mut KvCache>,
-    ) -> Tensor {
+    pub fn hidden_states(&self, input_ids: &Tensor, positions: &Tensor, mask: &Tensor, cache: Option<&mut KvCache>) -> Tensor {
         self.hidden_states_with(input_ids, positions, &AttentionMask::Explicit(mask.shallow_clone()), cache)
     }
 
     /// `hidden_states` with any `AttentionMask`. `Causal` must not be used with a non-empty cache.
-    pub fn hidden_states_with(
-        &self,
-        input_ids: &Tensor,
-        positions: &Tensor,
-        mask: &AttentionMask,
-        mut cache: Option<&mut KvCache>,
-    ) -> Tensor {
+    pub fn hidden_states_with(&self, input_ids: &Tensor, positions: &Tensor, mask: &AttentionMask, mut cache: Option<&mut KvCache>) -> Tensor {
         let (_, seq_len) = input_ids.size2().expect("input_ids is [B, T]");
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
         let (cos, sin) = self.rope_tables(positions, x.kind());
@@ -358,14 +320,8 @@ impl Llama {
         // Rows whose padding is all on the right (or absent) need only the causal mask, which
         // lets libtorch use its fused causal kernel. One host sync to find out.
         let valid = attention_mask.to_kind(Kind::Int64);
-        let right_padded = seq_len < 2
-            || bool::try_from(valid.narrow(1, 1, seq_len - 1).le_tensor(&valid.narrow(1, 0, seq_len - 1)).all())
-                .unwrap_or(false);
-        let mask = if right_padded {
-            AttentionMask::Causal
-        } else {
-            AttentionMask::Explicit(Self::attention_mask(attention_mask, 0, seq_len))
-        };
+        let right_padded = seq_len < 2 || bool::try_from(valid.narrow(1, 1, seq_len - 1).le_tensor(&valid.narrow(1, 0, seq_len - 1)).all()).unwrap_or(false);
+        let mask = if right_padded { AttentionMask::Causal } else { AttentionMask::Explicit(Self::attention_mask(attention_mask, 0, seq_len)) };
         self.lm_head(&self.hidden_states_with(input_ids, &positions, &mask, None))
     }
 }

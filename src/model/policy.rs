@@ -58,11 +58,7 @@ impl SequenceBatch {
     /// Concatenates each prompt with its response and right-pads to the longest row.
     pub fn new(prompts: &[Vec<TokenId>], responses: &[Vec<TokenId>], pad_id: TokenId, device: Device) -> Result<Self> {
         if prompts.len() != responses.len() || prompts.is_empty() {
-            return Err(ModelError::InvalidInput(format!(
-                "need as many prompts as responses (and at least one): {} vs {}",
-                prompts.len(),
-                responses.len()
-            )));
+            return Err(ModelError::InvalidInput(format!("need as many prompts as responses (and at least one): {} vs {}", prompts.len(), responses.len())));
         }
         let width = prompts.iter().zip(responses).map(|(p, r)| p.len() + r.len()).max().unwrap_or(0).max(2);
         let b_sz = prompts.len();
@@ -130,14 +126,7 @@ impl Policy {
     /// Builds a policy from HF-named weights. Every parameter must be present with the right
     /// shape; extra tensors are an error, except `lm_head.weight` of a tied model and
     /// rotary `inv_freq` buffers that some exporters include.
-    pub fn from_weights(
-        config: LlamaConfig,
-        mut weights: TensorMap,
-        tokenizer: ChatTokenizer,
-        device: Device,
-        kind: Kind,
-        source: &Path,
-    ) -> Result<Self> {
+    pub fn from_weights(config: LlamaConfig, mut weights: TensorMap, tokenizer: ChatTokenizer, device: Device, kind: Kind, source: &Path) -> Result<Self> {
         config.validate().map_err(|e| e.at(source))?;
         if config.tie_word_embeddings {
             weights.remove("lm_head.weight");
@@ -149,12 +138,7 @@ impl Policy {
         for (name, shape) in &expected {
             let src = weights.get(name).ok_or_else(|| ModelError::MissingTensor { path: source.to_path_buf(), name: name.clone() })?;
             if &src.size() != shape {
-                return Err(ModelError::ShapeMismatch {
-                    path: source.to_path_buf(),
-                    name: name.clone(),
-                    expected: shape.clone(),
-                    found: src.size(),
-                });
+                return Err(ModelError::ShapeMismatch { path: source.to_path_buf(), name: name.clone(), expected: shape.clone(), found: src.size() });
             }
         }
         if let Some(name) = weights.keys().find(|n| expected.binary_search_by(|(e, _)| e.cmp(n)).is_err()) {
@@ -166,17 +150,9 @@ impl Policy {
             let _guard = tch::no_grad_guard();
             let vars = vs.variables();
             for (name, var) in &vars {
-                let src = weights.remove(name).ok_or_else(|| ModelError::MissingTensor {
-                    path: source.to_path_buf(),
-                    name: name.clone(),
-                })?;
+                let src = weights.remove(name).ok_or_else(|| ModelError::MissingTensor { path: source.to_path_buf(), name: name.clone() })?;
                 if src.size() != var.size() {
-                    return Err(ModelError::ShapeMismatch {
-                        path: source.to_path_buf(),
-                        name: name.clone(),
-                        expected: var.size(),
-                        found: src.size(),
-                    });
+                    return Err(ModelError::ShapeMismatch { path: source.to_path_buf(), name: name.clone(), expected: var.size(), found: src.size() });
                 }
                 var.shallow_clone().f_copy_(&src.to_kind(Kind::Float))?;
             }
@@ -200,8 +176,7 @@ impl Policy {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let vars = self.named_parameters();
         tensors::save_safetensors(&dir.join("model.safetensors"), vars.iter().map(|(n, t)| (n.as_str(), t)))?;
-        let cfg = serde_json::to_value(&self.config)
-            .map_err(|source| ModelError::Json { path: dir.join("config.json"), source })?;
+        let cfg = serde_json::to_value(&self.config).map_err(|source| ModelError::Json { path: dir.join("config.json"), source })?;
         super::tokenizer::write_json(&dir.join("config.json"), &cfg)?;
         self.tokenizer.save_hf_dir(dir)
     }
@@ -264,12 +239,9 @@ impl Policy {
         let vocab_size = self.config.vocab_size;
         match ids.iter().position(|&id| id as usize >= vocab_size) {
             None => Ok(()),
-            Some(j) => Err(ModelError::TokenIdOutOfRange {
-                path: PathBuf::from("<input>"),
-                what: format!("{what}, position {j},"),
-                id: ids[j] as u64,
-                vocab_size,
-            }),
+            Some(j) => {
+                Err(ModelError::TokenIdOutOfRange { path: PathBuf::from("<input>"), what: format!("{what}, position {j},"), id: ids[j] as u64, vocab_size })
+            }
         }
     }
 
@@ -299,8 +271,7 @@ impl Policy {
         // [B, T, V] tensor for the full log-softmax.
         let picked = logits.gather(2, &targets.unsqueeze(-1), false).squeeze_dim(-1);
         let logprobs = picked - logits.logsumexp([-1], false);
-        let mask = (batch.response_mask.narrow(1, 1, seq_len - 1) * batch.attention_mask.narrow(1, 1, seq_len - 1))
-            .to_kind(Kind::Float);
+        let mask = (batch.response_mask.narrow(1, 1, seq_len - 1) * batch.attention_mask.narrow(1, 1, seq_len - 1)).to_kind(Kind::Float);
         TokenLogprobs { logprobs: logprobs * &mask, mask }
     }
 
@@ -314,11 +285,23 @@ impl Policy {
     /// [`ModelError::Interrupted`] (dropping the partial batch) once it is set — how a stage
     /// stops within one step of Ctrl-C instead of at the end of a batch. Results are the
     /// same as `generate`'s while the flag stays clear.
-    pub fn generate_interruptible(&self, prompts: &[Vec<TokenId>], seeds: &[u64], params: &SamplingParams, interrupt: &std::sync::atomic::AtomicBool) -> Result<Vec<Sample>> {
+    pub fn generate_interruptible(
+        &self,
+        prompts: &[Vec<TokenId>],
+        seeds: &[u64],
+        params: &SamplingParams,
+        interrupt: &std::sync::atomic::AtomicBool,
+    ) -> Result<Vec<Sample>> {
         self.generate_inner(prompts, seeds, params, Some(interrupt))
     }
 
-    fn generate_inner(&self, prompts: &[Vec<TokenId>], seeds: &[u64], params: &SamplingParams, interrupt: Option<&std::sync::atomic::AtomicBool>) -> Result<Vec<Sample>> {
+    fn generate_inner(
+        &self,
+        prompts: &[Vec<TokenId>],
+        seeds: &[u64],
+        params: &SamplingParams,
+        interrupt: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Result<Vec<Sample>> {
         if prompts.len() != seeds.len() {
             return Err(ModelError::InvalidInput(format!("{} prompts but {} seeds", prompts.len(), seeds.len())));
         }
@@ -339,16 +322,7 @@ impl Policy {
         }
         self.check_token_ids(&params.stop_token_ids, "a stop token")?;
         self.check_token_ids(&[self.tokenizer.pad_id()], "the pad token")?;
-        let raw = sampler::generate_ids(
-            &self.model,
-            prompts,
-            seeds,
-            &params,
-            self.tokenizer.pad_id(),
-            self.device(),
-            self.kind,
-            interrupt,
-        );
+        let raw = sampler::generate_ids(&self.model, prompts, seeds, &params, self.tokenizer.pad_id(), self.device(), self.kind, interrupt);
         if let Some(steps) = raw.interrupted {
             return Err(ModelError::Interrupted { steps });
         }
@@ -396,8 +370,7 @@ fn check_tokenizer_fits(tokenizer: &ChatTokenizer, config: &LlamaConfig, path: &
 pub fn read_config(dir: &Path) -> Result<LlamaConfig> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    let raw: serde_json::Value =
-        serde_json::from_str(&text).map_err(|source| ModelError::Json { path: path.clone(), source })?;
+    let raw: serde_json::Value = serde_json::from_str(&text).map_err(|source| ModelError::Json { path: path.clone(), source })?;
     if let Some(mt) = raw.get("model_type").and_then(|m| m.as_str()) {
         if !matches!(mt, "llama" | "mistral" | "qwen2") {
             return Err(ModelError::UnsupportedArchitecture { path, found: mt.to_string() });
@@ -443,13 +416,7 @@ pub fn tiny_random_llama(seed: u64) -> Policy {
 }
 
 /// A policy with N(0, std²) weights (norm weights 1 + N(0, std²)) from ChaCha8(seed).
-pub fn random_policy(
-    config: LlamaConfig,
-    tokenizer: ChatTokenizer,
-    seed: u64,
-    std: f64,
-    device: Device,
-) -> Result<Policy> {
+pub fn random_policy(config: LlamaConfig, tokenizer: ChatTokenizer, seed: u64, std: f64, device: Device) -> Result<Policy> {
     config.validate().map_err(|e| e.at(Path::new("<random>")))?;
     // Sorted by name, as the VarStore listing this replaced, so a seed gives the same weights.
     let vars = parameter_shapes(&config);

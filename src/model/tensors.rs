@@ -51,8 +51,7 @@ pub fn load_safetensors(path: &Path) -> Result<TensorMap> {
     #[allow(unsafe_code)]
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
     check_header_length(path, &mmap)?;
-    let st = safetensors::SafeTensors::deserialize(&mmap)
-        .map_err(|source| ModelError::Safetensors { path: path.to_path_buf(), source })?;
+    let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|source| ModelError::Safetensors { path: path.to_path_buf(), source })?;
     let mut out = TensorMap::new();
     for (name, view) in st.tensors() {
         let kind = kind_of(view.dtype()).ok_or_else(|| ModelError::Unsupported {
@@ -63,13 +62,12 @@ pub fn load_safetensors(path: &Path) -> Result<TensorMap> {
         // The crate checked that the data is exactly dtype × product(shape) bytes inside the
         // file (offsets contiguous, in order, product without overflow), so the copy below is
         // bounded by the file's size; a dim can still exceed i64 when another one is 0.
-        let shape: Vec<i64> = view.shape().iter().map(|&d| i64::try_from(d)).collect::<std::result::Result<_, _>>().map_err(|_| {
-            ModelError::SafetensorsTensor {
+        let shape: Vec<i64> =
+            view.shape().iter().map(|&d| i64::try_from(d)).collect::<std::result::Result<_, _>>().map_err(|_| ModelError::SafetensorsTensor {
                 path: path.to_path_buf(),
                 tensor: name.clone(),
                 expected: format!("dims that fit in an i64, got {:?}", view.shape()),
-            }
-        })?;
+            })?;
         let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
         out.insert(name, t);
     }
@@ -118,9 +116,7 @@ pub fn safetensors_bytes<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a Ten
     for (name, t) in tensors {
         let t = t.detach().to_device(tch::Device::Cpu).contiguous();
         let kind = t.kind();
-        let dtype = dtype_of(kind).ok_or_else(|| {
-            ModelError::InvalidInput(format!("tensor `{name}` has kind {kind:?}, which safetensors cannot hold"))
-        })?;
+        let dtype = dtype_of(kind).ok_or_else(|| ModelError::InvalidInput(format!("tensor `{name}` has kind {kind:?}, which safetensors cannot hold")))?;
         let numel = t.numel();
         let mut data = vec![0u8; numel * kind.elt_size_in_bytes()];
         t.f_copy_data_u8(&mut data, numel)?;
@@ -140,10 +136,7 @@ pub fn save_safetensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (&'a 
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
     std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
@@ -183,8 +176,7 @@ pub fn load_hf_weights(dir: &Path) -> Result<TensorMap> {
         struct Index {
             weight_map: BTreeMap<String, String>,
         }
-        let parsed: Index =
-            serde_json::from_str(&text).map_err(|source| ModelError::Json { path: index.clone(), source })?;
+        let parsed: Index = serde_json::from_str(&text).map_err(|source| ModelError::Json { path: index.clone(), source })?;
         for (name, shard) in parsed.weight_map {
             expected.entry(shard_path(dir, &index, &shard)?).or_default().push(name);
         }

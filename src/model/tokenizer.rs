@@ -73,12 +73,7 @@ impl ChatTokenizer {
     /// Builds from a `tokenizer.json` document and a `tokenizer_config.json` document;
     /// `source` names where they came from, for errors. `config_eos` is the model config's
     /// eos id(s), also used as stop tokens.
-    pub fn from_json(
-        tokenizer_json: &str,
-        config: serde_json::Value,
-        config_eos: &[TokenId],
-        source: &Path,
-    ) -> Result<Self> {
+    pub fn from_json(tokenizer_json: &str, config: serde_json::Value, config_eos: &[TokenId], source: &Path) -> Result<Self> {
         let tok_err = |message: String| ModelError::Tokenizer { path: source.to_path_buf(), message };
         // The tokenizers crate panics on some malformed documents (an `unwrap` in a decoder's
         // deserialiser; found by tests/it/model/files.rs `fuzz_tokenizer_json`): contain it,
@@ -90,11 +85,11 @@ impl ChatTokenizer {
         // naming an undefined special token): one probe encode with specials at load, so
         // such a file is an error naming it here rather than at the first prompt.
         if contained(|| inner.encode("probe", true)).is_none() {
-            return Err(tok_err("the tokenizers crate panicked encoding a probe text with special tokens (an inconsistent post-processor or special-token map)".into()));
+            return Err(tok_err(
+                "the tokenizers crate panicked encoding a probe text with special tokens (an inconsistent post-processor or special-token map)".into(),
+            ));
         }
-        let id_of = |name: &str, what: &str| {
-            inner.token_to_id(name).ok_or_else(|| tok_err(format!("{what} token `{name}` is not in the vocabulary")))
-        };
+        let id_of = |name: &str, what: &str| inner.token_to_id(name).ok_or_else(|| tok_err(format!("{what} token `{name}` is not in the vocabulary")));
         let bos = match token_str(config.get("bos_token")) {
             Some(t) => Some((t.clone(), id_of(&t, "bos")?)),
             None => None,
@@ -131,8 +126,7 @@ impl ChatTokenizer {
         let tj = std::fs::read_to_string(&tj_path).map_err(io_err(&tj_path))?;
         let tc_path = dir.join("tokenizer_config.json");
         let tc_text = std::fs::read_to_string(&tc_path).map_err(io_err(&tc_path))?;
-        let mut tc: serde_json::Value =
-            serde_json::from_str(&tc_text).map_err(|source| ModelError::Json { path: tc_path.clone(), source })?;
+        let mut tc: serde_json::Value = serde_json::from_str(&tc_text).map_err(|source| ModelError::Json { path: tc_path.clone(), source })?;
         let jinja = dir.join("chat_template.jinja");
         if jinja.is_file() {
             let t = std::fs::read_to_string(&jinja).map_err(io_err(&jinja))?;
@@ -146,13 +140,9 @@ impl ChatTokenizer {
     /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir` (deterministic bytes).
     pub fn save_hf_dir(&self, dir: &Path) -> Result<()> {
         let tj_path = dir.join("tokenizer.json");
-        let tj = self
-            .inner
-            .to_string(true)
-            .map_err(|e| ModelError::Tokenizer { path: tj_path.clone(), message: e.to_string() })?;
+        let tj = self.inner.to_string(true).map_err(|e| ModelError::Tokenizer { path: tj_path.clone(), message: e.to_string() })?;
         // Re-serialise through serde_json (sorted keys) so the bytes do not depend on hash order.
-        let tj_value: serde_json::Value =
-            serde_json::from_str(&tj).map_err(|source| ModelError::Json { path: tj_path.clone(), source })?;
+        let tj_value: serde_json::Value = serde_json::from_str(&tj).map_err(|source| ModelError::Json { path: tj_path.clone(), source })?;
         write_json(&tj_path, &tj_value)?;
         write_json(&dir.join("tokenizer_config.json"), &self.config)
     }
@@ -190,7 +180,10 @@ impl ChatTokenizer {
         // post-processor naming a special token it does not define; found by
         // fuzz_tokenizer_json): contained here as an error, and checked at load (`from_json`).
         let enc = contained(|| self.inner.encode(text, add_special_tokens))
-            .ok_or_else(|| ModelError::Tokenizer { path: PathBuf::from("<encode>"), message: "the tokenizers crate panicked while encoding (an inconsistent tokenizer.json)".into() })?
+            .ok_or_else(|| ModelError::Tokenizer {
+                path: PathBuf::from("<encode>"),
+                message: "the tokenizers crate panicked while encoding (an inconsistent tokenizer.json)".into(),
+            })?
             .map_err(|e| ModelError::Tokenizer { path: PathBuf::from("<encode>"), message: e.to_string() })?;
         Ok(enc.get_ids().to_vec())
     }
@@ -198,23 +191,18 @@ impl ChatTokenizer {
     /// Decodes ids; with `skip_special_tokens` the special tokens (bos, eos, im_start...) vanish.
     pub fn decode(&self, ids: &[TokenId], skip_special_tokens: bool) -> Result<String> {
         contained(|| self.inner.decode(ids, skip_special_tokens))
-            .ok_or_else(|| ModelError::Tokenizer { path: PathBuf::from("<decode>"), message: "the tokenizers crate panicked while decoding (an inconsistent tokenizer.json)".into() })?
+            .ok_or_else(|| ModelError::Tokenizer {
+                path: PathBuf::from("<decode>"),
+                message: "the tokenizers crate panicked while decoding (an inconsistent tokenizer.json)".into(),
+            })?
             .map_err(|e| ModelError::Tokenizer { path: PathBuf::from("<decode>"), message: e.to_string() })
     }
 
     /// Renders the chat template as HF's `apply_chat_template(messages, tokenize=False,
     /// add_generation_prompt=...)`, then appends `assistant_prefix` verbatim (method.md §1.2:
     /// the CoT prefix `"Let's think step by step.\n<think> "` goes after the generation prompt).
-    pub fn render_chat(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-        assistant_prefix: Option<&str>,
-    ) -> Result<String> {
-        let template = self
-            .chat_template
-            .as_deref()
-            .ok_or_else(|| ModelError::Template { message: "the tokenizer has no chat template".into() })?;
+    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool, assistant_prefix: Option<&str>) -> Result<String> {
+        let template = self.chat_template.as_deref().ok_or_else(|| ModelError::Template { message: "the tokenizer has no chat template".into() })?;
         let mut env = minijinja::Environment::new();
         // A chat template comes with the model files, so it is input like any other: a loop
         // that never ends (or runs 10^8 times) must fail, not hang the stage. Real templates
@@ -231,8 +219,7 @@ impl ChatTokenizer {
         // Deterministic stand-in for HF's `strftime_now`: templates that print today's date
         // (Llama 3.x) would otherwise make prompts, and so cache keys, depend on the clock.
         env.add_function("strftime_now", |_fmt: String| -> String { "26 Jul 2024".to_string() });
-        env.add_template("chat", template)
-            .map_err(|e| ModelError::Template { message: format!("{e:#}") })?;
+        env.add_template("chat", template).map_err(|e| ModelError::Template { message: format!("{e:#}") })?;
         let tmpl = env.get_template("chat").map_err(|e| ModelError::Template { message: format!("{e:#}") })?;
         let ctx = minijinja::context! {
             messages => messages,
@@ -251,12 +238,7 @@ impl ChatTokenizer {
 
     /// `render_chat` then tokenize without adding specials (the template already has them),
     /// as HF's `apply_chat_template(tokenize=True)`.
-    pub fn encode_chat(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-        assistant_prefix: Option<&str>,
-    ) -> Result<Vec<TokenId>> {
+    pub fn encode_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool, assistant_prefix: Option<&str>) -> Result<Vec<TokenId>> {
         self.encode(&self.render_chat(messages, add_generation_prompt, assistant_prefix)?, false)
     }
 }
@@ -313,8 +295,7 @@ pub fn tiny_byte_tokenizer() -> ChatTokenizer {
         "chat_template": CHATML_TEMPLATE, "clean_up_tokenization_spaces": false,
         "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512,
     });
-    ChatTokenizer::from_json(&tj.to_string(), tc, &[2], Path::new("<tiny_byte_tokenizer>"))
-        .expect("the built-in tiny tokenizer is valid")
+    ChatTokenizer::from_json(&tj.to_string(), tc, &[2], Path::new("<tiny_byte_tokenizer>")).expect("the built-in tiny tokenizer is valid")
 }
 
 /// Plain ChatML (SmolLM2's template without the default system prompt).
@@ -347,9 +328,7 @@ mod tests {
         let ids = tok.encode("<|im_start|>hé!", false).expect("encode");
         assert_eq!(ids, vec![1, 3 + b'h' as u32, 3 + 0xC3, 3 + 0xA9, 3 + b'!' as u32]);
         assert_eq!(tok.decode(&ids, true).expect("decode"), "hé!");
-        let text = tok
-            .render_chat(&[ChatMessage::user("Hi")], true, Some("Let's think step by step.\n<think> "))
-            .expect("render");
+        let text = tok.render_chat(&[ChatMessage::user("Hi")], true, Some("Let's think step by step.\n<think> ")).expect("render");
         assert_eq!(text, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nLet's think step by step.\n<think> ");
         assert_eq!(tok.stop_ids(), &[0, 2]);
         assert_eq!(tok.pad_id(), 2);

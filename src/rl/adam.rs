@@ -132,11 +132,7 @@ impl Adam {
 
     /// Rebuild from `export_state()` output, placing moments on each parameter's device and
     /// checking names and shapes against the parameters being trained.
-    pub fn import_state(
-        config: AdamConfig,
-        state: Vec<(String, Tensor)>,
-        params: &[(String, Tensor)],
-    ) -> Result<Adam, AdamStateError> {
+    pub fn import_state(config: AdamConfig, state: Vec<(String, Tensor)>, params: &[(String, Tensor)]) -> Result<Adam, AdamStateError> {
         let by_name: BTreeMap<&str, &Tensor> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
         let mut steps_taken = None;
         let mut parts: BTreeMap<String, [Option<Tensor>; 3]> = BTreeMap::new();
@@ -158,14 +154,9 @@ impl Adam {
                 return Err(AdamStateError::UnknownParam { param: param.to_owned() });
             };
             if tensor.size() != target.size() {
-                return Err(AdamStateError::ShapeMismatch {
-                    param: param.to_owned(),
-                    expected: target.size(),
-                    found: tensor.size(),
-                });
+                return Err(AdamStateError::ShapeMismatch { param: param.to_owned(), expected: target.size(), found: tensor.size() });
             }
-            parts.entry(param.to_owned()).or_default()[slot] =
-                Some(tensor.to_kind(Kind::Float).to_device(target.device()));
+            parts.entry(param.to_owned()).or_default()[slot] = Some(tensor.to_kind(Kind::Float).to_device(target.device()));
         }
         let steps_taken = steps_taken.ok_or(AdamStateError::MissingStep)?;
         let mut st = BTreeMap::new();
@@ -194,10 +185,7 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> f64 {
         // Per-parameter norms stay on their device and are gathered on the first gradient's
         // device, as torch does; only the final scalar is read back.
         let first_device = grads[0].device();
-        let norms: Vec<Tensor> = grads
-            .iter()
-            .map(|g| g.to_kind(Kind::Float).norm().to_device(first_device))
-            .collect();
+        let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).norm().to_device(first_device)).collect();
         let total = Tensor::stack(&norms, 0).norm();
         let total_f = total.double_value(&[]);
         // f32 arithmetic like torch: coef = max_norm / (total + 1e-6), clamped to 1, and
@@ -228,9 +216,6 @@ mod tests {
         assert_eq!(back.steps_taken(), 1);
         assert!(Adam::import_state(AdamConfig::default(), vec![], &params).is_err());
         let bad = vec![("step".to_owned(), Tensor::from(1i64)), ("v.exp_avg".to_owned(), Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)))];
-        assert!(matches!(
-            Adam::import_state(AdamConfig::default(), bad, &params),
-            Err(AdamStateError::UnknownParam { .. })
-        ));
+        assert!(matches!(Adam::import_state(AdamConfig::default(), bad, &params), Err(AdamStateError::UnknownParam { .. })));
     }
 }

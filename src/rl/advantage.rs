@@ -86,12 +86,7 @@ pub struct PreparedSample {
 }
 
 /// Steps 1–4 of §3.1 for the whole buffer.
-pub fn prepare_advantages(
-    buffer: &[RlSample],
-    kl_coef: f64,
-    reward_clip: f64,
-    gamma: f64,
-) -> (Vec<PreparedSample>, BTreeMap<Role, RoleNormStats>) {
+pub fn prepare_advantages(buffer: &[RlSample], kl_coef: f64, reward_clip: f64, gamma: f64) -> (Vec<PreparedSample>, BTreeMap<Role, RoleNormStats>) {
     let mut kls = Vec::with_capacity(buffer.len());
     let mut rets = Vec::with_capacity(buffer.len());
     for s in buffer {
@@ -103,12 +98,7 @@ pub fn prepare_advantages(
     let mut advs = rets.clone();
     let roles: Vec<Role> = buffer.iter().map(|s| s.role).collect();
     let stats = normalise_per_role(&mut advs, &roles);
-    let prepared = kls
-        .into_iter()
-        .zip(rets)
-        .zip(advs)
-        .map(|((kl, returns), advantages)| PreparedSample { kl, returns, advantages })
-        .collect();
+    let prepared = kls.into_iter().zip(rets).zip(advs).map(|((kl, returns), advantages)| PreparedSample { kl, returns, advantages }).collect();
     (prepared, stats)
 }
 

@@ -125,10 +125,7 @@ impl TokenBatch {
             assert_eq!(vals.len(), n - p, "row {i}: one value per response token");
             out[i * width + p - 1..i * width + n - 1].copy_from_slice(vals);
         }
-        Tensor::from_slice(&out)
-            .reshape([b as i64, width as i64])
-            .to_kind(kind)
-            .to_device(self.loss_mask.device())
+        Tensor::from_slice(&out).reshape([b as i64, width as i64]).to_kind(kind).to_device(self.loss_mask.device())
     }
 }
 

@@ -83,8 +83,7 @@ impl UpdateMetrics {
             let rewards: Vec<f64> = idx.iter().map(|&i| buffer[i].reward).collect();
             let (reward_mean, reward_std) = mean_std(&rewards);
             let flagged: Vec<bool> = idx.iter().filter_map(|&i| buffer[i].format_violation).collect();
-            let format_violation_rate =
-                (!flagged.is_empty()).then(|| flagged.iter().filter(|v| **v).count() as f64 / flagged.len() as f64);
+            let format_violation_rate = (!flagged.is_empty()).then(|| flagged.iter().filter(|v| **v).count() as f64 / flagged.len() as f64);
             let tokens: usize = idx.iter().map(|&i| prepared[i].kl.len()).sum();
             let kl_sum: f64 = idx.iter().flat_map(|&i| prepared[i].kl.iter()).sum();
             let mut outcome_counts = BTreeMap::new();
@@ -135,11 +134,7 @@ impl UpdateMetrics {
         let sft: Vec<f64> = self.steps.iter().filter_map(|s| s.sft_loss).collect();
         self.sft_loss_mean = (!sft.is_empty()).then(|| sft.iter().sum::<f64>() / sft.len() as f64);
         let tok: f64 = self.steps.iter().map(|s| s.response_tokens).sum();
-        self.clip_fraction = if tok > 0.0 {
-            self.steps.iter().map(|s| s.clip_fraction * s.response_tokens).sum::<f64>() / tok
-        } else {
-            0.0
-        };
+        self.clip_fraction = if tok > 0.0 { self.steps.iter().map(|s| s.clip_fraction * s.response_tokens).sum::<f64>() / tok } else { 0.0 };
         self.grad_norm_mean = self.steps.iter().map(|s| s.grad_norm).sum::<f64>() / n;
         self.grad_norm_max = self.steps.iter().map(|s| s.grad_norm).fold(0.0, f64::max);
         self.lr_first = self.steps.first().map(|s| s.lr);

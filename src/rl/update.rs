@@ -75,17 +75,7 @@ pub struct UpdateConfig {
 
 impl UpdateConfig {
     pub fn paper(micro_batch_size: usize, pad_id: i64, shuffle_seed: u64) -> UpdateConfig {
-        UpdateConfig {
-            kl_coef: 0.01,
-            reward_clip: 10.0,
-            gamma: 1.0,
-            clip_eps: 0.2,
-            micro_batch_size,
-            sft_coef: 1.0,
-            max_grad_norm: 1.0,
-            pad_id,
-            shuffle_seed,
-        }
+        UpdateConfig { kl_coef: 0.01, reward_clip: 10.0, gamma: 1.0, clip_eps: 0.2, micro_batch_size, sft_coef: 1.0, max_grad_norm: 1.0, pad_id, shuffle_seed }
     }
 }
 
@@ -99,12 +89,7 @@ fn check_sample(index: usize, s: &RlSample) -> Result<(), RlError> {
         return bad(format!("no response tokens (prompt_len {} of {})", s.prompt_len, s.token_ids.len()));
     }
     if s.old_logprobs.len() != n || s.ref_logprobs.len() != n {
-        return bad(format!(
-            "{} response tokens but {} old and {} ref log-probs",
-            n,
-            s.old_logprobs.len(),
-            s.ref_logprobs.len()
-        ));
+        return bad(format!("{} response tokens but {} old and {} ref log-probs", n, s.old_logprobs.len(), s.ref_logprobs.len()));
     }
     if !s.reward.is_finite() {
         return bad(format!("reward {} is not finite", s.reward));
@@ -174,11 +159,7 @@ pub fn run_update(
                 let examples = source(step);
                 for (index, e) in examples.iter().enumerate() {
                     if e.prompt_len == 0 || e.prompt_len >= e.token_ids.len() {
-                        return Err(RlError::BadSftExample {
-                            step,
-                            index,
-                            reason: format!("prompt_len {} of {} tokens", e.prompt_len, e.token_ids.len()),
-                        });
+                        return Err(RlError::BadSftExample { step, index, reason: format!("prompt_len {} of {} tokens", e.prompt_len, e.token_ids.len()) });
                     }
                 }
                 if !examples.is_empty() {

@@ -103,9 +103,30 @@ mod tests {
             judge_raw: None,
         }];
         assert_eq!(from_parquet_bytes::<EvalSchema>(to_parquet_bytes::<EvalSchema>(&rows).expect("write")).expect("read"), rows);
-        let a = vec![AttackerRecord { row: 0, seed_id: "s".into(), seed: "x".into(), category: String::new(), sample_seed: 7, raw_output: "r".into(), revision: "r".into(), thinking: Some("t".into()), format_violation: false, faithfulness: Some(0.5) }];
+        let a = vec![AttackerRecord {
+            row: 0,
+            seed_id: "s".into(),
+            seed: "x".into(),
+            category: String::new(),
+            sample_seed: 7,
+            raw_output: "r".into(),
+            revision: "r".into(),
+            thinking: Some("t".into()),
+            format_violation: false,
+            faithfulness: Some(0.5),
+        }];
         assert_eq!(from_parquet_bytes::<EvalAttackerSchema>(to_parquet_bytes::<EvalAttackerSchema>(&a).expect("write")).expect("read"), a);
-        let s = vec![SummaryRecord { suite: "harmbench".into(), category: "(all)".into(), metric: "asr".into(), headline: true, k: 1, n: 4, value: 0.25, lo: 0.04, hi: 0.7 }];
+        let s = vec![SummaryRecord {
+            suite: "harmbench".into(),
+            category: "(all)".into(),
+            metric: "asr".into(),
+            headline: true,
+            k: 1,
+            n: 4,
+            value: 0.25,
+            lo: 0.04,
+            hi: 0.7,
+        }];
         assert_eq!(from_parquet_bytes::<EvalSummarySchema>(to_parquet_bytes::<EvalSummarySchema>(&s).expect("write")).expect("read"), s);
     }
 }

@@ -39,7 +39,22 @@ mod tests {
 
     #[test]
     fn head_metrics_round_trip() {
-        let rows = vec![HeadMetricsRow { head: "prompt_harmful".into(), split: "row".into(), source: String::new(), train_n: 10, n: 4, tp: 1, fp: 1, tn: 1, fn_: 1, accuracy: 0.5, precision: 0.5, recall: 0.5, f1: 0.5, train_loss: Some(0.25) }];
+        let rows = vec![HeadMetricsRow {
+            head: "prompt_harmful".into(),
+            split: "row".into(),
+            source: String::new(),
+            train_n: 10,
+            n: 4,
+            tp: 1,
+            fp: 1,
+            tn: 1,
+            fn_: 1,
+            accuracy: 0.5,
+            precision: 0.5,
+            recall: 0.5,
+            f1: 0.5,
+            train_loss: Some(0.25),
+        }];
         let bytes = to_parquet_bytes::<JudgeFitMetricsSchema>(&rows).expect("write");
         assert_eq!(bytes, to_parquet_bytes::<JudgeFitMetricsSchema>(&rows).expect("write again"));
         assert_eq!(from_parquet_bytes::<JudgeFitMetricsSchema>(bytes).expect("read"), rows);

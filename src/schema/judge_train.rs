@@ -26,8 +26,26 @@ mod tests {
     #[test]
     fn judge_train_round_trip_keeps_nulls() {
         let rows = vec![
-            JudgeExampleRow { id: "1".into(), prompt: "p".into(), response: "r".into(), prompt_harmful: None, refusal: Some(true), harmful_response: None, source: "refusal".into(), category: "refusal".into() },
-            JudgeExampleRow { id: "2".into(), prompt: "p2".into(), response: "r2".into(), prompt_harmful: Some(true), refusal: None, harmful_response: Some(false), source: "bias".into(), category: "bias".into() },
+            JudgeExampleRow {
+                id: "1".into(),
+                prompt: "p".into(),
+                response: "r".into(),
+                prompt_harmful: None,
+                refusal: Some(true),
+                harmful_response: None,
+                source: "refusal".into(),
+                category: "refusal".into(),
+            },
+            JudgeExampleRow {
+                id: "2".into(),
+                prompt: "p2".into(),
+                response: "r2".into(),
+                prompt_harmful: Some(true),
+                refusal: None,
+                harmful_response: Some(false),
+                source: "bias".into(),
+                category: "bias".into(),
+            },
         ];
         assert_eq!(from_parquet_bytes::<JudgeTrainSchema>(to_parquet_bytes::<JudgeTrainSchema>(&rows).expect("write")).expect("read"), rows);
     }

@@ -102,7 +102,8 @@ pub fn to_parquet_bytes<S: ArtifactSchema>(rows: &[S::Row]) -> Result<Vec<u8>, S
     let batch = S::to_batch(rows)?;
     let mut buf = Vec::new();
     {
-        let mut w = ArrowWriter::try_new(&mut buf, S::arrow_schema(), Some(writer_properties())).map_err(|source| SchemaError::Parquet { file: S::file_name(), source })?;
+        let mut w = ArrowWriter::try_new(&mut buf, S::arrow_schema(), Some(writer_properties()))
+            .map_err(|source| SchemaError::Parquet { file: S::file_name(), source })?;
         w.write(&batch).map_err(|source| SchemaError::Parquet { file: S::file_name(), source })?;
         w.close().map_err(|source| SchemaError::Parquet { file: S::file_name(), source })?;
     }
@@ -128,7 +129,10 @@ pub fn read_parquet<S: ArtifactSchema>(path: &Path) -> Result<Vec<S::Row>, Schem
 }
 
 fn read_batches<S: ArtifactSchema, R: parquet::file::reader::ChunkReader + 'static>(src: R, file: &str) -> Result<Vec<S::Row>, SchemaError> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(src).map_err(|source| SchemaError::Parquet { file: file.to_string(), source })?.build().map_err(|source| SchemaError::Parquet { file: file.to_string(), source })?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(src)
+        .map_err(|source| SchemaError::Parquet { file: file.to_string(), source })?
+        .build()
+        .map_err(|source| SchemaError::Parquet { file: file.to_string(), source })?;
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|source| SchemaError::Arrow { schema: S::NAME, source })?;
@@ -159,7 +163,12 @@ pub fn preview(path: &Path, n: usize) -> Result<Preview, SchemaError> {
     let opts = FormatOptions::default().with_null("null");
     for batch in reader {
         let batch = batch.map_err(|source| SchemaError::Arrow { schema: "preview", source })?;
-        let fmts: Vec<ArrayFormatter> = batch.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &opts)).collect::<Result<_, _>>().map_err(|source| SchemaError::Arrow { schema: "preview", source })?;
+        let fmts: Vec<ArrayFormatter> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
+            .collect::<Result<_, _>>()
+            .map_err(|source| SchemaError::Arrow { schema: "preview", source })?;
         for r in 0..batch.num_rows() {
             if rows.len() >= n {
                 break;

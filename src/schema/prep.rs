@@ -27,7 +27,16 @@ mod tests {
 
     #[test]
     fn prep_round_trip() {
-        let rows = vec![PrepRow { row: 0, seed_id: "s".into(), text: "t".into(), label: "benign".into(), data_type: "vanilla_benign".into(), revise: false, source: "x".into(), category: "".into() }];
+        let rows = vec![PrepRow {
+            row: 0,
+            seed_id: "s".into(),
+            text: "t".into(),
+            label: "benign".into(),
+            data_type: "vanilla_benign".into(),
+            revise: false,
+            source: "x".into(),
+            category: "".into(),
+        }];
         assert_eq!(from_parquet_bytes::<PrepSchema>(to_parquet_bytes::<PrepSchema>(&rows).expect("write")).expect("read"), rows);
     }
 }

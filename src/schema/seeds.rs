@@ -27,8 +27,24 @@ mod tests {
     #[test]
     fn seeds_round_trip_and_bytes_are_stable() {
         let rows = vec![
-            SeedRow { id: "a".into(), text: "t1".into(), label: "harmful".into(), source: "advbench".into(), category: "c".into(), split: "train".into(), suite: None },
-            SeedRow { id: "b".into(), text: "t2 ünïcode".into(), label: "benign".into(), source: "x".into(), category: "".into(), split: "eval".into(), suite: Some("benign".into()) },
+            SeedRow {
+                id: "a".into(),
+                text: "t1".into(),
+                label: "harmful".into(),
+                source: "advbench".into(),
+                category: "c".into(),
+                split: "train".into(),
+                suite: None,
+            },
+            SeedRow {
+                id: "b".into(),
+                text: "t2 ünïcode".into(),
+                label: "benign".into(),
+                source: "x".into(),
+                category: "".into(),
+                split: "eval".into(),
+                suite: Some("benign".into()),
+            },
         ];
         let bytes = to_parquet_bytes::<SeedsSchema>(&rows).expect("write");
         assert_eq!(bytes, to_parquet_bytes::<SeedsSchema>(&rows).expect("write again"));

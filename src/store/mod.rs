@@ -119,11 +119,23 @@ impl Artifact {
             reason: "no such file in the manifest".into(),
         })?;
         let path = self.dir.join(&entry.name);
-        let meta = fs::metadata(&path).map_err(|e| StoreError::DigestMismatch { dir: self.dir.clone(), file: name.to_string(), reason: format!("cannot read: {e}") })?;
+        let meta = fs::metadata(&path).map_err(|e| StoreError::DigestMismatch {
+            dir: self.dir.clone(),
+            file: name.to_string(),
+            reason: format!("cannot read: {e}"),
+        })?;
         if meta.len() != entry.bytes {
-            return Err(StoreError::DigestMismatch { dir: self.dir.clone(), file: name.to_string(), reason: format!("size {} bytes, manifest says {}", meta.len(), entry.bytes) });
+            return Err(StoreError::DigestMismatch {
+                dir: self.dir.clone(),
+                file: name.to_string(),
+                reason: format!("size {} bytes, manifest says {}", meta.len(), entry.bytes),
+            });
         }
-        let got = digest_file(&path).map_err(|e| StoreError::DigestMismatch { dir: self.dir.clone(), file: name.to_string(), reason: format!("cannot read: {e}") })?;
+        let got = digest_file(&path).map_err(|e| StoreError::DigestMismatch {
+            dir: self.dir.clone(),
+            file: name.to_string(),
+            reason: format!("cannot read: {e}"),
+        })?;
         if got != entry.blake3 {
             return Err(StoreError::DigestMismatch {
                 dir: self.dir.clone(),
@@ -136,7 +148,8 @@ impl Artifact {
 
     /// Verify every file (except those `gc --thin` removed), and that no unlisted file was added.
     pub fn verify_all(&self) -> Vec<StoreError> {
-        let mut problems: Vec<StoreError> = self.manifest.files.iter().filter(|f| !self.manifest.thinned.contains(&f.name)).filter_map(|f| self.verify_file(&f.name).err()).collect();
+        let mut problems: Vec<StoreError> =
+            self.manifest.files.iter().filter(|f| !self.manifest.thinned.contains(&f.name)).filter_map(|f| self.verify_file(&f.name).err()).collect();
         if let Ok(rd) = fs::read_dir(&self.dir) {
             for entry in rd.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
@@ -346,7 +359,11 @@ impl Store {
         fs::create_dir_all(&tmp).map_err(io_err(&self.root, "create .tmp"))?;
         let stage = dir.parent().and_then(Path::file_name).map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
         let key = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-        let aside = tempfile::Builder::new().prefix(&format!("{REMOVED_PREFIX}{stage}-{}-", &key[..key.len().min(12)])).tempdir_in(&tmp).map_err(io_err(&self.root, "create removal dir"))?.keep();
+        let aside = tempfile::Builder::new()
+            .prefix(&format!("{REMOVED_PREFIX}{stage}-{}-", &key[..key.len().min(12)]))
+            .tempdir_in(&tmp)
+            .map_err(io_err(&self.root, "create removal dir"))?
+            .keep();
         fs::remove_dir(&aside).map_err(io_err(&self.root, "prepare removal dir"))?;
         fs::rename(dir, &aside).map_err(io_err(&self.root, format!("move {} out of place ({why})", dir.display())))?;
         if let Some(parent) = dir.parent() {
@@ -362,7 +379,8 @@ impl Store {
         }
         let tmp = self.tmp_root();
         fs::create_dir_all(&tmp).map_err(io_err(&self.root, "create .tmp"))?;
-        let dir = tempfile::Builder::new().prefix(&format!("{stage}-{}-", key.short())).tempdir_in(&tmp).map_err(io_err(&self.root, "create staging dir"))?.keep();
+        let dir =
+            tempfile::Builder::new().prefix(&format!("{stage}-{}-", key.short())).tempdir_in(&tmp).map_err(io_err(&self.root, "create staging dir"))?.keep();
         Ok(Staging { dir, stage: stage.to_string(), key: key.clone() })
     }
 
@@ -390,7 +408,13 @@ impl Store {
             let bytes = f.metadata().map_err(io_err(&root, "stat"))?.len();
             let blake3 = digest_file(&path).map_err(io_err(&root, "digest"))?;
             let prior = manifest.files.iter().find(|x| &x.name == name).cloned();
-            files.push(FileEntry { name: name.clone(), blake3, bytes, rows: prior.as_ref().and_then(|p| p.rows), schema: prior.as_ref().and_then(|p| p.schema.clone()) });
+            files.push(FileEntry {
+                name: name.clone(),
+                blake3,
+                bytes,
+                rows: prior.as_ref().and_then(|p| p.rows),
+                schema: prior.as_ref().and_then(|p| p.schema.clone()),
+            });
         }
         manifest.content_digest = content_digest(files.iter().map(|f| (f.name.as_str(), &f.blake3)));
         manifest.files = files;
@@ -418,7 +442,9 @@ impl Store {
             } else if !replace {
                 // Someone published the same key meanwhile (same inputs → same bytes).
                 let _ = fs::remove_dir_all(&staging.dir);
-                return self.load(&staging.stage, &staging.key)?.ok_or_else(|| StoreError::BadManifest { dir: final_dir, reason: "exists without a manifest".into() });
+                return self
+                    .load(&staging.stage, &staging.key)?
+                    .ok_or_else(|| StoreError::BadManifest { dir: final_dir, reason: "exists without a manifest".into() });
             } else {
                 // `run --force`: the old artifact goes aside under a name that says where it
                 // belongs; if the process dies before the replacement is in place, the next
@@ -465,7 +491,9 @@ impl Store {
         failpoint("thin-removing");
         for v in &victims {
             match fs::remove_file(dir.join(v)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(StoreError::Io { root: self.root.clone(), op: format!("remove {v}"), source: e }),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::Io { root: self.root.clone(), op: format!("remove {v}"), source: e })
+                }
                 _ => {}
             }
         }
@@ -499,16 +527,21 @@ mod tests {
     use super::*;
 
     fn draft(node: &str) -> Manifest {
-        Manifest::draft(node, "prep", Some(1), key::KeyComponents {
-            scheme: key::KEY_SCHEME,
-            kind: "prep".into(),
-            stage_version: 1,
-            iteration: Some(1),
-            params: serde_json::json!({}),
-            inputs: vec![],
-            seed: 1,
-            files: vec![],
-        })
+        Manifest::draft(
+            node,
+            "prep",
+            Some(1),
+            key::KeyComponents {
+                scheme: key::KEY_SCHEME,
+                kind: "prep".into(),
+                stage_version: 1,
+                iteration: Some(1),
+                params: serde_json::json!({}),
+                inputs: vec![],
+                seed: 1,
+                files: vec![],
+            },
+        )
     }
 
     #[test]
@@ -541,7 +574,9 @@ mod tests {
         let a = store.publish(st, m, false).expect("publish");
         let mpath = a.dir.join(MANIFEST_FILE);
         let good = fs::read_to_string(&mpath).expect("read");
-        for (from, to) in [("\"name\": \"a.bin\"", "\"name\": \"../../a.bin\""), ("\"stage\": \"prep\"", "\"stage\": \"../prep\""), ("\"seed\": 1", "\"seed\": 2")] {
+        for (from, to) in
+            [("\"name\": \"a.bin\"", "\"name\": \"../../a.bin\""), ("\"stage\": \"prep\"", "\"stage\": \"../prep\""), ("\"seed\": 1", "\"seed\": 2")]
+        {
             assert!(good.contains(from), "{from}");
             fs::write(&mpath, good.replace(from, to)).expect("tamper");
             assert!(matches!(store.load("prep", &key), Err(StoreError::BadManifest { .. })), "{to} accepted");

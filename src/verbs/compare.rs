@@ -47,7 +47,12 @@ pub struct RunMetrics {
     pub final_eval: Option<Artifact>,
 }
 
-fn from_iterations(run: &str, kind: &'static str, iterations: BTreeMap<u32, BTreeMap<String, f64>>, evals: &BTreeMap<u32, Artifact>) -> anyhow::Result<RunMetrics> {
+fn from_iterations(
+    run: &str,
+    kind: &'static str,
+    iterations: BTreeMap<u32, BTreeMap<String, f64>>,
+    evals: &BTreeMap<u32, Artifact>,
+) -> anyhow::Result<RunMetrics> {
     let base = evals.iter().next();
     let last = evals.iter().next_back();
     let base_iteration = base.map(|(i, _)| *i);
@@ -57,7 +62,18 @@ fn from_iterations(run: &str, kind: &'static str, iterations: BTreeMap<u32, BTre
         (Some((i0, a0)), Some((i1, a1))) if i0 != i1 => eval_changes(a0, a1).with_context(|| format!("compare: {run}: eval@{i0} -> eval@{i1}"))?,
         _ => Vec::new(),
     };
-    Ok(RunMetrics { run: run.to_string(), kind, base: at(base_iteration), last: at(final_iteration), base_iteration, final_iteration, iterations, changes, versus_first: Vec::new(), final_eval: last.map(|(_, a)| a.clone()) })
+    Ok(RunMetrics {
+        run: run.to_string(),
+        kind,
+        base: at(base_iteration),
+        last: at(final_iteration),
+        base_iteration,
+        final_iteration,
+        iterations,
+        changes,
+        versus_first: Vec::new(),
+        final_eval: last.map(|(_, a)| a.clone()),
+    })
 }
 
 /// What `compare --json` prints.

@@ -62,7 +62,11 @@ impl GcOutput {
             writeln!(out, "verdict cache left alone: {why}")?;
         } else if let Some(s) = &vc.sweep {
             let verb = if dry_run { "would remove" } else { "removed" };
-            writeln!(out, "verdict cache: {verb} {} entr(ies) of judges no artifact names, {} corrupt, {} temp file(s) ({} bytes); kept {} of {} live judge(s)", s.removed, s.corrupt, s.temp_files, s.removed_bytes, s.kept, vc.live_judges)?;
+            writeln!(
+                out,
+                "verdict cache: {verb} {} entr(ies) of judges no artifact names, {} corrupt, {} temp file(s) ({} bytes); kept {} of {} live judge(s)",
+                s.removed, s.corrupt, s.temp_files, s.removed_bytes, s.kept, vc.live_judges
+            )?;
         }
         Ok(())
     }

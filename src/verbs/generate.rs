@@ -74,7 +74,8 @@ pub fn generate(spec: &Spec, store_root: &Path, iterations: Option<u32>, opts: &
     }
     tch::set_num_threads(spec.raw.run.threads as i32);
     let path = resolve_model(spec, store_root, iterations, &opts.model)?;
-    let policy = Policy::load(&path, crate::model::tch_device(spec.raw.run.device), crate::model::tch_kind(spec.raw.base.dtype)).with_context(|| format!("load model {}", path.display()))?;
+    let policy = Policy::load(&path, crate::model::tch_device(spec.raw.run.device), crate::model::tch_kind(spec.raw.base.dtype))
+        .with_context(|| format!("load model {}", path.display()))?;
     let cot = spec.raw.rollout.cot;
     let mut rendered = Vec::new();
     for p in &opts.prompts {
@@ -101,7 +102,15 @@ pub fn generate(spec: &Spec, store_root: &Path, iterations: Option<u32>, opts: &
         .iter()
         .zip(rendered)
         .zip(samples)
-        .map(|((prompt, (text, ids)), s)| Generated { prompt: prompt.clone(), rendered_prompt: text, prompt_ids: ids, output: s.text, token_ids: s.token_ids, logprobs: s.logprobs, finished_by_stop: s.finished_by_stop })
+        .map(|((prompt, (text, ids)), s)| Generated {
+            prompt: prompt.clone(),
+            rendered_prompt: text,
+            prompt_ids: ids,
+            output: s.text,
+            token_ids: s.token_ids,
+            logprobs: s.logprobs,
+            finished_by_stop: s.finished_by_stop,
+        })
         .collect())
 }
 

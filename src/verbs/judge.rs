@@ -32,7 +32,6 @@ use crate::plan::Plan;
 use crate::spec::{JudgeBackend, Spec};
 use crate::store::{Artifact, Store};
 
-
 /// Logical name under which judge-fit's key records the embedder weights (src/plan.rs).
 const EMBEDDER_FILE_NAME: &str = "judge.probe.embedder";
 
@@ -149,7 +148,11 @@ fn read_table(path: &Path) -> Result<Table, PairFileError> {
             let mut objs = Vec::new();
             let mut headers: Vec<String> = Vec::new();
             for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
-                let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).map_err(|e| PairFileError::Row { path: path.to_path_buf(), row: i, detail: format!("not a JSON object: {e}") })?;
+                let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).map_err(|e| PairFileError::Row {
+                    path: path.to_path_buf(),
+                    row: i,
+                    detail: format!("not a JSON object: {e}"),
+                })?;
                 for k in obj.keys() {
                     if !headers.contains(k) {
                         headers.push(k.clone());
@@ -175,7 +178,8 @@ fn read_table(path: &Path) -> Result<Table, PairFileError> {
             let opts = FormatOptions::default();
             for batch in builder.build().map_err(|e| parse(e.to_string()))? {
                 let batch = batch.map_err(|e| parse(e.to_string()))?;
-                let fmts: Vec<ArrayFormatter<'_>> = batch.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &opts)).collect::<Result<_, _>>().map_err(|e| parse(e.to_string()))?;
+                let fmts: Vec<ArrayFormatter<'_>> =
+                    batch.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &opts)).collect::<Result<_, _>>().map_err(|e| parse(e.to_string()))?;
                 for r in 0..batch.num_rows() {
                     rows.push(fmts.iter().zip(batch.columns()).map(|(f, c)| if c.is_null(r) { None } else { Some(f.value(r).to_string()) }).collect());
                 }
@@ -220,10 +224,15 @@ pub fn read_pairs(path: &Path, cols: &PairColumns) -> Result<PairFile, PairFileE
             // A missing response is an empty one: judges answer n/a for it.
             response: cell(c_response).unwrap_or_default(),
             seed_harmful: label(c_seed, "seed label")?,
-            labels: PairLabels { prompt_harmful: label(c_ph, "prompt_harmful")?, refusal: label(c_ref, "refusal")?, response_harmful: label(c_rh, "response_harmful")? },
+            labels: PairLabels {
+                prompt_harmful: label(c_ph, "prompt_harmful")?,
+                refusal: label(c_ref, "refusal")?,
+                response_harmful: label(c_rh, "response_harmful")?,
+            },
         });
     }
-    let labelled_heads = [("prompt_harmful", c_ph), ("response_refusal", c_ref), ("response_harmful", c_rh)].into_iter().filter(|(_, c)| c.is_some()).map(|(h, _)| h).collect();
+    let labelled_heads =
+        [("prompt_harmful", c_ph), ("response_refusal", c_ref), ("response_harmful", c_rh)].into_iter().filter(|(_, c)| c.is_some()).map(|(h, _)| h).collect();
     Ok(PairFile { rows, labelled_heads })
 }
 
@@ -238,13 +247,19 @@ fn tch_device(d: crate::spec::Device) -> tch::Device {
 /// configured embedder is the one it was fitted on.
 fn probe_from_artifact(spec: &Spec, a: &Artifact) -> Result<BoxedJudge> {
     if a.manifest.stage != "judge-fit" {
-        bail!("{} is a `{}` artifact; --with needs a judge-fit artifact or a backend name (rules, keywords, probe, wildguard)", a.manifest.node, a.manifest.stage);
+        bail!(
+            "{} is a `{}` artifact; --with needs a judge-fit artifact or a backend name (rules, keywords, probe, wildguard)",
+            a.manifest.node,
+            a.manifest.stage
+        );
     }
     a.verify_file(PROBE_FILE).with_context(|| format!("refusing {} ({})", a.manifest.node, a.manifest.key.short()))?;
     let mut spec = spec.clone();
     if let Some(f) = a.manifest.components.files.iter().find(|f| f.name == EMBEDDER_FILE_NAME) {
         let weights = spec.embedder_dir.join("model.safetensors");
-        crate::data::verify_source(&weights, &f.sha256).with_context(|| format!("the probe of {} was fitted on embeddings of another model: {} must have sha256 {}", a.manifest.key.short(), weights.display(), f.sha256))?;
+        crate::data::verify_source(&weights, &f.sha256).with_context(|| {
+            format!("the probe of {} was fitted on embeddings of another model: {} must have sha256 {}", a.manifest.key.short(), weights.display(), f.sha256)
+        })?;
         spec.raw.judge.probe.embedder_sha256 = f.sha256.clone();
     }
     spec.raw.judge.backend = JudgeBackend::Probe;
@@ -258,7 +273,8 @@ pub fn build_judge(spec: &Spec, store_root: &Path, iterations: Option<u32>, choi
             let mut spec = spec.clone();
             spec.raw.judge.backend = JudgeBackend::Probe;
             let engine = Engine::new(&spec, Plan::new(&spec, iterations), Store::at(store_root));
-            let a = engine.find("judge-fit").context("--with probe uses the plan's judge-fit artifact; run `self-redteam run --only dataset judge-fit` first")?;
+            let a =
+                engine.find("judge-fit").context("--with probe uses the plan's judge-fit artifact; run `self-redteam run --only dataset judge-fit` first")?;
             probe_from_artifact(&spec, &a)
         }
         JudgeChoice::Backend(b) => {
@@ -297,8 +313,15 @@ pub struct JudgeFileReport {
 }
 
 /// Judge every pair of `file` with `judge`, through the cache when one is given.
-pub fn judge_pairs(judge: &dyn crate::judge::Judge, file: &Path, pairs: PairFile, cache: Option<&VerdictCache>, seed_label: Option<bool>) -> Result<JudgeFileReport> {
-    let inputs: Vec<JudgeInput> = pairs.rows.iter().map(|p| JudgeInput { prompt: p.prompt.clone(), response: p.response.clone(), seed_harmful: seed_label.or(p.seed_harmful) }).collect();
+pub fn judge_pairs(
+    judge: &dyn crate::judge::Judge,
+    file: &Path,
+    pairs: PairFile,
+    cache: Option<&VerdictCache>,
+    seed_label: Option<bool>,
+) -> Result<JudgeFileReport> {
+    let inputs: Vec<JudgeInput> =
+        pairs.rows.iter().map(|p| JudgeInput { prompt: p.prompt.clone(), response: p.response.clone(), seed_harmful: seed_label.or(p.seed_harmful) }).collect();
     let (verdicts, stats) = match cache {
         Some(c) => {
             let (v, s) = judge_cached(judge, c, &inputs)?;
@@ -309,7 +332,17 @@ pub fn judge_pairs(judge: &dyn crate::judge::Judge, file: &Path, pairs: PairFile
     if verdicts.len() != inputs.len() {
         bail!("judge {} returned {} verdicts for {} pairs", judge.name(), verdicts.len(), inputs.len());
     }
-    let reference: Vec<Verdict> = pairs.rows.iter().map(|p| Verdict { prompt_harmful: p.labels.prompt_harmful, response_refusal: p.labels.refusal, response_harmful: p.labels.response_harmful, parse_error: false, raw: None }).collect();
+    let reference: Vec<Verdict> = pairs
+        .rows
+        .iter()
+        .map(|p| Verdict {
+            prompt_harmful: p.labels.prompt_harmful,
+            response_refusal: p.labels.refusal,
+            response_harmful: p.labels.response_harmful,
+            parse_error: false,
+            raw: None,
+        })
+        .collect();
     let agreement = compare_verdicts(&verdicts, &reference);
     let mut metrics = BTreeMap::new();
     for head in &pairs.labelled_heads {
@@ -350,7 +383,8 @@ pub fn judge_file(spec: &Spec, store_root: &Path, iterations: Option<u32>, opts:
     let pairs = read_pairs(&opts.file, &opts.columns)?;
     let judge = build_judge(spec, store_root, iterations, &opts.with)?;
     let cache = if opts.use_cache { Some(VerdictCache::open(store_root.join(VERDICT_CACHE_DIR))?) } else { None };
-    judge_pairs(judge.as_ref(), &opts.file, pairs, cache.as_ref(), opts.seed_label).with_context(|| format!("judge {} with {}", opts.file.display(), judge.name()))
+    judge_pairs(judge.as_ref(), &opts.file, pairs, cache.as_ref(), opts.seed_label)
+        .with_context(|| format!("judge {} with {}", opts.file.display(), judge.name()))
 }
 
 /// Human-readable report: summary, per-head metrics, and the first `show_rows` verdicts.
@@ -361,7 +395,12 @@ pub fn render_text(r: &JudgeFileReport, show_rows: usize) -> String {
     if let Some(c) = r.cache {
         s.push_str(&format!("verdict cache: {} hit(s), {} judged\n", c.hits, c.misses));
     }
-    s.push_str(&format!("parse errors: {} of {}{}\n", r.parse_errors, r.pairs.len(), if r.parse_errors > 0 { " (their fields are unscored; --json shows the judge's raw output)" } else { "" }));
+    s.push_str(&format!(
+        "parse errors: {} of {}{}\n",
+        r.parse_errors,
+        r.pairs.len(),
+        if r.parse_errors > 0 { " (their fields are unscored; --json shows the judge's raw output)" } else { "" }
+    ));
     if r.metrics.is_empty() {
         s.push_str("no label columns (prompt_harmful, refusal, response_harmful): nothing to score\n");
     } else {
@@ -377,7 +416,13 @@ pub fn render_text(r: &JudgeFileReport, show_rows: usize) -> String {
             let v = &p.verdict;
             let prompt: String = p.pair.prompt.chars().take(60).collect::<String>().replace('\n', " ");
             let flag = if v.parse_error { "  [parse error]" } else { "" };
-            s.push_str(&format!("{:>5}  {:<14} {:<8} {:<16} {prompt}{flag}\n", p.pair.row, yn(v.prompt_harmful), yn(v.response_refusal), yn(v.response_harmful)));
+            s.push_str(&format!(
+                "{:>5}  {:<14} {:<8} {:<16} {prompt}{flag}\n",
+                p.pair.row,
+                yn(v.prompt_harmful),
+                yn(v.response_refusal),
+                yn(v.response_harmful)
+            ));
         }
         if r.pairs.len() > show_rows {
             s.push_str(&format!("… {} more (--rows N, or --json for all)\n", r.pairs.len() - show_rows));
@@ -408,8 +453,13 @@ mod tests {
     #[test]
     fn csv_with_comment_line_and_renamed_columns_reads_labels() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = write(dir.path(), "r.csv", "# dataset_version=1.0\nobjective,assistant_response,human_score\nhow to x,\"I'm sorry, no\",1\nbake bread,\"Mix flour, # water\",0\n");
-        let cols = PairColumns { prompt: "objective".into(), response: "assistant_response".into(), refusal: Some("human_score".into()), ..PairColumns::default() };
+        let p = write(
+            dir.path(),
+            "r.csv",
+            "# dataset_version=1.0\nobjective,assistant_response,human_score\nhow to x,\"I'm sorry, no\",1\nbake bread,\"Mix flour, # water\",0\n",
+        );
+        let cols =
+            PairColumns { prompt: "objective".into(), response: "assistant_response".into(), refusal: Some("human_score".into()), ..PairColumns::default() };
         let f = read_pairs(&p, &cols).expect("read");
         assert_eq!(f.labelled_heads, ["response_refusal"]);
         assert_eq!(f.rows.len(), 2);
@@ -438,7 +488,11 @@ mod tests {
     fn rules_judge_scored_against_refusal_labels() {
         let dir = tempfile::tempdir().expect("tempdir");
         // Row 3 is a refusal the string list misses (lower-case "sorry"): one false negative.
-        let p = write(dir.path(), "r.csv", "prompt,response,refusal\nx,I cannot help with that,1\ny,Sure: step one,0\nz,Here you go,0\nw,sorry not doing that,yes\n");
+        let p = write(
+            dir.path(),
+            "r.csv",
+            "prompt,response,refusal\nx,I cannot help with that,1\ny,Sure: step one,0\nz,Here you go,0\nw,sorry not doing that,yes\n",
+        );
         let f = read_pairs(&p, &PairColumns::default()).expect("read");
         let r = judge_pairs(&RulesJudge, &p, f, None, None).expect("judge");
         let m = r.metrics["response_refusal"].metrics;

@@ -79,7 +79,9 @@ fn lineage_walk(store: &Store, a: &Artifact, role: Option<String>, seen: &mut Ha
         let marker = |body| LineageNode { node: rec.node.clone(), role: Some(rec.role.clone()), stage: rec.stage.clone(), key: rec.key.clone(), body };
         let child = match store.load(&rec.stage, &rec.key)? {
             None => marker(LineageBody::Missing { missing: true }),
-            Some(c) if c.manifest.content_digest != rec.digest => marker(LineageBody::DigestMismatch { digest_mismatch: DigestMismatch { recorded: rec.digest.clone(), in_store: c.manifest.content_digest } }),
+            Some(c) if c.manifest.content_digest != rec.digest => {
+                marker(LineageBody::DigestMismatch { digest_mismatch: DigestMismatch { recorded: rec.digest.clone(), in_store: c.manifest.content_digest } })
+            }
             Some(_) if seen.contains(&id) => marker(LineageBody::Seen { seen: true }),
             Some(c) => {
                 seen.insert(id);

@@ -67,7 +67,8 @@ impl LogOutput {
     /// iteration has a headline metric — every metric), then the change table.
     pub fn write_text(&self, all: bool, out: &mut impl Write) -> std::io::Result<()> {
         let use_headline = !all && self.iterations.iter().any(|r| !r.headline.is_empty());
-        let rows: Vec<(u32, &BTreeMap<String, Value>)> = self.iterations.iter().map(|r| (r.iteration, if use_headline { &r.headline } else { &r.metrics })).collect();
+        let rows: Vec<(u32, &BTreeMap<String, Value>)> =
+            self.iterations.iter().map(|r| (r.iteration, if use_headline { &r.headline } else { &r.metrics })).collect();
         let mut cols: Vec<&String> = rows.iter().flat_map(|(_, m)| m.keys()).collect();
         cols.sort();
         cols.dedup();

@@ -219,7 +219,10 @@ pub fn eval_changes(before: &Artifact, after: &Artifact) -> anyhow::Result<Vec<S
 pub fn render_changes(changes: &[SuiteChange]) -> String {
     let labels: Vec<String> = changes.iter().map(|c| suite_label(&c.suite)).collect();
     let w = labels.iter().map(String::len).max().unwrap_or(5).max(5);
-    let mut s = format!("{:<w$}  {:<11}  {:>6}  {:>6}  {:>7}  {:>17}  {:>14}  {:>7}  {:>9}\n", "suite", "rate", "before", "after", "diff", "95% interval", "one-sided 95%", "p", "pairs");
+    let mut s = format!(
+        "{:<w$}  {:<11}  {:>6}  {:>6}  {:>7}  {:>17}  {:>14}  {:>7}  {:>9}\n",
+        "suite", "rate", "before", "after", "diff", "95% interval", "one-sided 95%", "p", "pairs"
+    );
     for (c, label) in changes.iter().zip(&labels) {
         let ch = &c.change;
         let metric = if c.headline { format!("{}*", c.metric) } else { c.metric.clone() };
@@ -260,8 +263,18 @@ mod tests {
         let e = names("eval", json!({"asr/harmbench": 0.25, "rows": 7, "attacker/n": 3, "intervals": {"asr/harmbench": {"k": 1}}}));
         assert_eq!(e, vec![("asr/harmbench".to_string(), 0.25)]);
         assert!(is_headline("asr/harmbench") && is_headline("reward/attacker_reward_mean") && !is_headline("attacker/faithfulness"));
-        let r = names("rollout", json!({"defender_well_formed_rate": 0.75, "attacker_truncated_rate": 0.5, "defender_truncated_in_thinking_rate": 0.25, "games": 8}));
-        assert_eq!(r, vec![("truncation/attacker".to_string(), 0.5), ("truncation/defender_in_thinking".to_string(), 0.25), ("format/defender_well_formed".to_string(), 0.75)]);
+        let r = names(
+            "rollout",
+            json!({"defender_well_formed_rate": 0.75, "attacker_truncated_rate": 0.5, "defender_truncated_in_thinking_rate": 0.25, "games": 8}),
+        );
+        assert_eq!(
+            r,
+            vec![
+                ("truncation/attacker".to_string(), 0.5),
+                ("truncation/defender_in_thinking".to_string(), 0.25),
+                ("format/defender_well_formed".to_string(), 0.75)
+            ]
+        );
         assert_eq!(names("update", json!({"sft_loss": 1.5})), vec![("sft/loss".to_string(), 1.5)]);
         assert!(is_headline("format/defender_well_formed") && !is_headline("truncation/defender"));
     }

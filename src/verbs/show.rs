@@ -38,7 +38,8 @@ pub fn show(engine: &Engine<'_>, reference: &str, rows: usize) -> anyhow::Result
     let a = engine.find(reference)?;
     let mut previews = BTreeMap::new();
     for f in a.manifest.files.iter().filter(|f| f.name.ends_with(".parquet")) {
-        let crate::schema::Preview { columns, rows: data, total_rows } = crate::schema::preview(&a.dir.join(&f.name), rows).with_context(|| format!("read {}", f.name))?;
+        let crate::schema::Preview { columns, rows: data, total_rows } =
+            crate::schema::preview(&a.dir.join(&f.name), rows).with_context(|| format!("read {}", f.name))?;
         let objs: Vec<Value> = data.iter().map(|r| Value::Object(columns.iter().cloned().zip(r.iter().map(|c| Value::String(c.clone()))).collect())).collect();
         previews.insert(f.name.clone(), FilePreview { columns, total_rows, rows: objs });
     }

@@ -55,7 +55,13 @@ pub struct LeftoverCheck {
 /// Verify the artifact `reference` names, or with `all` every artifact of the store and its
 /// leftovers; `on_artifact` gets each check as it is done (the text output prints them as
 /// they come, since `recompute` takes as long as the node).
-pub fn verify(engine: &Engine<'_>, reference: Option<&str>, all: bool, recompute: bool, on_artifact: &mut dyn FnMut(&ArtifactCheck)) -> anyhow::Result<VerifyOutput> {
+pub fn verify(
+    engine: &Engine<'_>,
+    reference: Option<&str>,
+    all: bool,
+    recompute: bool,
+    on_artifact: &mut dyn FnMut(&ArtifactCheck),
+) -> anyhow::Result<VerifyOutput> {
     let targets: Vec<Artifact> = match (reference, all) {
         (Some(r), false) => vec![engine.find(r)?],
         (None, true) => engine.store.scan()?,
@@ -70,7 +76,14 @@ pub fn verify(engine: &Engine<'_>, reference: Option<&str>, all: bool, recompute
             let differing_files: Vec<String> = cmp.into_iter().filter(|(_, ok)| !ok).map(|(f, _)| f).collect();
             rec = Some(Recompute { identical: differing_files.is_empty(), differing_files });
         }
-        let check = ArtifactCheck { node: a.manifest.node.clone(), stage: a.manifest.stage.clone(), key: a.manifest.key.clone(), ok: problems.is_empty(), problems, recompute: rec };
+        let check = ArtifactCheck {
+            node: a.manifest.node.clone(),
+            stage: a.manifest.stage.clone(),
+            key: a.manifest.key.clone(),
+            ok: problems.is_empty(),
+            problems,
+            recompute: rec,
+        };
         on_artifact(&check);
         artifacts.push(check);
     }

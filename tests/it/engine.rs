@@ -6,8 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use serde_json::Value;
 pub(crate) use super::util::{bin, root, sr, text};
+use serde_json::Value;
 
 pub(crate) fn tiny() -> PathBuf {
     root().join("tests/fixtures/tiny.yaml")
@@ -245,7 +245,12 @@ fn kill_9_mid_stage_then_resume_recomputes_nothing_finished() {
     let o = sr(&tiny(), &store, &["run", "--only", "dataset", "prep@1", "prep@2", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let v: Value = serde_json::from_slice(&o.stdout).expect("json");
-    let outcomes: Vec<(String, String)> = v["nodes"].as_array().expect("nodes").iter().map(|n| (n["node"].as_str().expect("n").to_string(), n["outcome"].as_str().expect("o").to_string())).collect();
+    let outcomes: Vec<(String, String)> = v["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| (n["node"].as_str().expect("n").to_string(), n["outcome"].as_str().expect("o").to_string()))
+        .collect();
     assert_eq!(outcomes, [("dataset".to_string(), "hit".to_string()), ("prep@1".into(), "hit".into()), ("prep@2".into(), "miss".into())]);
     assert_eq!(std::fs::read(&ds_manifest).expect("manifest"), before, "finished node untouched");
     assert_eq!(std::fs::read_dir(store.join(".tmp")).expect(".tmp").count(), 0, "leftovers cleaned");
@@ -463,7 +468,8 @@ fn dataset_from_the_pinned_sources_keeps_every_eval_prompt_out_of_training() {
     let dir = store.join("dataset").join(v["nodes"][0]["key"].as_str().expect("key"));
     let seeds = read_parquet::<SeedsSchema>(&dir.join("seeds.parquet")).expect("seeds");
     let judge = read_parquet::<JudgeTrainSchema>(&dir.join("judge_train.parquet")).expect("judge");
-    let count = |split: &str, suite: Option<&str>, label: &str| seeds.iter().filter(|r| r.split == split && r.suite.as_deref() == suite && r.label == label).count();
+    let count =
+        |split: &str, suite: Option<&str>, label: &str| seeds.iter().filter(|r| r.split == split && r.suite.as_deref() == suite && r.label == label).count();
     // HarmBench test, standard functional category only (docs/resources.md: 159 of 320).
     assert_eq!(count("eval", Some("harmbench"), "harmful"), 159);
     assert_eq!(count("eval", Some("overrefusal"), "benign"), 150);
@@ -687,9 +693,20 @@ fn unused_judge_backend_settings_and_speed_knobs_leave_every_key_unchanged() {
     }
     let judge_section = "judge:\n  backend: keywords";
     let same = [
-        ("wildguard.yaml", abs.replace(judge_section, &format!("{judge_section}\n  wildguard: {{url: 'https://u:secret@judge.example/v1?token=t', timeout_s: 5, retries: 0, concurrency: 1}}"))),
+        (
+            "wildguard.yaml",
+            abs.replace(
+                judge_section,
+                &format!("{judge_section}\n  wildguard: {{url: 'https://u:secret@judge.example/v1?token=t', timeout_s: 5, retries: 0, concurrency: 1}}"),
+            ),
+        ),
         ("probe.yaml", abs.replace("    embedder_dir:", "    l2: 0.5\n    epochs: 3\n    embedder_dir:")),
-        ("speed.yaml", abs.replace("  threads: 2", "  threads: 1").replace("eval:\n  every: 1", "eval:\n  batch_size: 3\n  every: 1").replace("  demos: 4\n", "  demos: 4\n  batch_size: 3\n")),
+        (
+            "speed.yaml",
+            abs.replace("  threads: 2", "  threads: 1")
+                .replace("eval:\n  every: 1", "eval:\n  batch_size: 3\n  every: 1")
+                .replace("  demos: 4\n", "  demos: 4\n  batch_size: 3\n"),
+        ),
     ];
     for (name, variant) in same {
         assert_ne!(variant, abs, "{name}: the replacement applied");
@@ -714,7 +731,11 @@ fn rollout_batch_size_changes_the_key_and_logprob_rounding_but_not_one_sampled_t
     let tmp = tempfile::tempdir().expect("tmp");
     let abs = tiny_text_abs();
     let rollout = |bs: u32| {
-        let cfg = write_config(tmp.path(), &format!("bs{bs}.yaml"), &abs.replace("max_new_tokens: 32\n  batch_size: 4\n", &format!("max_new_tokens: 32\n  batch_size: {bs}\n")));
+        let cfg = write_config(
+            tmp.path(),
+            &format!("bs{bs}.yaml"),
+            &abs.replace("max_new_tokens: 32\n  batch_size: 4\n", &format!("max_new_tokens: 32\n  batch_size: {bs}\n")),
+        );
         let store = tmp.path().join(format!("s{bs}"));
         let o = sr(&cfg, &store, &["run", "--only", "dataset", "base", "prep@1", "rollout@1"]);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -728,7 +749,12 @@ fn rollout_batch_size_changes_the_key_and_logprob_rounding_but_not_one_sampled_t
         assert_ne!(key, key4, "batch_size {bs} is in the rollout key");
         assert_eq!(games.len(), games4.len());
         for (a, b) in games.iter().zip(&games4) {
-            assert_eq!((&a.attacker_response_ids, &a.defender_response_ids, &a.attacker_output, &a.defender_output), (&b.attacker_response_ids, &b.defender_response_ids, &b.attacker_output, &b.defender_output), "row {}: batch_size {bs} changed a token", a.row);
+            assert_eq!(
+                (&a.attacker_response_ids, &a.defender_response_ids, &a.attacker_output, &a.defender_output),
+                (&b.attacker_response_ids, &b.defender_response_ids, &b.attacker_output, &b.defender_output),
+                "row {}: batch_size {bs} changed a token",
+                a.row
+            );
             for (x, y) in a.attacker_logprobs.iter().zip(&b.attacker_logprobs).chain(a.defender_logprobs.iter().zip(&b.defender_logprobs)) {
                 assert!((x - y).abs() < 1e-4, "row {}: logprob {x} vs {y}", a.row);
             }

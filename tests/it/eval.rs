@@ -5,13 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use self_redteam::eval::bleu::{
-    self_bleu_diversity, self_bleu_scores, sentence_bleu, tokenize_13a,
-};
+use self_redteam::eval::bleu::{self_bleu_diversity, self_bleu_scores, sentence_bleu, tokenize_13a};
 use self_redteam::eval::rates::{summarize, EvalRow, Rate, SuiteKind};
-use self_redteam::eval::report::{
-    default_plots, render_report, ExampleGame, IterationMetrics, JudgeAccuracy, ReportInput,
-};
+use self_redteam::eval::report::{default_plots, render_report, ExampleGame, IterationMetrics, JudgeAccuracy, ReportInput};
 use self_redteam::eval::sbert::{revision_faithfulness, sbert_diversity};
 use self_redteam::eval::suite::{load_suite_file, SuiteError, SuiteFileSpec};
 use self_redteam::judge::metrics::BinaryMetrics;
@@ -19,25 +15,17 @@ use self_redteam::judge::Verdict;
 
 fn golden() -> serde_json::Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/eval_golden.json");
-    serde_json::from_slice(&std::fs::read(&path).expect("golden file is committed"))
-        .expect("golden is JSON")
+    serde_json::from_slice(&std::fs::read(&path).expect("golden file is committed")).expect("golden is JSON")
 }
 
 fn strings(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|s| s.as_str().expect("string").to_string())
-        .collect()
+    v.as_array().expect("array").iter().map(|s| s.as_str().expect("string").to_string()).collect()
 }
 
 #[test]
 fn tokenizer_13a_matches_sacrebleu() {
     let g = golden();
-    for (s, t) in strings(&g["sentences"])
-        .iter()
-        .zip(strings(&g["tokenized_13a"]))
-    {
+    for (s, t) in strings(&g["sentences"]).iter().zip(strings(&g["tokenized_13a"])) {
         assert_eq!(tokenize_13a(s).join(" "), t, "sentence {s:?}");
     }
 }
@@ -47,28 +35,16 @@ fn self_bleu_matches_sacrebleu_to_1e6() {
     let g = golden();
     let sentences = strings(&g["sentences"]);
     let scores = self_bleu_scores(&sentences);
-    let expected: Vec<f64> = g["sentence_bleu"]
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|v| v.as_f64().expect("f64"))
-        .collect();
+    let expected: Vec<f64> = g["sentence_bleu"].as_array().expect("array").iter().map(|v| v.as_f64().expect("f64")).collect();
     assert_eq!(scores.len(), expected.len());
     for (i, (a, b)) in scores.iter().zip(&expected).enumerate() {
-        assert!(
-            (a - b).abs() < 1e-6,
-            "sentence {i}: rust {a} vs sacrebleu {b}"
-        );
+        assert!((a - b).abs() < 1e-6, "sentence {i}: rust {a} vs sacrebleu {b}");
     }
     let div = self_bleu_diversity(&sentences).expect("8 texts");
     let want = g["self_bleu_diversity"].as_f64().expect("f64");
     assert!((div - want).abs() < 1e-6, "{div} vs {want}");
     for pair in g["pair_bleu"].as_array().expect("array") {
-        let (h, r, s) = (
-            pair[0].as_str().expect("hyp"),
-            pair[1].as_str().expect("ref"),
-            pair[2].as_f64().expect("score"),
-        );
+        let (h, r, s) = (pair[0].as_str().expect("hyp"), pair[1].as_str().expect("ref"), pair[2].as_f64().expect("score"));
         assert!((sentence_bleu(h, &[r]) - s).abs() < 1e-6, "{h:?} vs {r:?}");
     }
     assert_eq!(self_bleu_diversity(&["only one"]), None);
@@ -81,13 +57,7 @@ fn sbert_diversity_matches_sentence_transformers_arithmetic() {
         .as_array()
         .expect("embeddings")
         .iter()
-        .map(|r| {
-            r.as_array()
-                .expect("row")
-                .iter()
-                .map(|x| x.as_f64().expect("f64") as f32)
-                .collect()
-        })
+        .map(|r| r.as_array().expect("row").iter().map(|x| x.as_f64().expect("f64") as f32).collect())
         .collect();
     assert_eq!(emb.len(), 8);
     let d = sbert_diversity(&emb).expect("8 texts");
@@ -99,25 +69,12 @@ fn sbert_diversity_matches_sentence_transformers_arithmetic() {
     assert_eq!(sbert_diversity(&emb[..1]), None);
 }
 
-fn row(
-    suite: &str,
-    cat: &str,
-    harmful_prompt: bool,
-    refusal: Option<bool>,
-    harmful: Option<bool>,
-    parse_error: bool,
-) -> EvalRow {
+fn row(suite: &str, cat: &str, harmful_prompt: bool, refusal: Option<bool>, harmful: Option<bool>, parse_error: bool) -> EvalRow {
     EvalRow {
         suite: suite.into(),
         category: Some(cat.into()),
         prompt_harmful: harmful_prompt,
-        verdict: Verdict {
-            prompt_harmful: Some(harmful_prompt),
-            response_refusal: refusal,
-            response_harmful: harmful,
-            parse_error,
-            raw: None,
-        },
+        verdict: Verdict { prompt_harmful: Some(harmful_prompt), response_refusal: refusal, response_harmful: harmful, parse_error, raw: None },
         format_violation: false,
     }
 }
@@ -133,30 +90,9 @@ fn suite_rates_count_parse_errors_as_no_success() {
         row("strongreject", "a", true, Some(true), Some(false), false),
         row("strongreject", "a", true, Some(false), Some(true), false),
         row("strongreject", "a", true, None, None, false),
-        row(
-            "rho_benign",
-            "medical",
-            false,
-            Some(false),
-            Some(false),
-            false,
-        ),
-        row(
-            "rho_benign",
-            "medical",
-            false,
-            Some(true),
-            Some(false),
-            false,
-        ),
-        row(
-            "rho_benign",
-            "legal",
-            false,
-            Some(false),
-            Some(false),
-            false,
-        ),
+        row("rho_benign", "medical", false, Some(false), Some(false), false),
+        row("rho_benign", "medical", false, Some(true), Some(false), false),
+        row("rho_benign", "legal", false, Some(false), Some(false), false),
     ];
     let s = summarize(&rows, &BTreeMap::new());
     let names: Vec<&str> = s.iter().map(|x| x.suite.as_str()).collect();
@@ -195,16 +131,14 @@ fn suite_loader_reads_csv_jsonl_and_parquet() {
     assert_eq!(rows[1].category.as_deref(), Some("crime"));
 
     let jsonl = dir.path().join("mine.jsonl");
-    std::fs::write(&jsonl, "{\"prompt\": \"a\", \"label\": true, \"response\": \"r1\"}\n\n{\"prompt\": \"b\", \"label\": null, \"response\": \"r2\"}\n").expect("write");
+    std::fs::write(&jsonl, "{\"prompt\": \"a\", \"label\": true, \"response\": \"r1\"}\n\n{\"prompt\": \"b\", \"label\": null, \"response\": \"r2\"}\n")
+        .expect("write");
     let mut spec = SuiteFileSpec::new(&jsonl);
     spec.label_column = Some("label".into());
     spec.response_column = Some("response".into());
     let rows = load_suite_file(&spec).expect("jsonl loads");
     assert_eq!(rows.len(), 2);
-    assert_eq!(
-        (rows[0].label_harmful, rows[1].label_harmful),
-        (Some(true), None)
-    );
+    assert_eq!((rows[0].label_harmful, rows[1].label_harmful), (Some(true), None));
     assert_eq!(rows[1].response.as_deref(), Some("r2"));
 
     // Parquet written with arrow, as a user's pandas/polars export would be.
@@ -212,18 +146,9 @@ fn suite_loader_reads_csv_jsonl_and_parquet() {
     use std::sync::Arc;
     let pq = dir.path().join("mine.parquet");
     let batch = arrow::record_batch::RecordBatch::try_from_iter(vec![
-        (
-            "prompt",
-            Arc::new(StringArray::from(vec![Some("p1"), Some("p2")])) as ArrayRef,
-        ),
-        (
-            "harmful",
-            Arc::new(BooleanArray::from(vec![Some(true), None])) as ArrayRef,
-        ),
-        (
-            "cat",
-            Arc::new(StringArray::from(vec![Some("x"), None])) as ArrayRef,
-        ),
+        ("prompt", Arc::new(StringArray::from(vec![Some("p1"), Some("p2")])) as ArrayRef),
+        ("harmful", Arc::new(BooleanArray::from(vec![Some(true), None])) as ArrayRef),
+        ("cat", Arc::new(StringArray::from(vec![Some("x"), None])) as ArrayRef),
     ])
     .expect("batch");
     let file = std::fs::File::create(&pq).expect("create");
@@ -235,18 +160,8 @@ fn suite_loader_reads_csv_jsonl_and_parquet() {
     spec.category_column = Some("cat".into());
     let rows = load_suite_file(&spec).expect("parquet loads");
     assert_eq!(rows.len(), 2);
-    assert_eq!(
-        (
-            rows[0].prompt.as_str(),
-            rows[0].label_harmful,
-            rows[0].category.as_deref()
-        ),
-        ("p1", Some(true), Some("x"))
-    );
-    assert_eq!(
-        (rows[1].label_harmful, rows[1].category.as_deref()),
-        (None, None)
-    );
+    assert_eq!((rows[0].prompt.as_str(), rows[0].label_harmful, rows[0].category.as_deref()), ("p1", Some(true), Some("x")));
+    assert_eq!((rows[1].label_harmful, rows[1].category.as_deref()), (None, None));
 }
 
 #[test]
@@ -257,16 +172,11 @@ fn suite_loader_names_file_and_missing_column() {
     let err = load_suite_file(&SuiteFileSpec::new(&p)).expect_err("no prompt column");
     assert!(matches!(err, SuiteError::MissingColumn { ref column, .. } if column == "prompt"));
     let msg = err.to_string();
-    assert!(
-        msg.contains("bad.csv") && msg.contains("\"prompt\"") && msg.contains("text"),
-        "{msg}"
-    );
+    assert!(msg.contains("bad.csv") && msg.contains("\"prompt\"") && msg.contains("text"), "{msg}");
 
     let j = dir.path().join("bad.jsonl");
     std::fs::write(&j, "{\"prompt\": \"a\"}\n{\"text\": \"b\"}\n").expect("write");
-    let msg = load_suite_file(&SuiteFileSpec::new(&j))
-        .expect_err("line 2 lacks prompt")
-        .to_string();
+    let msg = load_suite_file(&SuiteFileSpec::new(&j)).expect_err("line 2 lacks prompt").to_string();
     assert!(msg.contains("bad.jsonl") && msg.contains("prompt"), "{msg}");
 
     let l = dir.path().join("badlabel.csv");
@@ -274,10 +184,7 @@ fn suite_loader_names_file_and_missing_column() {
     let mut spec = SuiteFileSpec::new(&l);
     spec.label_column = Some("label".into());
     let msg = load_suite_file(&spec).expect_err("bad label").to_string();
-    assert!(
-        msg.contains("badlabel.csv") && msg.contains("perhaps"),
-        "{msg}"
-    );
+    assert!(msg.contains("badlabel.csv") && msg.contains("perhaps"), "{msg}");
 }
 
 #[test]
@@ -297,11 +204,7 @@ fn report_has_one_polyline_point_per_iteration_and_escapes_text() {
         }
         m.insert("refusal/advbench".to_string(), 0.25);
         intervals.insert("refusal/advbench".to_string(), (0.05, 0.7));
-        its.push(IterationMetrics {
-            iteration: i,
-            metrics: m,
-            intervals,
-        });
+        its.push(IterationMetrics { iteration: i, metrics: m, intervals });
     }
     let input = ReportInput {
         title: "Run <b>1</b>".into(),
@@ -310,10 +213,7 @@ fn report_has_one_polyline_point_per_iteration_and_escapes_text() {
         judge: Some(JudgeAccuracy {
             judge: "probe".into(),
             judge_key: "probe/v1/abc".into(),
-            heads: vec![(
-                "response_refusal".into(),
-                BinaryMetrics::from_predictions(&[true, false], &[true, true]),
-            )],
+            heads: vec![("response_refusal".into(), BinaryMetrics::from_predictions(&[true, false], &[true, true]))],
         }),
         examples: vec![ExampleGame {
             outcome: "DEFENDER_LOSE_BROKEN_DEFENSE".into(),
@@ -328,17 +228,8 @@ fn report_has_one_polyline_point_per_iteration_and_escapes_text() {
     let html = render_report(&input);
     let polylines: Vec<&str> = html.split("<polyline").skip(1).collect();
     let points_of = |key: &str| -> usize {
-        let pl = polylines
-            .iter()
-            .find(|p| p.split("/>").next().is_some_and(|tag| tag.contains(&format!("data-key=\"{key}\""))))
-            .expect("series present");
-        let pts = pl
-            .split("points=\"")
-            .nth(1)
-            .expect("points attr")
-            .split('"')
-            .next()
-            .expect("closing quote");
+        let pl = polylines.iter().find(|p| p.split("/>").next().is_some_and(|tag| tag.contains(&format!("data-key=\"{key}\"")))).expect("series present");
+        let pts = pl.split("points=\"").nth(1).expect("points attr").split('"').next().expect("closing quote");
         pts.split(' ').count()
     };
     assert_eq!(polylines.len(), 5, "reward x2, asr, refusal, kl");
@@ -359,22 +250,10 @@ fn report_has_one_polyline_point_per_iteration_and_escapes_text() {
     assert_eq!(points_of("asr/harmbench"), 3, "iteration 2 has no asr");
     assert_eq!(points_of("kl"), 4);
     assert!(!html.contains("<script"), "user text must be escaped");
-    assert!(
-        html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;quotes&quot;")
-    );
+    assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;quotes&quot;"));
     assert!(html.contains("Run &lt;b&gt;1&lt;/b&gt;"));
     assert!(html.contains("judge/0123abcd"));
-    assert!(
-        html.contains("<td>0.500</td>"),
-        "accuracy 1/2 in the judge table"
-    );
-    assert_eq!(
-        html.matches("no data").count(),
-        2,
-        "over-refusal, diversity have no data"
-    );
-    assert!(
-        !html.contains("src=") && !html.contains("<link") && !html.contains("href="),
-        "no external assets"
-    );
+    assert!(html.contains("<td>0.500</td>"), "accuracy 1/2 in the judge table");
+    assert_eq!(html.matches("no data").count(), 2, "over-refusal, diversity have no data");
+    assert!(!html.contains("src=") && !html.contains("<link") && !html.contains("href="), "no external assets");
 }

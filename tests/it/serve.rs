@@ -17,9 +17,8 @@ use self_redteam::judge::server::{parse_request, CompletionsServer, ServerOption
 use self_redteam::judge::TextGenerator;
 use self_redteam::model::tiny_random_llama;
 
+use super::util::root;
 use crate::fuzz;
-use super::util::{root};
-
 
 const TOKEN_VAR: &str = "SELF_REDTEAM_TEST_SERVE_TOKEN_91c2";
 const TOKEN: &str = "test-token-5d1e";
@@ -130,7 +129,8 @@ fn serve_survives_a_request_claiming_an_absurd_content_length() {
     for claimed in ["1000000000000000000", "18446744073709551615", "70000000"] {
         let mut tcp = TcpStream::connect(s.addr()).expect("connect");
         tcp.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-        write!(tcp, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {claimed}\r\n\r\n{{\"prompt\":").expect("send");
+        write!(tcp, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {claimed}\r\n\r\n{{\"prompt\":")
+            .expect("send");
         let mut head = [0u8; 12];
         tcp.read_exact(&mut head).expect("an answer");
         assert_eq!(&head, b"HTTP/1.1 413", "{claimed}");
@@ -165,7 +165,10 @@ fn serve_refuses_to_start_when_the_token_variable_is_unset() {
     let model = dir.path().join("tiny");
     tiny_random_llama(3).save_hf_dir(&model).expect("save");
     let o = Command::new(env!("CARGO_BIN_EXE_self-redteam"))
-        .arg("--config").arg(root().join("pipeline.yaml")).arg("--store").arg(dir.path().join("store"))
+        .arg("--config")
+        .arg(root().join("pipeline.yaml"))
+        .arg("--store")
+        .arg(dir.path().join("store"))
         .args(["serve", "--model", model.to_str().expect("utf-8"), "--bind", "127.0.0.1:0", "--auth-token-env", "SELF_REDTEAM_TEST_NO_SUCH_VAR_77"])
         .env_remove("SELF_REDTEAM_TEST_NO_SUCH_VAR_77")
         .output()

@@ -151,9 +151,27 @@ fn lineage_of_a_10_iteration_chain_lists_each_artifact_once_and_answers_at_once(
     let store = Store::open(&root).expect("open");
     let lock = store.lock().expect("lock");
     let publish = |node: &str, stage: &str, it: u32, inputs: Vec<(&str, &self_redteam::store::Artifact)>| {
-        let components = KeyComponents { scheme: KEY_SCHEME, kind: stage.into(), stage_version: 1, iteration: Some(it), params: serde_json::json!({}), inputs: vec![], seed: it as u64, files: vec![] };
+        let components = KeyComponents {
+            scheme: KEY_SCHEME,
+            kind: stage.into(),
+            stage_version: 1,
+            iteration: Some(it),
+            params: serde_json::json!({}),
+            inputs: vec![],
+            seed: it as u64,
+            files: vec![],
+        };
         let mut m = Manifest::draft(node, stage, Some(it), components);
-        m.inputs = inputs.iter().map(|(role, a)| InputRecord { role: role.to_string(), node: a.manifest.node.clone(), stage: a.manifest.stage.clone(), key: a.manifest.key.clone(), digest: a.manifest.content_digest.clone() }).collect();
+        m.inputs = inputs
+            .iter()
+            .map(|(role, a)| InputRecord {
+                role: role.to_string(),
+                node: a.manifest.node.clone(),
+                stage: a.manifest.stage.clone(),
+                key: a.manifest.key.clone(),
+                digest: a.manifest.content_digest.clone(),
+            })
+            .collect();
         let st = store.begin(stage, &m.key).expect("begin");
         std::fs::write(st.dir.join("x.bin"), node.as_bytes()).expect("write");
         store.publish(st, m, false).expect("publish")

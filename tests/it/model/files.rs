@@ -103,8 +103,7 @@ impl Gguf {
     }
 }
 
-const VOCAB: [&str; 16] =
-    ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "c", "d", "e", "h", "i", "l", "o", "Ġ", "Ċ", "u", "hi"];
+const VOCAB: [&str; 16] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b", "c", "d", "e", "h", "i", "l", "o", "Ġ", "Ċ", "u", "hi"];
 
 /// A complete tiny Llama (hidden 8, 2 heads of 4, 1 KV head, 1 layer, vocab 16, tied head)
 /// with a byte-level BPE tokenizer and the ChatML template.
@@ -501,10 +500,7 @@ fn fuzz_tokenizer_json() {
     std::fs::write(gguf_dir.path().join("t.gguf"), g.bytes()).expect("write");
     let gguf = model::gguf::GgufFile::open(&gguf_dir.path().join("t.gguf")).expect("open");
     let docs = [
-        (
-            std::fs::read(byte_dir.path().join("tokenizer.json")).expect("read"),
-            std::fs::read(byte_dir.path().join("tokenizer_config.json")).expect("read"),
-        ),
+        (std::fs::read(byte_dir.path().join("tokenizer.json")).expect("read"), std::fs::read(byte_dir.path().join("tokenizer_config.json")).expect("read")),
         (
             gguf.tokenizer_json().expect("tokenizer.json").to_string().into_bytes(),
             gguf.tokenizer_config_json().expect("tokenizer_config.json").to_string().into_bytes(),
@@ -520,7 +516,8 @@ fn fuzz_tokenizer_json() {
     }
     // Regression input (FUZZ_ITERS=20000 FUZZ_SEED=7): a template post-processor naming a
     // special token it does not define made the crate panic at encode time.
-    seeds.push(std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/tokenizer_json_template_undefined_special.bin")).expect("fixture"));
+    seeds
+        .push(std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/tokenizer_json_template_undefined_special.bin")).expect("fixture"));
     fuzz::run("fuzz_tokenizer_json", &seeds, fuzz::iterations(300), |bytes| {
         let Some((&sel, rest)) = bytes.split_first() else { return };
         let (tj, tc) = &docs[(sel as usize / 2) % docs.len()];
@@ -547,6 +544,7 @@ fn tokenizer_json_that_panics_the_tokenizers_crate_is_an_error() {
     model::tokenizer::tiny_byte_tokenizer().save_hf_dir(dir.path()).expect("save");
     let tc: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("tokenizer_config.json")).expect("read")).expect("json");
     let tj = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz/tokenizer_json_decoder_panic.json")).expect("fixture");
-    let err = model::ChatTokenizer::from_json(&String::from_utf8_lossy(&tj), tc, &[2], Path::new("fuzz/tokenizer.json")).expect_err("a malformed tokenizer.json is an error");
+    let err = model::ChatTokenizer::from_json(&String::from_utf8_lossy(&tj), tc, &[2], Path::new("fuzz/tokenizer.json"))
+        .expect_err("a malformed tokenizer.json is an error");
     assert!(err.to_string().contains("fuzz/tokenizer.json"), "{err}");
 }
