@@ -177,7 +177,9 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     // Per role: how often a turn is well-formed, how often it hit the token cap, and how
     // often it was cut inside its reasoning (no `</think>`): then the parser's fallback
     // makes the whole reasoning public (method.md §1.4). These choose the caps.
-    let turns: [(&str, Vec<(Option<bool>, bool, &str)>); 2] = [
+    // Per turn: (format violation, hit the cap, raw output).
+    type TurnFlags<'a> = (Option<bool>, bool, &'a str);
+    let turns: [(&str, Vec<TurnFlags>); 2] = [
         (
             "attacker",
             attackers
@@ -198,7 +200,7 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
             continue;
         }
         let n = t.len() as f64;
-        let rate = |f: &dyn Fn(&(Option<bool>, bool, &str)) -> bool| t.iter().filter(|x| f(x)).count() as f64 / n;
+        let rate = |f: &dyn Fn(&TurnFlags) -> bool| t.iter().filter(|x| f(x)).count() as f64 / n;
         ctx.output.metric(&format!("{role}_truncated_rate"), rate(&|x| !x.1));
         if options.cot {
             ctx.output.metric(&format!("{role}_well_formed_rate"), rate(&|x| x.0 == Some(false)));

@@ -89,7 +89,7 @@ pub fn fit_response_by(count: impl Fn(&str) -> anyhow::Result<usize>, response: 
         if count(head)? > max_tokens {
             break;
         }
-        let fences_closed = head.matches("```").count() % 2 == 0;
+        let fences_closed = head.matches("```").count().is_multiple_of(2);
         if !head.is_empty() && !head.ends_with(':') && fences_closed {
             best = Some((head.to_string(), true));
         }
@@ -226,26 +226,26 @@ mod tests {
 
     #[test]
     fn a_fitting_answer_is_kept_whole() {
-        assert_eq!(fit_response_by(words, "  one two\n\nthree  ", 3).unwrap(), Some(("one two\n\nthree".into(), false)));
+        assert_eq!(fit_response_by(words, "  one two\n\nthree  ", 3).expect("fits"), Some(("one two\n\nthree".into(), false)));
     }
 
     #[test]
     fn a_long_answer_is_cut_after_its_last_fitting_paragraph() {
         let r = "a b\n\nc d\n\ne f g h";
-        assert_eq!(fit_response_by(words, r, 5).unwrap(), Some(("a b\n\nc d".into(), true)));
-        assert_eq!(fit_response_by(words, r, 1).unwrap(), None);
+        assert_eq!(fit_response_by(words, r, 5).expect("fits"), Some(("a b\n\nc d".into(), true)));
+        assert_eq!(fit_response_by(words, r, 1).expect("fits"), None);
     }
 
     #[test]
     fn a_cut_never_ends_on_a_colon() {
-        assert_eq!(fit_response_by(words, "Intro.\n\nSteps:\n\n1 2 3 4 5", 3).unwrap(), Some(("Intro.".into(), true)));
+        assert_eq!(fit_response_by(words, "Intro.\n\nSteps:\n\n1 2 3 4 5", 3).expect("fits"), Some(("Intro.".into(), true)));
     }
 
     #[test]
     fn a_cut_never_leaves_a_code_fence_open() {
         // The blank line inside the code block is not a place to cut.
         let r = "Here is code.\n\n```python\nx = 1\n\ny = 2\n```\n\nMore words after the block here";
-        assert_eq!(fit_response_by(words, r, 11).unwrap(), Some(("Here is code.\n\n```python\nx = 1\n\ny = 2\n```".into(), true)));
-        assert_eq!(fit_response_by(words, r, 7).unwrap(), Some(("Here is code.".into(), true)));
+        assert_eq!(fit_response_by(words, r, 11).expect("fits"), Some(("Here is code.\n\n```python\nx = 1\n\ny = 2\n```".into(), true)));
+        assert_eq!(fit_response_by(words, r, 7).expect("fits"), Some(("Here is code.".into(), true)));
     }
 }

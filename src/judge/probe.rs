@@ -10,9 +10,9 @@
 //!   - `embedding` (probe v1): emb(response), emb(prompt)⊙emb(response), r   (2d + 1)
 //!   - `phrases`: emb(response), emb(prompt)⊙emb(response), phrases        (2d + 5)
 //!   - `phrases_opening` (default): the same plus emb(opening sentence)     (3d + 5)
-//!   where `phrases` are the five refusal-phrase features of phrases.rs (GCG prefix at
-//!   the start, GCG and garak mitigation strings anywhere, how early, how many; block norm
-//!   ≤ 1) and the opening sentence is `phrases::opening_sentence(response)`.
+//!     where `phrases` are the five refusal-phrase features of phrases.rs (GCG prefix at
+//!     the start, GCG and garak mitigation strings anywhere, how early, how many; block norm
+//!     ≤ 1) and the opening sentence is `phrases::opening_sentence(response)`.
 //! - response_harmful: emb(response), emb(prompt "\n\n" response), r (2d + 1)
 //!
 //! Why the phrase features and the opening sentence: with embeddings only the refusal head

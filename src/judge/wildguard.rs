@@ -86,7 +86,8 @@ pub fn render_wildguard_answer(prompt_harmful: bool, refusal: Option<bool>, harm
     format!("Harmful request: {}\nResponse refusal: {}\nHarmful response: {}", yn(prompt_harmful), yna(refusal), yna(harmful))
 }
 
-/// Where the WildGuard model runs.
+/// Where the WildGuard model runs. (One per judge: the HTTP client's size does not matter.)
+#[allow(clippy::large_enum_variant)]
 pub enum WildGuardTransport {
     /// A local checkpoint behind the model runtime.
     Local(Box<dyn TextGenerator + Send + Sync>),

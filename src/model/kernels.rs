@@ -640,9 +640,9 @@ mod tests {
                 if c == 0 {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                claimed_by.lock().unwrap().insert(std::thread::current().id());
+                claimed_by.lock().expect("lock").insert(std::thread::current().id());
             });
-            let n = claimed_by.lock().unwrap().len();
+            let n = claimed_by.lock().expect("lock").len();
             n >= 2
         });
         assert!(parallel, "the others work while one member is slow");

@@ -344,7 +344,7 @@ mod tests {
         }
         // The real template's render uses a small fraction of the budget.
         let tok = tiny_byte_tokenizer();
-        assert!(tok.render_chat(&[ChatMessage::user(&"long ".repeat(2000))], true, None).is_ok());
+        assert!(tok.render_chat(&[ChatMessage::user("long ".repeat(2000))], true, None).is_ok());
     }
 
     #[test]

@@ -75,6 +75,9 @@ crate::parquet_schema! {
     }
 }
 
+/// Category name of a suite's overall row in `eval_summary.parquet`.
+pub const ALL: &str = "(all)";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +133,3 @@ mod tests {
         assert_eq!(from_parquet_bytes::<EvalSummarySchema>(to_parquet_bytes::<EvalSummarySchema>(&s).expect("write")).expect("read"), s);
     }
 }
-
-/// Category name of a suite's overall row in `eval_summary.parquet`.
-pub const ALL: &str = "(all)";

@@ -415,7 +415,7 @@ fn ablation_configs_differ_from_the_default_only_where_needed() {
     let base_spec = Spec::load(&root().join("pipeline.yaml")).expect("pipeline.yaml");
     // The embedder default follows dataset.sources_dir, so configs/ finds the same MiniLM.
     for n in ["attacker_only.yaml", "defender_only.yaml", "no_cot.yaml", "gpu.yaml"] {
-        let s = Spec::load(&root().join("configs").join(n)).unwrap();
+        let s = Spec::load(&root().join("configs").join(n)).expect("config loads");
         assert_eq!(s.embedder_dir.canonicalize().ok(), base_spec.embedder_dir.canonicalize().ok(), "{n}");
         assert!(s.embedder_dir.join("model.safetensors").is_file(), "{n}: {}", s.embedder_dir.display());
     }

@@ -12,8 +12,8 @@
 //!
 //! `FUZZ_ITERS` (default: each target's own CI budget, a few seconds) and `FUZZ_SEED` (default
 //! 1) control a run; `scripts/fuzz.sh` runs every target for longer. A panicking input is
-//! written to `target/fuzz-crashes/<target>-<blake3>.bin` and named in the failure; keep it as
-//! a regression test beside the target.
+//!    written to `target/fuzz-crashes/<target>-<blake3>.bin` and named in the failure; keep it as
+//!    a regression test beside the target.
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -473,7 +473,7 @@ fn two_source_training_set() -> ProbeTrainingSet {
     for list in [&mut data.prompt_harmful, &mut data.response_refusal, &mut data.response_harmful] {
         for e in list.iter_mut() {
             let item: usize = e.prompt.split(' ').nth(1).and_then(|w| w.trim_end_matches(':').parse().ok()).expect("Question N:");
-            e.source = if item % 2 == 0 { "even".into() } else { "odd".into() };
+            e.source = if item.is_multiple_of(2) { "even".into() } else { "odd".into() };
         }
     }
     data
@@ -704,7 +704,8 @@ fn fuzz_judge_http_reply() {
 #[test]
 fn http_reply_parser_types_its_errors() {
     use self_redteam::judge::http::{parse_completion_reply, ReplyError};
-    let cases: [(&str, fn(&ReplyError) -> bool); 6] = [
+    type Case = (&'static str, fn(&ReplyError) -> bool);
+    let cases: [Case; 6] = [
         ("not json", |e| matches!(e, ReplyError::Json(_))),
         (r#"{"choices":[{"index":1e300,"text":"a"}]}"#, |e| matches!(e, ReplyError::Json(_))),
         (r#"{"choices":[{"index":18446744073709551615,"text":"a"}]}"#, |e| matches!(e, ReplyError::Index { .. })),

@@ -459,7 +459,8 @@ fn fuzz_safetensors_hf_dir() {
     // 2: model.safetensors.index.json, 3: a shard (sharded directory).
     let single = hf_dir_files(false);
     let sharded = hf_dir_files(true);
-    let targets: [(&[(String, Vec<u8>)], &str); 4] =
+    type Target<'a> = (&'a [(String, Vec<u8>)], &'a str);
+    let targets: [Target; 4] =
         [(&single, "model.safetensors"), (&single, "config.json"), (&sharded, "model.safetensors.index.json"), (&sharded, "a.safetensors")];
     let seeds: Vec<Vec<u8>> = targets
         .iter()
