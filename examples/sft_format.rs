@@ -21,11 +21,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use self_redteam::game::cot_format_check_and_extract;
 use self_redteam::model::{Policy, SamplingParams, TokenId};
+use self_redteam::rl::buffer::sft_indices;
 use self_redteam::rl::{clip_grad_norm, next_token_logprobs, sft_loss, Adam, AdamConfig, SftExample, TokenBatch};
 use self_redteam::schema::read_parquet;
 use self_redteam::schema::rollout::GamesSchema;
 use self_redteam::schema::sft_demos::SftDemosSchema;
-use self_redteam::stages::update::sft_indices;
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
     match std::env::var(name) {

@@ -31,10 +31,12 @@ use super::base::{load_policy_input, write_policy};
 use super::rollout::game_options;
 use super::StageContext;
 use crate::game::{GameMode, Role};
-use crate::model::{Policy, SequenceBatch, TokenId};
+pub use crate::rl::buffer::sft_indices;
+use crate::rl::buffer::{kept_turns, response_logprobs, to_i64};
+
 use crate::rl::{next_token_logprobs, run_update, Adam, AdamConfig, CosineWithMinLr, RlSample, SftExample, TokenBatch, UpdateConfig};
-use crate::schema::judged::{JudgedRow, JudgedSchema};
-use crate::schema::rollout::{GameRow, GamesSchema};
+use crate::schema::judged::JudgedSchema;
+use crate::schema::rollout::GamesSchema;
 use crate::schema::sft_demos::SftDemosSchema;
 use crate::schema::update_steps::{UpdateStepRow, UpdateStepsSchema};
 use crate::spec::Spec;
@@ -81,103 +83,6 @@ pub fn schedule_steps(spec: &Spec, schedule_iterations: u32) -> u64 {
     };
     let per_iteration = (samples.round() as u64).div_ceil(u64::from(spec.raw.update.micro_batch_size)).max(1);
     u64::from(schedule_iterations) * per_iteration
-}
-
-/// One trained turn before scoring: tokens and the role's reward.
-struct Turn {
-    role: Role,
-    prompt: Vec<i64>,
-    response: Vec<i64>,
-    reward: f64,
-    violation: Option<bool>,
-    outcomes: Vec<String>,
-}
-
-/// The SFT demonstrations of optimizer step `step`: positions [step·b, (step+1)·b) of the
-/// run-long sequence of epochs, each epoch a permutation of `0..n` seeded by `(loader_seed,
-/// epoch)` (module docs). Returns indices into the demonstrations.
-pub fn sft_indices(n: usize, b: usize, step: u64, loader_seed: &[u8; 32]) -> Vec<usize> {
-    use rand::seq::SliceRandom;
-    use rand::SeedableRng;
-    if n == 0 {
-        return Vec::new();
-    }
-    let perm = |epoch: u64| {
-        let mut h = blake3::Hasher::new();
-        h.update(b"self-redteam sft loader v1\0");
-        h.update(loader_seed);
-        h.update(&epoch.to_le_bytes());
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut rand_chacha::ChaCha8Rng::from_seed(*h.finalize().as_bytes()));
-        order
-    };
-    let start = step * b as u64;
-    let mut out = Vec::with_capacity(b);
-    let mut cached: Option<(u64, Vec<usize>)> = None;
-    for pos in start..start + b as u64 {
-        let epoch = pos / n as u64;
-        if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            cached = Some((epoch, perm(epoch)));
-        }
-        let order = &cached.as_ref().expect("filled above").1;
-        out.push(order[(pos % n as u64) as usize]);
-    }
-    out
-}
-
-/// Per-response-token log-probs of `turns` under `policy` (no grad), in chunks of `batch`.
-fn response_logprobs(policy: &Policy, turns: &[Turn], batch: usize) -> anyhow::Result<Vec<Vec<f32>>> {
-    let _guard = tch::no_grad_guard();
-    let mut out = Vec::with_capacity(turns.len());
-    for chunk in turns.chunks(batch.max(1)) {
-        let prompts: Vec<Vec<TokenId>> = chunk.iter().map(|t| t.prompt.iter().map(|&x| x as TokenId).collect()).collect();
-        let responses: Vec<Vec<TokenId>> = chunk.iter().map(|t| t.response.iter().map(|&x| x as TokenId).collect()).collect();
-        let b = SequenceBatch::new(&prompts, &responses, policy.tokenizer().pad_id(), policy.device())?;
-        let lp = policy.token_logprobs(&b).logprobs.to_kind(tch::Kind::Float).to_device(tch::Device::Cpu);
-        for (i, t) in chunk.iter().enumerate() {
-            let (p, n) = (t.prompt.len() as i64, t.response.len() as i64);
-            let row: Vec<f32> = Vec::<f32>::try_from(lp.get(i as i64).narrow(0, p - 1, n)).context("log-probs to host")?;
-            out.push(row);
-        }
-    }
-    Ok(out)
-}
-
-fn to_i64(ids: &[u32]) -> Vec<i64> {
-    ids.iter().map(|&x| i64::from(x)).collect()
-}
-
-/// The kept samples of judge@i with their rollout tokens.
-fn kept_turns(games: &[GameRow], judged: &[JudgedRow]) -> anyhow::Result<Vec<Turn>> {
-    let by_id: std::collections::HashMap<&str, &GameRow> = games.iter().map(|g| (g.game_id.as_str(), g)).collect();
-    let mut turns = Vec::new();
-    for j in judged {
-        let g = by_id.get(j.game_id.as_str()).with_context(|| format!("judge row {} has no game in the rollout", j.game_id))?;
-        if j.attacker_kept {
-            let reward = j.attacker_total.with_context(|| format!("game {}: kept attacker sample without a reward", j.game_id))?;
-            turns.push(Turn {
-                role: Role::Attacker,
-                prompt: to_i64(&g.attacker_prompt_ids),
-                response: to_i64(&g.attacker_response_ids),
-                reward,
-                violation: g.attacker_format_violation,
-                outcomes: j.attacker_outcomes.clone(),
-            });
-        }
-        if j.defender_kept {
-            let reward = j.defender_total.with_context(|| format!("game {}: kept defender sample without a reward", j.game_id))?;
-            turns.push(Turn {
-                role: Role::Defender,
-                prompt: to_i64(&g.defender_prompt_ids),
-                response: to_i64(&g.defender_response_ids),
-                reward,
-                violation: g.defender_format_violation,
-                outcomes: j.defender_outcomes.clone(),
-            });
-        }
-    }
-    turns.retain(|t| !t.response.is_empty() && !t.prompt.is_empty());
-    Ok(turns)
 }
 
 pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
@@ -348,23 +253,6 @@ mod tests {
 
     fn spec(text: &str) -> Spec {
         Spec::from_yaml(text, Path::new("/p/pipeline.yaml")).expect("valid")
-    }
-
-    #[test]
-    fn sft_loader_cycles_every_demo_once_per_epoch_and_depends_only_on_the_step() {
-        let seed = [7u8; 32];
-        // 5 demos, 2 per step: steps 0..5 cover positions 0..10 = two whole epochs.
-        let drawn: Vec<usize> = (0..5).flat_map(|k| sft_indices(5, 2, k, &seed)).collect();
-        for epoch in drawn.chunks(5) {
-            let mut e = epoch.to_vec();
-            e.sort_unstable();
-            assert_eq!(e, [0, 1, 2, 3, 4], "each epoch is a permutation: {drawn:?}");
-        }
-        assert_ne!(drawn[..5], drawn[5..], "epochs are reshuffled");
-        // Resume: step 3 alone gives what it gave inside the sequence.
-        assert_eq!(sft_indices(5, 2, 3, &seed), drawn[6..8]);
-        assert_ne!((0..5).flat_map(|k| sft_indices(5, 2, k, &[8u8; 32])).collect::<Vec<_>>(), drawn, "another seed, another order");
-        assert!(sft_indices(0, 2, 3, &seed).is_empty());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!   judge labels (Q, R, H) --[`reward::score_game`]--> per-role rewards + outcome tags
 //!   --[`reward::training_rewards`]--> the samples that enter the RL buffer (§2.5)
 pub mod cot;
+pub mod demos;
 pub mod outcome;
 pub mod prompts;
 pub mod reward;

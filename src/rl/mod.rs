@@ -14,6 +14,7 @@
 pub mod adam;
 pub mod advantage;
 pub mod batch;
+pub mod buffer;
 pub mod loss;
 pub mod metrics;
 pub mod schedule;
