@@ -35,7 +35,7 @@ impl Params {
     }
 }
 
-pub use crate::model::{tch_device, tch_kind, POLICY_FILES};
+use crate::model::{tch_device, tch_kind, POLICY_FILES};
 
 /// Open the policy artifact filling `role` (every file digest-checked first) on the run's
 /// device in the base dtype `dtype`. Stages that load a policy carry `base.dtype` in their

@@ -14,8 +14,7 @@ use crate::schema::eval::{EvalAttackerSchema, EvalSchema, EvalSummarySchema};
 use crate::schema::seeds::SeedsSchema;
 use crate::spec::{Dtype, Spec};
 
-pub use crate::eval::protocol::{evaluate, suite_kind, AttackerSampling, EvalInputs, EvalOutput, EvalSettings, HOLDOUT_ATTACKER};
-pub use crate::schema::eval::ALL;
+use crate::eval::protocol::{evaluate, EvalInputs, EvalSettings, HOLDOUT_ATTACKER};
 
 /// Bump when this stage's output for the same inputs would change.
 /// 2: decoding steps use the CPU decode kernel (src/model/kernels.rs), whose float rounding
@@ -75,8 +74,8 @@ fn verified_dir(ctx: &StageContext<'_>, role: &str) -> anyhow::Result<std::path:
 }
 
 pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
-    let device = super::base::tch_device(ctx.device);
-    let kind = super::base::tch_kind(p.dtype);
+    let device = crate::model::tch_device(ctx.device);
+    let kind = crate::model::tch_kind(p.dtype);
     let seeds = ctx.read_parquet::<SeedsSchema>("dataset")?;
     let policy_dir = verified_dir(ctx, "policy")?;
     let policy = Policy::load(&policy_dir, device, kind).with_context(|| format!("{}: load policy from {}", ctx.node, policy_dir.display()))?;

@@ -72,7 +72,7 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
         }
         Err(_) => None,
     };
-    let judge = crate::judge::build::build(&p.judge, judge_dir.as_deref(), super::base::tch_device(ctx.device))?;
+    let judge = crate::judge::build::build(&p.judge, judge_dir.as_deref(), crate::model::tch_device(ctx.device))?;
     let cache = VerdictCache::open(ctx.store_root().join(VERDICT_CACHE_DIR))?;
     let inputs: Vec<JudgeInput> =
         games.iter().map(|g| JudgeInput::new(g.public_attack.clone(), g.public_answer.clone()).with_seed_label(g.label == "harmful")).collect();

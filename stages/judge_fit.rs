@@ -19,7 +19,7 @@ use crate::schema::judge_fit::JudgeFitMetricsSchema;
 use crate::schema::judge_train::JudgeTrainSchema;
 use crate::schema::seeds::SeedsSchema;
 
-pub use crate::judge::fit::{metric_rows, source_groups, texts_to_embed, train_config, training_set, FitData, PrefetchedEmbedder, EMBED_BATCH};
+use crate::judge::fit::{metric_rows, source_groups, texts_to_embed, train_config, training_set, PrefetchedEmbedder, EMBED_BATCH};
 
 /// Bump when the output for the same inputs would change. 2: refusal phrase and
 /// opening-sentence features, per-source held-out metrics, metrics Parquet v2.

@@ -31,8 +31,7 @@ use super::base::{load_policy_input, write_policy};
 use super::rollout::game_options;
 use super::StageContext;
 use crate::game::{GameMode, Role};
-pub use crate::rl::buffer::sft_indices;
-use crate::rl::buffer::{kept_turns, response_logprobs, to_i64};
+use crate::rl::buffer::{kept_turns, response_logprobs, sft_indices, to_i64};
 
 use crate::rl::{next_token_logprobs, run_update, Adam, AdamConfig, CosineWithMinLr, RlSample, SftExample, TokenBatch, UpdateConfig};
 use crate::schema::judged::JudgedSchema;

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::util::{root, sr, text};
+use self_redteam::eval::protocol::{evaluate, EvalInputs, EvalOutput, EvalSettings};
 use self_redteam::judge::build::{from_spec, load_embedder};
 use self_redteam::judge::Embedder;
 use self_redteam::model::tiny_random_llama;
 use self_redteam::plan::Plan;
 use self_redteam::spec::Spec;
-use self_redteam::stages::eval::{evaluate, EvalInputs, EvalOutput};
 use self_redteam::store::{Manifest, Store};
 
 fn sources() -> String {
@@ -72,7 +72,7 @@ fn run_direct(spec: &Spec) -> EvalOutput {
     let rng = |row: u64| self_redteam::plan::rng_for(1, "eval", Some(0), row);
     let quiet = |_: &str, _: u64| {};
     evaluate(&EvalInputs {
-        params: &self_redteam::stages::eval::params(spec).settings,
+        params: &EvalSettings::of(spec),
         run_seed: spec.raw.run.seed,
         adversarial: &spec.raw.dataset.adversarial_suites.keys().cloned().collect(),
         seeds: &ds.seeds,
@@ -380,7 +380,7 @@ fn eval_timing_on_smollm2_default_config() {
     let t0 = std::time::Instant::now();
     let progress = |what: &str, done: u64| eprintln!("{:>7.1}s {what} {done}", t0.elapsed().as_secs_f64());
     let out = evaluate(&EvalInputs {
-        params: &self_redteam::stages::eval::params(&spec).settings,
+        params: &EvalSettings::of(&spec),
         run_seed: spec.raw.run.seed,
         adversarial: &spec.raw.dataset.adversarial_suites.keys().cloned().collect(),
         seeds: &ds.seeds,
