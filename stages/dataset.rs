@@ -43,7 +43,7 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     for r in &out.seeds {
         let bucket = match &r.suite {
             Some(s) => format!("eval.{s}"),
-            None => format!("{}.{}", r.split, r.label),
+            None => format!("{}.{}", r.split.as_str(), r.label.as_str()),
         };
         *counts.entry(bucket).or_default() += 1;
     }

@@ -7,7 +7,8 @@ use anyhow::Context;
 
 use super::rollout::game_options;
 use super::StageContext;
-use crate::game::{score_game, training_rewards, CotFormat, GameOptions, GameRecord, GameVerdict, JudgeLabels, Role, RoleReward, ScoredGame, SeedKind};
+use crate::game::SeedLabel;
+use crate::game::{score_game, training_rewards, CotFormat, GameOptions, GameRecord, GameVerdict, JudgeLabels, Role, RoleReward, ScoredGame};
 use crate::judge::cache::{judge_cached, VerdictCache, VERDICT_CACHE_DIR};
 use crate::judge::{JudgeInput, Verdict};
 use crate::schema::judged::{JudgedRow, JudgedSchema};
@@ -51,7 +52,7 @@ pub fn game_verdict(v: &Verdict) -> GameVerdict {
 
 /// The reward code's view of a rollout row.
 pub fn game_record(g: &GameRow) -> anyhow::Result<GameRecord> {
-    let seed_kind = SeedKind::parse(&g.data_type).with_context(|| format!("game {}: unknown data_type {:?}", g.game_id, g.data_type))?;
+    let seed_kind = g.data_type;
     Ok(GameRecord {
         seed_kind,
         attacker_format: g.attacker_turn.then(|| CotFormat::from_violation(g.attacker_format_violation)),
@@ -75,7 +76,7 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let judge = crate::judge::build::build(&p.judge, judge_dir.as_deref(), crate::model::tch_device(ctx.device))?;
     let cache = VerdictCache::open(ctx.store_root().join(VERDICT_CACHE_DIR))?;
     let inputs: Vec<JudgeInput> =
-        games.iter().map(|g| JudgeInput::new(g.public_attack.clone(), g.public_answer.clone()).with_seed_label(g.label == "harmful")).collect();
+        games.iter().map(|g| JudgeInput::new(g.public_attack.clone(), g.public_answer.clone()).with_seed_label(g.label == SeedLabel::Harmful)).collect();
     let bar = ctx.progress(inputs.len() as u64, "judging");
     if judge.uncacheable().is_none() {
         ctx.output.used_verdict_cache(&judge.key());
@@ -99,7 +100,7 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
         rows.push(JudgedRow {
             game_id: g.game_id.clone(),
             row: g.row,
-            data_type: g.data_type.clone(),
+            data_type: g.data_type,
             prompt_harmful: v.prompt_harmful,
             refusal: v.response_refusal,
             response_harmful: v.response_harmful,

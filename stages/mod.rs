@@ -213,6 +213,9 @@ impl Progress {
     pub fn inc(&self, n: u64) {
         self.bar.inc(n);
     }
+    pub fn set_position(&self, n: u64) {
+        self.bar.set_position(n);
+    }
     pub fn set_message(&self, msg: impl Into<String>) {
         self.bar.set_message(msg.into());
     }

@@ -6,7 +6,9 @@ use anyhow::bail;
 use rand::seq::{index, SliceRandom};
 
 use super::StageContext;
+use crate::game::{SeedKind, SeedLabel};
 use crate::schema::prep::{PrepRow, PrepSchema};
+use crate::schema::seeds::Split;
 use crate::schema::seeds::{SeedRow, SeedsSchema};
 
 /// Bump when the output for the same inputs would change.
@@ -39,8 +41,8 @@ fn draw<'a>(pool: &[&'a SeedRow], n: usize, revise: f64, rng_pick: &mut impl ran
 
 pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let seeds = ctx.read_parquet::<SeedsSchema>("dataset")?;
-    let harmful: Vec<&SeedRow> = seeds.iter().filter(|r| r.split == "train" && r.label == "harmful").collect();
-    let benign: Vec<&SeedRow> = seeds.iter().filter(|r| r.split == "train" && r.label == "benign").collect();
+    let harmful: Vec<&SeedRow> = seeds.iter().filter(|r| r.split == Split::Train && r.label == SeedLabel::Harmful).collect();
+    let benign: Vec<&SeedRow> = seeds.iter().filter(|r| r.split == Split::Train && r.label == SeedLabel::Benign).collect();
     let n = p.seeds_per_iteration as usize;
     let n_harmful = (n as f64 * p.harmful_fraction).round() as usize;
     let n_benign = n - n_harmful;
@@ -64,19 +66,17 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
             row: i as u32,
             seed_id: s.id.clone(),
             text: s.text.clone(),
-            label: s.label.clone(),
-            data_type: format!("{}_{}", if revise { "generated" } else { "vanilla" }, s.label),
+            label: s.label,
+            data_type: SeedKind::of(s.label, revise),
             revise,
             source: s.source.clone(),
             category: s.category.clone(),
         })
         .collect();
-    let count = |dt: &str| rows.iter().filter(|r| r.data_type == dt).count();
     ctx.output.metric("seeds", rows.len());
-    ctx.output.metric("generated_harmful", count("generated_harmful"));
-    ctx.output.metric("vanilla_harmful", count("vanilla_harmful"));
-    ctx.output.metric("generated_benign", count("generated_benign"));
-    ctx.output.metric("vanilla_benign", count("vanilla_benign"));
+    for kind in [SeedKind::GeneratedHarmful, SeedKind::VanillaHarmful, SeedKind::GeneratedBenign, SeedKind::VanillaBenign] {
+        ctx.output.metric(kind.as_str(), rows.iter().filter(|r| r.data_type == kind).count());
+    }
     ctx.output.write_parquet::<PrepSchema>(&rows)?;
     Ok(())
 }

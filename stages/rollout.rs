@@ -7,14 +7,14 @@
 //! Seeding: the attacker turn of prep row r samples with a seed drawn from `ctx.rng(2r)` and
 //! its defender turn from `ctx.rng(2r + 1)`, so a game's tokens depend on neither batch size
 //! nor which other seeds share its batch (see model::sampler on row independence).
-use anyhow::{bail, Context};
+use anyhow::Context;
 use rand::RngCore;
 
 use super::base::load_policy_input;
 use super::StageContext;
-use crate::game::{attack_turn, defender_prompt, public_text, AttackTurn, GameOptions, SeedKind};
-use crate::game::{render_prompt, rollout_sampling};
-use crate::model::{Policy, Sample, SamplingParams, TokenId};
+use crate::game::{attack_turn, defender_prompt, public_text, AttackTurn, GameOptions};
+use crate::game::{render_prompt, rollout_sampling, turn_stats};
+use crate::model::{batching, Policy, Sample, SamplingParams, TokenId};
 use crate::schema::prep::{PrepRow, PrepSchema};
 use crate::schema::rollout::{GameRow, GamesSchema};
 use crate::spec::{Dtype, RolloutParams, Spec};
@@ -50,8 +50,8 @@ pub fn game_options(r: &RolloutParams) -> GameOptions {
     GameOptions { cot: r.cot, mode: r.mode }
 }
 
-/// Sample `prompts` in chunks of `batch` (one progress tick per row).
-fn sample_chunked(
+/// Sample `prompts` in order, `batch` rows at a time (one progress tick per row).
+fn sample(
     ctx: &StageContext<'_>,
     policy: &Policy,
     prompts: &[Vec<TokenId>],
@@ -61,13 +61,10 @@ fn sample_chunked(
     what: &str,
 ) -> anyhow::Result<Vec<Sample>> {
     let bar = ctx.progress(prompts.len() as u64, what);
-    let mut out = Vec::with_capacity(prompts.len());
-    for (p, s) in prompts.chunks(batch.max(1)).zip(seeds.chunks(batch.max(1))) {
-        ctx.check_cancelled()?;
-        out.extend(policy.generate_interruptible(p, s, params, ctx.interrupt_flag()).with_context(|| format!("{}: sampling {what}", ctx.node))?);
-        bar.inc(p.len() as u64);
-    }
-    Ok(out)
+    let plan = batching::in_order(prompts.len(), batch);
+    policy
+        .generate_batched(prompts, seeds, params, &plan, ctx.interrupt_flag(), &mut |done| bar.set_position(done as u64))
+        .with_context(|| format!("{}: sampling {what}", ctx.node))
 }
 
 struct Pending {
@@ -86,7 +83,7 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     // Turn 0 for every seed.
     let mut games = Vec::new();
     for r in prep {
-        let Some(kind) = SeedKind::parse(&r.data_type) else { bail!("prep row {}: unknown data_type {:?}", r.row, r.data_type) };
+        let kind = r.data_type;
         match attack_turn(&r.text, kind, &options) {
             AttackTurn::Skip => {}
             AttackTurn::Verbatim(text) => games.push(Pending { prep: r, attacker: None, public_attack: text }),
@@ -100,7 +97,7 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let att_idx: Vec<usize> = (0..games.len()).filter(|&i| games[i].attacker.is_some()).collect();
     let att_prompts: Vec<Vec<TokenId>> = att_idx.iter().map(|&i| games[i].attacker.as_ref().expect("filtered").1.clone()).collect();
     let att_seeds: Vec<u64> = att_idx.iter().map(|&i| seed_of(2 * u64::from(games[i].prep.row))).collect();
-    let att_samples = sample_chunked(ctx, &policy, &att_prompts, &att_seeds, &params, batch, "attacker turns")?;
+    let att_samples = sample(ctx, &policy, &att_prompts, &att_seeds, &params, batch, "attacker turns")?;
     let mut attacker_out: Vec<Option<Sample>> = vec![None; games.len()];
     for (&i, s) in att_idx.iter().zip(att_samples) {
         games[i].public_attack = public_text(&s.text, options.cot).text;
@@ -122,7 +119,7 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     }
     let def_prompts: Vec<Vec<TokenId>> = def_rendered.iter().map(|(_, ids)| ids.clone()).collect();
     let def_seeds: Vec<u64> = games.iter().map(|g| seed_of(2 * u64::from(g.prep.row) + 1)).collect();
-    let def_samples = sample_chunked(ctx, defender, &def_prompts, &def_seeds, &params, batch, "defender turns")?;
+    let def_samples = sample(ctx, defender, &def_prompts, &def_seeds, &params, batch, "defender turns")?;
 
     let mut rows = Vec::with_capacity(games.len());
     for ((g, a), ((dtext, dids), d)) in games.into_iter().zip(attacker_out).zip(def_rendered.into_iter().zip(def_samples)) {
@@ -156,56 +153,8 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
             public_answer: dpub.text,
         });
     }
-    let n = rows.len().max(1) as f64;
-    let attackers: Vec<&GameRow> = rows.iter().filter(|r| r.attacker_turn).collect();
-    ctx.output.metric("games", rows.len());
-    ctx.output.metric("attacker_turns", attackers.len());
-    ctx.output.metric("defender_mean_tokens", rows.iter().map(|r| r.defender_response_ids.len()).sum::<usize>() as f64 / n);
-    ctx.output.metric("defender_finished_rate", rows.iter().filter(|r| r.defender_finished_by_stop).count() as f64 / n);
-    if !attackers.is_empty() {
-        let na = attackers.len() as f64;
-        ctx.output.metric("attacker_mean_tokens", attackers.iter().map(|r| r.attacker_response_ids.len()).sum::<usize>() as f64 / na);
-        ctx.output.metric("attacker_finished_rate", attackers.iter().filter(|r| r.attacker_finished_by_stop == Some(true)).count() as f64 / na);
-    }
-    if options.cot {
-        let v: Vec<bool> =
-            rows.iter().flat_map(|r| [r.attacker_format_violation, (!r.defender_frozen).then_some(r.defender_format_violation).flatten()]).flatten().collect();
-        if !v.is_empty() {
-            ctx.output.metric("format_violation_rate", v.iter().filter(|x| **x).count() as f64 / v.len() as f64);
-        }
-    }
-    // Per role: how often a turn is well-formed, how often it hit the token cap, and how
-    // often it was cut inside its reasoning (no `</think>`): then the parser's fallback
-    // makes the whole reasoning public (method.md §1.4). These choose the caps.
-    // Per turn: (format violation, hit the cap, raw output).
-    type TurnFlags<'a> = (Option<bool>, bool, &'a str);
-    let turns: [(&str, Vec<TurnFlags>); 2] = [
-        (
-            "attacker",
-            attackers
-                .iter()
-                .map(|r| (r.attacker_format_violation, r.attacker_finished_by_stop == Some(true), r.attacker_output.as_deref().unwrap_or("")))
-                .collect(),
-        ),
-        (
-            "defender",
-            rows.iter()
-                .filter(|r| !r.defender_frozen)
-                .map(|r| (r.defender_format_violation, r.defender_finished_by_stop, r.defender_output.as_str()))
-                .collect(),
-        ),
-    ];
-    for (role, t) in turns {
-        if t.is_empty() {
-            continue;
-        }
-        let n = t.len() as f64;
-        let rate = |f: &dyn Fn(&TurnFlags) -> bool| t.iter().filter(|x| f(x)).count() as f64 / n;
-        ctx.output.metric(&format!("{role}_truncated_rate"), rate(&|x| !x.1));
-        if options.cot {
-            ctx.output.metric(&format!("{role}_well_formed_rate"), rate(&|x| x.0 == Some(false)));
-            ctx.output.metric(&format!("{role}_truncated_in_thinking_rate"), rate(&|x| !x.1 && !x.2.contains("</think>")));
-        }
+    for (name, value) in turn_stats(&rows, options.cot) {
+        ctx.output.metric(&name, value);
     }
     ctx.output.write_parquet::<GamesSchema>(&rows)?;
     Ok(())

@@ -26,11 +26,11 @@ use rand::RngCore;
 
 use super::base::load_policy_input;
 use super::StageContext;
-use crate::game::demos::{fit_response, TAGS};
-use crate::game::render_prompt;
-use crate::game::{cot_format_check_and_extract, defender_prompt, postfill_prompt, postfilled_sft_target, ChatPrompt, DefenderStyle, THINKING_PREFIX};
+use crate::game::demos::{candidates, demonstration, Dropped, Rejected};
+use crate::game::{postfill_prompt, render_prompt};
 use crate::model::{SamplingParams, TokenId};
 use crate::schema::seeds::SeedsSchema;
+use crate::schema::seeds::Split;
 use crate::schema::sft_demos::{SftDemoRow, SftDemosSchema};
 
 /// Bump when the output for the same inputs would change.
@@ -65,19 +65,11 @@ impl Params {
     }
 }
 
-struct Candidate {
-    row: u64,
-    prompt_id: String,
-    request: String,
-    response: String,
-    cut: bool,
-}
-
 pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let (dtype, path) = (p.dtype, p.source_path.clone());
     let p = &p.sft;
     let seeds = ctx.read_parquet::<SeedsSchema>("dataset")?;
-    let held_out: HashSet<&str> = seeds.iter().filter(|s| s.split != "train").map(|s| s.id.as_str()).collect();
+    let held_out: HashSet<&str> = seeds.iter().filter(|s| s.split != Split::Train).map(|s| s.id.as_str()).collect();
     crate::data::verify_source(&path, &p.source.sha256)?;
     let mut pairs = crate::data::read_labelled(&p.source, &path)?;
     // Seeded order, so `demos` < the pool takes a random sample rather than the file's head.
@@ -85,23 +77,9 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let policy = load_policy_input(ctx, "policy", dtype)?;
     let tok = policy.tokenizer();
 
-    let (mut overlap, mut too_long, mut tagged) = (0usize, 0usize, 0usize);
-    let mut candidates = Vec::new();
-    for (i, pair) in pairs.iter().enumerate() {
-        let pid = crate::data::prompt_id(&pair.prompt);
-        if held_out.contains(pid.as_str()) {
-            overlap += 1;
-            continue;
-        }
-        if TAGS.iter().any(|t| pair.prompt.contains(t) || pair.response.contains(t)) {
-            tagged += 1;
-            continue;
-        }
-        match fit_response(tok, &pair.response, p.max_response_tokens as usize).with_context(|| format!("{}: tokenizing a reference answer", ctx.node))? {
-            Some((response, cut)) => candidates.push(Candidate { row: i as u64 + 1, prompt_id: pid, request: pair.prompt.trim().to_string(), response, cut }),
-            None => too_long += 1,
-        }
-    }
+    let (candidates, dropped) =
+        candidates(&pairs, &held_out, tok, p.max_response_tokens as usize).with_context(|| format!("{}: reading the reference answers", ctx.node))?;
+    let Dropped { eval_overlap: overlap, too_long, tagged } = dropped;
 
     let params = SamplingParams { temperature: p.temperature, top_p: p.top_p, max_new_tokens: p.max_thinking_tokens as usize, ..Default::default() };
     let want = p.demos as usize;
@@ -126,34 +104,14 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
                 break;
             }
             tried += 1;
-            let thinking = crate::game::cot::py_strip(&s.text).to_string();
-            if !s.finished_by_stop {
-                not_stopped += 1;
-                continue;
+            match demonstration(tok, c, &s.text, s.finished_by_stop)? {
+                Ok(row) => {
+                    rows.push(row);
+                    bar.inc(1);
+                }
+                Err(Rejected::NotStopped) => not_stopped += 1,
+                Err(Rejected::Malformed) => malformed += 1,
             }
-            let target_text = postfilled_sft_target(&thinking, &c.response);
-            // The parser sees what the policy would generate: the target without the prefix.
-            let parsed = cot_format_check_and_extract(target_text.strip_prefix(THINKING_PREFIX).unwrap_or(&target_text));
-            if thinking.is_empty() || TAGS.iter().any(|t| thinking.contains(t)) || parsed.violation || parsed.answer != c.response {
-                malformed += 1;
-                continue;
-            }
-            let dprompt = defender_prompt(&c.request, DefenderStyle::Cot);
-            let (prompt_text, prompt_ids) = render_prompt(tok, &ChatPrompt { assistant_prefix: None, ..dprompt })?;
-            let mut target_ids = tok.encode(&target_text, false)?;
-            target_ids.push(tok.eos_id());
-            rows.push(SftDemoRow {
-                prompt_id: c.prompt_id.clone(),
-                request: c.request.clone(),
-                response: c.response.clone(),
-                cut: c.cut,
-                thinking,
-                prompt_text,
-                target_text,
-                prompt_ids,
-                target_ids,
-            });
-            bar.inc(1);
         }
     }
     drop(bar);

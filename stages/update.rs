@@ -5,12 +5,9 @@
 //!
 //! - Old log-probs: a no-grad training forward of policy i−1 (as OpenRLHF recomputes them with
 //!   the actor instead of trusting the sampler). Ref log-probs: the frozen base.
-//! - LR schedule: cosine with min LR over `update.schedule_steps` optimizer steps, or, when
-//!   unset, `run.iterations × ceil(expected samples per iteration / micro_batch_size)`
-//!   where the expected samples are the seeds that give a trained sample before tie removal
-//!   (selfplay: every defender turn plus the revised seeds' attacker turns; attacker_only:
-//!   the revised seeds; defender_only: every seed). Tie removal makes real buffers smaller, so
-//!   the schedule is never cut short; the step index is Adam's run-wide step count.
+//! - LR schedule: cosine with min LR over [`schedule_steps`] optimizer steps (the configured
+//!   `update.schedule_steps`, or derived from the expected samples per iteration); the step
+//!   index is Adam's run-wide step count.
 //! - SFT term (`update.sft_coef > 0`, method.md §3.1 step 6): every optimizer step adds the
 //!   next-token loss on `sft_batch_size` post-filled demonstrations of the `sft-data` artifact
 //!   (stages/sft_data.rs), times `sft_coef`, to the RL gradient before the step. The
@@ -28,12 +25,12 @@ use rand::RngCore;
 use tch::Tensor;
 
 use super::base::{load_policy_input, write_policy};
-use super::rollout::game_options;
 use super::StageContext;
-use crate::game::{GameMode, Role};
-use crate::rl::buffer::{kept_turns, response_logprobs, sft_indices, to_i64};
+use crate::game::Role;
+use crate::rl::buffer::{kept_turns, response_logprobs, rl_samples, sft_examples, sft_indices, sft_loader_seed};
 
-use crate::rl::{next_token_logprobs, run_update, Adam, AdamConfig, CosineWithMinLr, RlSample, SftExample, TokenBatch, UpdateConfig};
+use crate::rl::schedule::schedule_steps;
+use crate::rl::{next_token_logprobs, run_update, Adam, AdamConfig, CosineWithMinLr, SftExample, TokenBatch, UpdateConfig};
 use crate::schema::judged::JudgedSchema;
 use crate::schema::rollout::GamesSchema;
 use crate::schema::sft_demos::SftDemosSchema;
@@ -68,22 +65,6 @@ impl Params {
     }
 }
 
-/// Optimizer steps of the whole schedule (see the module docs).
-pub fn schedule_steps(spec: &Spec, schedule_iterations: u32) -> u64 {
-    if let Some(s) = spec.raw.update.schedule_steps {
-        return u64::from(s);
-    }
-    let seeds = f64::from(spec.raw.prep.seeds_per_iteration);
-    let revised = seeds * spec.raw.prep.revise_fraction;
-    let samples = match game_options(&spec.raw.rollout).mode {
-        GameMode::SelfPlay => seeds + revised,
-        GameMode::AttackerOnly => revised,
-        GameMode::DefenderOnly => seeds,
-    };
-    let per_iteration = (samples.round() as u64).div_ceil(u64::from(spec.raw.update.micro_batch_size)).max(1);
-    u64::from(schedule_iterations) * per_iteration
-}
-
 pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let u = &p.update;
     let games = ctx.read_parquet::<GamesSchema>("rollout")?;
@@ -101,29 +82,14 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let refs = response_logprobs(&reference, &turns, mb)?;
     let time_logprobs = t1.elapsed().as_secs_f64();
     drop(reference);
-    let buffer: Vec<RlSample> = turns
-        .iter()
-        .zip(old)
-        .zip(refs)
-        .map(|((t, o), r)| RlSample {
-            role: t.role,
-            token_ids: t.prompt.iter().chain(&t.response).copied().collect(),
-            prompt_len: t.prompt.len(),
-            old_logprobs: o,
-            ref_logprobs: r,
-            reward: t.reward,
-            format_violation: t.violation,
-            outcomes: t.outcomes.iter().filter_map(|s| crate::game::Outcome::parse(s)).collect(),
-        })
-        .collect();
+    let buffer = rl_samples(&turns, old, refs);
 
     let params = policy.trainable_parameters();
     let adam_cfg = AdamConfig { beta1: u.betas[0], beta2: u.betas[1], eps: 1e-8, weight_decay: u.weight_decay };
     let t2 = std::time::Instant::now();
     let mut adam = if ctx.input("optimizer").is_ok() {
-        let p = ctx.input_file("optimizer", OPTIMIZER_FILE)?;
-        let state: Vec<(String, Tensor)> = crate::model::tensors::load_safetensors(&p)?.into_iter().collect();
-        Adam::import_state(adam_cfg, state, &params).with_context(|| format!("{}: optimiser state of the previous update", ctx.node))?
+        Adam::load(adam_cfg, &ctx.input_file("optimizer", OPTIMIZER_FILE)?, &params)
+            .with_context(|| format!("{}: optimiser state of the previous update", ctx.node))?
     } else {
         Adam::new(adam_cfg)
     };
@@ -145,21 +111,8 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     // SFT demonstrations (module docs): post-filled, from the sft-data artifact.
     let (demos, loader_seed) = if u.sft_coef > 0.0 {
         let rows = ctx.read_parquet::<SftDemosSchema>("sft")?;
-        let vocab = policy.config().vocab_size as u32;
-        let mut demos = Vec::with_capacity(rows.len());
-        for (i, r) in rows.iter().enumerate() {
-            if r.prompt_ids.is_empty() || r.target_ids.is_empty() {
-                bail!("{}: sft demonstration {i} ({}) has an empty prompt or target", ctx.node, r.prompt_id);
-            }
-            if let Some(t) = r.prompt_ids.iter().chain(&r.target_ids).find(|&&t| t >= vocab) {
-                bail!("{}: sft demonstration {i} ({}) holds token id {t}, outside the policy's vocabulary of {vocab}", ctx.node, r.prompt_id);
-            }
-            demos.push(SftExample { token_ids: to_i64(&r.prompt_ids).into_iter().chain(to_i64(&r.target_ids)).collect(), prompt_len: r.prompt_ids.len() });
-        }
-        let mut h = blake3::Hasher::new();
-        h.update(&ctx.seed.to_le_bytes());
-        h.update(ctx.input("sft")?.manifest().content_digest.to_string().as_bytes());
-        (demos, *h.finalize().as_bytes())
+        let demos = sft_examples(&rows, policy.config().vocab_size as u32).with_context(|| format!("{}: input sft", ctx.node))?;
+        (demos, sft_loader_seed(ctx.seed, &ctx.input("sft")?.manifest().content_digest.to_string()))
     } else {
         (Vec::new(), [0u8; 32])
     };
@@ -191,28 +144,8 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
 
     let t4 = std::time::Instant::now();
     write_policy(ctx, &policy)?;
-    let state = adam.export_state();
-    let path = ctx.output.path(OPTIMIZER_FILE)?;
-    crate::model::tensors::save_safetensors(&path, state.iter().map(|(n, t)| (n.as_str(), t)))?;
-    let steps: Vec<UpdateStepRow> = metrics
-        .as_ref()
-        .map(|m| {
-            m.steps
-                .iter()
-                .map(|s| UpdateStepRow {
-                    step: s.step,
-                    lr: s.lr,
-                    policy_loss: s.policy_loss,
-                    sft_loss: s.sft_loss,
-                    clip_fraction: s.clip_fraction,
-                    grad_norm: s.grad_norm,
-                    attacker_samples: s.attacker_samples as u32,
-                    defender_samples: s.defender_samples as u32,
-                    response_tokens: s.response_tokens,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    adam.save(&ctx.output.path(OPTIMIZER_FILE)?)?;
+    let steps: Vec<UpdateStepRow> = metrics.as_ref().map(|m| m.steps.iter().map(UpdateStepRow::from).collect()).unwrap_or_default();
     ctx.output.write_parquet::<UpdateStepsSchema>(&steps)?;
     ctx.output.time_part("load", time_load);
     ctx.output.time_part("logprobs", time_logprobs);
@@ -224,46 +157,8 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     ctx.output.metric("defender_samples", buffer.iter().filter(|s| s.role == Role::Defender).count());
     ctx.output.metric("optimizer_steps_total", adam.steps_taken());
     ctx.output.metric("schedule_steps", total);
-    if let Some(m) = metrics {
-        ctx.output.metric("optimizer_steps", m.optimizer_steps);
-        ctx.output.metric("policy_loss", m.policy_loss_mean);
-        ctx.output.metric("sft_loss", m.sft_loss_mean);
-        ctx.output.metric("clip_fraction", m.clip_fraction);
-        ctx.output.metric("grad_norm_mean", m.grad_norm_mean);
-        ctx.output.metric("grad_norm_max", m.grad_norm_max);
-        ctx.output.metric("lr_first", m.lr_first);
-        ctx.output.metric("lr_last", m.lr_last);
-        ctx.output.metric("kl", m.kl_mean);
-        for (role, r) in &m.roles {
-            ctx.output.metric(&format!("{}_reward_mean", role.as_str()), r.reward_mean);
-            ctx.output.metric(&format!("{}_kl", role.as_str()), r.kl_mean);
-            ctx.output.metric(&format!("{}_format_violation_rate", role.as_str()), r.format_violation_rate);
-        }
-    } else {
-        ctx.output.metric("optimizer_steps", 0);
+    for (name, value) in metrics.map_or_else(|| vec![("optimizer_steps".to_string(), serde_json::json!(0))], |m| m.manifest_metrics()) {
+        ctx.output.metric(&name, value);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    fn spec(text: &str) -> Spec {
-        Spec::from_yaml(text, Path::new("/p/pipeline.yaml")).expect("valid")
-    }
-
-    #[test]
-    fn schedule_length_is_derived_from_expected_samples_or_taken_as_configured() {
-        // selfplay: 8 defender + 4 attacker samples = 12 → 3 steps of 4, times 10 iterations.
-        let s = spec("prep: {seeds_per_iteration: 8}\nupdate: {micro_batch_size: 4}\n");
-        assert_eq!(schedule_steps(&s, 10), 30);
-        let s = spec("prep: {seeds_per_iteration: 8}\nrollout: {mode: attacker_only}\nupdate: {micro_batch_size: 4}\n");
-        assert_eq!(schedule_steps(&s, 10), 10);
-        let s = spec("prep: {seeds_per_iteration: 8}\nrollout: {mode: defender_only}\nupdate: {micro_batch_size: 3}\n");
-        assert_eq!(schedule_steps(&s, 2), 6);
-        let s = spec("update: {schedule_steps: 77}\n");
-        assert_eq!(schedule_steps(&s, 2), 77);
-    }
 }

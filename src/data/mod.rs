@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::game::SeedLabel;
 use crate::schema::judge_train::JudgeExampleRow;
 use crate::schema::seeds::SeedRow;
-use crate::spec::{DatasetParams, Label, SourceFile, SourceFormat};
+use crate::schema::seeds::Split;
+use crate::spec::{DatasetParams, SourceFile, SourceFormat};
 
 /// Errors of reading a source file; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -465,9 +467,9 @@ fn held_out(seed: u64, purpose: &str, ids: &[String], fraction: f64) -> HashSet<
 /// that name; every other suite is `split = eval` with that `suite`). For the eval stage.
 pub fn suite_rows<'a>(seeds: &'a [SeedRow], suite: &str) -> Vec<&'a SeedRow> {
     if suite == "holdout_attacker" {
-        seeds.iter().filter(|r| r.split == "holdout_attacker").collect()
+        seeds.iter().filter(|r| r.split == Split::HoldoutAttacker).collect()
     } else {
-        seeds.iter().filter(|r| r.split == "eval" && r.suite.as_deref() == Some(suite)).collect()
+        seeds.iter().filter(|r| r.split == Split::Eval && r.suite.as_deref() == Some(suite)).collect()
     }
 }
 
@@ -525,46 +527,44 @@ pub fn build_dataset(d: &DatasetParams, sources_dir: &Path, seed: u64) -> Result
         dropped_long_adversarial: 0,
     };
     // Read one prompt file into rows, applying length, cap and dedupe rules.
-    let read =
-        |f: &SourceFile, label: Label, pool: &mut Pool, exclude: &HashSet<String>, split: &str, suite: Option<&str>, stats: &mut DatasetOutput| -> Result<()> {
-            let path = source_path(f);
-            let mut taken = 0usize;
-            for sp in read_prompts(f, &path)? {
-                if taken >= cap {
-                    break;
-                }
-                if sp.text.is_empty() || sp.text.chars().count() > max_chars {
-                    stats.dropped_long += 1;
-                    continue;
-                }
-                let id = prompt_id(&sp.text);
-                if exclude.contains(&id) {
-                    stats.dropped_eval_overlap += 1;
-                    continue;
-                }
-                if d.dedupe && !pool.seen.insert(id.clone()) {
-                    stats.dropped_duplicate += 1;
-                    continue;
-                }
-                taken += 1;
-                pool.rows.push(SeedRow {
-                    id,
-                    text: sp.text,
-                    label: label.as_str().to_string(),
-                    source: f.source_name(),
-                    category: sp.category,
-                    split: split.to_string(),
-                    suite: suite.map(str::to_string),
-                });
+    let read = |f: &SourceFile,
+                label: SeedLabel,
+                pool: &mut Pool,
+                exclude: &HashSet<String>,
+                split: Split,
+                suite: Option<&str>,
+                stats: &mut DatasetOutput|
+     -> Result<()> {
+        let path = source_path(f);
+        let mut taken = 0usize;
+        for sp in read_prompts(f, &path)? {
+            if taken >= cap {
+                break;
             }
-            Ok(())
-        };
+            if sp.text.is_empty() || sp.text.chars().count() > max_chars {
+                stats.dropped_long += 1;
+                continue;
+            }
+            let id = prompt_id(&sp.text);
+            if exclude.contains(&id) {
+                stats.dropped_eval_overlap += 1;
+                continue;
+            }
+            if d.dedupe && !pool.seen.insert(id.clone()) {
+                stats.dropped_duplicate += 1;
+                continue;
+            }
+            taken += 1;
+            pool.rows.push(SeedRow { id, text: sp.text, label, source: f.source_name(), category: sp.category, split, suite: suite.map(str::to_string) });
+        }
+        Ok(())
+    };
     // 1. Eval suites read from files: they take precedence over training.
     let mut eval = Pool { rows: Vec::new(), seen: HashSet::new() };
     let none = HashSet::new();
     for (name, suite) in &d.eval_suites {
         for f in &suite.files {
-            read(f, suite.label, &mut eval, &none, "eval", Some(name), &mut out)?;
+            read(f, suite.label, &mut eval, &none, Split::Eval, Some(name), &mut out)?;
         }
     }
     // 1b. Adversarial suites: behaviours inside jailbreak templates, under their own length
@@ -602,10 +602,10 @@ pub fn build_dataset(d: &DatasetParams, sources_dir: &Path, seed: u64) -> Result
             eval.rows.push(SeedRow {
                 id,
                 text: p.text,
-                label: Label::Harmful.as_str().to_string(),
+                label: SeedLabel::Harmful,
                 source: p.template,
                 category: p.category,
-                split: "eval".into(),
+                split: Split::Eval,
                 suite: Some(name.clone()),
             });
         }
@@ -615,11 +615,11 @@ pub fn build_dataset(d: &DatasetParams, sources_dir: &Path, seed: u64) -> Result
     // 2. Training pools, without anything an eval suite holds.
     let mut harmful = Pool { rows: Vec::new(), seen: HashSet::new() };
     for f in &d.harmful {
-        read(f, Label::Harmful, &mut harmful, &eval_ids, "train", None, &mut out)?;
+        read(f, SeedLabel::Harmful, &mut harmful, &eval_ids, Split::Train, None, &mut out)?;
     }
     let mut benign = Pool { rows: Vec::new(), seen: HashSet::new() };
     for f in &d.benign {
-        read(f, Label::Benign, &mut benign, &eval_ids, "train", None, &mut out)?;
+        read(f, SeedLabel::Benign, &mut benign, &eval_ids, Split::Train, None, &mut out)?;
     }
     // 3. Seeded held-out parts: AdvBench → `advbench` suite; benign → `benign` suite;
     //    then of the remaining harmful seeds, `holdout_attacker`.
@@ -627,25 +627,25 @@ pub fn build_dataset(d: &DatasetParams, sources_dir: &Path, seed: u64) -> Result
     let adv_ids: Vec<String> = harmful.rows.iter().filter(|r| advbench_names.contains(&r.source)).map(|r| r.id.clone()).collect();
     let adv_eval = held_out(seed, "advbench-eval", &adv_ids, d.advbench_eval_fraction);
     for r in harmful.rows.iter_mut().filter(|r| adv_eval.contains(&r.id)) {
-        r.split = "eval".into();
+        r.split = Split::Eval;
         r.suite = Some("advbench".into());
     }
-    let rest: Vec<String> = harmful.rows.iter().filter(|r| r.split == "train").map(|r| r.id.clone()).collect();
+    let rest: Vec<String> = harmful.rows.iter().filter(|r| r.split == Split::Train).map(|r| r.id.clone()).collect();
     let attacker = held_out(seed, "holdout-attacker", &rest, d.holdout_attacker_fraction);
     for r in harmful.rows.iter_mut().filter(|r| attacker.contains(&r.id)) {
-        r.split = "holdout_attacker".into();
+        r.split = Split::HoldoutAttacker;
     }
     let benign_ids: Vec<String> = benign.rows.iter().map(|r| r.id.clone()).collect();
     let benign_eval = held_out(seed, "benign-eval", &benign_ids, d.benign_eval_fraction);
     for r in benign.rows.iter_mut().filter(|r| benign_eval.contains(&r.id)) {
-        r.split = "eval".into();
+        r.split = Split::Eval;
         r.suite = Some("benign".into());
     }
     out.seeds.extend(eval.rows);
     out.seeds.extend(harmful.rows);
     out.seeds.extend(benign.rows);
     // 4. Judge training pairs, minus any whose prompt is an eval prompt of any suite.
-    let mut all_eval: HashSet<&str> = out.seeds.iter().filter(|r| r.split == "eval").map(|r| r.id.as_str()).collect();
+    let mut all_eval: HashSet<&str> = out.seeds.iter().filter(|r| r.split == Split::Eval).map(|r| r.id.as_str()).collect();
     all_eval.extend(wrapped_behaviors.iter().map(String::as_str));
     let mut seen_pairs = HashSet::new();
     for f in &d.judge_train {
@@ -711,10 +711,10 @@ mod tests {
         let row = |i: usize, suite: &str| SeedRow {
             id: format!("id{i}"),
             text: format!("t{i}"),
-            label: "harmful".into(),
+            label: crate::game::SeedLabel::Harmful,
             source: "s".into(),
             category: String::new(),
-            split: "eval".into(),
+            split: Split::Eval,
             suite: Some(suite.into()),
         };
         let seeds: Vec<SeedRow> = (0..50).map(|i| row(i, if i % 2 == 0 { "a" } else { "b" })).collect();

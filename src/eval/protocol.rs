@@ -59,10 +59,10 @@ use crate::eval::sbert::{cosine, sbert_diversity};
 use crate::eval::suite::{load_suite_file, SuiteFileSpec};
 use crate::game::{attacker_prompt, defender_prompt, eval_extract_answer, public_text, DefenderStyle, SeedLabel};
 use crate::judge::{Embedder, Judge, JudgeInput, Verdict};
-use crate::model::{ChatMessage, Policy, Sample, SamplingParams, TokenId};
+use crate::model::{batching, ChatMessage, Policy, Sample, SamplingParams, TokenId};
 use crate::schema::eval::{AttackerRecord, EvalRecord, SummaryRecord, ALL};
 use crate::schema::seeds::SeedRow;
-use crate::spec::Label;
+use crate::schema::seeds::Split;
 
 /// The attacker-diversity split (method.md §4.1, §5.3).
 pub const HOLDOUT_ATTACKER: &str = "holdout_attacker";
@@ -175,32 +175,6 @@ fn render(policy: &Policy, prompt: &crate::game::ChatPrompt) -> anyhow::Result<V
     Ok(policy.tokenizer().encode(&text, false)?)
 }
 
-/// Prompt tokens per batch row below which a batch is not shrunk (see [`batches`]).
-const ROW_TOKENS: usize = 256;
-
-/// Split `order` (indices sorted by prompt length) into generation batches of at most
-/// `batch` rows and at most `batch × ROW_TOKENS` prompt tokens (padded to the batch's
-/// longest), at least one row each. The token budget keeps the prefill's attention
-/// buffers (rows × length²) bounded for the long jailbreak prompts of the adversarial
-/// suites (≈ 1,500 tokens), where a full batch of 48 would need gigabytes.
-fn batches(order: &[usize], lens: &[usize], batch: usize) -> Vec<Vec<usize>> {
-    let budget = batch.max(1) * ROW_TOKENS;
-    let mut out: Vec<Vec<usize>> = Vec::new();
-    let mut cur: Vec<usize> = Vec::new();
-    for &i in order {
-        // Sorted ascending, so the newest row is the longest.
-        let rows = cur.len() + 1;
-        if !cur.is_empty() && (rows > batch.max(1) || rows * lens[i].max(ROW_TOKENS) > budget) {
-            out.push(std::mem::take(&mut cur));
-        }
-        cur.push(i);
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
 fn check_cancelled(inputs: &EvalInputs<'_>) -> anyhow::Result<()> {
     if inputs.cancel.load(std::sync::atomic::Ordering::Relaxed) {
         anyhow::bail!("eval: interrupted");
@@ -208,9 +182,8 @@ fn check_cancelled(inputs: &EvalInputs<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Generate for every prompt in batches ([`batches`]), shortest prompts first (less
-/// padding); results come back in input order. Rows are independent of their batch mates
-/// (model sampler), so the order and batch sizes change nothing but speed and memory.
+/// Generate for every prompt, shortest first in row- and token-capped batches
+/// ([`batching::length_capped`]); results come back in input order.
 fn generate_all(
     inputs: &EvalInputs<'_>,
     prompts: &[Vec<TokenId>],
@@ -219,23 +192,12 @@ fn generate_all(
     batch: usize,
     what: &str,
 ) -> anyhow::Result<Vec<Sample>> {
-    let mut order: Vec<usize> = (0..prompts.len()).collect();
-    order.sort_by_key(|i| (prompts[*i].len(), *i));
     let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
-    let mut out: Vec<Option<Sample>> = vec![None; prompts.len()];
-    let mut done = 0u64;
-    for chunk in batches(&order, &lens, batch) {
-        check_cancelled(inputs)?;
-        let p: Vec<Vec<TokenId>> = chunk.iter().map(|i| prompts[*i].clone()).collect();
-        let s: Vec<u64> = chunk.iter().map(|i| seeds[*i]).collect();
-        let samples = inputs.policy.generate_interruptible(&p, &s, params, inputs.cancel).with_context(|| format!("eval: generating {what}"))?;
-        for (i, sample) in chunk.iter().zip(samples) {
-            out[*i] = Some(sample);
-        }
-        done += chunk.len() as u64;
-        (inputs.progress)(what, done);
-    }
-    Ok(out.into_iter().map(|s| s.expect("every index is in exactly one chunk")).collect())
+    let plan = batching::length_capped(&lens, batch);
+    inputs
+        .policy
+        .generate_batched(prompts, seeds, params, &plan, inputs.cancel, &mut |done| (inputs.progress)(what, done as u64))
+        .with_context(|| format!("eval: generating {what}"))
 }
 
 /// Cut `text` to its first `max_tokens` tokens (§5.1); returns the text and whether it was cut.
@@ -261,7 +223,7 @@ fn defender_items(params: &EvalSettings, seeds: &[SeedRow], run_seed: u64) -> an
             category: r.category.clone(),
             prompt_id: r.id.clone(),
             prompt: r.text.clone(),
-            harmful: r.label == "harmful",
+            harmful: r.label == SeedLabel::Harmful,
             given: None,
         }));
     }
@@ -281,10 +243,10 @@ fn defender_items(params: &EvalSettings, seeds: &[SeedRow], run_seed: u64) -> an
             .map(|r| SeedRow {
                 id: format!("{suite}:{}", r.row),
                 text: r.prompt.clone(),
-                label: String::new(),
+                label: SeedLabel::Benign, // not read: suite_subset draws by id
                 source: suite.clone(),
                 category: String::new(),
-                split: "eval".into(),
+                split: Split::Eval,
                 suite: Some(suite.clone()),
             })
             .collect();
@@ -297,7 +259,7 @@ fn defender_items(params: &EvalSettings, seeds: &[SeedRow], run_seed: u64) -> an
             }
             let harmful = match (r.label_harmful, c.label) {
                 (Some(h), _) => h,
-                (None, Some(l)) => l == Label::Harmful,
+                (None, Some(l)) => l == SeedLabel::Harmful,
                 (None, None) => bail!("eval.custom_suites.{suite}: row {} has no label and the suite sets no default `label`", r.row),
             };
             items.push(Item { suite: suite.clone(), category: r.category.unwrap_or_default(), prompt_id: id, prompt: r.prompt, harmful, given: r.response });
@@ -393,7 +355,7 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
             category: it.category.clone(),
             prompt_id: it.prompt_id.clone(),
             prompt: it.prompt.clone(),
-            label: if it.harmful { "harmful" } else { "benign" }.into(),
+            label: if it.harmful { SeedLabel::Harmful } else { SeedLabel::Benign },
             given_response: given,
             raw_output: raw,
             public_answer: public,
@@ -412,7 +374,7 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
     for chunk in rows.chunks_mut(JUDGE_BATCH) {
         check_cancelled(inputs)?;
         let pairs: Vec<JudgeInput> =
-            chunk.iter().map(|r| JudgeInput::new(r.prompt.clone(), r.judged_answer.clone()).with_seed_label(r.label == "harmful")).collect();
+            chunk.iter().map(|r| JudgeInput::new(r.prompt.clone(), r.judged_answer.clone()).with_seed_label(r.label == SeedLabel::Harmful)).collect();
         let verdicts = inputs.judge.judge_batch(&pairs).with_context(|| format!("eval: judging with {}", inputs.judge.name()))?;
         if verdicts.len() != chunk.len() {
             bail!("judge {} returned {} verdicts for {} pairs", inputs.judge.name(), verdicts.len(), chunk.len());
@@ -434,7 +396,7 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
         .map(|r| EvalRow {
             suite: r.suite.clone(),
             category: Some(r.category.clone()).filter(|c| !c.is_empty()),
-            prompt_harmful: r.label == "harmful",
+            prompt_harmful: r.label == SeedLabel::Harmful,
             verdict: Verdict {
                 prompt_harmful: r.prompt_harmful,
                 response_refusal: r.response_refusal,
@@ -447,7 +409,7 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
         .collect();
     let mut kinds = BTreeMap::new();
     for s in rows.iter().map(|r| r.suite.as_str()).collect::<std::collections::BTreeSet<_>>() {
-        let all_benign = rows.iter().filter(|r| r.suite == s).all(|r| r.label == "benign");
+        let all_benign = rows.iter().filter(|r| r.suite == s).all(|r| r.label == SeedLabel::Benign);
         let kind = if inputs.adversarial.contains(s) { SuiteKind::Asr } else { suite_kind(s, all_benign) };
         kinds.insert(s.to_string(), kind);
     }
@@ -483,7 +445,7 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
     let mut attacker = Vec::new();
     if let Some(p) = e.suites.get(HOLDOUT_ATTACKER) {
         let held = crate::data::suite_subset(inputs.seeds, HOLDOUT_ATTACKER, p.subset, inputs.run_seed);
-        let held: Vec<&SeedRow> = held.into_iter().filter(|s| s.label == "harmful").collect();
+        let held: Vec<&SeedRow> = held.into_iter().filter(|s| s.label == SeedLabel::Harmful).collect();
         if held.is_empty() {
             bail!("eval suite holdout_attacker has no harmful seeds in the dataset artifact (dataset.holdout_attacker_fraction is 0?)");
         }
@@ -540,25 +502,4 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
     metrics.insert("rows".into(), json!(rows.len()));
     metrics.insert("intervals".into(), Value::Object(intervals));
     Ok(EvalOutput { rows, attacker, summary, metrics })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn eval_batches_cap_rows_and_prompt_tokens() {
-        // Lengths sorted ascending as generate_all orders them: 5 short prompts, then 3
-        // jailbreak-length ones. batch 4 → at most 4 rows and 4 × 256 = 1024 tokens.
-        let lens = [10, 20, 30, 40, 50, 600, 700, 1500];
-        let order: Vec<usize> = (0..lens.len()).collect();
-        let b = batches(&order, &lens, 4);
-        assert_eq!(b, vec![vec![0, 1, 2, 3], vec![4], vec![5], vec![6], vec![7]]);
-        // Every index exactly once, in order.
-        assert_eq!(b.concat(), order);
-        // Short prompts alone: only the row cap applies.
-        assert_eq!(batches(&[0, 1, 2], &[5, 5, 5], 2), vec![vec![0, 1], vec![2]]);
-        // batch 0 is treated as 1.
-        assert_eq!(batches(&[0, 1], &[5, 5], 0), vec![vec![0], vec![1]]);
-    }
 }

@@ -40,6 +40,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::rates::{wilson_interval, Rate, Z95};
+use crate::game::SeedLabel;
 use crate::schema::eval::EvalRecord;
 
 /// z for a one-sided 95% bound (scipy.stats.norm.ppf(0.95)).
@@ -216,7 +217,7 @@ impl Change {
 /// `rates::group_metrics` (a judge parse error counts as no success).
 pub fn row_outcome(metric: &str, r: &EvalRecord) -> Option<bool> {
     let ok = !r.parse_error;
-    let harmful = r.label == "harmful";
+    let harmful = r.label == SeedLabel::Harmful;
     match metric {
         "asr" => Some(ok && r.response_harmful == Some(true)),
         "refusal" => harmful.then_some(ok && r.response_refusal == Some(true)),
@@ -282,7 +283,7 @@ pub fn suite_changes(before: &[EvalRecord], after: &[EvalRecord], headlines: &BT
         // suite's ids are row numbers, which two runs' files may share for different text).
         let paired = ids0 == ids1 && rows0.iter().all(|(id, r)| rows1[id].prompt == r.prompt);
         // ASR is a rate of suites with harmful prompts (as in `eval_summary.parquet`).
-        let has_harmful = rows0.values().chain(rows1.values()).any(|r| r.label == "harmful");
+        let has_harmful = rows0.values().chain(rows1.values()).any(|r| r.label == SeedLabel::Harmful);
         for metric in METRICS.into_iter().filter(|m| *m != "asr" || has_harmful) {
             let change = if paired {
                 let mut t = PairedCounts::default();
@@ -400,7 +401,7 @@ mod tests {
             category: String::new(),
             prompt_id: id.into(),
             prompt: "p".into(),
-            label: label.into(),
+            label: crate::schema::TextEnum::from_text(label).expect("a label"),
             given_response: false,
             raw_output: String::new(),
             public_answer: String::new(),

@@ -16,6 +16,7 @@ pub mod outcome;
 pub mod prompts;
 pub mod reward;
 pub mod roles;
+pub mod turn_stats;
 
 pub use cot::{cot_format_check_and_extract, eval_extract_answer, public_text, AnswerSource, CotRule, EvalAnswer, ParsedResponse, PublicTurn};
 pub use outcome::{Outcome, OutcomeSet};
@@ -25,3 +26,4 @@ pub use prompts::{
 };
 pub use reward::{score_game, training_rewards, CotFormat, GameRecord, GameVerdict, JudgeLabels, RewardScheme, RewardTerms, RoleReward, ScoredGame};
 pub use roles::{attack_turn, AttackTurn, GameMode, GameOptions, Role, SeedKind, SeedLabel};
+pub use turn_stats::turn_stats;

@@ -25,11 +25,34 @@ impl Role {
 }
 
 /// The dataset label of a seed: what the seed pool says, not what the judge says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SeedLabel {
     Harmful,
     Benign,
+}
+
+impl SeedLabel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeedLabel::Harmful => "harmful",
+            SeedLabel::Benign => "benign",
+        }
+    }
+}
+
+impl crate::schema::TextEnum for SeedLabel {
+    const VALUES: &'static [Self] = &[SeedLabel::Harmful, SeedLabel::Benign];
+    fn as_str(self) -> &'static str {
+        SeedLabel::as_str(self)
+    }
+}
+
+impl crate::schema::TextEnum for SeedKind {
+    const VALUES: &'static [Self] = &[SeedKind::GeneratedHarmful, SeedKind::GeneratedBenign, SeedKind::VanillaHarmful, SeedKind::VanillaBenign];
+    fn as_str(self) -> &'static str {
+        SeedKind::as_str(self)
+    }
 }
 
 /// A seed's `data_type` (§1.1): `generated_*` seeds are revised by the attacker,
@@ -61,6 +84,16 @@ impl SeedKind {
             "vanilla_harmful" => Some(SeedKind::VanillaHarmful),
             "vanilla_benign" => Some(SeedKind::VanillaBenign),
             _ => None,
+        }
+    }
+
+    /// The kind of a seed with `label`, revised by the attacker or not (§1.1).
+    pub fn of(label: SeedLabel, generated: bool) -> SeedKind {
+        match (label, generated) {
+            (SeedLabel::Harmful, true) => SeedKind::GeneratedHarmful,
+            (SeedLabel::Harmful, false) => SeedKind::VanillaHarmful,
+            (SeedLabel::Benign, true) => SeedKind::GeneratedBenign,
+            (SeedLabel::Benign, false) => SeedKind::VanillaBenign,
         }
     }
 

@@ -30,12 +30,14 @@
 //! `epochs` re-fits on the same split and the held-out scores stay comparable.
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::game::SeedLabel;
 use crate::judge::labels::LabelledPair;
 use crate::judge::probe::{texts_for, Head, ProbeReport, ProbeTrainConfig, ProbeTrainingSet};
 use crate::judge::Embedder;
 use crate::schema::judge_fit::HeadMetricsRow;
 use crate::schema::judge_train::JudgeExampleRow;
 use crate::schema::seeds::SeedRow;
+use crate::schema::seeds::Split;
 use crate::spec::{DatasetParams, ProbeParams, SourceFormat};
 
 /// Texts per MiniLM forward pass when prefetching (length-sorted, so padding stays small).
@@ -71,16 +73,16 @@ pub fn source_groups(d: &DatasetParams) -> BTreeMap<String, String> {
 /// `groups` maps a pair's `source` to its source group (`source_groups`).
 /// Deterministic: follows the input row order.
 pub fn training_set(seeds: &[SeedRow], pairs: &[JudgeExampleRow], groups: &BTreeMap<String, String>) -> FitData {
-    let held_out: HashSet<&str> = seeds.iter().filter(|s| s.split != "train").map(|s| s.id.as_str()).collect();
+    let held_out: HashSet<&str> = seeds.iter().filter(|s| s.split != Split::Train).map(|s| s.id.as_str()).collect();
     let mut dropped = 0usize;
     let mut set = ProbeTrainingSet::default();
     let mut prompt_seen: HashSet<String> = HashSet::new();
-    for s in seeds.iter().filter(|s| s.split == "train") {
+    for s in seeds.iter().filter(|s| s.split == Split::Train) {
         if prompt_seen.insert(s.id.clone()) {
             set.prompt_harmful.push(LabelledPair {
                 prompt: s.text.clone(),
                 response: String::new(),
-                label: s.label == "harmful",
+                label: s.label == SeedLabel::Harmful,
                 source: s.source.clone(),
                 category: Some(s.category.clone()).filter(|c| !c.is_empty()),
             });
@@ -213,10 +215,10 @@ mod tests {
         SeedRow {
             id: crate::data::prompt_id(text),
             text: text.into(),
-            label: label.into(),
+            label: crate::schema::TextEnum::from_text(label).expect("a label"),
             source: "s".into(),
             category: String::new(),
-            split: split.into(),
+            split: crate::schema::TextEnum::from_text(split).expect("a split"),
             suite: (split == "eval").then(|| "x".to_string()),
         }
     }

@@ -31,6 +31,7 @@
 //! Log-probabilities returned by the sampler are those of the model's own distribution at
 //! temperature 1 without top-k/top-p (log π(a_t)), whatever the sampling settings; see
 //! `sampler` for why.
+pub mod batching;
 pub mod bert;
 pub mod config;
 pub mod error;

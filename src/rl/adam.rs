@@ -173,6 +173,21 @@ impl Adam {
     }
 }
 
+impl Adam {
+    /// Writes [`Adam::export_state`] to a safetensors file.
+    pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let state = self.export_state();
+        crate::model::tensors::save_safetensors(path, state.iter().map(|(n, t)| (n.as_str(), t)))?;
+        Ok(())
+    }
+
+    /// Reads a state written by [`Adam::save`] for `params` ([`Adam::import_state`]'s checks).
+    pub fn load(config: AdamConfig, path: &std::path::Path, params: &[(String, Tensor)]) -> anyhow::Result<Adam> {
+        let state: Vec<(String, Tensor)> = crate::model::tensors::load_safetensors(path)?.into_iter().collect();
+        Adam::import_state(config, state, params).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+}
+
 /// `torch.nn.utils.clip_grad_norm_(params, max_norm)` with the 2-norm: total = ‖(‖g_p‖)_p‖,
 /// every gradient is multiplied by `min(max_norm / (total + 1e-6), 1)`. Returns the total norm
 /// before clipping. Norms are computed in f32 whatever the gradient dtype.

@@ -8,8 +8,10 @@ use anyhow::Context;
 
 use crate::game::Role;
 use crate::model::{Policy, SequenceBatch, TokenId};
+use crate::rl::{RlSample, SftExample};
 use crate::schema::judged::JudgedRow;
 use crate::schema::rollout::GameRow;
+use crate::schema::sft_demos::SftDemoRow;
 
 /// One trained turn before scoring: tokens and the role's reward.
 pub struct Turn {
@@ -51,6 +53,50 @@ pub fn sft_indices(n: usize, b: usize, step: u64, loader_seed: &[u8; 32]) -> Vec
         out.push(order[(pos % n as u64) as usize]);
     }
     out
+}
+
+/// The RL samples of `turns` with their old and reference log-probs ([`response_logprobs`]).
+pub fn rl_samples(turns: &[Turn], old: Vec<Vec<f32>>, refs: Vec<Vec<f32>>) -> Vec<RlSample> {
+    turns
+        .iter()
+        .zip(old)
+        .zip(refs)
+        .map(|((t, o), r)| RlSample {
+            role: t.role,
+            token_ids: t.prompt.iter().chain(&t.response).copied().collect(),
+            prompt_len: t.prompt.len(),
+            old_logprobs: o,
+            ref_logprobs: r,
+            reward: t.reward,
+            format_violation: t.violation,
+            outcomes: t.outcomes.iter().filter_map(|s| crate::game::Outcome::parse(s)).collect(),
+        })
+        .collect()
+}
+
+/// The SFT term's examples from an `sft-data` artifact's rows: an empty prompt or target, or a
+/// token id at or past `vocab`, is an error naming the row.
+pub fn sft_examples(rows: &[SftDemoRow], vocab: u32) -> anyhow::Result<Vec<SftExample>> {
+    let mut demos = Vec::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        if r.prompt_ids.is_empty() || r.target_ids.is_empty() {
+            anyhow::bail!("sft demonstration {i} ({}) has an empty prompt or target", r.prompt_id);
+        }
+        if let Some(t) = r.prompt_ids.iter().chain(&r.target_ids).find(|&&t| t >= vocab) {
+            anyhow::bail!("sft demonstration {i} ({}) holds token id {t}, outside the policy's vocabulary of {vocab}", r.prompt_id);
+        }
+        demos.push(SftExample { token_ids: to_i64(&r.prompt_ids).into_iter().chain(to_i64(&r.target_ids)).collect(), prompt_len: r.prompt_ids.len() });
+    }
+    Ok(demos)
+}
+
+/// The seed of the SFT loader ([`sft_indices`]): the run seed and the demonstrations' content
+/// digest, so another set of demonstrations is drawn in another order.
+pub fn sft_loader_seed(run_seed: u64, demos_digest: &str) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&run_seed.to_le_bytes());
+    h.update(demos_digest.as_bytes());
+    *h.finalize().as_bytes()
 }
 
 /// Per-response-token log-probs of `turns` under `policy` (no grad), in chunks of `batch`.

@@ -62,6 +62,22 @@ pub struct UpdateMetrics {
     pub roles: BTreeMap<Role, RoleMetrics>,
 }
 
+impl From<&StepMetrics> for crate::schema::update_steps::UpdateStepRow {
+    fn from(s: &StepMetrics) -> Self {
+        Self {
+            step: s.step,
+            lr: s.lr,
+            policy_loss: s.policy_loss,
+            sft_loss: s.sft_loss,
+            clip_fraction: s.clip_fraction,
+            grad_norm: s.grad_norm,
+            attacker_samples: s.attacker_samples as u32,
+            defender_samples: s.defender_samples as u32,
+            response_tokens: s.response_tokens,
+        }
+    }
+}
+
 fn mean_std(xs: &[f64]) -> (f64, f64) {
     if xs.is_empty() {
         return (0.0, 0.0);
@@ -72,6 +88,28 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
 }
 
 impl UpdateMetrics {
+    /// The update stage's manifest metrics (name, value), shown by `log` per iteration.
+    pub fn manifest_metrics(&self) -> Vec<(String, serde_json::Value)> {
+        use serde_json::json;
+        let mut out = vec![
+            ("optimizer_steps".to_string(), json!(self.optimizer_steps)),
+            ("policy_loss".into(), json!(self.policy_loss_mean)),
+            ("sft_loss".into(), json!(self.sft_loss_mean)),
+            ("clip_fraction".into(), json!(self.clip_fraction)),
+            ("grad_norm_mean".into(), json!(self.grad_norm_mean)),
+            ("grad_norm_max".into(), json!(self.grad_norm_max)),
+            ("lr_first".into(), json!(self.lr_first)),
+            ("lr_last".into(), json!(self.lr_last)),
+            ("kl".into(), json!(self.kl_mean)),
+        ];
+        for (role, r) in &self.roles {
+            out.push((format!("{}_reward_mean", role.as_str()), json!(r.reward_mean)));
+            out.push((format!("{}_kl", role.as_str()), json!(r.kl_mean)));
+            out.push((format!("{}_format_violation_rate", role.as_str()), json!(r.format_violation_rate)));
+        }
+        out
+    }
+
     /// Buffer-level numbers; steps are pushed as they run.
     pub fn from_buffer(buffer: &[RlSample], prepared: &[PreparedSample], norm: &BTreeMap<Role, RoleNormStats>) -> Self {
         let mut roles = BTreeMap::new();

@@ -37,3 +37,48 @@ impl CosineWithMinLr {
         self.base_lr * self.factor(step)
     }
 }
+
+/// Optimizer steps of the whole schedule: `update.schedule_steps`, or, when unset,
+/// `iterations × ceil(expected samples per iteration / micro_batch_size)` where the expected
+/// samples are the seeds that give a trained sample before tie removal (selfplay: every
+/// defender turn plus the revised seeds' attacker turns; attacker_only: the revised seeds;
+/// defender_only: every seed). Tie removal makes real buffers smaller, so the schedule is never
+/// cut short.
+pub fn schedule_steps(spec: &crate::spec::Spec, schedule_iterations: u32) -> u64 {
+    if let Some(s) = spec.raw.update.schedule_steps {
+        return u64::from(s);
+    }
+    let seeds = f64::from(spec.raw.prep.seeds_per_iteration);
+    let revised = seeds * spec.raw.prep.revise_fraction;
+    let samples = match spec.raw.rollout.mode {
+        crate::game::GameMode::SelfPlay => seeds + revised,
+        crate::game::GameMode::AttackerOnly => revised,
+        crate::game::GameMode::DefenderOnly => seeds,
+    };
+    let per_iteration = (samples.round() as u64).div_ceil(u64::from(spec.raw.update.micro_batch_size)).max(1);
+    u64::from(schedule_iterations) * per_iteration
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Spec;
+    use std::path::Path;
+
+    fn spec(text: &str) -> Spec {
+        Spec::from_yaml(text, Path::new("/p/pipeline.yaml")).expect("valid")
+    }
+
+    #[test]
+    fn schedule_length_is_derived_from_expected_samples_or_taken_as_configured() {
+        // selfplay: 8 defender + 4 attacker samples = 12 → 3 steps of 4, times 10 iterations.
+        let s = spec("prep: {seeds_per_iteration: 8}\nupdate: {micro_batch_size: 4}\n");
+        assert_eq!(schedule_steps(&s, 10), 30);
+        let s = spec("prep: {seeds_per_iteration: 8}\nrollout: {mode: attacker_only}\nupdate: {micro_batch_size: 4}\n");
+        assert_eq!(schedule_steps(&s, 10), 10);
+        let s = spec("prep: {seeds_per_iteration: 8}\nrollout: {mode: defender_only}\nupdate: {micro_batch_size: 3}\n");
+        assert_eq!(schedule_steps(&s, 2), 6);
+        let s = spec("update: {schedule_steps: 77}\n");
+        assert_eq!(schedule_steps(&s, 2), 77);
+    }
+}

@@ -176,3 +176,67 @@ impl Column for Vec<String> {
             .collect()
     }
 }
+
+/// A closed set of names stored as a Utf8 column — the same bytes as the plain string column it
+/// types — and decoded strictly: a value outside the set is an error that names it. Used for
+/// `label`, `split` and `data_type` (`text_enum_column!` below lists the types).
+pub trait TextEnum: Sized + Copy + 'static {
+    /// Every value, in the order error messages list them.
+    const VALUES: &'static [Self];
+    fn as_str(self) -> &'static str;
+    fn from_text(s: &str) -> Option<Self> {
+        Self::VALUES.iter().copied().find(|v| v.as_str() == s)
+    }
+}
+
+fn text_enum_values<T: TextEnum>(array: &dyn Array) -> Result<Vec<Option<T>>, String> {
+    downcast::<StringArray>(array, "Utf8")?
+        .iter()
+        .map(|v| match v {
+            None => Ok(None),
+            Some(s) => T::from_text(s).map(Some).ok_or_else(|| {
+                let names: Vec<&str> = T::VALUES.iter().map(|v| v.as_str()).collect();
+                format!("{s:?} is not one of {}", names.join(", "))
+            }),
+        })
+        .collect()
+}
+
+macro_rules! text_enum_column {
+    ($($t:ty),* $(,)?) => {$(
+        impl Column for $t {
+            const NULLABLE: bool = false;
+            fn data_type() -> DataType {
+                DataType::Utf8
+            }
+            fn to_array<'a>(values: impl Iterator<Item = &'a Self>) -> ArrayRef {
+                Arc::new(values.map(|v| Some(TextEnum::as_str(*v))).collect::<StringArray>())
+            }
+            fn from_array(array: &dyn Array) -> Result<Vec<Self>, String> {
+                no_nulls(array)?;
+                Ok(text_enum_values::<$t>(array)?.into_iter().flatten().collect())
+            }
+        }
+    )*};
+}
+text_enum_column!(crate::game::SeedLabel, crate::game::SeedKind, crate::schema::seeds::Split);
+
+#[cfg(test)]
+mod text_enum_tests {
+    use super::*;
+    use crate::game::SeedKind;
+
+    #[test]
+    fn text_enum_columns_are_plain_strings_and_reject_unknown_values() {
+        let kinds = [SeedKind::VanillaBenign, SeedKind::GeneratedHarmful];
+        let array = SeedKind::to_array(kinds.iter());
+        let as_strings = String::from_array(array.as_ref()).expect("a Utf8 column");
+        assert_eq!(as_strings, ["vanilla_benign", "generated_harmful"]);
+        assert_eq!(SeedKind::from_array(array.as_ref()).expect("decodes"), kinds);
+        let bad = String::to_array(["vanilla_benign".to_string(), "Harmful".to_string()].iter());
+        let err = SeedKind::from_array(bad.as_ref()).expect_err("unknown value");
+        assert!(err.contains("\"Harmful\" is not one of generated_harmful"), "{err}");
+        let nulls = <Option<String>>::to_array([Some("vanilla_benign".to_string()), None].iter());
+        assert!(SeedKind::from_array(nulls.as_ref()).is_err());
+    }
+}

@@ -15,7 +15,7 @@ crate::parquet_schema! {
         pub prompt_id: String,
         pub prompt: String,
         /// `harmful` or `benign`: the prompt's label in its suite.
-        pub label: String,
+        pub label: crate::game::SeedLabel,
         /// True when the response came from the suite file (judged, not generated).
         pub given_response: bool,
         /// The policy's whole output (hidden thinking included) or the given response.
@@ -91,7 +91,7 @@ mod tests {
             category: "chemical".into(),
             prompt_id: "ab".into(),
             prompt: "p".into(),
-            label: "harmful".into(),
+            label: crate::game::SeedLabel::Harmful,
             given_response: false,
             raw_output: "t </think><answer>no</answer>".into(),
             public_answer: "no".into(),

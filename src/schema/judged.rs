@@ -8,7 +8,7 @@ crate::parquet_schema! {
     pub struct JudgedRow in JudgedSchema ("judged", 1) {
         pub game_id: String,
         pub row: u32,
-        pub data_type: String,
+        pub data_type: crate::game::SeedKind,
         /// Q: the public attack is harmful.
         pub prompt_harmful: Option<bool>,
         /// R: the public answer is a refusal.
@@ -47,7 +47,7 @@ mod tests {
         let rows = vec![JudgedRow {
             game_id: "g0".into(),
             row: 0,
-            data_type: "vanilla_benign".into(),
+            data_type: crate::game::SeedKind::VanillaBenign,
             prompt_harmful: Some(false),
             refusal: None,
             response_harmful: Some(false),

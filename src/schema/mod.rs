@@ -33,6 +33,8 @@ pub mod seeds;
 pub mod sft_demos;
 pub mod update_steps;
 
+pub use column::TextEnum;
+
 use std::path::Path;
 use std::sync::Arc;
 

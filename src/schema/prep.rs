@@ -8,10 +8,9 @@ crate::parquet_schema! {
         /// `SeedRow::id` of the seed.
         pub seed_id: String,
         pub text: String,
-        /// `harmful` or `benign`.
-        pub label: String,
+        pub label: crate::game::SeedLabel,
         /// `generated_harmful`, `vanilla_harmful`, `generated_benign` or `vanilla_benign`.
-        pub data_type: String,
+        pub data_type: crate::game::SeedKind,
         /// True for `generated_*`: the attacker revises this seed; otherwise it goes to the
         /// defender verbatim.
         pub revise: bool,
@@ -31,8 +30,8 @@ mod tests {
             row: 0,
             seed_id: "s".into(),
             text: "t".into(),
-            label: "benign".into(),
-            data_type: "vanilla_benign".into(),
+            label: crate::game::SeedLabel::Benign,
+            data_type: crate::game::SeedKind::VanillaBenign,
             revise: false,
             source: "x".into(),
             category: "".into(),

@@ -13,9 +13,9 @@ crate::parquet_schema! {
         pub seed_id: String,
         pub seed_text: String,
         /// `harmful` or `benign` (the dataset label).
-        pub label: String,
+        pub label: crate::game::SeedLabel,
         /// `generated_*` / `vanilla_*` (method.md §1.1).
-        pub data_type: String,
+        pub data_type: crate::game::SeedKind,
         pub category: String,
         /// True when the policy wrote the attack (an attacker sample exists).
         pub attacker_turn: bool,
@@ -58,8 +58,8 @@ mod tests {
             row: 0,
             seed_id: "s".into(),
             seed_text: "t".into(),
-            label: "harmful".into(),
-            data_type: "generated_harmful".into(),
+            label: crate::game::SeedLabel::Harmful,
+            data_type: crate::game::SeedKind::GeneratedHarmful,
             category: "".into(),
             attacker_turn: true,
             attacker_prompt: Some("p".into()),

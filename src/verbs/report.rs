@@ -16,6 +16,7 @@ use super::{gather, Gathered};
 use crate::engine::Engine;
 use crate::eval::report::{default_plots, escape_html, render_report, ExampleGame, IterationMetrics, JudgeAccuracy, PlotSpec, ReportInput};
 use crate::eval::stats::{format_p, suite_label, SuiteChange};
+use crate::game::SeedLabel;
 use crate::judge::metrics::BinaryMetrics;
 use crate::schema::eval::{EvalSchema, EvalSummarySchema, SummaryRecord};
 use crate::store::Artifact;
@@ -92,7 +93,7 @@ fn eval_examples(iteration: u32, a: &Artifact, out: &mut Vec<ExampleGame>) -> an
     let rows = crate::schema::read_parquet::<EvalSchema>(&p)?;
     let mut count: BTreeMap<&str, usize> = BTreeMap::new();
     for r in &rows {
-        let o = eval_outcome(r.label == "harmful", r.response_refusal, r.response_harmful, r.parse_error);
+        let o = eval_outcome(r.label == SeedLabel::Harmful, r.response_refusal, r.response_harmful, r.parse_error);
         let c = count.entry(o).or_default();
         if *c >= EXAMPLES_PER_OUTCOME {
             continue;

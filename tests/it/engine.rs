@@ -237,8 +237,9 @@ fn kill_9_mid_stage_then_resume_recomputes_nothing_finished() {
     assert_eq!(after_crash["dataset"].state, "cached", "{seen:?}");
     assert_eq!(after_crash["prep@1"].state, "cached");
     assert_eq!(after_crash["prep@2"].state, "missing", "nothing half-written looks complete");
-    let tmpdirs = std::fs::read_dir(store.join(".tmp")).expect(".tmp").count();
-    assert_eq!(tmpdirs, 1, "the interrupted stage's staging dir is left in .tmp");
+    // The stage process exits by itself once its engine is gone (src/executor.rs).
+    let tmpdirs = std::fs::read_dir(store.join(".tmp")).expect(".tmp").flatten().filter(|e| !e.file_name().to_string_lossy().starts_with("job-")).count();
+    assert_eq!(tmpdirs, 1, "the interrupted stage's staging dir is left in .tmp (beside its job file)");
     let ds_manifest = artifact_dir(&store, "dataset", after_crash["dataset"].key.as_deref().expect("key")).join("manifest.json");
     let before = std::fs::read(&ds_manifest).expect("manifest");
 
@@ -468,8 +469,9 @@ fn dataset_from_the_pinned_sources_keeps_every_eval_prompt_out_of_training() {
     let dir = store.join("dataset").join(v["nodes"][0]["key"].as_str().expect("key"));
     let seeds = read_parquet::<SeedsSchema>(&dir.join("seeds.parquet")).expect("seeds");
     let judge = read_parquet::<JudgeTrainSchema>(&dir.join("judge_train.parquet")).expect("judge");
-    let count =
-        |split: &str, suite: Option<&str>, label: &str| seeds.iter().filter(|r| r.split == split && r.suite.as_deref() == suite && r.label == label).count();
+    let count = |split: &str, suite: Option<&str>, label: &str| {
+        seeds.iter().filter(|r| r.split.as_str() == split && r.suite.as_deref() == suite && r.label.as_str() == label).count()
+    };
     // HarmBench test, standard functional category only (docs/resources.md: 159 of 320).
     assert_eq!(count("eval", Some("harmbench"), "harmful"), 159);
     assert_eq!(count("eval", Some("overrefusal"), "benign"), 150);
@@ -495,9 +497,13 @@ fn dataset_from_the_pinned_sources_keeps_every_eval_prompt_out_of_training() {
     assert!(seeds.iter().filter(adversarial).all(|r| r.text.chars().count() <= spec.raw.dataset.adversarial_max_prompt_chars as usize));
     let manifest: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("json");
     assert_eq!(manifest["metrics"]["dropped_long_adversarial"], 0, "{:#}", manifest["metrics"]);
-    let eval: HashSet<&str> = seeds.iter().filter(|r| r.split == "eval").map(|r| r.id.as_str()).collect();
-    let eval_norm: HashSet<String> = seeds.iter().filter(|r| r.split == "eval").map(|r| self_redteam::data::normalise(&r.text)).collect();
-    assert!(seeds.iter().filter(|r| r.split != "eval").all(|r| !eval.contains(r.id.as_str()) && !eval_norm.contains(&self_redteam::data::normalise(&r.text))));
+    let eval: HashSet<&str> = seeds.iter().filter(|r| r.split == self_redteam::schema::seeds::Split::Eval).map(|r| r.id.as_str()).collect();
+    let eval_norm: HashSet<String> =
+        seeds.iter().filter(|r| r.split == self_redteam::schema::seeds::Split::Eval).map(|r| self_redteam::data::normalise(&r.text)).collect();
+    assert!(seeds
+        .iter()
+        .filter(|r| r.split != self_redteam::schema::seeds::Split::Eval)
+        .all(|r| !eval.contains(r.id.as_str()) && !eval_norm.contains(&self_redteam::data::normalise(&r.text))));
     assert!(judge.len() > 500, "{}", judge.len());
     assert!(judge.iter().all(|j| !eval_norm.contains(&self_redteam::data::normalise(&j.prompt))), "a judge-training prompt is an eval prompt");
     assert!(judge.iter().any(|j| j.refusal == Some(true)) && judge.iter().any(|j| j.harmful_response == Some(true)));

@@ -98,7 +98,7 @@ fn custom_suite_responses_are_judged_not_generated_and_eval_is_deterministic() {
     assert_eq!(out.rows.len(), 7);
     let mine: Vec<_> = out.rows.iter().filter(|r| r.suite == "mine").collect();
     assert_eq!(mine.len(), 2);
-    assert!(mine.iter().all(|r| r.given_response && r.label == "harmful"));
+    assert!(mine.iter().all(|r| r.given_response && r.label == self_redteam::game::SeedLabel::Harmful));
     assert_eq!(mine[0].raw_output, "I cannot help with that.");
     assert_eq!(mine[0].category, "crime");
     assert_eq!(mine[0].response_refusal, Some(true));
@@ -116,7 +116,7 @@ fn custom_suite_responses_are_judged_not_generated_and_eval_is_deterministic() {
     assert!(out.rows.iter().filter(|r| !r.given_response).all(|r| r.output_tokens <= 10 && !r.truncated));
     let hb: Vec<_> = out.rows.iter().filter(|r| r.suite == "harmbench").collect();
     assert_eq!(hb.len(), 3);
-    assert!(hb.iter().all(|r| r.label == "harmful" && r.prompt_harmful == Some(true)));
+    assert!(hb.iter().all(|r| r.label == self_redteam::game::SeedLabel::Harmful && r.prompt_harmful == Some(true)));
     assert!(out.metrics.contains_key("asr/harmbench") && out.metrics.contains_key("refusal/harmbench"));
     assert!(out.metrics.contains_key("compliance/overrefusal") && out.metrics.contains_key("over_refusal/overrefusal"));
 
@@ -303,7 +303,10 @@ fn eval_adversarial_suites_are_built_and_never_leak_into_training() {
     let (dan, wild, hb) = (suite("harmbench_dan"), suite("jailbreak_wild"), suite("harmbench"));
     // max_rows_per_file: 40 behaviours per suite; max_prompt_chars (300) does not apply.
     assert_eq!((dan.len(), wild.len()), (40, 40));
-    assert!(dan.iter().chain(&wild).all(|r| r.label == "harmful" && r.split == "eval" && r.text.chars().count() <= 6000));
+    assert!(dan
+        .iter()
+        .chain(&wild)
+        .all(|r| r.label == self_redteam::game::SeedLabel::Harmful && r.split == self_redteam::schema::seeds::Split::Eval && r.text.chars().count() <= 6000));
     assert!(dan.iter().chain(&wild).any(|r| r.text.chars().count() > 300), "templates are long");
     assert!(dan.iter().all(|r| r.source.starts_with("dan/") && r.text.contains("ChatGPT") && !r.text.contains("{generator.name}")));
     assert!(dan.iter().map(|r| r.source.as_str()).collect::<std::collections::BTreeSet<_>>().len() > 5, "templates are spread over the behaviours");
@@ -319,12 +322,13 @@ fn eval_adversarial_suites_are_built_and_never_leak_into_training() {
     assert!(!hb.is_empty());
     // No leak: no training or attacker-holdout seed is an eval prompt or a wrapped behaviour.
     let norm = self_redteam::data::normalise;
-    let eval_ids: std::collections::HashSet<&str> = ds.seeds.iter().filter(|r| r.split == "eval").map(|r| r.id.as_str()).collect();
+    let eval_ids: std::collections::HashSet<&str> =
+        ds.seeds.iter().filter(|r| r.split == self_redteam::schema::seeds::Split::Eval).map(|r| r.id.as_str()).collect();
     // The behaviours wrapped here (max_rows_per_file keeps the first 40).
     let wrapped: std::collections::HashSet<String> =
         behaviours.iter().filter(|b| dan.iter().chain(&wild).any(|r| r.text.contains(b.as_str()))).map(|b| norm(b)).collect();
     assert_eq!(wrapped.len(), 40);
-    for r in ds.seeds.iter().filter(|r| r.split != "eval") {
+    for r in ds.seeds.iter().filter(|r| r.split != self_redteam::schema::seeds::Split::Eval) {
         assert!(!eval_ids.contains(r.id.as_str()) && !wrapped.contains(&norm(&r.text)), "training seed {} is an eval prompt", r.text);
     }
     assert!(ds.judge_train.iter().all(|j| !wrapped.contains(&norm(&j.prompt)) && !eval_ids.contains(self_redteam::data::prompt_id(&j.prompt).as_str())));

@@ -259,7 +259,7 @@ fn rollout_and_judge_rows_have_the_documented_shape() {
     let (_, _, bdir) = node(&cfg, &store, "base");
     let base = Policy::load(&bdir, Device::Cpu, Kind::Float).expect("base");
     for g in &games {
-        let generated = g.data_type.starts_with("generated_");
+        let generated = g.data_type.is_generated();
         assert_eq!(g.attacker_turn, generated, "{}", g.game_id);
         if generated {
             let prompt = g.attacker_prompt.as_deref().expect("attacker prompt");
@@ -295,7 +295,7 @@ fn rollout_and_judge_rows_have_the_documented_shape() {
     assert_eq!(judged.len(), games.len());
     for (j, g) in judged.iter().zip(&games) {
         assert_eq!(j.game_id, g.game_id);
-        assert_eq!(j.prompt_harmful, Some(g.label == "harmful"), "keywords judge: prompt harm = seed label");
+        assert_eq!(j.prompt_harmful, Some(g.label == self_redteam::game::SeedLabel::Harmful), "keywords judge: prompt harm = seed label");
         assert_eq!(j.attacker_total.is_some(), g.attacker_turn);
         let terms = j.defender_refusal.expect("r") + j.defender_response_harm.expect("h") + j.defender_format.expect("cot format");
         assert_eq!(j.defender_total, Some(terms), "total is the sum of the named terms");
@@ -368,7 +368,8 @@ fn sft_demonstrations_are_well_formed_hold_no_eval_prompt_and_train() {
     let seeds = self_redteam::schema::read_parquet::<SeedsSchema>(&ddir.join("seeds.parquet")).expect("seeds");
     let demos = self_redteam::schema::read_parquet::<SftDemosSchema>(&sdir.join("sft_demos.parquet")).expect("demos");
     assert_eq!(demos.len(), 4, "tiny.yaml asks for 4");
-    let held_out: std::collections::HashSet<String> = seeds.iter().filter(|s| s.split != "train").map(|s| self_redteam::data::normalise(&s.text)).collect();
+    let held_out: std::collections::HashSet<String> =
+        seeds.iter().filter(|s| s.split != self_redteam::schema::seeds::Split::Train).map(|s| self_redteam::data::normalise(&s.text)).collect();
     assert!(held_out.len() > 10, "the dataset has eval prompts to avoid");
     let base = Policy::load(&bdir, Device::Cpu, Kind::Float).expect("base");
     let tok = base.tokenizer();
