@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::engine::{Engine, NodeReport, RunOptions};
+use crate::executor::{Executor, Job};
 use crate::plan::Plan;
 use crate::spec::Spec;
 use crate::store::Store;
@@ -57,8 +58,19 @@ pub enum Command {
         /// Recompute selected nodes even when cached.
         #[arg(long)]
         force: bool,
+        /// Run every stage inside this process instead of one child process per node
+        /// (`exec JOB`, src/executor.rs): for debuggers and profilers.
+        #[arg(long)]
+        in_process: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Run one node's job file (written by `run` into the store's `.tmp`) and publish the
+    /// artifact: what `run` starts once per node; a cluster job runs the same command.
+    #[command(hide = true)]
+    Exec {
+        /// The job file (JSON, docs/executor.md).
+        job: PathBuf,
     },
     /// List the plan's nodes with their inputs.
     Plan {
@@ -292,9 +304,12 @@ fn with_engine<T>(global: &Global, iterations: Option<u32>, verb: impl FnOnce(&E
 pub fn main_with(cli: Cli) -> Result<i32> {
     let g = &cli.global;
     match cli.command {
-        Command::Run { iterations, only, from, force, json } => {
+        Command::Run { iterations, only, from, force, in_process, json } => {
             let (spec, plan, _) = load(g, iterations)?;
-            let engine = Engine::new(&spec, plan, Store::open(&g.store)?);
+            let mut engine = Engine::new(&spec, plan, Store::open(&g.store)?);
+            if !in_process {
+                engine.executor = Executor::Process { program: std::env::current_exe()? };
+            }
             // Text: one line per node on stderr as it ends, then the count.
             let out = run::run(&engine, &RunOptions { only, from, force }, &mut |r: &NodeReport| {
                 if !json {
@@ -302,6 +317,14 @@ pub fn main_with(cli: Cli) -> Result<i32> {
                 }
             })?;
             print(json, &out, stderr(), run::RunOutput::write_text)?;
+        }
+        Command::Exec { job } => {
+            let job = Job::read(&job)?;
+            crate::executor::exit_with_parent();
+            let spec = Spec::validate(job.spec.clone(), &job.config_file)?;
+            let plan = Plan::new(&spec, Some(job.iterations));
+            let engine = Engine::new(&spec, plan, Store::open(&job.store)?);
+            engine.run_job(&job)?;
         }
         Command::Plan { iterations, json } => print(json, &plan::plan(&load(g, iterations)?.1), stdout(), plan::PlanOutput::write_text)?,
         Command::Status { iterations, json } => print(json, &with_engine(g, iterations, status::status)?, stdout(), status::StatusOutput::write_text)?,

@@ -14,6 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::executor::{Executor, Job, JOB_VERSION};
 use crate::plan::{Node, Plan, PlanError};
 use crate::spec::Spec;
 use crate::stages::{InputArtifact, OutputWriter, StageContext};
@@ -45,6 +46,8 @@ pub enum EngineError {
     Stage { node: String, source: anyhow::Error },
     #[error("{node} (key {key}) crashed: {message}; nothing was published — fix the cause and `run` again resumes here")]
     Panicked { node: String, key: String, message: String },
+    #[error("{node} (key {key}) failed in its stage process ({status}); nothing was published — `run` again resumes here{}", tail_block(stderr_tail))]
+    ChildFailed { node: String, key: String, status: String, stderr_tail: String },
     #[error("cannot run {node}: its input {input} is not built; run without --only/--from, or add {input}")]
     InputNotBuilt { node: String, input: String },
     #[error("interrupted before {node}; finished nodes are kept — `run` again resumes")]
@@ -56,6 +59,16 @@ pub enum EngineError {
 }
 
 type Result<T> = std::result::Result<T, EngineError>;
+
+/// The tail of a child's stderr under a failure message, indented.
+fn tail_block(tail: &str) -> String {
+    if tail.trim().is_empty() {
+        return String::new();
+    }
+    let lines: Vec<&str> = tail.lines().collect();
+    let last = &lines[lines.len().saturating_sub(20)..];
+    format!("\n  its stderr ended with:\n    {}", last.join("\n    "))
+}
 
 /// A node's cache state.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -135,6 +148,8 @@ pub struct Engine<'a> {
     pub spec: &'a Spec,
     pub plan: Plan,
     pub store: Store,
+    /// How misses are computed (src/executor.rs); in-process unless set.
+    pub executor: Executor,
 }
 
 fn now_ms() -> u64 {
@@ -143,7 +158,7 @@ fn now_ms() -> u64 {
 
 impl<'a> Engine<'a> {
     pub fn new(spec: &'a Spec, plan: Plan, store: Store) -> Self {
-        Engine { spec, plan, store }
+        Engine { spec, plan, store, executor: Executor::InProcess }
     }
 
     /// The newest artifact of every node name in the store.
@@ -328,7 +343,7 @@ impl<'a> Engine<'a> {
             }
             let inputs = self.input_artifacts(node, &done);
             let t0 = Instant::now();
-            let a = self.execute(node, components, inputs, &self.store, cached.is_some())?;
+            let a = self.run_node(node, components, inputs, cached.is_some())?;
             let r = NodeReport {
                 node: name.clone(),
                 outcome: Outcome::Miss,
@@ -352,30 +367,86 @@ impl<'a> Engine<'a> {
             .collect()
     }
 
+    /// Compute one node with the engine's executor and return its published artifact.
+    fn run_node(&self, node: &Node, components: KeyComponents, inputs: Vec<InputArtifact>, replace: bool) -> Result<Artifact> {
+        let Executor::Process { program } = &self.executor else {
+            return self.execute(node, components, inputs, &self.store, replace);
+        };
+        let name = node.name();
+        let key = components.key();
+        let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let job = Job {
+            job_version: JOB_VERSION,
+            node: name.clone(),
+            key: key.clone(),
+            store: abs(self.store.root()),
+            config_file: abs(&self.spec.config_file),
+            spec: self.spec.raw.clone(),
+            iterations: self.plan.iterations,
+            inputs: input_records(&inputs),
+            replace,
+        };
+        let failed = |status: String, stderr_tail: String| EngineError::ChildFailed { node: name.clone(), key: key.to_string(), status, stderr_tail };
+        let path = job.write(&self.store.root().join(".tmp")).map_err(|e| failed(format!("could not write its job file: {e:#}"), String::new()))?;
+        let outcome = crate::executor::run_child(program, &path, &CANCEL);
+        let _ = std::fs::remove_file(&path);
+        match outcome {
+            Ok(()) => self.store.load(node.id.kind.name(), &key)?.ok_or_else(|| failed("exited with status 0 but published nothing".into(), String::new())),
+            Err(f) if f.interrupted => Err(EngineError::Interrupted { node: name }),
+            Err(f) => Err(failed(f.status, f.stderr_tail)),
+        }
+    }
+
+    /// In a stage process (`exec JOB`): check the job against this program's plan — every
+    /// input loaded by its key with the recorded content digest, and the node's key recomputed
+    /// from them equal to the job's — then run the stage and publish (in this process).
+    pub fn run_job(&self, job: &Job) -> Result<Artifact> {
+        let i = self.plan.position(&job.node)?;
+        let node = &self.plan.nodes[i];
+        let mut done: HashMap<String, Artifact> = HashMap::new();
+        for (role, producer) in &node.inputs {
+            let pname = producer.to_string();
+            let rec = job
+                .inputs
+                .iter()
+                .find(|r| r.role == *role && r.node == pname)
+                .ok_or_else(|| EngineError::Ref(format!("job {}: no input for role {role:?} (node {pname})", job.node)))?;
+            let a = self
+                .store
+                .load(&rec.stage, &rec.key)?
+                .ok_or_else(|| EngineError::Ref(format!("job {}: input {pname} ({}) is not in the store", job.node, rec.key)))?;
+            if a.manifest.content_digest != rec.digest {
+                return Err(EngineError::Ref(format!(
+                    "job {}: input {pname} has content digest {}, the job recorded {}",
+                    job.node, a.manifest.content_digest, rec.digest
+                )));
+            }
+            done.insert(pname, a);
+        }
+        let components = self.components_for(node, &done).map_err(|input| EngineError::InputNotBuilt { node: job.node.clone(), input })?;
+        if components.key() != job.key {
+            return Err(EngineError::Ref(format!(
+                "job {}: this program computes key {} for the node, the job says {} (a job from another version or another spec)",
+                job.node,
+                components.key(),
+                job.key
+            )));
+        }
+        let inputs = self.input_artifacts(node, &done);
+        self.execute(node, components, inputs, &self.store, job.replace)
+    }
+
     /// Run one node's stage into `target` and publish it there.
     fn execute(&self, node: &Node, components: KeyComponents, inputs: Vec<InputArtifact>, target: &Store, replace: bool) -> Result<Artifact> {
         let name = node.name();
         let key = components.key();
         let staging = target.begin(node.id.kind.name(), &key)?;
-        let records: Vec<InputRecord> = inputs
-            .iter()
-            .map(|i| InputRecord {
-                role: i.role.to_string(),
-                node: i.node.clone(),
-                stage: i.artifact.manifest.stage.clone(),
-                key: i.artifact.manifest.key.clone(),
-                digest: i.artifact.manifest.content_digest.clone(),
-            })
-            .collect();
+        let records = input_records(&inputs);
         let started = now_ms();
         let t0 = Instant::now();
         // A spinner with the elapsed time while the node runs; the stage's own bars
         // (ctx.progress) stack under it. Hidden unless stderr is a TTY.
-        let bars = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            indicatif::MultiProgress::new()
-        } else {
-            indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
-        };
+        let bars = indicatif::MultiProgress::with_draw_target(crate::executor::progress_target());
         let spinner = bars.add(indicatif::ProgressBar::new_spinner());
         if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
             spinner.set_style(style);
@@ -403,6 +474,10 @@ impl<'a> Engine<'a> {
             if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v.strip_prefix("panic:") == Some(name.as_str())) {
                 panic!("failpoint panic:{name}");
             }
+            if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v.strip_prefix("abort:") == Some(name.as_str())) {
+                eprintln!("failpoint abort:{name}: aborting");
+                std::process::abort();
+            }
             node.id.kind.run(self.spec, &mut ctx)
         }));
         spinner.finish_and_clear();
@@ -427,7 +502,7 @@ impl<'a> Engine<'a> {
             }
         }
         if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
-            eprintln!("failpoint {name}: outputs written, pausing before publish");
+            eprintln!("failpoint {name}: outputs written, pausing before publish (pid {})", std::process::id());
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }
@@ -661,6 +736,20 @@ pub struct VerdictCacheGc {
     pub sweep: Option<crate::judge::cache::SweepReport>,
     /// Why the cache was left alone.
     pub skipped: Option<String>,
+}
+
+/// The manifest's record of each input artifact.
+fn input_records(inputs: &[InputArtifact]) -> Vec<InputRecord> {
+    inputs
+        .iter()
+        .map(|i| InputRecord {
+            role: i.role.to_string(),
+            node: i.node.clone(),
+            stage: i.artifact.manifest.stage.clone(),
+            key: i.artifact.manifest.key.clone(),
+            digest: i.artifact.manifest.content_digest.clone(),
+        })
+        .collect()
 }
 
 fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {

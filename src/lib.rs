@@ -9,6 +9,7 @@ pub mod cli; // clap commands; dispatches each to its verbs/ function and prints
 pub mod data; // readers for the pinned source files of docs/resources.md
 pub mod engine; // runs a plan against a store: skip hits, run misses, in order
 pub mod eval; // suites, metrics (refusal, ASR, over-refusal, SBERT, Self-BLEU), paired stats (McNemar, Newcombe), report
+pub mod executor; // how a miss is computed: in process, or one child process per node (`exec JOB`)
 pub mod game; // roles, prompts, hidden-CoT parsing, outcomes and the reward table
 pub mod judge; // judge backends behind one trait; verdict cache
 pub mod model; // Llama-family decoder in tch, GGUF/HF loading, tokenizer, sampler, BERT
@@ -17,6 +18,6 @@ pub mod rl; // REINFORCE++: KL, returns, per-role normalisation, clipped loss, L
 pub mod schema; // one module per Parquet artifact
 pub mod spec; // pipeline.yaml -> typed, validated spec
 #[path = "../stages/mod.rs"]
-pub mod stages;
+pub mod stages; // one file per stage kind (typed Params, run), and enum StageKind
 pub mod store; // content-addressed artifact store
-pub mod verbs; // one file per CLI verb (run, status, log, report, generate, judge, serve, …); each data verb's result is its --json shape // one file per stage kind (typed Params, run), and enum StageKind
+pub mod verbs; // one file per CLI verb (run, status, log, report, generate, judge, serve, …); each data verb's result is its --json shape

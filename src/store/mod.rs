@@ -40,7 +40,7 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 /// Environment variable naming a point at which the process pauses (until killed): a node
 /// name (the engine: outputs written, before publishing; `panic:NODE` panics inside that
-/// node's stage instead), `gc-removing` (an artifact moved
+/// node's stage instead, `abort:NODE` aborts its process), `gc-removing` (an artifact moved
 /// out of place, before its files are deleted) or `publish-replacing` (`run --force`: the
 /// old artifact moved aside, before the new one is renamed into place). Tests kill the
 /// process there and check that the next run recovers.

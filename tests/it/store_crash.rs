@@ -309,3 +309,101 @@ fn fuzz_manifest_json() {
         }
     });
 }
+
+/// Spawn `run` with a failpoint at a node; returns the engine, the pid the paused stage
+/// process printed with its failpoint line, and the rest of the engine's stderr (once it ends).
+fn failpoint_pid(store: &Path, args: &[&str], point: &str) -> (Child, u32, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(tiny())
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env("SELF_REDTEAM_FAILPOINT", point)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut seen = Vec::new();
+    let pid = loop {
+        let line = lines.next().unwrap_or_else(|| panic!("ended before failpoint {point}: {seen:?}")).expect("read");
+        if let Some(rest) = line.strip_prefix(&format!("failpoint {point}: outputs written, pausing before publish (pid ")) {
+            break rest.trim_end_matches(')').parse::<u32>().expect("pid");
+        }
+        seen.push(line);
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let _ = tx.send(rest.join("\n"));
+    });
+    (child, pid, rx)
+}
+
+/// One process per stage (src/executor.rs): the OOM killer's SIGKILL of a stage process
+/// fails that node — named, with its key and the signal — and nothing else. The engine
+/// keeps going to its error, nothing of the node is published, and the next `run`
+/// completes it with the bytes of an uninterrupted run.
+#[test]
+fn a_stage_process_killed_by_sigkill_fails_its_node_and_the_rerun_equals_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    let (engine, pid, rest) = failpoint_pid(&store, &["run", "--only", "dataset", "prep@1", "prep@2"], "prep@2");
+    assert_ne!(pid, engine.id(), "the stage runs in its own process");
+    let k = Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
+    assert!(k.success());
+    let out = engine.wait_with_output().expect("engine exits");
+    let err = rest.recv().expect("stderr");
+    assert_eq!(out.status.code(), Some(1), "the engine reports the failure and exits 1: {err}");
+    assert!(err.contains("prep@2 (key ") && err.contains("killed by signal 9 (SIGKILL") && err.contains("nothing was published"), "{err}");
+    let s = status(&tiny(), &store, &[]);
+    assert_eq!(s["prep@1"].state, "cached");
+    assert_eq!(s["prep@2"].state, "missing", "nothing of the killed node is published");
+
+    let o = sr(&tiny(), &store, &["run", "--only", "dataset", "prep@1", "prep@2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let clean = tmp.path().join("clean");
+    build(&tiny(), &clean);
+    let (s1, s2) = (status(&tiny(), &store, &[]), status(&tiny(), &clean, &[]));
+    for n in ["dataset", "prep@1", "prep@2"] {
+        assert!(s1[n].digest.is_some(), "{n}");
+        assert_eq!(s1[n].digest, s2[n].digest, "{n}");
+    }
+    assert_eq!(std::fs::read_dir(store.join(".tmp")).map(|d| d.count()).unwrap_or(0), 0, "the killed stage's staging dir and job file are swept");
+}
+
+/// A stage process that aborts (libtorch's way of failing hard) is reported like a signal,
+/// with the tail of its stderr, and does not take the engine down.
+#[test]
+fn a_stage_process_that_aborts_is_reported_with_its_signal_and_stderr_tail() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    let o = Command::new(bin())
+        .arg("--config")
+        .arg(tiny())
+        .arg("--store")
+        .arg(&store)
+        .args(["run", "--only", "dataset", "prep@1"])
+        .env("SELF_REDTEAM_FAILPOINT", "abort:prep@1")
+        .output()
+        .expect("spawn");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("prep@1 (key ") && err.contains("killed by signal 6 (SIGABRT)"), "{err}");
+    assert!(err.contains("its stderr ended with:") && err.contains("failpoint abort:prep@1: aborting"), "{err}");
+    let s = status(&tiny(), &store, &[]);
+    assert_eq!(s["dataset"].state, "cached", "the node before it is kept");
+    assert_eq!(s["prep@1"].state, "missing");
+    // In-process, the same abort takes the whole run down: the reason for the child.
+    let o = Command::new(bin())
+        .arg("--config")
+        .arg(tiny())
+        .arg("--store")
+        .arg(&store)
+        .args(["run", "--only", "prep@1", "--in-process"])
+        .env("SELF_REDTEAM_FAILPOINT", "abort:prep@1")
+        .output()
+        .expect("spawn");
+    assert_eq!(o.status.code(), None, "killed by SIGABRT itself: {}", text(&o));
+}
