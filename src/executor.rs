@@ -195,15 +195,28 @@ pub fn describe(status: ExitStatus) -> String {
 /// In a child: exit (without publishing: the stage has not returned, or publish has not
 /// renamed) as soon as the engine that started it is gone, so `kill -9` of the engine does
 /// not leave an orphan computing, or publishing into a store another run may now hold.
+///
+/// The exit is `_exit(2)`: no atexit handlers or static destructors, which in a process that
+/// linked libtorch can wait forever on locks held by the stage's threads (seen: orphans
+/// blocked in `exit` after their engine was killed), and no panic when stderr — a pipe to the
+/// dead engine — is broken.
 pub fn exit_with_parent() {
     let parent = std::os::unix::process::parent_id();
     std::thread::spawn(move || loop {
         std::thread::sleep(Duration::from_millis(250));
         if std::os::unix::process::parent_id() != parent {
-            eprintln!("exec: the engine (pid {parent}) is gone; stopping without publishing");
-            std::process::exit(3);
+            let _ = writeln!(std::io::stderr(), "exec: the engine (pid {parent}) is gone; stopping without publishing");
+            exit_now(3);
         }
     });
+}
+
+/// End the process at once with `code`, skipping atexit handlers and destructors.
+#[allow(unsafe_code)]
+fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` takes no pointers and never returns; skipping destructors is the point
+    // (see `exit_with_parent`), and nothing of the stage is published without its rename.
+    unsafe { libc::_exit(code) }
 }
 
 /// The draw target of a child's progress bars: ANSI on stderr, which is a pipe to the engine

@@ -231,8 +231,16 @@ fn kill_9_mid_stage_then_resume_recomputes_nothing_finished() {
     let o = sr(&tiny(), &store, &["run", "--only", "dataset"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("is locked by another run"), "{}", text(&o));
+    let stage_pid: u32 =
+        seen.last().and_then(|l| l.rsplit("(pid ").next()).and_then(|p| p.trim_end_matches(')').parse().ok()).expect("the stage process's pid");
     child.kill().expect("kill -9");
     child.wait().expect("reap");
+    // The stage process notices its engine is gone and exits without publishing.
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::read_to_string(format!("/proc/{stage_pid}/stat")).map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+    });
+    assert!(gone, "the orphaned stage process {stage_pid} is still running");
     let after_crash = status(&tiny(), &store, &[]);
     assert_eq!(after_crash["dataset"].state, "cached", "{seen:?}");
     assert_eq!(after_crash["prep@1"].state, "cached");
