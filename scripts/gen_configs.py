@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Regenerate configs/{attacker_only,defender_only,no_cot}.yaml from pipeline.yaml, so the
-ablations differ from the default run only in what their header says (same budget, same
-evaluation). configs/gpu.yaml is written by hand. Run from the project root:
+"""Regenerate configs/{attacker_only,defender_only,no_cot,more_steps}.yaml from pipeline.yaml,
+so the ablations and tuning variants differ from the default run only in what their header
+says (same budget, same evaluation). configs/gpu.yaml is written by hand. Run from the project root:
     python3 scripts/gen_configs.py
 """
 import pathlib
@@ -35,6 +35,16 @@ ABLATIONS = {
         [
             (r"  cot: true", "  cot: false"),
             (r"  sft_coef: 1\.0 .*", "  sft_coef: 0.0         # the demonstrations are in the reasoning format"),
+        ],
+    ),
+    "more_steps": (
+        "# Tuning variant, measured and not adopted (docs/benchmarks.md, \"Twice the optimizer steps at\n"
+        "# a constant lr\"): 6 optimizer steps per iteration (micro_batch_size 2) and no cosine decay\n"
+        "# (min_lr_ratio 1.0). Differs from pipeline.yaml only there (written by\n"
+        "# scripts/gen_configs.py).",
+        [
+            (r"  min_lr_ratio: 0\.1", "  min_lr_ratio: 1.0"),
+            (r"  micro_batch_size: 4 .*", "  micro_batch_size: 2   # 6 optimizer steps per iteration at 8 seeds"),
         ],
     ),
 }
