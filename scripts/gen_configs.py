@@ -47,6 +47,16 @@ ABLATIONS = {
             (r"  micro_batch_size: 4 .*", "  micro_batch_size: 2   # 6 optimizer steps per iteration at 8 seeds"),
         ],
     ),
+    "more_seeds": (
+        "# Tuning variant (docs/benchmarks.md, \"Twice the seeds\"): 16 seeds per iteration (twice\n"
+        "# the RL samples, so the same 6 optimizer steps per iteration as more_steps.yaml but 4 samples\n"
+        "# each) and no cosine decay (min_lr_ratio 1.0). Differs from pipeline.yaml only there\n"
+        "# (written by scripts/gen_configs.py).",
+        [
+            (r"  seeds_per_iteration: 8", "  seeds_per_iteration: 16"),
+            (r"  min_lr_ratio: 0\.1", "  min_lr_ratio: 1.0"),
+        ],
+    ),
 }
 
 for name, (header, subs) in ABLATIONS.items():

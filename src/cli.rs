@@ -62,6 +62,11 @@ pub enum Command {
         /// (`exec JOB`, src/executor.rs): for debuggers and profilers.
         #[arg(long)]
         in_process: bool,
+        /// Compute up to N independent ready nodes at once (e.g. eval@k beside rollout@k+1),
+        /// each in its own process with `run.threads` threads; artifacts are the same bytes as
+        /// with 1.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
         #[arg(long)]
         json: bool,
     },
@@ -304,14 +309,14 @@ fn with_engine<T>(global: &Global, iterations: Option<u32>, verb: impl FnOnce(&E
 pub fn main_with(cli: Cli) -> Result<i32> {
     let g = &cli.global;
     match cli.command {
-        Command::Run { iterations, only, from, force, in_process, json } => {
+        Command::Run { iterations, only, from, force, in_process, jobs, json } => {
             let (spec, plan, _) = load(g, iterations)?;
             let mut engine = Engine::new(&spec, plan, Store::open(&g.store)?);
             if !in_process {
                 engine.executor = Executor::Process { program: std::env::current_exe()? };
             }
             // Text: one line per node on stderr as it ends, then the count.
-            let out = run::run(&engine, &RunOptions { only, from, force }, &mut |r: &NodeReport| {
+            let out = run::run(&engine, &RunOptions { only, from, force, jobs }, &mut |r: &NodeReport| {
                 if !json {
                     let _ = run::write_node_line(&mut stderr().lock(), r);
                 }

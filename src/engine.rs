@@ -142,6 +142,10 @@ pub struct RunOptions {
     pub only: Vec<String>,
     pub from: Option<String>,
     pub force: bool,
+    /// Nodes computed at once (0 and 1: one at a time). More than one needs the process
+    /// executor: independent ready nodes (eval@k beside rollout@k+1) run side by side; no
+    /// artifact byte depends on it.
+    pub jobs: usize,
 }
 
 pub struct Engine<'a> {
@@ -293,71 +297,153 @@ impl<'a> Engine<'a> {
         to_check.sort();
         self.verify_sources(&to_check)?;
 
-        let mut done: HashMap<String, Artifact> = HashMap::new();
-        let mut reports = Vec::new();
-        for (i, node) in self.plan.nodes.iter().enumerate() {
-            let name = node.name();
-            let is_selected = selected.contains(&i);
-            let components = match self.components_for(node, &done) {
-                Ok(c) => c,
-                // Unselected nodes whose inputs are not built are simply not run; a selected
-                // one is the user's selection error.
-                Err(_) if !is_selected => continue,
-                Err(input) => return Err(EngineError::InputNotBuilt { node: name, input }),
-            };
-            let key = components.key();
-            let cached = self.store.load(node.id.kind.name(), &key)?;
-            if let Some(a) = cached.clone() {
-                if !(is_selected && opts.force) {
-                    if is_selected {
-                        let r = NodeReport {
-                            node: name.clone(),
-                            outcome: Outcome::Hit,
-                            key: key.clone(),
-                            content_digest: a.manifest.content_digest.clone(),
-                            seconds: 0.0,
-                            rows: a.manifest.total_rows(),
-                            parts: Default::default(),
-                        };
-                        report(&r);
-                        reports.push(r);
-                    }
-                    done.insert(name, a);
-                    continue;
-                }
-            }
-            if !is_selected {
-                continue;
-            }
-            if CANCEL.load(Ordering::Relaxed) {
-                return Err(EngineError::Interrupted { node: name });
-            }
-            // Inputs whose large files `gc --thin` removed are rebuilt first (same key, same
-            // bytes on this machine kind), so the stage reads them as if nothing happened.
-            for (_, producer) in &node.inputs {
-                let pname = producer.to_string();
-                if done.get(&pname).is_some_and(|a| !a.manifest.thinned.is_empty()) {
-                    let full = self.rehydrate(&done[&pname])?;
-                    done.insert(pname, full);
-                }
-            }
-            let inputs = self.input_artifacts(node, &done);
-            let t0 = Instant::now();
-            let a = self.run_node(node, components, inputs, cached.is_some())?;
-            let r = NodeReport {
-                node: name.clone(),
-                outcome: Outcome::Miss,
-                key,
-                content_digest: a.manifest.content_digest.clone(),
-                seconds: t0.elapsed().as_secs_f64(),
-                rows: a.manifest.total_rows(),
-                parts: a.manifest.timing.parts.clone(),
-            };
-            report(&r);
-            reports.push(r);
-            done.insert(name, a);
+        let jobs = opts.jobs.max(1);
+        if jobs > 1 && self.executor == Executor::InProcess {
+            return Err(EngineError::Ref(format!("run --jobs {jobs} needs one process per stage; drop --in-process or use --jobs 1")));
         }
-        Ok(RunSummary { nodes: reports })
+        // A scheduler over the plan (in plan order, which is a topological order): a node is
+        // decided once its inputs are — a hit, skipped (not selected, or not buildable), or
+        // computed — and at most `jobs` computations run at once. With one job this is the
+        // plain in-order loop.
+        let n = self.plan.nodes.len();
+        let mut decided = vec![false; n];
+        let mut running: HashSet<usize> = HashSet::new();
+        let mut done: HashMap<String, Artifact> = HashMap::new();
+        let mut reports: Vec<(usize, NodeReport)> = Vec::new();
+        let mut failure: Option<EngineError> = None;
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Artifact>, f64)>();
+        std::thread::scope(|scope| -> Result<()> {
+            loop {
+                let mut progressed = false;
+                for i in 0..n {
+                    if decided[i] || running.contains(&i) || failure.is_some() {
+                        continue;
+                    }
+                    let node = &self.plan.nodes[i];
+                    let name = node.name();
+                    // Wait for inputs still being decided or computed.
+                    let waiting = node.inputs.iter().any(|(_, p)| self.plan.position(&p.to_string()).is_ok_and(|j| !decided[j] || running.contains(&j)));
+                    if waiting {
+                        continue;
+                    }
+                    let is_selected = selected.contains(&i);
+                    let components = match self.components_for(node, &done) {
+                        Ok(c) => c,
+                        // Unselected nodes whose inputs are not built are simply not run; a
+                        // selected one is the user's selection error.
+                        Err(_) if !is_selected => {
+                            decided[i] = true;
+                            progressed = true;
+                            continue;
+                        }
+                        Err(input) => {
+                            failure = Some(EngineError::InputNotBuilt { node: name, input });
+                            break;
+                        }
+                    };
+                    let key = components.key();
+                    let cached = self.store.load(node.id.kind.name(), &key)?;
+                    if let Some(a) = cached.clone() {
+                        if !(is_selected && opts.force) {
+                            if is_selected {
+                                let r = NodeReport {
+                                    node: name.clone(),
+                                    outcome: Outcome::Hit,
+                                    key: key.clone(),
+                                    content_digest: a.manifest.content_digest.clone(),
+                                    seconds: 0.0,
+                                    rows: a.manifest.total_rows(),
+                                    parts: Default::default(),
+                                };
+                                report(&r);
+                                reports.push((i, r));
+                            }
+                            done.insert(name, a);
+                            decided[i] = true;
+                            progressed = true;
+                            continue;
+                        }
+                    }
+                    if !is_selected {
+                        decided[i] = true;
+                        progressed = true;
+                        continue;
+                    }
+                    if running.len() >= jobs {
+                        continue;
+                    }
+                    if CANCEL.load(Ordering::Relaxed) {
+                        failure = Some(EngineError::Interrupted { node: name });
+                        break;
+                    }
+                    // Inputs whose large files `gc --thin` removed are rebuilt first (same key,
+                    // same bytes on this machine kind), so the stage reads them as if nothing
+                    // happened.
+                    for (_, producer) in &node.inputs {
+                        let pname = producer.to_string();
+                        if done.get(&pname).is_some_and(|a| !a.manifest.thinned.is_empty()) {
+                            let full = self.rehydrate(&done[&pname])?;
+                            done.insert(pname, full);
+                        }
+                    }
+                    let inputs = self.input_artifacts(node, &done);
+                    let replace = cached.is_some();
+                    running.insert(i);
+                    progressed = true;
+                    let tx = tx.clone();
+                    let work = move || {
+                        let t0 = Instant::now();
+                        let r = self.run_node(node, components, inputs, replace);
+                        let _ = tx.send((i, r, t0.elapsed().as_secs_f64()));
+                    };
+                    if jobs == 1 {
+                        work();
+                    } else {
+                        scope.spawn(work);
+                    }
+                    break; // re-scan from the start: earlier nodes may be ready now
+                }
+                if running.is_empty() && (failure.is_some() || (!progressed && decided.iter().all(|d| *d))) {
+                    return Ok(());
+                }
+                if running.is_empty() && !progressed {
+                    // Nothing runs and nothing can be decided (cannot happen in a plan whose
+                    // order is topological, which `Plan::new` builds).
+                    let left: Vec<String> = (0..n).filter(|i| !decided[*i]).map(|i| self.plan.nodes[i].name()).collect();
+                    return Err(EngineError::Ref(format!("run: no node can start; waiting: {}", left.join(", "))));
+                }
+                if !running.is_empty() && (!progressed || running.len() >= jobs || failure.is_some()) {
+                    let (i, result, seconds) = rx.recv().expect("a running node always reports");
+                    running.remove(&i);
+                    decided[i] = true;
+                    match result {
+                        Ok(a) => {
+                            let r = NodeReport {
+                                node: self.plan.nodes[i].name(),
+                                outcome: Outcome::Miss,
+                                key: a.manifest.key.clone(),
+                                content_digest: a.manifest.content_digest.clone(),
+                                seconds,
+                                rows: a.manifest.total_rows(),
+                                parts: a.manifest.timing.parts.clone(),
+                            };
+                            report(&r);
+                            reports.push((i, r));
+                            done.insert(self.plan.nodes[i].name(), a);
+                        }
+                        Err(e) => {
+                            // The first failure is the run's; nodes already running finish.
+                            failure.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        reports.sort_by_key(|(i, _)| *i);
+        Ok(RunSummary { nodes: reports.into_iter().map(|(_, r)| r).collect() })
     }
 
     fn input_artifacts(&self, node: &Node, done: &HashMap<String, Artifact>) -> Vec<InputArtifact> {

@@ -347,16 +347,28 @@ fn bad_config_missing_source_and_wrong_sha256_fail_clearly_and_publish_nothing()
 
 #[test]
 fn run_completes_the_tiny_dag_and_from_reruns_a_node_and_its_dependants() {
-    // Every stage kind is built now; the "stops at the first unbuilt stage" path of the
-    // engine is kept for registries with `implementation: None` (stages/mod.rs).
     let tmp = tempfile::tempdir().expect("tmp");
     let store = tmp.path().join("s");
-    let o = sr(&tiny(), &store, &["run"]);
+    let o = sr(&tiny(), &store, &["run", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let s = status(&tiny(), &store, &[]);
     for node in ["dataset", "base", "prep@2", "rollout@2", "judge@2", "update@2", "eval@0", "eval@2"] {
         assert_eq!(s[node].state, "cached", "{node}");
     }
+    // Two nodes at a time (each stage in its own process): the same bytes in every data file,
+    // and the report still lists the nodes in plan order.
+    let parallel = tmp.path().join("p");
+    let o2 = sr(&tiny(), &parallel, &["run", "--jobs", "2", "--json"]);
+    assert_eq!(o2.status.code(), Some(0), "{}", text(&o2));
+    assert_eq!(data_files(&parallel), data_files(&store), "run --jobs 2 and --jobs 1 write the same bytes");
+    let order = |o: &std::process::Output| -> Vec<String> {
+        let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+        v["nodes"].as_array().expect("nodes").iter().map(|n| n["node"].as_str().expect("node").to_string()).collect()
+    };
+    assert_eq!(order(&o2), order(&o));
+    let o = sr(&tiny(), &parallel, &["run", "--jobs", "2", "--in-process"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("needs one process per stage"), "{}", text(&o));
     // --from reruns that node and what follows it; upstream stays as it is.
     let o = sr(&tiny(), &store, &["run", "--from", "prep@2", "--force", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
