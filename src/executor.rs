@@ -15,10 +15,13 @@
 //! Failure handling: a non-zero exit, a signal (SIGKILL from the OOM killer included) or a
 //! panic becomes that node's [`EngineError::ChildFailed`](crate::engine::EngineError) with its
 //! name, key, exit status and the tail of its stderr; nothing is published (a killed child's
-//! staging directory is swept by the next `run`), and the next `run` resumes. Ctrl-C: the
-//! terminal sends SIGINT to the child too, which stops at its stage's next check; a child that
-//! has not exited 10 s after the engine saw Ctrl-C is killed. A child whose engine dies
-//! (`kill -9` of the engine) notices within 0.25 s and exits without publishing.
+//! staging directory is swept by the next `run`), and the next `run` resumes. Ctrl-C: the child
+//! runs in its own process group, so a terminal's SIGINT reaches the engine only, and the
+//! engine forwards exactly one SIGINT to the child, which stops at its stage's next check
+//! (within one decoding step while generating) and publishes nothing; the engine waits for it
+//! as it would for an in-process stage. A second Ctrl-C ends the engine at once, and a child
+//! whose engine is gone (that, or `kill -9`) notices within 0.25 s and exits without
+//! publishing.
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -114,8 +117,12 @@ pub struct ChildFailure {
 /// Run `program exec job_path`, relaying its stderr to ours as it comes (keeping the tail),
 /// until it exits. Ok when it exited with status 0.
 pub fn run_child(program: &Path, job_path: &Path, cancel: &std::sync::atomic::AtomicBool) -> Result<(), ChildFailure> {
+    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(program);
     cmd.arg("exec").arg(job_path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    // Its own process group: Ctrl-C reaches the child once, forwarded below, not twice
+    // (a second SIGINT means "quit now" to a self-redteam process).
+    cmd.process_group(0);
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         cmd.env(PROGRESS_ENV, console::Term::stderr().size().1.to_string());
     }
@@ -152,13 +159,11 @@ pub fn run_child(program: &Path, job_path: &Path, cancel: &std::sync::atomic::At
             Ok(None) => {}
             Err(e) => break Err(e),
         }
-        if cancel.load(Ordering::Relaxed) {
-            let since = *cancelled_at.get_or_insert_with(Instant::now);
-            if since.elapsed() > Duration::from_secs(10) {
-                let _ = child.kill();
-            }
+        if cancel.load(Ordering::Relaxed) && cancelled_at.is_none() {
+            cancelled_at = Some(Instant::now());
+            interrupt(child.id());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     };
     if let Some(r) = relay {
         let _ = r.join();
@@ -169,6 +174,18 @@ pub fn run_child(program: &Path, job_path: &Path, cancel: &std::sync::atomic::At
         Ok(s) if s.success() => Ok(()),
         Ok(s) => Err(ChildFailure { status: describe(s), stderr_tail: tail, interrupted }),
         Err(e) => Err(ChildFailure { status: format!("lost track of the child: {e}"), stderr_tail: tail, interrupted }),
+    }
+}
+
+/// Send SIGINT to `pid` (a child this process started and has not reaped).
+#[allow(unsafe_code)]
+fn interrupt(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: `kill` takes plain integers; the pid is our unreaped child's, so it cannot
+        // name another process.
+        unsafe {
+            libc::kill(pid, libc::SIGINT);
+        }
     }
 }
 

@@ -407,3 +407,46 @@ fn a_stage_process_that_aborts_is_reported_with_its_signal_and_stderr_tail() {
         .expect("spawn");
     assert_eq!(o.status.code(), None, "killed by SIGABRT itself: {}", text(&o));
 }
+
+/// Ctrl-C with one process per stage: SIGINT to the engine alone (its stage process is in its
+/// own process group) is forwarded once; the stage stops inside its generation loop, publishes
+/// nothing, and the engine says the node was interrupted. sft-data post-fills with the model
+/// for many seconds on the tiny pipeline, so a stage that ran to its end would be published.
+#[test]
+fn sigint_to_the_engine_stops_the_running_stage_process_and_publishes_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    let o = sr(&tiny(), &store, &["run", "--only", "dataset", "base"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let child = Command::new(bin())
+        .arg("--config")
+        .arg(tiny())
+        .arg("--store")
+        .arg(&store)
+        .args(["run", "--only", "sft-data"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Wait until the stage process runs (its job file is in .tmp), then a little into its work.
+    let job_written = (0..600).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::read_dir(store.join(".tmp")).map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("job-sft-data"))).unwrap_or(false)
+    });
+    assert!(job_written, "the sft-data stage process never started");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let t0 = std::time::Instant::now();
+    let k = Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(k.success());
+    let out = child.wait_with_output().expect("engine exits");
+    let latency = t0.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("SIGINT to exit of the engine: {:.2} s", latency.as_secs_f64());
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted before sft-data"), "{err}");
+    let s = status(&tiny(), &store, &[]);
+    assert_eq!(s["sft-data"].state, "missing", "the interrupted stage publishes nothing: {err}");
+    assert_eq!(s["base"].state, "cached");
+    let left = std::fs::read_dir(store.join(".tmp")).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("job-")).count()).unwrap_or(0);
+    assert_eq!(left, 0, "the job file is removed once the stage process ended");
+}
