@@ -3,6 +3,7 @@
 //! term), with the update stage's loss, loader, grad clip and Adam, and every `EVAL_EVERY`
 //! steps samples the defender turns of a rollout artifact again (their prompts, at the
 //! rollout's temperature, 128 new tokens) and counts well-formed ones with the game's parser.
+//! The training step is the update stage's own SFT half (`rl::sft_backward`, `rl::buffer::SftLoader`).
 //! This isolates the format-learning part of `update@i` so the SFT settings of the default
 //! pipeline (lr, demonstrations per step, steps) can be chosen from a measured curve instead of
 //! a full run. Not part of the pipeline; run by hand (README "Measured numbers"):
@@ -21,8 +22,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use self_redteam::game::cot_format_check_and_extract;
 use self_redteam::model::{Policy, SamplingParams, TokenId};
-use self_redteam::rl::buffer::sft_indices;
-use self_redteam::rl::{clip_grad_norm, next_token_logprobs, sft_loss, Adam, AdamConfig, SftExample, TokenBatch};
+use self_redteam::rl::buffer::{policy_forward, sft_examples, SftLoader};
+use self_redteam::rl::{clip_grad_norm, sft_backward, Adam, AdamConfig};
 use self_redteam::schema::read_parquet;
 use self_redteam::schema::rollout::GamesSchema;
 use self_redteam::schema::sft_demos::SftDemosSchema;
@@ -60,10 +61,7 @@ fn main() -> anyhow::Result<()> {
     tch::set_num_threads(env("THREADS", 2i32)?);
 
     let policy = Policy::load(base, tch::Device::Cpu, tch::Kind::Float).with_context(|| format!("{}", base.display()))?;
-    let demos: Vec<SftExample> = read_parquet::<SftDemosSchema>(demos_path)?
-        .into_iter()
-        .map(|r| SftExample { token_ids: r.prompt_ids.iter().chain(&r.target_ids).map(|&t| i64::from(t)).collect(), prompt_len: r.prompt_ids.len() })
-        .collect();
+    let demos = sft_examples(&read_parquet::<SftDemosSchema>(demos_path)?, policy.config().vocab_size as u32)?;
     let games = read_parquet::<GamesSchema>(games_path)?;
     // ROLE=attacker: the attacker turns' prompts instead (the revised seeds).
     let role: String = env("ROLE", "defender".to_string())?;
@@ -79,12 +77,16 @@ fn main() -> anyhow::Result<()> {
         let (t2, p2) = also.split_once(',').with_context(|| format!("ALSO={also}: expected TEMPERATURE,TOP_P"))?;
         settings.push(SamplingParams { temperature: t2.parse()?, top_p: p2.parse()?, max_new_tokens: max_new, ..Default::default() });
     }
-    println!("{} demonstrations, {} {role} prompts; lr {lr:e} (warm-up {warmup}), {batch} demonstrations/step, {steps} steps", demos.len(), prompts.len());
+    let loader = SftLoader { demos, batch, seed: *blake3::hash(&seed.to_le_bytes()).as_bytes() };
+    println!(
+        "{} demonstrations, {} {role} prompts; lr {lr:e} (warm-up {warmup}), {batch} demonstrations/step, {steps} steps",
+        loader.demos.len(),
+        prompts.len()
+    );
     println!("step  sft_loss  T     top_p  well_formed  closed_think  stopped  secs");
 
     let params_t = policy.trainable_parameters();
     let mut adam = Adam::new(AdamConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 });
-    let loader_seed = *blake3::hash(&seed.to_le_bytes()).as_bytes();
     let pad = i64::from(policy.tokenizer().pad_id());
     let mut losses = Vec::new();
     let t = std::time::Instant::now();
@@ -112,13 +114,10 @@ fn main() -> anyhow::Result<()> {
         for (_, p) in &params_t {
             p.shallow_clone().zero_grad();
         }
-        let examples: Vec<&SftExample> = sft_indices(demos.len(), batch, step, &loader_seed).into_iter().map(|i| &demos[i]).collect();
-        let rows: Vec<(&[i64], usize)> = examples.iter().map(|e| (&e.token_ids[..], e.prompt_len)).collect();
-        let b = TokenBatch::new(&rows, pad, tch::Device::Cpu);
-        let logp = next_token_logprobs(&policy.logits(&b.input_ids, &b.attention_mask).to_kind(tch::Kind::Float), &b.input_ids);
-        let loss = sft_loss(&logp, &b.loss_mask);
-        losses.push(loss.double_value(&[]));
-        loss.backward();
+        // The update stage's SFT half (rl::sft_backward), alone.
+        if let Some(loss) = sft_backward(&mut policy_forward(&policy), &loader.draw(step), 1.0, pad, tch::Device::Cpu, step)? {
+            losses.push(loss);
+        }
         clip_grad_norm(&params_t, 1.0);
         let factor = if step < warmup { (step + 1) as f64 / warmup as f64 } else { 1.0 };
         adam.step(&params_t, lr * factor);

@@ -24,7 +24,8 @@ use crate::eval::protocol::{evaluate, EvalInputs, EvalSettings, HOLDOUT_ATTACKER
 /// headline is ASR.
 pub const VERSION: u32 = 3;
 
-/// What `eval` reads from the spec. Key: `eval` without `batch_size` (speed only) and without
+/// What `eval` reads from the spec. Key: `eval` without `batch_size` (speed only), `every` (which
+/// iterations are evaluated: the plan's choice, not the artifact's content) and
 /// custom suite paths (each custom suite file enters by sha256 as the pinned file
 /// `eval.custom_suites.<name>`), the judge's verdict-affecting settings
 /// (`plan::judge_key_params`), `rollout.cot`, the rollout sampling settings and the game
@@ -48,7 +49,11 @@ impl Params {
         let s = &self.settings;
         let mut eval = super::to_key(&s.eval);
         super::strip_paths(&mut eval);
-        eval.as_object_mut().expect("eval is a map").remove("batch_size");
+        let m = eval.as_object_mut().expect("eval is a map");
+        // Speed only, and which iterations are evaluated (the plan's business, not an eval's
+        // output): eval@4 is the same artifact whether every is 2 or 4.
+        m.remove("batch_size");
+        m.remove("every");
         json!({
             "eval": eval, "judge": crate::plan::judge_key_params(&self.judge.params), "cot": s.cot,
             "attacker_sampling": super::to_key(&s.attacker_sampling),

@@ -5,7 +5,6 @@
 //! verdict cache at `<store root>/.verdict-cache`, so re-judging costs only what changed.
 use anyhow::Context;
 
-use super::rollout::game_options;
 use super::StageContext;
 use crate::game::SeedLabel;
 use crate::game::{score_game, training_rewards, CotFormat, GameOptions, GameRecord, GameVerdict, JudgeLabels, Role, RoleReward, ScoredGame};
@@ -32,7 +31,7 @@ pub struct Params {
 }
 
 pub fn params(spec: &Spec) -> Params {
-    Params { judge: crate::judge::build::JudgeSetup::of(spec), reward: spec.raw.reward.clone(), game: game_options(&spec.raw.rollout) }
+    Params { judge: crate::judge::build::JudgeSetup::of(spec), reward: spec.raw.reward.clone(), game: crate::game::GameOptions::of(&spec.raw.rollout) }
 }
 
 impl Params {

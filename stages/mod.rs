@@ -403,6 +403,24 @@ impl StageContext<'_> {
 
     /// The Ctrl-C flag, for long calls that check it themselves
     /// (`Policy::generate_interruptible` checks it before every decoding step).
+    /// Sample `prompts` (one seed each) batch by batch as `plan` groups them
+    /// (model::batching), with a progress bar and the Ctrl-C check before every decoding step;
+    /// results in input order.
+    pub fn generate(
+        &self,
+        policy: &crate::model::Policy,
+        prompts: &[Vec<crate::model::TokenId>],
+        seeds: &[u64],
+        params: &crate::model::SamplingParams,
+        plan: &[Vec<usize>],
+        what: &str,
+    ) -> anyhow::Result<Vec<crate::model::Sample>> {
+        let bar = self.progress(prompts.len() as u64, what);
+        policy
+            .generate_batched(prompts, seeds, params, plan, self.cancel, &mut |done| bar.set_position(done as u64))
+            .with_context(|| format!("{}: sampling {what}", self.node))
+    }
+
     pub fn interrupt_flag(&self) -> &AtomicBool {
         self.cancel
     }

@@ -7,14 +7,13 @@
 //! Seeding: the attacker turn of prep row r samples with a seed drawn from `ctx.rng(2r)` and
 //! its defender turn from `ctx.rng(2r + 1)`, so a game's tokens depend on neither batch size
 //! nor which other seeds share its batch (see model::sampler on row independence).
-use anyhow::Context;
 use rand::RngCore;
 
 use super::base::load_policy_input;
 use super::StageContext;
 use crate::game::{attack_turn, defender_prompt, public_text, AttackTurn, GameOptions};
 use crate::game::{render_prompt, rollout_sampling, turn_stats};
-use crate::model::{batching, Policy, Sample, SamplingParams, TokenId};
+use crate::model::{batching, Policy, Sample, TokenId};
 use crate::schema::prep::{PrepRow, PrepSchema};
 use crate::schema::rollout::{GameRow, GamesSchema};
 use crate::spec::{Dtype, RolloutParams, Spec};
@@ -45,28 +44,6 @@ impl Params {
     }
 }
 
-/// The game switches of a `rollout` section.
-pub fn game_options(r: &RolloutParams) -> GameOptions {
-    GameOptions { cot: r.cot, mode: r.mode }
-}
-
-/// Sample `prompts` in order, `batch` rows at a time (one progress tick per row).
-fn sample(
-    ctx: &StageContext<'_>,
-    policy: &Policy,
-    prompts: &[Vec<TokenId>],
-    seeds: &[u64],
-    params: &SamplingParams,
-    batch: usize,
-    what: &str,
-) -> anyhow::Result<Vec<Sample>> {
-    let bar = ctx.progress(prompts.len() as u64, what);
-    let plan = batching::in_order(prompts.len(), batch);
-    policy
-        .generate_batched(prompts, seeds, params, &plan, ctx.interrupt_flag(), &mut |done| bar.set_position(done as u64))
-        .with_context(|| format!("{}: sampling {what}", ctx.node))
-}
-
 struct Pending {
     prep: PrepRow,
     attacker: Option<(String, Vec<TokenId>)>,
@@ -74,7 +51,7 @@ struct Pending {
 }
 
 pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
-    let options = game_options(&p.rollout);
+    let options = GameOptions::of(&p.rollout);
     let params = rollout_sampling(&p.rollout);
     let batch = p.rollout.batch_size as usize;
     let prep = ctx.read_parquet::<PrepSchema>("prep")?;
@@ -97,7 +74,7 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let att_idx: Vec<usize> = (0..games.len()).filter(|&i| games[i].attacker.is_some()).collect();
     let att_prompts: Vec<Vec<TokenId>> = att_idx.iter().map(|&i| games[i].attacker.as_ref().expect("filtered").1.clone()).collect();
     let att_seeds: Vec<u64> = att_idx.iter().map(|&i| seed_of(2 * u64::from(games[i].prep.row))).collect();
-    let att_samples = sample(ctx, &policy, &att_prompts, &att_seeds, &params, batch, "attacker turns")?;
+    let att_samples = ctx.generate(&policy, &att_prompts, &att_seeds, &params, &batching::in_order(att_prompts.len(), batch), "attacker turns")?;
     let mut attacker_out: Vec<Option<Sample>> = vec![None; games.len()];
     for (&i, s) in att_idx.iter().zip(att_samples) {
         games[i].public_attack = public_text(&s.text, options.cot).text;
@@ -119,7 +96,7 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     }
     let def_prompts: Vec<Vec<TokenId>> = def_rendered.iter().map(|(_, ids)| ids.clone()).collect();
     let def_seeds: Vec<u64> = games.iter().map(|g| seed_of(2 * u64::from(g.prep.row) + 1)).collect();
-    let def_samples = sample(ctx, defender, &def_prompts, &def_seeds, &params, batch, "defender turns")?;
+    let def_samples = ctx.generate(defender, &def_prompts, &def_seeds, &params, &batching::in_order(def_prompts.len(), batch), "defender turns")?;
 
     let mut rows = Vec::with_capacity(games.len());
     for ((g, a), ((dtext, dids), d)) in games.into_iter().zip(attacker_out).zip(def_rendered.into_iter().zip(def_samples)) {

@@ -22,15 +22,14 @@
 //!   are left out.
 use anyhow::{bail, Context};
 use rand::RngCore;
-use tch::Tensor;
 
 use super::base::{load_policy_input, write_policy};
 use super::StageContext;
 use crate::game::Role;
-use crate::rl::buffer::{kept_turns, response_logprobs, rl_samples, sft_examples, sft_indices, sft_loader_seed};
+use crate::rl::buffer::{kept_turns, policy_forward, response_logprobs, rl_samples, sft_examples, sft_loader_seed, SftLoader};
 
 use crate::rl::schedule::schedule_steps;
-use crate::rl::{next_token_logprobs, run_update, Adam, AdamConfig, CosineWithMinLr, SftExample, TokenBatch, UpdateConfig};
+use crate::rl::{run_update, Adam, AdamConfig, CosineWithMinLr, SftExample, UpdateConfig};
 use crate::schema::judged::JudgedSchema;
 use crate::schema::rollout::GamesSchema;
 use crate::schema::sft_demos::SftDemosSchema;
@@ -96,49 +95,32 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     time_load += t2.elapsed().as_secs_f64();
     let total = p.total_steps;
     let schedule = CosineWithMinLr::from_warmup_ratio(u.lr, total, u.warmup_ratio, u.min_lr_ratio);
-    let config = UpdateConfig {
-        kl_coef: u.kl_beta,
-        reward_clip: u.reward_clip,
-        gamma: 1.0,
-        clip_eps: u.clip_eps,
-        micro_batch_size: mb,
-        sft_coef: u.sft_coef,
-        max_grad_norm: u.grad_clip,
-        pad_id: i64::from(policy.tokenizer().pad_id()),
-        shuffle_seed: ctx.rng(0).next_u64(),
-    };
+    let config = UpdateConfig::of(u, i64::from(policy.tokenizer().pad_id()), ctx.rng(0).next_u64());
 
     // SFT demonstrations (module docs): post-filled, from the sft-data artifact.
-    let (demos, loader_seed) = if u.sft_coef > 0.0 {
+    let loader = if u.sft_coef > 0.0 {
         let rows = ctx.read_parquet::<SftDemosSchema>("sft")?;
         let demos = sft_examples(&rows, policy.config().vocab_size as u32).with_context(|| format!("{}: input sft", ctx.node))?;
-        (demos, sft_loader_seed(ctx.seed, &ctx.input("sft")?.manifest().content_digest.to_string()))
+        let seed = sft_loader_seed(ctx.seed, &ctx.input("sft")?.manifest().content_digest.to_string());
+        Some(SftLoader { demos, batch: u.sft_batch_size.map_or((mb / 2).max(1), |b| b as usize), seed })
     } else {
-        (Vec::new(), [0u8; 32])
+        None
     };
-    let sft_b = u.sft_batch_size.map_or((mb / 2).max(1), |b| b as usize);
-    let mut sft_source = |step: u64| -> Vec<SftExample> { sft_indices(demos.len(), sft_b, step, &loader_seed).into_iter().map(|i| demos[i].clone()).collect() };
-    let device = policy.device();
+    let mut sft_source = |step: u64| loader.as_ref().map(|l| l.draw(step)).unwrap_or_default();
     let t3 = std::time::Instant::now();
-    let metrics = {
-        let p = &policy;
-        let mut forward = |b: &TokenBatch| -> Result<Tensor, crate::rl::PolicyError> {
-            Ok(next_token_logprobs(&p.logits(&b.input_ids, &b.attention_mask).to_kind(tch::Kind::Float), &b.input_ids))
-        };
-        if buffer.is_empty() {
-            None
-        } else {
-            let sft: Option<&mut dyn FnMut(u64) -> Vec<SftExample>> = if u.sft_coef > 0.0 { Some(&mut sft_source) } else { None };
-            Some(
-                run_update(&mut forward, &params, &mut adam, &schedule, &buffer, sft, &config, device)
-                    .with_context(|| format!("{}: REINFORCE++ update", ctx.node))?,
-            )
-        }
+    let metrics = if buffer.is_empty() {
+        None
+    } else {
+        let sft: Option<&mut dyn FnMut(u64) -> Vec<SftExample>> = if loader.is_some() { Some(&mut sft_source) } else { None };
+        Some(
+            run_update(&mut policy_forward(&policy), &params, &mut adam, &schedule, &buffer, sft, &config, policy.device())
+                .with_context(|| format!("{}: REINFORCE++ update", ctx.node))?,
+        )
     };
     let time_train = t3.elapsed().as_secs_f64();
     ctx.check_cancelled()?;
     drop(params);
-    if policy.named_parameters().iter().any(|(_, t)| t.isnan().any().int64_value(&[]) != 0) {
+    if policy.has_nan_weights() {
         bail!("{}: the updated policy has NaN weights", ctx.node);
     }
 
@@ -151,7 +133,7 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     ctx.output.time_part("logprobs", time_logprobs);
     ctx.output.time_part("train", time_train);
     ctx.output.time_part("write", t4.elapsed().as_secs_f64());
-    ctx.output.metric("sft_demos", demos.len());
+    ctx.output.metric("sft_demos", loader.as_ref().map_or(0, |l| l.demos.len()));
     ctx.output.metric("samples", buffer.len());
     ctx.output.metric("attacker_samples", buffer.iter().filter(|s| s.role == Role::Attacker).count());
     ctx.output.metric("defender_samples", buffer.iter().filter(|s| s.role == Role::Defender).count());

@@ -135,6 +135,11 @@ pub struct GameOptions {
 }
 
 impl GameOptions {
+    /// The game switches of a `rollout` section.
+    pub fn of(r: &crate::spec::RolloutParams) -> GameOptions {
+        GameOptions { cot: r.cot, mode: r.mode }
+    }
+
     /// Whether samples of `role` enter the RL buffer.
     pub fn trains(&self, role: Role) -> bool {
         match (self.mode, role) {

@@ -202,6 +202,11 @@ impl Policy {
     }
     /// (HF name, tensor) for every parameter, sorted by name. The tensors share storage with
     /// the model: an optimiser updating them in place (under no_grad) updates the policy.
+    /// Whether any weight is NaN (a diverged update).
+    pub fn has_nan_weights(&self) -> bool {
+        self.named_parameters().iter().any(|(_, t)| t.isnan().any().int64_value(&[]) != 0)
+    }
+
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));

@@ -90,6 +90,26 @@ pub fn sft_examples(rows: &[SftDemoRow], vocab: u32) -> anyhow::Result<Vec<SftEx
     Ok(demos)
 }
 
+/// The SFT term's demonstrations and the order it draws them in ([`sft_indices`]).
+pub struct SftLoader {
+    pub demos: Vec<SftExample>,
+    /// Demonstrations per optimizer step.
+    pub batch: usize,
+    pub seed: [u8; 32],
+}
+
+impl SftLoader {
+    /// The demonstrations of optimizer step `step`.
+    pub fn draw(&self, step: u64) -> Vec<SftExample> {
+        sft_indices(self.demos.len(), self.batch, step, &self.seed).into_iter().map(|i| self.demos[i].clone()).collect()
+    }
+}
+
+/// The training forward of `policy` as the RL update calls it: next-token log-probs in f32.
+pub fn policy_forward(policy: &Policy) -> impl FnMut(&crate::rl::TokenBatch) -> Result<tch::Tensor, crate::rl::PolicyError> + '_ {
+    move |b| Ok(crate::rl::next_token_logprobs(&policy.logits(&b.input_ids, &b.attention_mask).to_kind(tch::Kind::Float), &b.input_ids))
+}
+
 /// The seed of the SFT loader ([`sft_indices`]): the run seed and the demonstrations' content
 /// digest, so another set of demonstrations is drawn in another order.
 pub fn sft_loader_seed(run_seed: u64, demos_digest: &str) -> [u8; 32] {

@@ -26,4 +26,4 @@ pub use batch::{micro_batch_indices, RlSample, SftExample, TokenBatch};
 pub use loss::{next_token_logprobs, ppo_clip_loss, sft_loss, PolicyLoss};
 pub use metrics::{RoleMetrics, StepMetrics, UpdateMetrics};
 pub use schedule::CosineWithMinLr;
-pub use update::{run_update, NextTokenLogprobs, PolicyError, RlError, UpdateConfig};
+pub use update::{run_update, sft_backward, NextTokenLogprobs, PolicyError, RlError, UpdateConfig};

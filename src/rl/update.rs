@@ -74,6 +74,21 @@ pub struct UpdateConfig {
 }
 
 impl UpdateConfig {
+    /// From an `update` section; `pad_id` of the policy's tokenizer, `shuffle_seed` from the node.
+    pub fn of(u: &crate::spec::UpdateParams, pad_id: i64, shuffle_seed: u64) -> UpdateConfig {
+        UpdateConfig {
+            kl_coef: u.kl_beta,
+            reward_clip: u.reward_clip,
+            gamma: 1.0,
+            clip_eps: u.clip_eps,
+            micro_batch_size: u.micro_batch_size as usize,
+            sft_coef: u.sft_coef,
+            max_grad_norm: u.grad_clip,
+            pad_id,
+            shuffle_seed,
+        }
+    }
+
     pub fn paper(micro_batch_size: usize, pad_id: i64, shuffle_seed: u64) -> UpdateConfig {
         UpdateConfig { kl_coef: 0.01, reward_clip: 10.0, gamma: 1.0, clip_eps: 0.2, micro_batch_size, sft_coef: 1.0, max_grad_norm: 1.0, pad_id, shuffle_seed }
     }
@@ -110,6 +125,38 @@ fn policy_logprobs(policy: &mut dyn NextTokenLogprobs, batch: &TokenBatch, step:
         return Err(RlError::LogprobShape { step, expected, found: logp.size() });
     }
     Ok(logp)
+}
+
+/// The SFT term of one optimizer step (§3.1 step 6): the next-token loss on `examples`, times
+/// `coef`, backpropagated into the gradients already accumulated. Returns the loss (before
+/// `coef`), or `None` when there are no examples. Used by [`run_update`] and by
+/// examples/sft_format.rs (the SFT term alone).
+pub fn sft_backward(
+    policy: &mut dyn NextTokenLogprobs,
+    examples: &[SftExample],
+    coef: f64,
+    pad_id: i64,
+    device: Device,
+    step: u64,
+) -> Result<Option<f64>, RlError> {
+    for (index, e) in examples.iter().enumerate() {
+        if e.prompt_len == 0 || e.prompt_len >= e.token_ids.len() {
+            return Err(RlError::BadSftExample { step, index, reason: format!("prompt_len {} of {} tokens", e.prompt_len, e.token_ids.len()) });
+        }
+    }
+    if examples.is_empty() {
+        return Ok(None);
+    }
+    let rows: Vec<(&[i64], usize)> = examples.iter().map(|e| (&e.token_ids[..], e.prompt_len)).collect();
+    let sb = TokenBatch::new(&rows, pad_id, device);
+    let slogp = policy_logprobs(policy, &sb, step)?;
+    let l = sft_loss(&slogp, &sb.loss_mask);
+    let v = l.double_value(&[]);
+    if !v.is_finite() {
+        return Err(RlError::NonFinite { step, what: "SFT loss", value: v });
+    }
+    (l * coef).backward();
+    Ok(Some(v))
 }
 
 /// Run one update over `buffer` (§3.1 steps 1–6): every sample once (one PPO epoch), one
@@ -156,24 +203,7 @@ pub fn run_update(
         let mut sft_value = None;
         if config.sft_coef > 0.0 {
             if let Some(source) = sft.as_mut() {
-                let examples = source(step);
-                for (index, e) in examples.iter().enumerate() {
-                    if e.prompt_len == 0 || e.prompt_len >= e.token_ids.len() {
-                        return Err(RlError::BadSftExample { step, index, reason: format!("prompt_len {} of {} tokens", e.prompt_len, e.token_ids.len()) });
-                    }
-                }
-                if !examples.is_empty() {
-                    let rows: Vec<(&[i64], usize)> = examples.iter().map(|e| (&e.token_ids[..], e.prompt_len)).collect();
-                    let sb = TokenBatch::new(&rows, config.pad_id, device);
-                    let slogp = policy_logprobs(policy, &sb, step)?;
-                    let l = sft_loss(&slogp, &sb.loss_mask);
-                    let v = l.double_value(&[]);
-                    if !v.is_finite() {
-                        return Err(RlError::NonFinite { step, what: "SFT loss", value: v });
-                    }
-                    (l * config.sft_coef).backward();
-                    sft_value = Some(v);
-                }
+                sft_value = sft_backward(policy, &source(step), config.sft_coef, config.pad_id, device, step)?;
             }
         }
 

@@ -739,6 +739,13 @@ fn unused_judge_backend_settings_and_speed_knobs_leave_every_key_unchanged() {
         let s = status(&write_config(tmp.path(), name, &variant), &store, &[]);
         assert_eq!(keys(&s), keys(&base), "{name} changed keys:\n{variant}");
     }
+    // `eval.every` picks which iterations are evaluated; an evaluation it keeps is the same
+    // artifact (the plan loses eval@1; eval@0 keeps its key).
+    let every2 = abs.replace("eval:\n  every: 1", "eval:\n  every: 2");
+    assert_ne!(every2, abs);
+    let s = status(&write_config(tmp.path(), "every2.yaml", &every2), &store, &[]);
+    assert!(!s.contains_key("eval@1"), "{:?}", s.keys().collect::<Vec<_>>());
+    assert_eq!(s["eval@0"].key, base["eval@0"].key);
     // The selected backend's settings do enter.
     let s = status(&write_config(tmp.path(), "kw.yaml", &abs.replace("refusal: [\"I cannot\", \"sorry\", \"e\"]", "refusal: [\"I cannot\"]")), &store, &[]);
     assert_ne!(s["judge@1"].key, base["judge@1"].key);
