@@ -715,7 +715,11 @@ impl<'a> Engine<'a> {
     /// artifacts of a longer or shorter run sharing the store stay), minus the `keep_last`
     /// newest per node. Call under the store lock (`gc` takes it first).
     pub fn gc_candidates(&self, iterations: u32, keep_last: usize) -> Result<Vec<Artifact>> {
-        let all = self.store.scan()?;
+        self.gc_candidates_in(self.store.scan()?, iterations, keep_last)
+    }
+
+    /// [`Engine::gc_candidates`] over an already scanned store.
+    fn gc_candidates_in(&self, all: Vec<Artifact>, iterations: u32, keep_last: usize) -> Result<Vec<Artifact>> {
         let mut reachable: HashSet<(String, Key)> = HashSet::new();
         for n in 1..=iterations.max(1) {
             let plan = crate::plan::Plan::new(self.spec, Some(n));
@@ -739,7 +743,12 @@ impl<'a> Engine<'a> {
     /// `gc --thin`: the current plan's policies (`update` artifacts) of every iteration but
     /// the newest `keep_last` (at least 1) that still hold [`thinnable`] files.
     pub fn thin_candidates(&self, keep_last: usize) -> Result<Vec<Artifact>> {
-        let mut updates: Vec<Artifact> = self.resolve()?.into_iter().filter_map(|r| r.artifact).filter(|a| a.manifest.stage == "update").collect();
+        self.thin_candidates_in(self.store.scan()?, keep_last)
+    }
+
+    /// [`Engine::thin_candidates`] over an already scanned store.
+    fn thin_candidates_in(&self, all: Vec<Artifact>, keep_last: usize) -> Result<Vec<Artifact>> {
+        let mut updates: Vec<Artifact> = self.resolve_in(all)?.into_iter().filter_map(|r| r.artifact).filter(|a| a.manifest.stage == "update").collect();
         updates.sort_by_key(|a| std::cmp::Reverse(a.manifest.iteration));
         Ok(updates
             .into_iter()
@@ -758,8 +767,11 @@ impl<'a> Engine<'a> {
         if !dry_run {
             self.store.repair()?;
         }
-        let victims = self.gc_candidates(iterations, keep_last)?;
-        let thinned = if thin { self.thin_candidates(keep_last)? } else { Vec::new() };
+        // One scan of the store serves the three decisions (victims, policies to thin, live
+        // judges of the verdict cache); nothing else writes while the lock is held.
+        let all = self.store.scan()?;
+        let victims = self.gc_candidates_in(all.clone(), iterations, keep_last)?;
+        let thinned = if thin { self.thin_candidates_in(all.clone(), keep_last)? } else { Vec::new() };
         if !dry_run {
             for a in &victims {
                 self.store.remove(a)?;
@@ -768,7 +780,7 @@ impl<'a> Engine<'a> {
                 self.store.thin(a, thinnable)?;
             }
         }
-        let verdict_cache = self.sweep_verdict_cache(&victims, dry_run)?;
+        let verdict_cache = self.sweep_verdict_cache(all, &victims, dry_run)?;
         Ok(GcReport { removed: victims, thinned, verdict_cache })
     }
 
@@ -777,14 +789,14 @@ impl<'a> Engine<'a> {
     /// ([`VerdictCache::sweep`]). When a remaining `judge` artifact does not name its judge
     /// (written before manifests recorded it, or by a judge that bypasses the cache) the live
     /// set is unknown and the cache is left alone, with the reason in the report.
-    fn sweep_verdict_cache(&self, removed: &[Artifact], dry_run: bool) -> Result<VerdictCacheGc> {
+    fn sweep_verdict_cache(&self, all: Vec<Artifact>, removed: &[Artifact], dry_run: bool) -> Result<VerdictCacheGc> {
         let dir = self.store.root().join(crate::judge::cache::VERDICT_CACHE_DIR);
         if !dir.is_dir() {
             return Ok(VerdictCacheGc::default());
         }
         let gone: HashSet<(&str, &Key)> = removed.iter().map(|a| (a.manifest.stage.as_str(), &a.manifest.key)).collect();
         let mut live = HashSet::new();
-        for a in self.store.scan()? {
+        for a in all {
             if gone.contains(&(a.manifest.stage.as_str(), &a.manifest.key)) {
                 continue;
             }
