@@ -2,22 +2,14 @@
 //! temporary stores, and check keys, caching, determinism, crash-resume, corruption,
 //! config errors and the Parquet files' readability in pyarrow.
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-pub(crate) use super::util::{bin, root, sr, text};
+pub(crate) use super::util::{bin, root, run_to_failpoint, sr, text, tiny_text_abs};
 use serde_json::Value;
 
 pub(crate) fn tiny() -> PathBuf {
     root().join("tests/fixtures/tiny.yaml")
-}
-
-/// The tiny config's text with its relative source paths made absolute, so a variant can
-/// live in a temp dir.
-fn tiny_text_abs() -> String {
-    let text = std::fs::read_to_string(tiny()).expect("read tiny.yaml");
-    text.replace("../../.cache", &root().join(".cache").display().to_string())
 }
 
 fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -207,32 +199,13 @@ fn two_runs_into_two_empty_stores_are_byte_identical() {
 fn kill_9_mid_stage_then_resume_recomputes_nothing_finished() {
     let tmp = tempfile::tempdir().expect("tmp");
     let store = tmp.path().join("s");
-    let mut child = Command::new(bin())
-        .arg("--config")
-        .arg(tiny())
-        .arg("--store")
-        .arg(&store)
-        .args(["run", "--only", "dataset", "prep@1", "prep@2"])
-        .env("SELF_REDTEAM_FAILPOINT", "prep@2")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let mut seen = Vec::new();
-    loop {
-        let line = lines.next().expect("run ended before reaching the failpoint").expect("read");
-        seen.push(line.clone());
-        if line.starts_with("failpoint prep@2") {
-            break;
-        }
-    }
+    let paused = run_to_failpoint(&tiny(), &store, &["run", "--only", "dataset", "prep@1", "prep@2"], "prep@2");
+    let stage_pid = paused.stage_pid();
+    let (mut child, seen) = (paused.child, paused.seen);
     // The paused run holds the store lock: a second writer is refused.
     let o = sr(&tiny(), &store, &["run", "--only", "dataset"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("is locked by another run"), "{}", text(&o));
-    let stage_pid: u32 =
-        seen.last().and_then(|l| l.rsplit("(pid ").next()).and_then(|p| p.trim_end_matches(')').parse().ok()).expect("the stage process's pid");
     child.kill().expect("kill -9");
     child.wait().expect("reap");
     // The stage process notices its engine is gone and exits without publishing.

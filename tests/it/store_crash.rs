@@ -2,39 +2,17 @@
 //! the real binary at a failpoint (`SELF_REDTEAM_FAILPOINT`) and checks that the next
 //! command leaves a store that is complete and honest; plus a stage that panics, `verify`
 //! on a corrupt manifest, and `gc` keeping the artifacts of a shorter run sharing the store.
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
 use super::engine::{artifact_dir, bin, build, sr, status, text, tiny};
+use super::util::run_to_failpoint;
 
-/// Spawn `self-redteam ARGS` with a failpoint and return once it paused there.
-fn run_to_failpoint(store: &Path, args: &[&str], point: &str) -> Child {
-    let mut child = Command::new(bin())
-        .arg("--config")
-        .arg(tiny())
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env("SELF_REDTEAM_FAILPOINT", point)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let mut seen = Vec::new();
-    loop {
-        let line = lines.next().unwrap_or_else(|| panic!("ended before failpoint {point}: {seen:?}")).expect("read");
-        if line.starts_with(&format!("failpoint {point}")) {
-            break;
-        }
-        seen.push(line);
-    }
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    child
+/// Spawn `self-redteam ARGS` on the tiny pipeline with a failpoint; return once it paused there.
+fn paused_at(store: &Path, args: &[&str], point: &str) -> Child {
+    run_to_failpoint(&tiny(), store, args, point).child
 }
 
 fn kill(mut child: Child) {
@@ -57,7 +35,7 @@ fn gc_killed_between_its_steps_leaves_a_store_that_run_completes() {
     let v: Value = serde_json::from_slice(&o.stdout).expect("json");
     let victims: Vec<&str> = v["removed"].as_array().expect("arr").iter().map(|r| r["node"].as_str().expect("node")).collect();
     assert_eq!(victims, ["prep@2"], "a 1-iteration plan does not reach prep@2: {v:#}");
-    let child = run_to_failpoint(&store, &["gc", "--iterations", "1"], "gc-removing");
+    let child = paused_at(&store, &["gc", "--iterations", "1"], "gc-removing");
     kill(child);
     // The artifact left its place in one rename: nothing half-deleted looks like an artifact.
     let key2 = before["prep@2"].key.clone().expect("key");
@@ -104,7 +82,7 @@ fn force_killed_mid_publish_keeps_the_old_artifact() {
     let before = status(&tiny(), &store, &[]);
     let key = before["prep@1"].key.clone().expect("key");
     let manifest = std::fs::read(artifact_dir(&store, "prep", &key).join("manifest.json")).expect("manifest");
-    let child = run_to_failpoint(&store, &["run", "--only", "prep@1", "--force"], "publish-replacing");
+    let child = paused_at(&store, &["run", "--only", "prep@1", "--force"], "publish-replacing");
     kill(child);
     // The next command that takes the lock puts the old artifact back.
     let o = sr(&tiny(), &store, &["run", "--only", "dataset"]);
@@ -310,37 +288,6 @@ fn fuzz_manifest_json() {
     });
 }
 
-/// Spawn `run` with a failpoint at a node; returns the engine, the pid the paused stage
-/// process printed with its failpoint line, and the rest of the engine's stderr (once it ends).
-fn failpoint_pid(store: &Path, args: &[&str], point: &str) -> (Child, u32, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(bin())
-        .arg("--config")
-        .arg(tiny())
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env("SELF_REDTEAM_FAILPOINT", point)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let mut seen = Vec::new();
-    let pid = loop {
-        let line = lines.next().unwrap_or_else(|| panic!("ended before failpoint {point}: {seen:?}")).expect("read");
-        if let Some(rest) = line.strip_prefix(&format!("failpoint {point}: outputs written, pausing before publish (pid ")) {
-            break rest.trim_end_matches(')').parse::<u32>().expect("pid");
-        }
-        seen.push(line);
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rest: Vec<String> = lines.map_while(Result::ok).collect();
-        let _ = tx.send(rest.join("\n"));
-    });
-    (child, pid, rx)
-}
-
 /// One process per stage (src/executor.rs): the OOM killer's SIGKILL of a stage process
 /// fails that node — named, with its key and the signal — and nothing else. The engine
 /// keeps going to its error, nothing of the node is published, and the next `run`
@@ -349,7 +296,9 @@ fn failpoint_pid(store: &Path, args: &[&str], point: &str) -> (Child, u32, std::
 fn a_stage_process_killed_by_sigkill_fails_its_node_and_the_rerun_equals_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().expect("tmp");
     let store = tmp.path().join("s");
-    let (engine, pid, rest) = failpoint_pid(&store, &["run", "--only", "dataset", "prep@1", "prep@2"], "prep@2");
+    let paused = run_to_failpoint(&tiny(), &store, &["run", "--only", "dataset", "prep@1", "prep@2"], "prep@2");
+    let pid = paused.stage_pid();
+    let (engine, rest) = (paused.child, paused.rest);
     assert_ne!(pid, engine.id(), "the stage runs in its own process");
     let k = Command::new("kill").args(["-9", &pid.to_string()]).status().expect("kill");
     assert!(k.success());
