@@ -15,6 +15,11 @@ fn paused_at(store: &Path, args: &[&str], point: &str) -> Child {
     run_to_failpoint(&tiny(), store, args, point).child
 }
 
+/// Run `self-redteam ARGS` on the tiny pipeline with a failpoint to its end.
+fn run_with_failpoint(store: &Path, args: &[&str], point: &str) -> std::process::Output {
+    Command::new(bin()).arg("--config").arg(tiny()).arg("--store").arg(store).args(args).env("SELF_REDTEAM_FAILPOINT", point).output().expect("spawn")
+}
+
 fn kill(mut child: Child) {
     child.kill().expect("kill -9");
     child.wait().expect("reap");
@@ -98,15 +103,7 @@ fn force_killed_mid_publish_keeps_the_old_artifact() {
 fn a_panicking_stage_fails_its_node_with_name_and_key_and_publishes_nothing() {
     let tmp = tempfile::tempdir().expect("tmp");
     let store = tmp.path().join("s");
-    let o = Command::new(bin())
-        .arg("--config")
-        .arg(tiny())
-        .arg("--store")
-        .arg(&store)
-        .args(["run", "--only", "dataset", "prep@1"])
-        .env("SELF_REDTEAM_FAILPOINT", "panic:prep@1")
-        .output()
-        .expect("spawn");
+    let o = run_with_failpoint(&store, &["run", "--only", "dataset", "prep@1"], "panic:prep@1");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("prep@1 (key ") && err.contains("crashed") && err.contains("failpoint"), "{err}");
@@ -328,15 +325,7 @@ fn a_stage_process_killed_by_sigkill_fails_its_node_and_the_rerun_equals_an_unin
 fn a_stage_process_that_aborts_is_reported_with_its_signal_and_stderr_tail() {
     let tmp = tempfile::tempdir().expect("tmp");
     let store = tmp.path().join("s");
-    let o = Command::new(bin())
-        .arg("--config")
-        .arg(tiny())
-        .arg("--store")
-        .arg(&store)
-        .args(["run", "--only", "dataset", "prep@1"])
-        .env("SELF_REDTEAM_FAILPOINT", "abort:prep@1")
-        .output()
-        .expect("spawn");
+    let o = run_with_failpoint(&store, &["run", "--only", "dataset", "prep@1"], "abort:prep@1");
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("prep@1 (key ") && err.contains("killed by signal 6 (SIGABRT)"), "{err}");
@@ -345,15 +334,7 @@ fn a_stage_process_that_aborts_is_reported_with_its_signal_and_stderr_tail() {
     assert_eq!(s["dataset"].state, "cached", "the node before it is kept");
     assert_eq!(s["prep@1"].state, "missing");
     // In-process, the same abort takes the whole run down: the reason for the child.
-    let o = Command::new(bin())
-        .arg("--config")
-        .arg(tiny())
-        .arg("--store")
-        .arg(&store)
-        .args(["run", "--only", "prep@1", "--in-process"])
-        .env("SELF_REDTEAM_FAILPOINT", "abort:prep@1")
-        .output()
-        .expect("spawn");
+    let o = run_with_failpoint(&store, &["run", "--only", "prep@1", "--in-process"], "abort:prep@1");
     assert_eq!(o.status.code(), None, "killed by SIGABRT itself: {}", text(&o));
 }
 
