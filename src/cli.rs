@@ -12,11 +12,15 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::engine::{Engine, NodeReport, RunOptions};
-use crate::executor::{Executor, Job};
+use crate::executor::Executor;
+#[cfg(feature = "compute")]
+use crate::executor::Job;
 use crate::plan::Plan;
 use crate::spec::Spec;
 use crate::store::Store;
-use crate::verbs::{compare, explain, gc, generate, judge, lineage, log, plan, report, run, serve, show, status, verify};
+use crate::verbs::{compare, explain, gc, lineage, log, plan, report, run, show, status, verify};
+#[cfg(feature = "compute")]
+use crate::verbs::{generate, judge, serve};
 
 /// Online self-play red-teaming as a content-addressed DAG of stages.
 #[derive(Debug, Parser)]
@@ -169,7 +173,7 @@ pub enum Command {
         model: String,
         /// How each PROMPT is wrapped (game attacker prompt, defender prompt, or plain chat).
         #[arg(long, value_enum, default_value = "plain")]
-        role: generate::GenerateRole,
+        role: GenerateRole,
         /// Argmax decoding instead of the rollout's sampling settings.
         #[arg(long)]
         greedy: bool,
@@ -276,6 +280,19 @@ pub enum Command {
     },
 }
 
+/// How `generate` wraps each PROMPT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GenerateRole {
+    /// PROMPT is a harmful seed; the attacker prompt of the game asks to revise it (CoT per
+    /// `rollout.cot`).
+    Attacker,
+    /// PROMPT is an attack; the defender prompt of the game (CoT template when `rollout.cot`).
+    Defender,
+    /// PROMPT is one user message in the model's chat template.
+    Plain,
+}
+
 fn print_json(v: &Value) -> Result<()> {
     let mut out = stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
@@ -305,15 +322,65 @@ fn with_engine<T>(global: &Global, iterations: Option<u32>, verb: impl FnOnce(&E
     verb(&Engine::new(&spec, plan, store))
 }
 
+/// The whole program of both binaries (`self-redteam`, `self-redteam-compute`): logging,
+/// Ctrl-C handling, then [`main_with`]. Errors print once here with their whole chain.
+pub fn run_main() -> ! {
+    use std::sync::atomic::Ordering;
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.global.log_level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // First Ctrl-C: stop after the current node (or at the stage's next check), keeping
+    // everything finished. Second Ctrl-C: exit at once; the store stays consistent
+    // because nothing is visible before its atomic rename.
+    let _ = ctrlc::set_handler(|| {
+        if crate::engine::CANCEL.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: finishing cleanly (Ctrl-C again to quit now)");
+    });
+    // A typo in the decode-kernel switch must not silently fall back to the default kernel.
+    #[cfg(feature = "compute")]
+    if let Err(e) = crate::model::kernels::isa_cap_from_env() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+    let code = match main_with(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Whether a command needs the model runtime: stage execution in this process (`exec`,
+/// `run --in-process`, `verify --recompute`) and the model verbs (`generate`, `judge`, `serve`).
+/// The core binary hands these to the compute binary (src/executor.rs, [`crate::executor::delegate`]).
+pub fn needs_compute(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Exec { .. }
+            | Command::Generate { .. }
+            | Command::Judge { .. }
+            | Command::Serve { .. }
+            | Command::Run { in_process: true, .. }
+            | Command::Verify { recompute: true, .. }
+    )
+}
+
 /// Run the CLI; returns the process exit code.
 pub fn main_with(cli: Cli) -> Result<i32> {
     let g = &cli.global;
+    if !cfg!(feature = "compute") && needs_compute(&cli.command) {
+        return crate::executor::delegate();
+    }
     match cli.command {
         Command::Run { iterations, only, from, force, in_process, jobs, json } => {
             let (spec, plan, _) = load(g, iterations)?;
             let mut engine = Engine::new(&spec, plan, Store::open(&g.store)?);
             if !in_process {
-                engine.executor = Executor::Process { program: std::env::current_exe()? };
+                engine.executor = Executor::Process { program: crate::executor::compute_program()? };
             }
             // Text: one line per node on stderr as it ends, then the count.
             let out = run::run(&engine, &RunOptions { only, from, force, jobs }, &mut |r: &NodeReport| {
@@ -323,6 +390,7 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             })?;
             print(json, &out, stderr(), run::RunOutput::write_text)?;
         }
+        #[cfg(feature = "compute")]
         Command::Exec { job } => {
             let job = Job::read(&job)?;
             crate::executor::exit_with_parent();
@@ -358,6 +426,7 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             print(json, &out, stdout(), verify::VerifyOutput::write_leftovers_text)?;
             return Ok(if out.bad() > 0 { 1 } else { 0 });
         }
+        #[cfg(feature = "compute")]
         Command::Generate { model, role, greedy, max_new_tokens, iterations, json, prompts } => {
             let out =
                 generate::generate(&Spec::load(&g.config)?, &g.store, iterations, &generate::GenerateOptions { model, role, greedy, max_new_tokens, prompts })?;
@@ -367,6 +436,7 @@ pub fn main_with(cli: Cli) -> Result<i32> {
         Command::Gc { dry_run, keep_last, thin, iterations, json } => {
             print(json, &with_engine(g, iterations, |e| gc::gc(e, keep_last, thin, dry_run))?, stdout(), gc::GcOutput::write_text)?
         }
+        #[cfg(feature = "compute")]
         Command::Judge {
             with,
             file,
@@ -401,11 +471,14 @@ pub fn main_with(cli: Cli) -> Result<i32> {
                 write!(w, "{}", judge::render_text(r, rows))
             })?;
         }
+        #[cfg(feature = "compute")]
         Command::Serve { model, bind, name, fail_first, workers, iterations, auth_token_env, max_body_bytes, max_prompts, max_tokens, request_timeout_s } => {
             let opts =
                 serve::ServeOptions { model, bind, name, fail_first, workers, auth_token_env, max_body_bytes, max_prompts, max_tokens, request_timeout_s };
             serve::serve(&Spec::load(&g.config)?, &g.store, iterations, &opts)?;
         }
+        #[cfg(not(feature = "compute"))]
+        Command::Exec { .. } | Command::Generate { .. } | Command::Judge { .. } | Command::Serve { .. } => return crate::executor::delegate(),
     }
     Ok(0)
 }

@@ -539,6 +539,7 @@ impl<'a> Engine<'a> {
         }
         spinner.set_message(format!("running {name}"));
         spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+        #[cfg_attr(not(feature = "compute"), allow(unused_mut))]
         let mut ctx = StageContext {
             node: name.clone(),
             iteration: node.id.iteration,
@@ -564,7 +565,13 @@ impl<'a> Engine<'a> {
                 eprintln!("failpoint abort:{name}: aborting");
                 std::process::abort();
             }
-            node.id.kind.run(self.spec, &mut ctx)
+            #[cfg(feature = "compute")]
+            return node.id.kind.run(self.spec, &mut ctx);
+            #[cfg(not(feature = "compute"))]
+            Err(anyhow::anyhow!(
+                "this binary is built without the `compute` feature and cannot run a stage in its own process; run it with the executor (`{}`)",
+                crate::executor::COMPUTE_PROGRAM
+            ))
         }));
         spinner.finish_and_clear();
         match result {

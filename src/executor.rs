@@ -41,6 +41,48 @@ pub const JOB_VERSION: u32 = 1;
 /// the child then draws its progress bars on its (piped) stderr, which the engine relays.
 pub const PROGRESS_ENV: &str = "SELF_REDTEAM_PROGRESS";
 
+/// File name of the compute binary, looked up beside the running binary.
+pub const COMPUTE_PROGRAM: &str = "self-redteam-compute";
+
+/// Overrides where the compute binary is (a path to it).
+pub const COMPUTE_ENV: &str = "SELF_REDTEAM_COMPUTE";
+
+/// The program that runs stages (`exec JOB`) and the model verbs: `$SELF_REDTEAM_COMPUTE` when
+/// set; else this program itself when it is built with `compute`; else
+/// `self-redteam-compute` beside this program. An error says where it looked.
+pub fn compute_program() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(COMPUTE_ENV).filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            anyhow::bail!("{COMPUTE_ENV}={}: no such file (expected the path of the {COMPUTE_PROGRAM} binary)", p.display());
+        }
+        return Ok(p);
+    }
+    let me = std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find this program's own path to look for {COMPUTE_PROGRAM} beside it: {e}"))?;
+    if cfg!(feature = "compute") {
+        return Ok(me);
+    }
+    let beside = me.with_file_name(COMPUTE_PROGRAM);
+    if beside.is_file() {
+        Ok(beside)
+    } else {
+        anyhow::bail!(
+            "this command needs the model runtime, which is in {COMPUTE_PROGRAM}, and there is no {} (build it with `cargo build`, which builds both binaries, install it beside {}, or set {COMPUTE_ENV} to its path)",
+            beside.display(),
+            me.display()
+        )
+    }
+}
+
+/// Hand this whole command line to the compute binary ([`compute_program`]), replacing this
+/// process (same pid, same signals, its exit status is ours). Returns only on failure.
+pub fn delegate() -> anyhow::Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let program = compute_program()?;
+    let err = Command::new(&program).args(std::env::args_os().skip(1)).exec();
+    anyhow::bail!("cannot start {}: {err}", program.display())
+}
+
 /// Bytes of a child's stderr kept for the failure message.
 const TAIL_BYTES: usize = 4096;
 

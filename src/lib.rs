@@ -5,6 +5,13 @@
 //!   pipeline.yaml --spec--> Spec --plan--> Plan (nodes stage@i with keys)
 //!   --engine--> runs each missing node's stage (stages/) against the store (store/),
 //!   which publishes artifacts/<stage>/<key>/ (Parquet per schema/, safetensors per model/).
+//!
+//! Two crates compile these sources: `self_redteam` (this package, feature `compute`: links
+//! libtorch through tch) and `self_redteam_core` (core/Cargo.toml, without `compute`). Items
+//! that need a model are `#[cfg(feature = "compute")]`; everything else — spec, plan, keys,
+//! store, schemas, engine, executor, the data verbs — is in both, so the `self-redteam`
+//! binary (core only) answers `status`, `log`, `show`, … without loading libtorch and runs
+//! `self-redteam-compute` for stages and model verbs (docs/executor.md, "Two binaries").
 pub mod cli; // clap commands; dispatches each to its verbs/ function and prints the result
 pub mod data; // readers for the pinned source files of docs/resources.md
 pub mod engine; // runs a plan against a store: skip hits, run misses, in order
@@ -12,6 +19,7 @@ pub mod eval; // suites, metrics (refusal, ASR, over-refusal, SBERT, Self-BLEU),
 pub mod executor; // how a miss is computed: in process, or one child process per node (`exec JOB`)
 pub mod game; // roles, prompts, hidden-CoT parsing, outcomes and the reward table
 pub mod judge; // judge backends behind one trait; verdict cache
+#[cfg(feature = "compute")]
 pub mod model; // Llama-family decoder in tch, GGUF/HF loading, tokenizer, sampler, BERT
 pub mod plan; // spec -> concrete DAG of nodes with keys
 pub mod rl; // REINFORCE++: KL, returns, per-role normalisation, clipped loss, LR

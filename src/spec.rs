@@ -1110,7 +1110,7 @@ pub const MAX_ITERATIONS: u64 = 100_000;
 
 /// Most prompts per generation call (`rollout`, `sft`, `eval` batch sizes): the rows of the
 /// CPU decode kernel, whose sums do not depend on the batch (model/kernels.rs).
-pub const MAX_DECODE_ROWS: u64 = crate::model::kernels::MAX_ROWS as u64;
+pub const MAX_DECODE_ROWS: u64 = 64;
 
 /// Every number of the config with the values it may take, as `(key path, value, bounds)`:
 /// integers as `(path, v, min, max)` (u64::MAX: no upper bound), floats with a [`Range`].

@@ -4,10 +4,14 @@
 //! later stage reads GGUF. The same artifact is the frozen reference of every update.
 //! Also holds the helpers the rollout/update stages and the `generate` verb use to open a
 //! policy artifact (digest-verified) on the configured device.
+#[cfg(feature = "compute")]
 use anyhow::Context;
+#[cfg(feature = "compute")]
 use tch::Kind;
 
+#[cfg(feature = "compute")]
 use super::StageContext;
+#[cfg(feature = "compute")]
 use crate::model::Policy;
 use crate::spec::{Dtype, ModelFormat, Spec};
 
@@ -35,8 +39,10 @@ impl Params {
     }
 }
 
+#[cfg(feature = "compute")]
 use crate::model::{tch_device, tch_kind, POLICY_FILES};
 
+#[cfg(feature = "compute")]
 /// Open the policy artifact filling `role` (every file digest-checked first) on the run's
 /// device in the base dtype `dtype`. Stages that load a policy carry `base.dtype` in their
 /// `Params` outside their key: it enters every key through the base artifact, whose key
@@ -49,6 +55,7 @@ pub fn load_policy_input(ctx: &StageContext<'_>, role: &str, dtype: Dtype) -> an
     Policy::load(&dir, tch_device(ctx.device), tch_kind(dtype)).with_context(|| format!("{}: load policy {role} from {}", ctx.node, dir.display()))
 }
 
+#[cfg(feature = "compute")]
 /// Write `policy` as this node's policy files (an HF directory inside the artifact).
 pub fn write_policy(ctx: &mut StageContext<'_>, policy: &Policy) -> anyhow::Result<()> {
     let mut dir = None;
@@ -60,6 +67,7 @@ pub fn write_policy(ctx: &mut StageContext<'_>, policy: &Policy) -> anyhow::Resu
     Ok(())
 }
 
+#[cfg(feature = "compute")]
 pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     // The engine already checked every pinned file's sha256 (plan files component)
     // before running this node, so the path holds exactly the pinned bytes.

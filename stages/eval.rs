@@ -4,17 +4,25 @@
 //! `eval_attacker.parquet`, `eval_summary.parquet` (schema/eval.rs) and the manifest metrics.
 //! This file is the adapter: its params and key, its verified inputs (policy, dataset,
 //! judge-fit), the judge and embedder it loads, and its outputs.
+#[cfg(feature = "compute")]
 use anyhow::Context;
 use serde_json::{json, Value};
 
+#[cfg(feature = "compute")]
 use super::StageContext;
+#[cfg(feature = "compute")]
 use crate::judge::Embedder;
+#[cfg(feature = "compute")]
 use crate::model::Policy;
+#[cfg(feature = "compute")]
 use crate::schema::eval::{EvalAttackerSchema, EvalSchema, EvalSummarySchema};
+#[cfg(feature = "compute")]
 use crate::schema::seeds::SeedsSchema;
 use crate::spec::{Dtype, Spec};
 
-use crate::eval::protocol::{evaluate, EvalInputs, EvalSettings, HOLDOUT_ATTACKER};
+#[cfg(feature = "compute")]
+use crate::eval::protocol::{evaluate, EvalInputs, HOLDOUT_ATTACKER};
+use crate::eval::settings::EvalSettings;
 
 /// Bump when this stage's output for the same inputs would change.
 /// 2: decoding steps use the CPU decode kernel (src/model/kernels.rs), whose float rounding
@@ -35,13 +43,13 @@ pub const VERSION: u32 = 3;
 pub struct Params {
     /// The protocol's settings (custom suite paths are not in the key: their sha256 is).
     pub settings: EvalSettings,
-    pub judge: crate::judge::build::JudgeSetup,
+    pub judge: crate::judge::JudgeSetup,
     /// `base.dtype`, not in the key (see `base::load_policy_input`).
     pub dtype: Dtype,
 }
 
 pub fn params(spec: &Spec) -> Params {
-    Params { settings: EvalSettings::of(spec), judge: crate::judge::build::JudgeSetup::of(spec), dtype: spec.raw.base.dtype }
+    Params { settings: EvalSettings::of(spec), judge: crate::judge::JudgeSetup::of(spec), dtype: spec.raw.base.dtype }
 }
 
 impl Params {
@@ -69,6 +77,7 @@ pub fn adversarial_suites(dataset: &crate::store::Manifest) -> std::collections:
 }
 
 /// Verify every file of the input `role` against its manifest; returns its directory.
+#[cfg(feature = "compute")]
 fn verified_dir(ctx: &StageContext<'_>, role: &str) -> anyhow::Result<std::path::PathBuf> {
     let input = ctx.input(role)?;
     let names: Vec<String> = input.manifest().files.iter().map(|f| f.name.clone()).collect();
@@ -78,6 +87,7 @@ fn verified_dir(ctx: &StageContext<'_>, role: &str) -> anyhow::Result<std::path:
     Ok(ctx.input(role)?.dir().to_path_buf())
 }
 
+#[cfg(feature = "compute")]
 pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let device = crate::model::tch_device(ctx.device);
     let kind = crate::model::tch_kind(p.dtype);

@@ -3,16 +3,21 @@
 //! (method.md §2.3, `reward.type`), outcome tags, and whether each role's sample enters the RL
 //! buffer (§2.5: parse-error drop, mode, `reward.remove_ties`). Verdicts go through the
 //! verdict cache at `<store root>/.verdict-cache`, so re-judging costs only what changed.
-use anyhow::Context;
-
-use super::StageContext;
-use crate::game::SeedLabel;
-use crate::game::{score_game, training_rewards, CotFormat, GameOptions, GameRecord, GameVerdict, JudgeLabels, Role, RoleReward, ScoredGame};
-use crate::judge::cache::{judge_cached, VerdictCache, VERDICT_CACHE_DIR};
-use crate::judge::{JudgeInput, Verdict};
-use crate::schema::judged::{JudgedRow, JudgedSchema};
-use crate::schema::rollout::{GameRow, GamesSchema};
+use crate::game::{CotFormat, GameOptions, GameRecord, GameVerdict, JudgeLabels};
+use crate::judge::Verdict;
+use crate::schema::rollout::GameRow;
 use crate::spec::{RewardParams, Spec};
+// What `run` uses (compute only: the core crate builds params and keys, never runs a stage).
+#[cfg(feature = "compute")]
+use {
+    super::StageContext,
+    crate::game::{score_game, training_rewards, Role, RoleReward, ScoredGame, SeedLabel},
+    crate::judge::cache::{judge_cached, VerdictCache, VERDICT_CACHE_DIR},
+    crate::judge::JudgeInput,
+    crate::schema::judged::{JudgedRow, JudgedSchema},
+    crate::schema::rollout::GamesSchema,
+    anyhow::Context,
+};
 
 /// Bump when this stage's output for the same inputs would change.
 /// 2: decoding steps use the CPU decode kernel (src/model/kernels.rs), whose float rounding
@@ -25,13 +30,13 @@ pub const VERSION: u32 = 2;
 /// embedder's directory are left out (the embedder enters by its pinned files).
 #[derive(Debug, Clone)]
 pub struct Params {
-    pub judge: crate::judge::build::JudgeSetup,
+    pub judge: crate::judge::JudgeSetup,
     pub reward: RewardParams,
     pub game: GameOptions,
 }
 
 pub fn params(spec: &Spec) -> Params {
-    Params { judge: crate::judge::build::JudgeSetup::of(spec), reward: spec.raw.reward.clone(), game: crate::game::GameOptions::of(&spec.raw.rollout) }
+    Params { judge: crate::judge::JudgeSetup::of(spec), reward: spec.raw.reward.clone(), game: crate::game::GameOptions::of(&spec.raw.rollout) }
 }
 
 impl Params {
@@ -59,10 +64,12 @@ pub fn game_record(g: &GameRow) -> anyhow::Result<GameRecord> {
     })
 }
 
+#[cfg(feature = "compute")]
 fn outcome_names(r: &RoleReward) -> Vec<String> {
     r.outcomes.iter().map(|o| o.as_str().to_string()).collect()
 }
 
+#[cfg(feature = "compute")]
 pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let games = ctx.read_parquet::<GamesSchema>("rollout")?;
     let judge_dir = match ctx.input("judge_model") {

@@ -9,17 +9,20 @@
 //! adapter (params and key, verified inputs, outputs).
 use std::collections::BTreeMap;
 
-use anyhow::Context;
-
-use super::StageContext;
-use crate::judge::build::{load_embedder, PROBE_FILE};
-use crate::judge::probe::{train_probe, Head};
-use crate::model::tch_device;
-use crate::schema::judge_fit::JudgeFitMetricsSchema;
-use crate::schema::judge_train::JudgeTrainSchema;
-use crate::schema::seeds::SeedsSchema;
-
-use crate::judge::fit::{metric_rows, source_groups, texts_to_embed, train_config, training_set, PrefetchedEmbedder, EMBED_BATCH};
+use crate::judge::fit::source_groups;
+// What `run` uses (compute only: the core crate builds params and keys, never runs a stage).
+#[cfg(feature = "compute")]
+use {
+    super::StageContext,
+    crate::judge::build::{load_embedder, PROBE_FILE},
+    crate::judge::fit::{metric_rows, texts_to_embed, train_config, training_set, PrefetchedEmbedder, EMBED_BATCH},
+    crate::judge::probe::{train_probe, Head},
+    crate::model::tch_device,
+    crate::schema::judge_fit::JudgeFitMetricsSchema,
+    crate::schema::judge_train::JudgeTrainSchema,
+    crate::schema::seeds::SeedsSchema,
+    anyhow::Context,
+};
 
 /// Bump when the output for the same inputs would change. 2: refusal phrase and
 /// opening-sentence features, per-source held-out metrics, metrics Parquet v2.
@@ -49,6 +52,7 @@ impl Params {
     }
 }
 
+#[cfg(feature = "compute")]
 pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let embedder_dir = &p.embedder_dir;
     let p_groups = p.source_groups.clone();

@@ -142,6 +142,7 @@ impl StageKind {
 
     /// Compute a node of this kind into `ctx.output`: the stage sees its `Params` (built
     /// from `spec` here) and its context, never the spec itself.
+    #[cfg(feature = "compute")]
     pub(crate) fn run(self, spec: &Spec, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
         tch::set_num_threads(ctx.threads as i32);
         match self {
@@ -406,6 +407,7 @@ impl StageContext<'_> {
     /// Sample `prompts` (one seed each) batch by batch as `plan` groups them
     /// (model::batching), with a progress bar and the Ctrl-C check before every decoding step;
     /// results in input order.
+    #[cfg(feature = "compute")]
     pub fn generate(
         &self,
         policy: &crate::model::Policy,

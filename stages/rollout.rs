@@ -7,16 +7,18 @@
 //! Seeding: the attacker turn of prep row r samples with a seed drawn from `ctx.rng(2r)` and
 //! its defender turn from `ctx.rng(2r + 1)`, so a game's tokens depend on neither batch size
 //! nor which other seeds share its batch (see model::sampler on row independence).
-use rand::RngCore;
-
-use super::base::load_policy_input;
-use super::StageContext;
-use crate::game::{attack_turn, defender_prompt, public_text, AttackTurn, GameOptions};
-use crate::game::{render_prompt, rollout_sampling, turn_stats};
-use crate::model::{batching, Policy, Sample, TokenId};
-use crate::schema::prep::{PrepRow, PrepSchema};
-use crate::schema::rollout::{GameRow, GamesSchema};
 use crate::spec::{Dtype, RolloutParams, Spec};
+// What `run` uses (compute only: the core crate builds params and keys, never runs a stage).
+#[cfg(feature = "compute")]
+use {
+    super::base::load_policy_input,
+    super::StageContext,
+    crate::game::{attack_turn, defender_prompt, public_text, render_prompt, rollout_sampling, turn_stats, AttackTurn, GameOptions},
+    crate::model::{batching, Policy, Sample, TokenId},
+    crate::schema::prep::{PrepRow, PrepSchema},
+    crate::schema::rollout::{GameRow, GamesSchema},
+    rand::RngCore,
+};
 
 /// Bump when this stage's output for the same inputs would change.
 /// 2: decoding steps use the CPU decode kernel (src/model/kernels.rs), whose float rounding
@@ -44,12 +46,14 @@ impl Params {
     }
 }
 
+#[cfg(feature = "compute")]
 struct Pending {
     prep: PrepRow,
     attacker: Option<(String, Vec<TokenId>)>,
     public_attack: String,
 }
 
+#[cfg(feature = "compute")]
 pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let options = GameOptions::of(&p.rollout);
     let params = rollout_sampling(&p.rollout);

@@ -18,20 +18,21 @@
 //! row (`rng_for(seed, key, row)`), so the result does not depend on the batch size.
 //! The target is the thinking prefix, the reasoning, the answer in tags, then the end-of-turn
 //! token; the prompt is the defender's reasoning-mode prompt without the prefix.
-use std::collections::HashSet;
-
-use anyhow::{bail, Context};
-use rand::seq::SliceRandom;
-use rand::RngCore;
-
-use super::base::load_policy_input;
-use super::StageContext;
-use crate::game::demos::{candidates, demonstration, Dropped, Rejected};
-use crate::game::{postfill_prompt, render_prompt};
-use crate::model::{SamplingParams, TokenId};
-use crate::schema::seeds::SeedsSchema;
-use crate::schema::seeds::Split;
-use crate::schema::sft_demos::{SftDemoRow, SftDemosSchema};
+// What `run` uses (compute only: the core crate builds params and keys, never runs a stage).
+#[cfg(feature = "compute")]
+use {
+    super::base::load_policy_input,
+    super::StageContext,
+    crate::game::demos::{candidates, demonstration, Dropped, Rejected},
+    crate::game::{postfill_prompt, render_prompt},
+    crate::model::{SamplingParams, TokenId},
+    crate::schema::seeds::{SeedsSchema, Split},
+    crate::schema::sft_demos::{SftDemoRow, SftDemosSchema},
+    anyhow::{bail, Context},
+    rand::seq::SliceRandom,
+    rand::RngCore,
+    std::collections::HashSet,
+};
 
 /// Bump when the output for the same inputs would change.
 pub const VERSION: u32 = 2; // 2: no cut inside a code fence
@@ -65,6 +66,7 @@ impl Params {
     }
 }
 
+#[cfg(feature = "compute")]
 pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let (dtype, path) = (p.dtype, p.source_path.clone());
     let p = &p.sft;

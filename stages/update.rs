@@ -20,21 +20,23 @@
 //!   saved exactly, so a resumed run continues exactly as an uninterrupted one.
 //! - Samples with an empty response (the sampler stopped at once) have no token to train and
 //!   are left out.
-use anyhow::{bail, Context};
-use rand::RngCore;
-
-use super::base::{load_policy_input, write_policy};
-use super::StageContext;
-use crate::game::Role;
-use crate::rl::buffer::{kept_turns, policy_forward, response_logprobs, rl_samples, sft_examples, sft_loader_seed, SftLoader};
-
 use crate::rl::schedule::schedule_steps;
-use crate::rl::{run_update, Adam, AdamConfig, CosineWithMinLr, SftExample, UpdateConfig};
-use crate::schema::judged::JudgedSchema;
-use crate::schema::rollout::GamesSchema;
-use crate::schema::sft_demos::SftDemosSchema;
-use crate::schema::update_steps::{UpdateStepRow, UpdateStepsSchema};
 use crate::spec::Spec;
+// What `run` uses (compute only: the core crate builds params and keys, never runs a stage).
+#[cfg(feature = "compute")]
+use {
+    super::base::{load_policy_input, write_policy},
+    super::StageContext,
+    crate::game::Role,
+    crate::rl::buffer::{kept_turns, policy_forward, response_logprobs, rl_samples, sft_examples, sft_loader_seed, SftLoader},
+    crate::rl::{run_update, Adam, AdamConfig, CosineWithMinLr, SftExample, UpdateConfig},
+    crate::schema::judged::JudgedSchema,
+    crate::schema::rollout::GamesSchema,
+    crate::schema::sft_demos::SftDemosSchema,
+    crate::schema::update_steps::{UpdateStepRow, UpdateStepsSchema},
+    anyhow::{bail, Context},
+    rand::RngCore,
+};
 
 /// Bump when this stage's output for the same inputs would change.
 pub const VERSION: u32 = 2; // 2: SFT on post-filled demonstrations instead of own samples
@@ -64,6 +66,7 @@ impl Params {
     }
 }
 
+#[cfg(feature = "compute")]
 pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let u = &p.update;
     let games = ctx.read_parquet::<GamesSchema>("rollout")?;

@@ -8,9 +8,11 @@
 //! `report::render_report`. Diversity metrics (`bleu`, `sbert`) take texts / embeddings.
 
 pub mod bleu;
+#[cfg(feature = "compute")]
 pub mod protocol;
 pub mod rates;
 pub mod report;
 pub mod sbert;
+pub mod settings;
 pub mod stats;
 pub mod suite;

@@ -11,6 +11,7 @@
 //!   judge labels (Q, R, H) --[`reward::score_game`]--> per-role rewards + outcome tags
 //!   --[`reward::training_rewards`]--> the samples that enter the RL buffer (§2.5)
 pub mod cot;
+#[cfg(feature = "compute")]
 pub mod demos;
 pub mod outcome;
 pub mod prompts;
@@ -21,9 +22,11 @@ pub mod turn_stats;
 pub use cot::{cot_format_check_and_extract, eval_extract_answer, public_text, AnswerSource, CotRule, EvalAnswer, ParsedResponse, PublicTurn};
 pub use outcome::{Outcome, OutcomeSet};
 pub use prompts::{
-    attacker_prompt, defender_prompt, postfill_prompt, postfill_template_digest, postfilled_sft_target, render_prompt, rollout_sampling, template_digest,
-    ChatPrompt, ChatRole, DefenderStyle, Message, TemplateDigest, THINKING_PREFIX,
+    attacker_prompt, defender_prompt, postfill_prompt, postfill_template_digest, postfilled_sft_target, template_digest, ChatPrompt, ChatRole, DefenderStyle,
+    Message, TemplateDigest, THINKING_PREFIX,
 };
+#[cfg(feature = "compute")]
+pub use prompts::{render_prompt, rollout_sampling};
 pub use reward::{score_game, training_rewards, CotFormat, GameRecord, GameVerdict, JudgeLabels, RewardScheme, RewardTerms, RoleReward, ScoredGame};
 pub use roles::{attack_turn, AttackTurn, GameMode, GameOptions, Role, SeedKind, SeedLabel};
 pub use turn_stats::turn_stats;

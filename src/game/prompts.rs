@@ -206,6 +206,7 @@ pub fn postfilled_sft_target(thinking: &str, response: &str) -> String {
     format!("{THINKING_PREFIX}{thinking} </think>\n<answer> {response} </answer>")
 }
 
+#[cfg(feature = "compute")]
 /// A game prompt rendered with the model's chat template (generation prompt added, then the
 /// assistant prefix verbatim): the text and its token ids.
 pub fn render_prompt(tokenizer: &crate::model::ChatTokenizer, prompt: &ChatPrompt) -> Result<(String, Vec<crate::model::TokenId>), crate::model::ModelError> {
@@ -215,6 +216,7 @@ pub fn render_prompt(tokenizer: &crate::model::ChatTokenizer, prompt: &ChatPromp
     Ok((text, ids))
 }
 
+#[cfg(feature = "compute")]
 /// The rollout sampling settings of the spec (method.md §1.5).
 pub fn rollout_sampling(r: &crate::spec::RolloutParams) -> crate::model::SamplingParams {
     crate::model::SamplingParams {

@@ -222,6 +222,7 @@ mod tests {
 
     /// Every role's rendered prompt ends with the thinking prefix in reasoning mode (the frozen
     /// defender of attacker-only runs too), and none has it with `cot: false`.
+    #[cfg(feature = "compute")]
     #[test]
     fn thinking_prefix_is_in_every_roles_rendered_prompt_exactly_in_reasoning_mode() {
         use crate::game::{attacker_prompt, defender_prompt, SeedLabel, THINKING_PREFIX};

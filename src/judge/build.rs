@@ -16,35 +16,12 @@ use super::rules::RulesJudge;
 use super::wildguard::WildGuardJudge;
 use super::{Embedder, Judge, TextGenerator};
 use crate::model::{ChatTokenizer, Policy, SamplingParams, SentenceEncoder};
-use crate::spec::{JudgeBackend, JudgeParams, Spec};
+use crate::spec::{JudgeBackend, Spec};
 
-/// File name of the fitted probe inside a `judge-fit` artifact.
-pub const PROBE_FILE: &str = "probe.safetensors";
+pub use super::{JudgeSetup, PROBE_FILE};
 
 /// A loaded judge, shareable across threads.
 pub type BoxedJudge = Box<dyn Judge + Send + Sync>;
-
-/// Everything needed to build the configured judge: the `judge` section and the two paths it
-/// resolves (stages carry this in their `Params`; only `judge_key_params(&params)` of it
-/// enters keys, src/plan.rs).
-#[derive(Debug, Clone)]
-pub struct JudgeSetup {
-    pub params: JudgeParams,
-    /// `judge.probe.embedder_dir`, resolved.
-    pub embedder_dir: PathBuf,
-    /// The pipeline file's directory (a relative `judge.wildguard.model` is resolved there).
-    pub config_dir: PathBuf,
-}
-
-impl JudgeSetup {
-    pub fn of(spec: &Spec) -> JudgeSetup {
-        JudgeSetup {
-            params: spec.raw.judge.clone(),
-            embedder_dir: spec.embedder_dir.clone(),
-            config_dir: spec.config_file.parent().map(Path::to_path_buf).unwrap_or_default(),
-        }
-    }
-}
 
 /// The judge of `spec.raw.judge` ([`build`] of [`JudgeSetup::of`]).
 pub fn from_spec(spec: &Spec, judge_model_dir: Option<&Path>, device: tch::Device) -> anyhow::Result<BoxedJudge> {

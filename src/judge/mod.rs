@@ -11,6 +11,7 @@
 //! probe). The lead implements them with `model/`. They return `anyhow::Result` because
 //! their errors come from another module's error types and are only reported, never matched.
 
+#[cfg(feature = "compute")]
 pub mod build;
 pub mod cache;
 pub mod fit;
@@ -25,6 +26,31 @@ pub mod server;
 pub mod wildguard;
 
 use serde::{Deserialize, Serialize};
+
+/// File name of the fitted probe inside a `judge-fit` artifact.
+pub const PROBE_FILE: &str = "probe.safetensors";
+
+/// Everything needed to build the configured judge: the `judge` section and the two paths it
+/// resolves (stages carry this in their `Params`; only `judge_key_params(&params)` of it
+/// enters keys, src/plan.rs).
+#[derive(Debug, Clone)]
+pub struct JudgeSetup {
+    pub params: crate::spec::JudgeParams,
+    /// `judge.probe.embedder_dir`, resolved.
+    pub embedder_dir: std::path::PathBuf,
+    /// The pipeline file's directory (a relative `judge.wildguard.model` is resolved there).
+    pub config_dir: std::path::PathBuf,
+}
+
+impl JudgeSetup {
+    pub fn of(spec: &crate::spec::Spec) -> JudgeSetup {
+        JudgeSetup {
+            params: spec.raw.judge.clone(),
+            embedder_dir: spec.embedder_dir.clone(),
+            config_dir: spec.config_file.parent().map(std::path::Path::to_path_buf).unwrap_or_default(),
+        }
+    }
+}
 
 /// One thing to judge: the prompt the defender saw (attacker's public text or the vanilla
 /// seed) and the defender's public answer. `seed_harmful` is the dataset label of the seed

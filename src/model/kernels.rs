@@ -32,6 +32,8 @@ use tch::{Device, Kind, Tensor};
 /// groups of `LANES`, one vector lane per row, each group streaming `W` once; past this, a
 /// batched GEMM's reuse of `W` wins.
 pub const MAX_ROWS: usize = 64;
+// The spec bounds batch sizes by this without linking the kernel (the core crate has no tch).
+const _: () = assert!(MAX_ROWS as u64 == crate::spec::MAX_DECODE_ROWS);
 const LANES: usize = 16;
 /// Rows of `W` per inner block: independent accumulators.
 const BLOCK: usize = 8;

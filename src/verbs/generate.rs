@@ -15,18 +15,7 @@ use crate::game::{attacker_prompt, defender_prompt, render_prompt, rollout_sampl
 use crate::model::{Policy, TokenId};
 use crate::spec::Spec;
 
-/// How `generate` wraps each PROMPT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GenerateRole {
-    /// PROMPT is a harmful seed; the attacker prompt of the game asks to revise it (CoT per
-    /// `rollout.cot`).
-    Attacker,
-    /// PROMPT is an attack; the defender prompt of the game (CoT template when `rollout.cot`).
-    Defender,
-    /// PROMPT is one user message in the model's chat template.
-    Plain,
-}
+pub use crate::cli::GenerateRole;
 
 /// Options of one `generate` call.
 #[derive(Debug, Clone)]

@@ -41,13 +41,16 @@
 pub mod compare;
 pub mod explain;
 pub mod gc;
+#[cfg(feature = "compute")]
 pub mod generate;
+#[cfg(feature = "compute")]
 pub mod judge;
 pub mod lineage;
 pub mod log;
 pub mod plan;
 pub mod report;
 pub mod run;
+#[cfg(feature = "compute")]
 pub mod serve;
 pub mod show;
 pub mod status;

@@ -1,4 +1,5 @@
 //! The one integration-test binary: every behaviour test of the crate links here.
+mod binaries;
 mod engine;
 mod eval;
 mod eval_stage;
