@@ -115,7 +115,9 @@ fn main() -> anyhow::Result<()> {
             p.shallow_clone().zero_grad();
         }
         // The update stage's SFT half (rl::sft_backward), alone.
-        if let Some(loss) = sft_backward(&mut policy_forward(&policy), &loader.draw(step), 1.0, pad, tch::Device::Cpu, step)? {
+        if let Some(loss) =
+            sft_backward(&mut policy_forward(&policy, &std::sync::atomic::AtomicBool::new(false)), &loader.draw(step), 1.0, pad, tch::Device::Cpu, step)?
+        {
             losses.push(loss);
         }
         clip_grad_norm(&params_t, 1.0);

@@ -14,12 +14,12 @@
 #   default: STORE_DEFAULT (a full default run of pipeline.yaml, read-only here: only audit
 #            verbs run on it, never run/gc);
 #   100-it:  STORE_100, filled by really running tests/fixtures/tiny.yaml for 100 iterations
-#            (every stage runs on a tiny random model; ~20 min on 2 cores). Filled only when
+#            (every stage runs on a tiny random model; 504 nodes, ~35 min on 2 busy cores). Filled only when
 #            `status --iterations 100` does not say every node is cached; the fill is timed.
 # DVC: a venv with dvc==3.67.1 from PyPI (created when missing) and a git + dvc repo with
 # 100 iterations x 5 stages shaped like our plan (scripts/bench_cli_dvc.py make-dvc-repo),
-# reproduced once so that `dvc status` says "Data and pipelines are up to date."; reused
-# while it still does. Analytics off, DVC's site cache inside the repo (.dvc/tmp).
+# reproduced once (`dvc repro`, ~18 min for 500 stages on 2 cores) so that `dvc status` says
+# "Data and pipelines are up to date."; reused while it still does. Analytics off, DVC's site cache inside the repo (.dvc/tmp).
 #
 # Run:   scripts/bench_cli.sh
 # Env:   BIN            binary (default target/release/self-redteam if it exists, else

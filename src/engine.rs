@@ -639,7 +639,7 @@ impl<'a> Engine<'a> {
         }
         eprintln!("rebuilding {name} (its files were thinned by gc)");
         let inputs = self.input_artifacts(node, &done);
-        let b = self.execute(node, components, inputs, &self.store, true)?;
+        let b = self.run_node(node, components, inputs, true)?;
         if b.manifest.content_digest != a.manifest.content_digest {
             return Err(EngineError::Ref(format!(
                 "rebuilt {name} has content digest {} but the thinned original had {} (another instruction set or program version?); the nodes after it are now stale — `run` again rebuilds them",

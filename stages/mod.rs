@@ -402,8 +402,6 @@ impl StageContext<'_> {
         &self.store_root
     }
 
-    /// The Ctrl-C flag, for long calls that check it themselves
-    /// (`Policy::generate_interruptible` checks it before every decoding step).
     /// Sample `prompts` (one seed each) batch by batch as `plan` groups them
     /// (model::batching), with a progress bar and the Ctrl-C check before every decoding step;
     /// results in input order.
@@ -423,6 +421,8 @@ impl StageContext<'_> {
             .with_context(|| format!("{}: sampling {what}", self.node))
     }
 
+    /// The Ctrl-C flag, for long calls that check it themselves
+    /// (`Policy::generate_interruptible` before every decoding step, the update's forward passes).
     pub fn interrupt_flag(&self) -> &AtomicBool {
         self.cancel
     }

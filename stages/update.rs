@@ -80,8 +80,8 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let mb = u.micro_batch_size as usize;
 
     let t1 = std::time::Instant::now();
-    let old = response_logprobs(&policy, &turns, mb)?;
-    let refs = response_logprobs(&reference, &turns, mb)?;
+    let old = response_logprobs(&policy, &turns, mb, ctx.interrupt_flag()).with_context(|| format!("{}: log-probs of the policy", ctx.node))?;
+    let refs = response_logprobs(&reference, &turns, mb, ctx.interrupt_flag()).with_context(|| format!("{}: log-probs of the reference", ctx.node))?;
     let time_logprobs = t1.elapsed().as_secs_f64();
     drop(reference);
     let buffer = rl_samples(&turns, old, refs);
@@ -116,7 +116,7 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     } else {
         let sft: Option<&mut dyn FnMut(u64) -> Vec<SftExample>> = if loader.is_some() { Some(&mut sft_source) } else { None };
         Some(
-            run_update(&mut policy_forward(&policy), &params, &mut adam, &schedule, &buffer, sft, &config, policy.device())
+            run_update(&mut policy_forward(&policy, ctx.interrupt_flag()), &params, &mut adam, &schedule, &buffer, sft, &config, policy.device())
                 .with_context(|| format!("{}: REINFORCE++ update", ctx.node))?,
         )
     };

@@ -4,6 +4,8 @@
 //! reference log-probs); and the order in which the SFT term draws its demonstrations
 //! ([`sft_indices`]). Called by the `update` stage (stages/update.rs) and
 //! examples/sft_format.rs.
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::Context;
 
 use crate::game::Role;
@@ -106,8 +108,18 @@ impl SftLoader {
 }
 
 /// The training forward of `policy` as the RL update calls it: next-token log-probs in f32.
-pub fn policy_forward(policy: &Policy) -> impl FnMut(&crate::rl::TokenBatch) -> Result<tch::Tensor, crate::rl::PolicyError> + '_ {
-    move |b| Ok(crate::rl::next_token_logprobs(&policy.logits(&b.input_ids, &b.attention_mask).to_kind(tch::Kind::Float), &b.input_ids))
+/// Once `cancel` is set (Ctrl-C) it fails instead, so an update stops before its next
+/// forward pass (the RL micro-batch or the SFT term) rather than at the end of the stage.
+pub fn policy_forward<'a>(
+    policy: &'a Policy,
+    cancel: &'a AtomicBool,
+) -> impl FnMut(&crate::rl::TokenBatch) -> Result<tch::Tensor, crate::rl::PolicyError> + 'a {
+    move |b| {
+        if cancel.load(Ordering::Relaxed) {
+            return Err("interrupted".into());
+        }
+        Ok(crate::rl::next_token_logprobs(&policy.logits(&b.input_ids, &b.attention_mask).to_kind(tch::Kind::Float), &b.input_ids))
+    }
 }
 
 /// The seed of the SFT loader ([`sft_indices`]): the run seed and the demonstrations' content
@@ -119,11 +131,15 @@ pub fn sft_loader_seed(run_seed: u64, demos_digest: &str) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// Per-response-token log-probs of `turns` under `policy` (no grad), in chunks of `batch`.
-pub fn response_logprobs(policy: &Policy, turns: &[Turn], batch: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+/// Per-response-token log-probs of `turns` under `policy` (no grad), in chunks of `batch`;
+/// an error "interrupted" before the next chunk once `cancel` is set.
+pub fn response_logprobs(policy: &Policy, turns: &[Turn], batch: usize, cancel: &AtomicBool) -> anyhow::Result<Vec<Vec<f32>>> {
     let _guard = tch::no_grad_guard();
     let mut out = Vec::with_capacity(turns.len());
     for chunk in turns.chunks(batch.max(1)) {
+        if cancel.load(Ordering::Relaxed) {
+            anyhow::bail!("interrupted");
+        }
         let prompts: Vec<Vec<TokenId>> = chunk.iter().map(|t| t.prompt.iter().map(|&x| x as TokenId).collect()).collect();
         let responses: Vec<Vec<TokenId>> = chunk.iter().map(|t| t.response.iter().map(|&x| x as TokenId).collect()).collect();
         let b = SequenceBatch::new(&prompts, &responses, policy.tokenizer().pad_id(), policy.device())?;
@@ -193,5 +209,23 @@ mod tests {
         assert_eq!(sft_indices(5, 2, 3, &seed), drawn[6..8]);
         assert_ne!((0..5).flat_map(|k| sft_indices(5, 2, k, &[8u8; 32])).collect::<Vec<_>>(), drawn, "another seed, another order");
         assert!(sft_indices(0, 2, 3, &seed).is_empty());
+    }
+
+    /// Ctrl-C reaches an update between forward passes: both the log-prob pass and the
+    /// training forward fail with "interrupted" once the flag is set, and work before it.
+    #[test]
+    fn the_update_forwards_stop_once_ctrl_c_is_set() {
+        let policy = crate::model::tiny_random_llama(3);
+        let turn = Turn { role: Role::Defender, prompt: vec![1, 5, 9], response: vec![4, 2], reward: 1.0, violation: None, outcomes: vec![] };
+        let cancel = AtomicBool::new(false);
+        let lp = response_logprobs(&policy, std::slice::from_ref(&turn), 4, &cancel).expect("log-probs");
+        assert_eq!(lp[0].len(), 2);
+        let batch = crate::rl::TokenBatch::new(&[(&[1, 5, 9, 4, 2][..], 3)], 0, policy.device());
+        assert!(policy_forward(&policy, &cancel)(&batch).is_ok());
+        cancel.store(true, Ordering::Relaxed);
+        let err = response_logprobs(&policy, &[turn], 4, &cancel).expect_err("interrupted");
+        assert_eq!(err.to_string(), "interrupted");
+        let err = policy_forward(&policy, &cancel)(&batch).expect_err("interrupted");
+        assert_eq!(err.to_string(), "interrupted");
     }
 }

@@ -454,3 +454,25 @@ fn ablation_configs_differ_from_the_default_only_where_needed() {
     assert_eq!(g.eval.suites.keys().collect::<Vec<_>>(), base.eval.suites.keys().collect::<Vec<_>>());
     assert_eq!((g.prep, g.rollout, g.update, g.reward, g.sft), (base.prep, base.rollout, base.update, base.reward, base.sft));
 }
+
+/// `eval.batch_size` is a speed knob left out of the eval key, so no output may depend on it:
+/// every row (answers, verdicts, attacker revisions) and metric is the same at batch size 1, 3
+/// and 8 (prompts of different lengths share a batch at 3 and 8, so padding differs).
+#[test]
+fn eval_outputs_are_the_same_at_every_batch_size() {
+    let outs: Vec<EvalOutput> = [1, 3, 8]
+        .into_iter()
+        .map(|b| {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let cfg = write(tmp.path(), "p.yaml", &config_text(&format!("  batch_size: {b}\n")));
+            let spec = Spec::load(&cfg).expect("spec");
+            assert_eq!(spec.raw.eval.batch_size, b);
+            run_direct(&spec)
+        })
+        .collect();
+    for (b, o) in [3, 8].into_iter().zip(&outs[1..]) {
+        assert_eq!(o.rows, outs[0].rows, "eval rows at batch size {b} vs 1");
+        assert_eq!(o.attacker, outs[0].attacker, "attacker rows at batch size {b} vs 1");
+        assert_eq!(o.metrics, outs[0].metrics, "metrics at batch size {b} vs 1");
+    }
+}

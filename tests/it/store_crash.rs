@@ -152,8 +152,10 @@ fn lineage_of_a_10_iteration_chain_lists_each_artifact_once_and_answers_at_once(
         store.publish(st, m, false).expect("publish")
     };
     let mut policy = publish("update@0", "update", 0, vec![]);
+    let mut last_rollout = None;
     for i in 1..=10 {
         let rollout = publish(&format!("rollout@{i}"), "rollout", i, vec![("policy", &policy)]);
+        last_rollout = Some(rollout.clone());
         let judge = publish(&format!("judge@{i}"), "judge", i, vec![("rollout", &rollout)]);
         policy = publish(&format!("update@{i}"), "update", i, vec![("policy", &policy), ("optimizer", &policy), ("rollout", &rollout), ("judge", &judge)]);
     }
@@ -179,8 +181,30 @@ fn lineage_of_a_10_iteration_chain_lists_each_artifact_once_and_answers_at_once(
     // Per iteration: update@(i−1) met again as optimizer and as rollout@i's policy, rollout@i
     // again as judge@i's input.
     assert_eq!(refs, 30, "{v:#}");
-    // Process start (libtorch's initialisers) dominates; the walk itself is milliseconds.
-    assert!(took.as_secs_f64() < 10.0, "lineage took {took:?}");
+    // The bound. `self-redteam` links no libtorch, so process start and the walk
+    // take milliseconds (10 ms here); a walk without its visited set would take 4^9 loads.
+    assert!(took.as_secs_f64() < 1.0, "lineage took {took:?}");
+
+    // rollout@10 replaced under its key with other bytes (`run --force` of a nondeterministic
+    // stage): update@10 was built from the old bytes, and lineage says so.
+    let m = last_rollout.expect("rollout@10").manifest;
+    let old = serde_json::json!(m.content_digest);
+    let lock = store.lock().expect("lock");
+    let st = store.begin("rollout", &m.key).expect("begin");
+    std::fs::write(st.dir.join("x.bin"), b"other bytes").expect("write");
+    let mut again = Manifest::draft("rollout@10", "rollout", Some(10), m.components.clone());
+    again.inputs = m.inputs.clone();
+    let replaced = store.publish(st, again, true).expect("replace");
+    assert_ne!(serde_json::json!(replaced.manifest.content_digest), old, "other bytes, other digest");
+    drop(lock);
+    let o = sr(&tiny(), &root, &["lineage", policy.manifest.key.as_str(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let rollout = v["inputs"].as_array().expect("inputs").iter().find(|i| i["role"] == "rollout").expect("rollout input").clone();
+    assert_eq!(rollout["digest_mismatch"]["in_store"], serde_json::json!(replaced.manifest.content_digest), "{rollout:#}");
+    assert_eq!(rollout["digest_mismatch"]["recorded"], old, "{rollout:#}");
+    let o = sr(&tiny(), &root, &["lineage", policy.manifest.key.as_str()]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("REPLACED"), "{}", text(&o));
 }
 
 /// `*.json` entries and other files under a verdict-cache directory.
@@ -372,6 +396,9 @@ fn sigint_to_the_engine_stops_the_running_stage_process_and_publishes_nothing() 
     let latency = t0.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
     eprintln!("SIGINT to exit of the engine: {:.2} s", latency.as_secs_f64());
+    // "Within a few seconds" (0.2 s measured); before the per-step checks it was the rest of
+    // the stage (75 s inside an eval).
+    assert!(latency.as_secs_f64() < 10.0, "SIGINT took {latency:?} to stop the run: {err}");
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("interrupted before sft-data"), "{err}");
     let s = status(&tiny(), &store, &[]);
