@@ -654,7 +654,15 @@ impl<'a> Engine<'a> {
     /// key, or a unique key prefix.
     pub fn find(&self, r: &str) -> Result<Artifact> {
         if self.plan.get(r).is_some() {
-            let resolved = self.resolve()?;
+            return self.find_in(r, self.store.scan()?);
+        }
+        self.find_in(r, Vec::new())
+    }
+
+    /// [`Engine::find`] with the store already scanned (`all`; for a plan node only).
+    pub fn find_in(&self, r: &str, all: Vec<Artifact>) -> Result<Artifact> {
+        if self.plan.get(r).is_some() {
+            let resolved = self.resolve_in(all)?;
             let res = resolved.into_iter().find(|x| x.name == r).expect("node exists");
             return res.artifact.ok_or_else(|| EngineError::Ref(format!("{r} is not cached ({}: {})", res.state.name(), res.state.reason().unwrap_or(""))));
         }
@@ -706,16 +714,21 @@ impl<'a> Engine<'a> {
 
     /// Metrics per iteration (`log`): iteration → {"stage.metric": value}.
     pub fn log(&self) -> Result<BTreeMap<u32, BTreeMap<String, Value>>> {
+        Ok(Self::log_of(&self.resolve()?))
+    }
+
+    /// [`Engine::log`] of an already resolved plan.
+    pub fn log_of(resolved: &[Resolved]) -> BTreeMap<u32, BTreeMap<String, Value>> {
         let mut out: BTreeMap<u32, BTreeMap<String, Value>> = BTreeMap::new();
-        for r in self.resolve()? {
-            let Some(a) = r.artifact else { continue };
+        for r in resolved {
+            let Some(a) = &r.artifact else { continue };
             let Some(it) = a.manifest.iteration else { continue };
             let row = out.entry(it).or_default();
             let mut flat = BTreeMap::new();
             flatten(&a.manifest.stage, &Value::Object(a.manifest.metrics.clone()), &mut flat);
             row.extend(flat);
         }
-        Ok(out)
+        out
     }
 
     /// Artifacts that no plan of this spec with 1..=`iterations` iterations reaches (so the
@@ -731,7 +744,8 @@ impl<'a> Engine<'a> {
         for n in 1..=iterations.max(1) {
             let plan = crate::plan::Plan::new(self.spec, Some(n));
             let engine = Engine::new(self.spec, plan, self.store.clone());
-            reachable.extend(engine.resolve_in(all.clone())?.into_iter().filter_map(|r| r.artifact.map(|a| (a.manifest.stage, a.manifest.key))));
+            reachable
+                .extend(engine.resolve_in(all.clone())?.into_iter().filter_map(|r| r.artifact.map(|a| (a.manifest.stage.clone(), a.manifest.key.clone()))));
         }
         let mut by_node: BTreeMap<String, Vec<Artifact>> = BTreeMap::new();
         for a in all {

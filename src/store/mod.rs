@@ -92,11 +92,12 @@ pub fn is_safe_file_name(s: &str) -> bool {
         && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_' || c == b'-')
 }
 
-/// A published artifact: its directory and its (validated) manifest.
+/// A published artifact: its directory and its (validated) manifest. Cheap to clone (the
+/// manifest is shared): `status` on a long run handles every artifact several times.
 #[derive(Debug, Clone)]
 pub struct Artifact {
     pub dir: PathBuf,
-    pub manifest: Manifest,
+    pub manifest: std::sync::Arc<Manifest>,
 }
 
 impl Artifact {
@@ -236,19 +237,15 @@ impl Store {
         if manifest.stage != stage || &manifest.key != key {
             return Err(StoreError::BadManifest { dir, reason: format!("manifest is for {}/{}, not {stage}/{key}", manifest.stage, manifest.key) });
         }
-        Ok(Some(Artifact { dir, manifest }))
+        Ok(Some(Artifact { dir, manifest: manifest.into() }))
     }
 
     /// Every published artifact (directories without a readable manifest are skipped:
     /// they are not artifacts). Sorted by (stage, key).
     pub fn scan(&self) -> Result<Vec<Artifact>> {
-        let mut out = Vec::new();
-        for (stage, key) in self.places()? {
-            if let Ok(Some(a)) = self.load(&stage, &key) {
-                out.push(a);
-            }
-        }
-        Ok(out)
+        use rayon::prelude::*;
+        // Read and parse in parallel (the audit verbs' main cost on a long run); order kept.
+        Ok(self.places()?.par_iter().filter_map(|(stage, key)| self.load(stage, key).ok().flatten()).collect())
     }
 
     /// Every `<stage>/<key>` directory name in the store (valid artifact or not), sorted by
@@ -462,7 +459,7 @@ impl Store {
         if let Some(o) = old {
             let _ = fs::remove_dir_all(o);
         }
-        Ok(Artifact { dir: final_dir, manifest })
+        Ok(Artifact { dir: final_dir, manifest: manifest.into() })
     }
 
     /// `gc --thin`: delete the artifact's files that `which` selects (an update's policy
@@ -471,7 +468,7 @@ impl Store {
     /// a crash leaves either the full artifact or a thinned one. Returns the files removed.
     pub fn thin(&self, a: &Artifact, which: impl Fn(&str) -> bool) -> Result<Vec<String>> {
         let dir = self.artifact_dir(&a.manifest.stage, &a.manifest.key)?;
-        let mut m = a.manifest.clone();
+        let mut m = (*a.manifest).clone();
         let victims: Vec<String> = m.files.iter().filter(|f| which(&f.name) && !m.thinned.contains(&f.name)).map(|f| f.name.clone()).collect();
         if victims.is_empty() {
             return Ok(victims);

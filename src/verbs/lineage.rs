@@ -5,7 +5,7 @@
 //! Each input record's digest is checked against the artifact now in the store, so a
 //! `run --force` replacement with other bytes shows as `"digest_mismatch"` instead of
 //! passing for the original.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 
 use serde::Serialize;
@@ -61,38 +61,49 @@ pub struct DigestMismatch {
 
 /// The lineage of the artifact `reference` names.
 pub fn lineage_of(engine: &Engine<'_>, reference: &str) -> anyhow::Result<LineageNode> {
-    let a = engine.find(reference)?;
-    lineage(&engine.store, &a)
+    // One scan of the store serves finding the artifact and every input of the walk.
+    let all = engine.store.scan()?;
+    let index: Index = all.iter().map(|a| ((a.manifest.stage.clone(), a.manifest.key.to_string()), a.clone())).collect();
+    let a = engine.find_in(reference, all)?;
+    Ok(lineage_indexed(&index, &a))
 }
+
+/// Every artifact of a store by (stage, key).
+type Index = HashMap<(String, String), Artifact>;
 
 /// The artifact's ancestry as a tree (see the module docs).
 pub fn lineage(store: &Store, a: &Artifact) -> anyhow::Result<LineageNode> {
-    let mut seen: HashSet<(String, String)> = HashSet::new();
-    seen.insert((a.manifest.stage.clone(), a.manifest.key.to_string()));
-    lineage_walk(store, a, None, &mut seen)
+    let index: Index = store.scan()?.into_iter().map(|a| ((a.manifest.stage.clone(), a.manifest.key.to_string()), a)).collect();
+    Ok(lineage_indexed(&index, a))
 }
 
-fn lineage_walk(store: &Store, a: &Artifact, role: Option<String>, seen: &mut HashSet<(String, String)>) -> anyhow::Result<LineageNode> {
+fn lineage_indexed(index: &Index, a: &Artifact) -> LineageNode {
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    seen.insert((a.manifest.stage.clone(), a.manifest.key.to_string()));
+    lineage_walk(index, a, None, &mut seen)
+}
+
+fn lineage_walk(index: &Index, a: &Artifact, role: Option<String>, seen: &mut HashSet<(String, String)>) -> LineageNode {
     let mut inputs = Vec::new();
     for rec in &a.manifest.inputs {
         let id = (rec.stage.clone(), rec.key.to_string());
         let marker = |body| LineageNode { node: rec.node.clone(), role: Some(rec.role.clone()), stage: rec.stage.clone(), key: rec.key.clone(), body };
-        let child = match store.load(&rec.stage, &rec.key)? {
+        let child = match index.get(&id) {
             None => marker(LineageBody::Missing { missing: true }),
-            Some(c) if c.manifest.content_digest != rec.digest => {
-                marker(LineageBody::DigestMismatch { digest_mismatch: DigestMismatch { recorded: rec.digest.clone(), in_store: c.manifest.content_digest } })
-            }
+            Some(c) if c.manifest.content_digest != rec.digest => marker(LineageBody::DigestMismatch {
+                digest_mismatch: DigestMismatch { recorded: rec.digest.clone(), in_store: c.manifest.content_digest.clone() },
+            }),
             Some(_) if seen.contains(&id) => marker(LineageBody::Seen { seen: true }),
             Some(c) => {
                 seen.insert(id);
-                lineage_walk(store, &c, Some(rec.role.clone()), seen)?
+                lineage_walk(index, c, Some(rec.role.clone()), seen)
             }
         };
         inputs.push(child);
     }
     let m = &a.manifest;
     let body = LineageBody::Walked { content_digest: m.content_digest.clone(), inputs, sources: m.components.files.clone() };
-    Ok(LineageNode { node: m.node.clone(), role, stage: m.stage.clone(), key: m.key.clone(), body })
+    LineageNode { node: m.node.clone(), role, stage: m.stage.clone(), key: m.key.clone(), body }
 }
 
 fn short(k: &str) -> &str {

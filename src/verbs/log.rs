@@ -8,7 +8,7 @@ use std::io::Write;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{eval_changes, gather, is_headline, render_changes};
+use super::{eval_changes, gather_from, is_headline, render_changes};
 use crate::engine::Engine;
 use crate::eval::stats::{in_distribution, SuiteChange};
 
@@ -46,9 +46,11 @@ pub struct LogChanges {
 
 /// The log of `engine`'s plan as far as it is cached.
 pub fn log(engine: &Engine<'_>) -> anyhow::Result<LogOutput> {
-    let rows = engine.log()?;
+    // One resolve of the plan serves both the raw metrics and the headline columns.
+    let resolved = engine.resolve()?;
+    let rows = Engine::log_of(&resolved);
     // Headline columns: canonical names (src/verbs/mod.rs) matched by pattern.
-    let gathered = gather(engine)?;
+    let gathered = gather_from(resolved);
     let mut headline: BTreeMap<u32, BTreeMap<String, Value>> = gathered
         .metrics
         .iter()

@@ -155,9 +155,14 @@ pub fn eval_intervals(metrics: &serde_json::Map<String, Value>) -> BTreeMap<Stri
 
 /// Gather the current plan's artifacts (`engine.resolve`) into canonical metrics.
 pub fn gather(engine: &Engine<'_>) -> anyhow::Result<Gathered> {
+    Ok(gather_from(engine.resolve()?))
+}
+
+/// [`gather`] of an already resolved plan.
+pub fn gather_from(resolved: Vec<crate::engine::Resolved>) -> Gathered {
     let mut g = Gathered::default();
     let mut judge_metrics = Vec::new();
-    for r in engine.resolve()? {
+    for r in resolved {
         let Some(a) = r.artifact else { continue };
         let stage = a.manifest.stage.clone();
         match a.manifest.iteration {
@@ -186,7 +191,7 @@ pub fn gather(engine: &Engine<'_>) -> anyhow::Result<Gathered> {
             row.entry(k.clone()).or_insert(*v);
         }
     }
-    Ok(g)
+    g
 }
 
 /// Whether a canonical metric is a `log` headline column: rewards, ASR, refusal,

@@ -43,7 +43,7 @@ pub fn show(engine: &Engine<'_>, reference: &str, rows: usize) -> anyhow::Result
         let objs: Vec<Value> = data.iter().map(|r| Value::Object(columns.iter().cloned().zip(r.iter().map(|c| Value::String(c.clone()))).collect())).collect();
         previews.insert(f.name.clone(), FilePreview { columns, total_rows, rows: objs });
     }
-    Ok(ShowOutput { dir: a.dir, manifest: a.manifest, rows: previews })
+    Ok(ShowOutput { dir: a.dir, manifest: (*a.manifest).clone(), rows: previews })
 }
 
 impl ShowOutput {
