@@ -22,14 +22,15 @@
 # "Data and pipelines are up to date."; reused while it still does. Analytics off, DVC's site cache inside the repo (.dvc/tmp).
 #
 # Run:   scripts/bench_cli.sh
-# Env:   BIN            binary (default target/release/self-redteam if it exists, else
-#                       target/debug/self-redteam; nothing is built here)
-#        STORE_DEFAULT  default store (default /work/store-d), CONFIG_DEFAULT its pipeline
+# Env:   BIN            binary (default target/debug/self-redteam, built by `cargo build`;
+#                       nothing is built here; its self-redteam-compute must be beside it
+#                       only to fill the 100-iteration store)
+#        STORE_DEFAULT  default store (default artifacts/, what scripts/run.sh fills), CONFIG_DEFAULT its pipeline
 #                       file (default pipeline.yaml), SHOW_DEFAULT / LINEAGE_DEFAULT the refs
 #                       (default update@3 / eval@4)
-#        STORE_100      100-iteration store (default /work/bench/store-100)
-#        BENCH_VENV     venv with dvc (default /work/bench/venv)
-#        DVC_REPO       the 500-stage dvc repo (default /work/bench/dvc-500)
+#        STORE_100      100-iteration store (default target/bench/store-100)
+#        BENCH_VENV     venv with dvc (default target/bench/venv)
+#        DVC_REPO       the 500-stage dvc repo (default target/bench/dvc-500)
 #        REPS           measured runs per command (default 10; plus 1 warm-up)
 # Exits non-zero with a message when any command fails.
 set -euo pipefail
@@ -38,20 +39,23 @@ ROOT="$(pwd)"
 HELPER="$ROOT/scripts/bench_cli_dvc.py"
 
 if [ -z "${BIN:-}" ]; then
-  if [ -x target/release/self-redteam ]; then BIN=target/release/self-redteam; else BIN=target/debug/self-redteam; fi
+  BIN=target/debug/self-redteam
 fi
 [ -x "$BIN" ] || { echo "bench_cli.sh: binary $BIN not found (set BIN or build it)" >&2; exit 1; }
 BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"
-STORE_DEFAULT="${STORE_DEFAULT:-/work/store-d}"
+STORE_DEFAULT="${STORE_DEFAULT:-artifacts}"
 CONFIG_DEFAULT="${CONFIG_DEFAULT:-pipeline.yaml}"
 SHOW_DEFAULT="${SHOW_DEFAULT:-update@3}"
 LINEAGE_DEFAULT="${LINEAGE_DEFAULT:-eval@4}"
-STORE_100="${STORE_100:-/work/bench/store-100}"
+STORE_100="${STORE_100:-target/bench/store-100}"
 CONFIG_100=tests/fixtures/tiny.yaml
 N100=100
-BENCH_VENV="${BENCH_VENV:-/work/bench/venv}"
-DVC_REPO="${DVC_REPO:-/work/bench/dvc-500}"
+BENCH_VENV="${BENCH_VENV:-target/bench/venv}"
+DVC_REPO="${DVC_REPO:-target/bench/dvc-500}"
 REPS="${REPS:-10}"
+# Absolute from here on (the DVC steps run inside the repo).
+STORE_DEFAULT="$(realpath -m "$STORE_DEFAULT")"; STORE_100="$(realpath -m "$STORE_100")"
+BENCH_VENV="$(realpath -m "$BENCH_VENV")"; DVC_REPO="$(realpath -m "$DVC_REPO")"
 export DVC_NO_ANALYTICS=1
 export DVC_SITE_CACHE_DIR="$DVC_REPO/.dvc/tmp/site-cache"
 
