@@ -165,6 +165,10 @@ fn load_jsonl(spec: &SuiteFileSpec) -> Result<Vec<SuiteRow>, SuiteError> {
 }
 
 fn load_parquet(spec: &SuiteFileSpec) -> Result<Vec<SuiteRow>, SuiteError> {
+    crate::schema::catch_reader_panic(|| load_parquet_unguarded(spec), |detail| SuiteError::Parse { path: spec.path.clone(), detail })
+}
+
+fn load_parquet_unguarded(spec: &SuiteFileSpec) -> Result<Vec<SuiteRow>, SuiteError> {
     use arrow::array::Array;
     use arrow::util::display::{ArrayFormatter, FormatOptions};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;

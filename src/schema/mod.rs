@@ -58,6 +58,27 @@ pub enum SchemaError {
     Parquet { file: String, source: parquet::errors::ParquetError },
     #[error("{file}: {source}")]
     Io { file: String, source: std::io::Error },
+    /// The Parquet reader panicked on the file's bytes (seen on corrupt column metadata:
+    /// "column start and length should not be negative"); caught here so a bad file is an
+    /// error that names it, never a crash.
+    #[error("{file}: corrupt Parquet file: {message}")]
+    Corrupt { file: String, message: String },
+}
+
+/// Run a Parquet/Arrow read of `file`, turning a panic of those libraries into
+/// [`SchemaError::Corrupt`].
+fn guarded<T>(file: &str, read: impl FnOnce() -> Result<T, SchemaError>) -> Result<T, SchemaError> {
+    catch_reader_panic(read, |message| SchemaError::Corrupt { file: file.to_string(), message })
+}
+
+/// Run a read of a file through a third-party decoder (Parquet, Arrow) that may panic on
+/// corrupt bytes: a panic becomes `on_panic(message)`, the caller's error naming the file.
+/// Used by every Parquet reader (artifacts, `show`, `judge FILE`, custom suites).
+pub fn catch_reader_panic<T, E>(read: impl FnOnce() -> Result<T, E>, on_panic: impl FnOnce(String) -> E) -> Result<T, E> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|payload| {
+        let message = payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+        Err(on_panic(format!("the Parquet reader failed on the file's bytes: {message}")))
+    })
 }
 
 /// One Parquet artifact's schema. Implemented by [`parquet_schema!`].
@@ -131,6 +152,10 @@ pub fn read_parquet<S: ArtifactSchema>(path: &Path) -> Result<Vec<S::Row>, Schem
 }
 
 fn read_batches<S: ArtifactSchema, R: parquet::file::reader::ChunkReader + 'static>(src: R, file: &str) -> Result<Vec<S::Row>, SchemaError> {
+    guarded(file, || read_batches_unguarded::<S, R>(src, file))
+}
+
+fn read_batches_unguarded<S: ArtifactSchema, R: parquet::file::reader::ChunkReader + 'static>(src: R, file: &str) -> Result<Vec<S::Row>, SchemaError> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(src)
         .map_err(|source| SchemaError::Parquet { file: file.to_string(), source })?
         .build()
@@ -154,6 +179,10 @@ pub struct Preview {
 
 /// Column names and the first `n` rows of any Parquet file as display strings (`show`).
 pub fn preview(path: &Path, n: usize) -> Result<Preview, SchemaError> {
+    guarded(&path.display().to_string(), || preview_unguarded(path, n))
+}
+
+fn preview_unguarded(path: &Path, n: usize) -> Result<Preview, SchemaError> {
     use arrow::util::display::{ArrayFormatter, FormatOptions};
     let file = path.display().to_string();
     let f = std::fs::File::open(path).map_err(|source| SchemaError::Io { file: file.clone(), source })?;

@@ -168,24 +168,31 @@ fn read_table(path: &Path) -> Result<Table, PairFileError> {
             let rows = objs.iter().map(|o| headers.iter().map(|h| o.get(h).and_then(cell)).collect()).collect();
             Ok(Table { headers, rows })
         }
-        Some("parquet") => {
-            use arrow::array::Array;
-            use arrow::util::display::{ArrayFormatter, FormatOptions};
-            let file = std::fs::File::open(path).map_err(io)?;
-            let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| parse(e.to_string()))?;
-            let headers: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
-            let mut rows = Vec::new();
-            let opts = FormatOptions::default();
-            for batch in builder.build().map_err(|e| parse(e.to_string()))? {
-                let batch = batch.map_err(|e| parse(e.to_string()))?;
-                let fmts: Vec<ArrayFormatter<'_>> =
-                    batch.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &opts)).collect::<Result<_, _>>().map_err(|e| parse(e.to_string()))?;
-                for r in 0..batch.num_rows() {
-                    rows.push(fmts.iter().zip(batch.columns()).map(|(f, c)| if c.is_null(r) { None } else { Some(f.value(r).to_string()) }).collect());
+        Some("parquet") => crate::schema::catch_reader_panic(
+            || {
+                use arrow::array::Array;
+                use arrow::util::display::{ArrayFormatter, FormatOptions};
+                let file = std::fs::File::open(path).map_err(io)?;
+                let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| parse(e.to_string()))?;
+                let headers: Vec<String> = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
+                let mut rows = Vec::new();
+                let opts = FormatOptions::default();
+                for batch in builder.build().map_err(|e| parse(e.to_string()))? {
+                    let batch = batch.map_err(|e| parse(e.to_string()))?;
+                    let fmts: Vec<ArrayFormatter<'_>> = batch
+                        .columns()
+                        .iter()
+                        .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| parse(e.to_string()))?;
+                    for r in 0..batch.num_rows() {
+                        rows.push(fmts.iter().zip(batch.columns()).map(|(f, c)| if c.is_null(r) { None } else { Some(f.value(r).to_string()) }).collect());
+                    }
                 }
-            }
-            Ok(Table { headers, rows })
-        }
+                Ok(Table { headers, rows })
+            },
+            parse,
+        ),
         _ => Err(PairFileError::Format { path: path.to_path_buf() }),
     }
 }

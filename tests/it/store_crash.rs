@@ -407,3 +407,37 @@ fn sigint_to_the_engine_stops_the_running_stage_process_and_publishes_nothing() 
     let left = std::fs::read_dir(store.join(".tmp")).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("job-")).count()).unwrap_or(0);
     assert_eq!(left, 0, "the job file is removed once the stage process ended");
 }
+
+/// Parquet files are read from the store (every stage's inputs, `show`, `log`, `report`) and
+/// from users (`judge FILE`): mutated `seeds.parquet` / `prep.parquet` must give rows or a
+/// typed error naming the file, never a panic, through the typed reader and through `show`'s
+/// preview of any Parquet file.
+#[test]
+fn fuzz_parquet() {
+    use self_redteam::schema::prep::PrepSchema;
+    use self_redteam::schema::seeds::SeedsSchema;
+    use self_redteam::schema::{from_parquet_bytes, preview};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("s");
+    build(&tiny(), &store);
+    let s = status(&tiny(), &store, &[]);
+    let seeds = vec![
+        std::fs::read(artifact_dir(&store, "dataset", s["dataset"].key.as_deref().expect("key")).join("seeds.parquet")).expect("seeds.parquet"),
+        std::fs::read(artifact_dir(&store, "prep", s["prep@1"].key.as_deref().expect("key")).join("prep.parquet")).expect("prep.parquet"),
+    ];
+    // Found by this target (FUZZ_ITERS=30000): the parquet crate panicked on it.
+    let found = std::fs::read(super::util::root().join("tests/fixtures/fuzz/parquet_negative_column_start.parquet")).expect("fixture");
+    let err = from_parquet_bytes::<SeedsSchema>(found).expect_err("corrupt column metadata");
+    assert!(err.to_string().starts_with("seeds.parquet: corrupt Parquet file: "), "{err}");
+    let file = tmp.path().join("fuzz.parquet");
+    crate::fuzz::run("fuzz_parquet", &seeds, crate::fuzz::iterations(1500), |bytes| {
+        let _ = from_parquet_bytes::<SeedsSchema>(bytes.to_vec());
+        let _ = from_parquet_bytes::<PrepSchema>(bytes.to_vec());
+        if blake3::hash(bytes).as_bytes()[0] < 32 {
+            std::fs::write(&file, bytes).expect("write fuzz input");
+            if let Err(e) = preview(&file, 3) {
+                assert!(e.to_string().contains("fuzz.parquet") || e.to_string().contains("preview"), "{e}");
+            }
+        }
+    });
+}
