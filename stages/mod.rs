@@ -39,6 +39,11 @@
 //! ```
 //! Then add a variant to [`StageKind`] and one arm to each of its `match`es.
 //!
+//! Two crates compile this file (docs/executor.md, "Two binaries"): `VERSION`, `Params`,
+//! `params` and the key are in both, because the libtorch-free engine computes keys; `run`
+//! and whatever only it uses (model, RL, judge construction) are `#[cfg(feature = "compute")]`
+//! (most stage files group those imports in one gated `use {…}`).
+//!
 //! Errors: stages return `anyhow::Result` because they glue many libraries together; the
 //! engine adds the node name. A failed stage publishes nothing.
 pub mod base;
