@@ -712,12 +712,8 @@ impl<'a> Engine<'a> {
         Ok(a.manifest.files.iter().map(|f| (f.name.clone(), theirs.get(f.name.as_str()) == Some(&&f.blake3))).collect())
     }
 
-    /// Metrics per iteration (`log`): iteration → {"stage.metric": value}.
-    pub fn log(&self) -> Result<BTreeMap<u32, BTreeMap<String, Value>>> {
-        Ok(Self::log_of(&self.resolve()?))
-    }
-
-    /// [`Engine::log`] of an already resolved plan.
+    /// Metrics per iteration (`log`) of a resolved plan ([`Engine::resolve`]): iteration →
+    /// {"stage.metric": value}.
     pub fn log_of(resolved: &[Resolved]) -> BTreeMap<u32, BTreeMap<String, Value>> {
         let mut out: BTreeMap<u32, BTreeMap<String, Value>> = BTreeMap::new();
         for r in resolved {

@@ -12,6 +12,13 @@ pub struct AttackerSampling {
 }
 
 impl AttackerSampling {
+    /// The `rollout` section's sampling settings.
+    pub fn of(r: &crate::spec::RolloutParams) -> AttackerSampling {
+        AttackerSampling { temperature: r.temperature, top_p: r.top_p, top_k: r.top_k, max_new_tokens: r.max_new_tokens }
+    }
+
+    /// As the sampler takes them (`top_k` 0 = off). The rollout samples with these too
+    /// ([`crate::game::rollout_sampling`]).
     #[cfg(feature = "compute")]
     pub fn sampling_params(&self) -> crate::model::SamplingParams {
         crate::model::SamplingParams {
@@ -41,7 +48,7 @@ impl EvalSettings {
         EvalSettings {
             eval: spec.raw.eval.clone(),
             cot: r.cot,
-            attacker_sampling: AttackerSampling { temperature: r.temperature, top_p: r.top_p, top_k: r.top_k, max_new_tokens: r.max_new_tokens },
+            attacker_sampling: AttackerSampling::of(r),
             custom_suite_paths: spec.raw.eval.custom_suites.iter().map(|(n, c)| (n.clone(), spec.config_relative(&c.path))).collect(),
         }
     }

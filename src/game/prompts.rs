@@ -219,13 +219,7 @@ pub fn render_prompt(tokenizer: &crate::model::ChatTokenizer, prompt: &ChatPromp
 #[cfg(feature = "compute")]
 /// The rollout sampling settings of the spec (method.md §1.5).
 pub fn rollout_sampling(r: &crate::spec::RolloutParams) -> crate::model::SamplingParams {
-    crate::model::SamplingParams {
-        temperature: r.temperature,
-        top_p: r.top_p,
-        top_k: (r.top_k > 0).then_some(r.top_k as usize),
-        max_new_tokens: r.max_new_tokens as usize,
-        ..Default::default()
-    }
+    crate::eval::settings::AttackerSampling::of(r).sampling_params()
 }
 
 #[cfg(test)]

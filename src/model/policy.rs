@@ -200,13 +200,13 @@ impl Policy {
     pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
         &mut self.vs
     }
-    /// (HF name, tensor) for every parameter, sorted by name. The tensors share storage with
-    /// the model: an optimiser updating them in place (under no_grad) updates the policy.
     /// Whether any weight is NaN (a diverged update).
     pub fn has_nan_weights(&self) -> bool {
         self.named_parameters().iter().any(|(_, t)| t.isnan().any().int64_value(&[]) != 0)
     }
 
+    /// (HF name, tensor) for every parameter, sorted by name. The tensors share storage with
+    /// the model: an optimiser updating them in place (under no_grad) updates the policy.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));

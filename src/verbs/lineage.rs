@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::engine::Engine;
 use crate::store::key::FileDigest;
-use crate::store::{Artifact, Digest, Key, Store};
+use crate::store::{Artifact, Digest, Key};
 
 /// What `lineage --json` prints: the root artifact's node, recursively.
 #[derive(Debug, Clone, Serialize)]
@@ -72,11 +72,6 @@ pub fn lineage_of(engine: &Engine<'_>, reference: &str) -> anyhow::Result<Lineag
 type Index = HashMap<(String, String), Artifact>;
 
 /// The artifact's ancestry as a tree (see the module docs).
-pub fn lineage(store: &Store, a: &Artifact) -> anyhow::Result<LineageNode> {
-    let index: Index = store.scan()?.into_iter().map(|a| ((a.manifest.stage.clone(), a.manifest.key.to_string()), a)).collect();
-    Ok(lineage_indexed(&index, a))
-}
-
 fn lineage_indexed(index: &Index, a: &Artifact) -> LineageNode {
     let mut seen: HashSet<(String, String)> = HashSet::new();
     seen.insert((a.manifest.stage.clone(), a.manifest.key.to_string()));
