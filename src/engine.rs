@@ -27,6 +27,13 @@ pub static CANCEL: AtomicBool = AtomicBool::new(false);
 /// written its outputs and before publishing (other points: `crate::store::FAILPOINT_ENV`).
 pub use crate::store::FAILPOINT_ENV;
 
+/// The message a panic was raised with (`panic!("…")` gives a `String` or a `&str`), for the
+/// places that turn a caught panic into an error: a stage, a reader of untrusted files, a
+/// generator behind `serve`.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+}
+
 /// `gc --thin` removes an artifact's tensor files (an update's weights and optimizer state:
 /// 0.5 and 1 GB for SmolLM2-135M); config, tokenizer and metrics files stay.
 pub fn thinnable(file: &str) -> bool {
@@ -582,11 +589,7 @@ impl<'a> Engine<'a> {
             }
             Err(payload) => {
                 staging.discard();
-                let message = payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panic without a message".into());
+                let message = panic_message(payload.as_ref()).unwrap_or_else(|| "panic without a message".into());
                 return Err(EngineError::Panicked {
                     node: name,
                     key: key.to_string(),

@@ -193,7 +193,7 @@ impl TextGenerator for PolicyGenerator {
         };
         // libtorch reports allocation failures and shape errors of plain ops as panics.
         catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|payload| {
-            let msg = payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            let msg = crate::engine::panic_message(payload.as_ref()).unwrap_or_default();
             Err(anyhow::anyhow!("generation panicked: {}", msg.lines().next().unwrap_or("")))
         })
     }

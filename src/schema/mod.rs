@@ -76,7 +76,7 @@ fn guarded<T>(file: &str, read: impl FnOnce() -> Result<T, SchemaError>) -> Resu
 /// Used by every Parquet reader (artifacts, `show`, `judge FILE`, custom suites).
 pub fn catch_reader_panic<T, E>(read: impl FnOnce() -> Result<T, E>, on_panic: impl FnOnce(String) -> E) -> Result<T, E> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|payload| {
-        let message = payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+        let message = crate::engine::panic_message(payload.as_ref()).unwrap_or_default();
         Err(on_panic(format!("the Parquet reader failed on the file's bytes: {message}")))
     })
 }
