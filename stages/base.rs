@@ -4,16 +4,15 @@
 //! later stage reads GGUF. The same artifact is the frozen reference of every update.
 //! Also holds the helpers the rollout/update stages and the `generate` verb use to open a
 //! policy artifact (digest-verified) on the configured device.
-#[cfg(feature = "compute")]
-use anyhow::Context;
-#[cfg(feature = "compute")]
-use tch::Kind;
-
-#[cfg(feature = "compute")]
-use super::StageContext;
-#[cfg(feature = "compute")]
-use crate::model::Policy;
 use crate::spec::{Dtype, ModelFormat, Spec};
+// What `run` uses (compute only: the core crate builds params and keys, never runs a stage).
+#[cfg(feature = "compute")]
+use {
+    super::StageContext,
+    crate::model::{tch_device, tch_kind, Policy, POLICY_FILES},
+    anyhow::Context,
+    tch::Kind,
+};
 
 /// Bump when this stage's output for the same inputs would change.
 pub const VERSION: u32 = 1;
@@ -38,9 +37,6 @@ impl Params {
         super::to_key(self)
     }
 }
-
-#[cfg(feature = "compute")]
-use crate::model::{tch_device, tch_kind, POLICY_FILES};
 
 #[cfg(feature = "compute")]
 /// Open the policy artifact filling `role` (every file digest-checked first) on the run's

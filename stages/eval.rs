@@ -4,25 +4,21 @@
 //! `eval_attacker.parquet`, `eval_summary.parquet` (schema/eval.rs) and the manifest metrics.
 //! This file is the adapter: its params and key, its verified inputs (policy, dataset,
 //! judge-fit), the judge and embedder it loads, and its outputs.
-#[cfg(feature = "compute")]
-use anyhow::Context;
 use serde_json::{json, Value};
 
-#[cfg(feature = "compute")]
-use super::StageContext;
-#[cfg(feature = "compute")]
-use crate::judge::Embedder;
-#[cfg(feature = "compute")]
-use crate::model::Policy;
-#[cfg(feature = "compute")]
-use crate::schema::eval::{EvalAttackerSchema, EvalSchema, EvalSummarySchema};
-#[cfg(feature = "compute")]
-use crate::schema::seeds::SeedsSchema;
-use crate::spec::{Dtype, Spec};
-
-#[cfg(feature = "compute")]
-use crate::eval::protocol::{evaluate, EvalInputs, HOLDOUT_ATTACKER};
 use crate::eval::settings::EvalSettings;
+use crate::spec::{Dtype, Spec};
+// What `run` uses (compute only: the core crate builds params and keys, never runs a stage).
+#[cfg(feature = "compute")]
+use {
+    super::StageContext,
+    crate::eval::protocol::{evaluate, EvalInputs, HOLDOUT_ATTACKER},
+    crate::judge::Embedder,
+    crate::model::Policy,
+    crate::schema::eval::{EvalAttackerSchema, EvalSchema, EvalSummarySchema},
+    crate::schema::seeds::SeedsSchema,
+    anyhow::Context,
+};
 
 /// Bump when this stage's output for the same inputs would change.
 /// 2: decoding steps use the CPU decode kernel (src/model/kernels.rs), whose float rounding

@@ -30,16 +30,13 @@ pub mod schedule;
 #[cfg(feature = "compute")]
 pub mod update;
 
-#[cfg(feature = "compute")]
-pub use adam::{clip_grad_norm, Adam, AdamConfig, AdamStateError};
-#[cfg(feature = "compute")]
-pub use advantage::{kl_k1, normalise_per_role, prepare_advantages, returns_to_go, token_rewards, PreparedSample, RoleNormStats};
-#[cfg(feature = "compute")]
-pub use batch::{micro_batch_indices, RlSample, SftExample, TokenBatch};
-#[cfg(feature = "compute")]
-pub use loss::{next_token_logprobs, ppo_clip_loss, sft_loss, PolicyLoss};
-#[cfg(feature = "compute")]
-pub use metrics::{RoleMetrics, StepMetrics, UpdateMetrics};
 pub use schedule::CosineWithMinLr;
 #[cfg(feature = "compute")]
-pub use update::{run_update, sft_backward, NextTokenLogprobs, PolicyError, RlError, UpdateConfig};
+pub use {
+    adam::{clip_grad_norm, Adam, AdamConfig, AdamStateError},
+    advantage::{kl_k1, normalise_per_role, prepare_advantages, returns_to_go, token_rewards, PreparedSample, RoleNormStats},
+    batch::{micro_batch_indices, RlSample, SftExample, TokenBatch},
+    loss::{next_token_logprobs, ppo_clip_loss, sft_loss, PolicyLoss},
+    metrics::{RoleMetrics, StepMetrics, UpdateMetrics},
+    update::{run_update, sft_backward, NextTokenLogprobs, PolicyError, RlError, UpdateConfig},
+};
