@@ -245,7 +245,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve a policy (PATH or store REF) as an OpenAI-compatible completions server.
+    /// Serve a policy (PATH or store REF): OpenAI text completions, SGLang `/generate` and
+    /// vLLM token-id completions, with both engines' weight updates from disk.
     Serve {
         /// GGUF file, HF directory, or a policy artifact REF (`base`, `update@3`, a key).
         #[arg(long, value_name = "REF|PATH")]
@@ -277,6 +278,17 @@ pub enum Command {
         /// Deadline for one request (receiving the body and generating), in seconds.
         #[arg(long, default_value_t = crate::judge::server::DEFAULT_REQUEST_TIMEOUT.as_secs_f64())]
         request_timeout_s: f64,
+        /// Weight version reported before any weight update (default: `default`, as SGLang).
+        #[arg(long, value_name = "V")]
+        weight_version: Option<String>,
+        /// Prompts per model call (the request deadline is checked between calls).
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Admit prompt + new tokens up to N instead of the model config's context (as vLLM's
+        /// `--max-model-len`): local generation has no such limit, so a server that must give
+        /// the same rows as local generation needs it for prompts past the context.
+        #[arg(long, value_name = "N")]
+        max_model_len: Option<usize>,
     },
 }
 
@@ -472,9 +484,37 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             })?;
         }
         #[cfg(feature = "compute")]
-        Command::Serve { model, bind, name, fail_first, workers, iterations, auth_token_env, max_body_bytes, max_prompts, max_tokens, request_timeout_s } => {
-            let opts =
-                serve::ServeOptions { model, bind, name, fail_first, workers, auth_token_env, max_body_bytes, max_prompts, max_tokens, request_timeout_s };
+        Command::Serve {
+            model,
+            bind,
+            name,
+            fail_first,
+            workers,
+            iterations,
+            auth_token_env,
+            max_body_bytes,
+            max_prompts,
+            max_tokens,
+            request_timeout_s,
+            weight_version,
+            batch,
+            max_model_len,
+        } => {
+            let opts = serve::ServeOptions {
+                model,
+                bind,
+                name,
+                fail_first,
+                workers,
+                auth_token_env,
+                max_body_bytes,
+                max_prompts,
+                max_tokens,
+                request_timeout_s,
+                weight_version,
+                batch,
+                max_model_len,
+            };
             serve::serve(&Spec::load(&g.config)?, &g.store, iterations, &opts)?;
         }
         #[cfg(not(feature = "compute"))]

@@ -799,6 +799,7 @@ impl<'a> Engine<'a> {
             for a in &thinned {
                 self.store.thin(a, thinnable)?;
             }
+            sweep_serving_views(self.store.root(), &all, &victims, &thinned)?;
         }
         let verdict_cache = self.sweep_verdict_cache(all, &victims, dry_run)?;
         Ok(GcReport { removed: victims, thinned, verdict_cache })
@@ -950,6 +951,27 @@ pub fn explain(new: &KeyComponents, old: &KeyComponents) -> Vec<String> {
         out.push(format!("file {} was removed", o.name));
     }
     out
+}
+
+/// The `gc` part for server generation's views (`<store>/.serving/<artifact dir>/`, hard links
+/// made by src/remote/fleet.rs): a view whose artifact was removed or thinned goes, so its
+/// links do not keep deleted weights on disk; views are remade on demand.
+fn sweep_serving_views(root: &std::path::Path, all: &[Artifact], removed: &[Artifact], thinned: &[Artifact]) -> Result<()> {
+    let dir = root.join(".serving");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+    let name = |a: &Artifact| a.dir.file_name().map(std::ffi::OsStr::to_os_string);
+    let gone: HashSet<_> = removed.iter().chain(thinned).filter_map(name).collect();
+    let live: HashSet<_> = all.iter().filter_map(name).filter(|n| !gone.contains(n)).collect();
+    for e in entries.flatten() {
+        if !live.contains(&e.file_name()) {
+            std::fs::remove_dir_all(e.path()).map_err(|source| StoreError::Io {
+                root: root.to_path_buf(),
+                op: format!("remove {}", e.path().display()),
+                source,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod judge; // judge backends behind one trait; verdict cache
 #[cfg(feature = "compute")]
 pub mod model; // Llama-family decoder in tch, GGUF/HF loading, tokenizer, sampler, BERT
 pub mod plan; // spec -> concrete DAG of nodes with keys
+pub mod remote; // generation on inference servers (SGLang, vLLM, our own serve): wire format and the fleet client
 pub mod rl; // REINFORCE++: KL, returns, per-role normalisation, clipped loss, LR
 pub mod schema; // one module per Parquet artifact
 pub mod spec; // pipeline.yaml -> typed, validated spec

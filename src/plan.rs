@@ -90,18 +90,32 @@ pub fn judge_key_params(j: &JudgeParams) -> Value {
         JudgeBackend::Rules => json!({"backend": j.backend}),
         JudgeBackend::Wildguard => {
             let w = &j.wildguard;
-            match (&w.url, &w.model) {
+            match (w.url.as_ref().or(w.urls.first()), &w.model) {
                 // The served model's name (None: the client's default).
                 (Some(_), model) => json!({"backend": j.backend, "served_model": model}),
-                // A local checkpoint: its file name, as the judge names itself in verdicts
-                // (a path never enters a key; the checkpoint is not pinned yet).
-                (None, model) => {
-                    let name =
-                        model.as_deref().map(|m| std::path::Path::new(m).file_name().map_or_else(|| m.to_string(), |n| n.to_string_lossy().into_owned()));
-                    json!({"backend": j.backend, "local_model": name})
-                }
+                // A local checkpoint enters by its pinned files (`wildguard_files`), never by
+                // its path or folder name.
+                (None, _) => json!({"backend": j.backend, "local_model": "pinned"}),
             }
         }
+    }
+}
+
+/// A local WildGuard checkpoint (`judge.wildguard.model` without a URL) as pinned files: the
+/// one GGUF file, or every pinned file of the HF directory (spec.rs refuses a partial map).
+/// Empty for every other judge.
+pub fn wildguard_files(spec: &Spec) -> Vec<PinnedFile> {
+    let w = &spec.raw.judge.wildguard;
+    if spec.raw.judge.backend != JudgeBackend::Wildguard || !w.is_local() {
+        return Vec::new();
+    }
+    let path = spec.config_relative(w.model.as_deref().unwrap_or_default());
+    match &w.sha256 {
+        Some(crate::spec::Sha256Pins::File(s)) => vec![PinnedFile { name: "judge.wildguard.model".into(), sha256: s.clone(), path }],
+        Some(crate::spec::Sha256Pins::Dir(m)) => {
+            m.iter().map(|(f, s)| PinnedFile { name: format!("judge.wildguard.model/{f}"), sha256: s.clone(), path: path.join(f) }).collect()
+        }
+        None => Vec::new(),
     }
 }
 
@@ -235,7 +249,7 @@ impl Plan {
         // Every node that loads the embedder pins it: judge-fit, and with the probe backend
         // judge@i and eval@i too (they embed with it; verified before they run, even under
         // `run --only` while judge-fit is cached).
-        let judge_files = if probe { embedder_files(spec) } else { Vec::new() };
+        let judge_files = if probe { embedder_files(spec) } else { wildguard_files(spec) };
         if probe {
             nodes.push(node(StageKind::JudgeFit, None, vec![("dataset", id(StageKind::Dataset, None))], judge_files.clone()));
         }

@@ -584,12 +584,24 @@ impl Default for ProbeParams {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WildguardParams {
+    /// A completions endpoint (`http://host:8000/v1/completions`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Several completions endpoints serving the same model, instead of `url`: requests are
+    /// spread over all of them (`concurrency` per server), a server that stays down is
+    /// dropped (judge::http::CompletionsFleet). Not in any key, as `url` is not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
     /// With `url`: the served model's name (default `allenai/wildguard`). Without `url`: a
     /// local checkpoint (HF dir or GGUF), relative to the config file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// With a local `model`: its pins, as `base.model.sha256` (one string for a GGUF file, a
+    /// map file → sha256 of every file the loader reads for an HF directory). The pinned
+    /// files enter the keys of `judge@i` and `eval@i` and are verified before they run, so a
+    /// checkpoint replaced in the same folder is a new judge, never a stale cache hit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Sha256Pins>,
     /// Name of the environment variable holding the server's API key (never the key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
@@ -599,7 +611,14 @@ pub struct WildguardParams {
 }
 impl Default for WildguardParams {
     fn default() -> Self {
-        WildguardParams { url: None, model: None, api_key_env: None, concurrency: 8, timeout_s: 60, retries: 3 }
+        WildguardParams { url: None, urls: Vec::new(), model: None, sha256: None, api_key_env: None, concurrency: 8, timeout_s: 60, retries: 3 }
+    }
+}
+
+impl WildguardParams {
+    /// True when the judge runs a local checkpoint (no server URL).
+    pub fn is_local(&self) -> bool {
+        self.url.is_none() && self.urls.is_empty() && self.model.is_some()
     }
 }
 
@@ -814,6 +833,92 @@ impl Default for EvalParams {
     }
 }
 
+/// Where `rollout` and `eval` generate: in this process (`local`), or on inference servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GenerationBackend {
+    Local,
+    Server,
+}
+
+/// The protocol family of the servers (docs/remote.md): which routes load a policy and which
+/// body generates. `self-redteam` is this project's own `serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerEngine {
+    Sglang,
+    Vllm,
+    SelfRedteam,
+}
+
+impl ServerEngine {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerEngine::Sglang => "sglang",
+            ServerEngine::Vllm => "vllm",
+            ServerEngine::SelfRedteam => "self-redteam",
+        }
+    }
+}
+
+/// `generation:` — the generation backend shared by `rollout` and `eval` (src/remote/,
+/// docs/remote.md). Only `backend` and, with servers, `engine` enter keys: a server rollout and
+/// a local one are different artifacts; URLs, concurrency, timeouts and paths are how, not what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerationParams {
+    pub backend: GenerationBackend,
+    pub engine: ServerEngine,
+    /// Base URLs (`http://host:port`), each one server holding the whole model (data-parallel).
+    pub servers: Vec<String>,
+    /// Requests in flight per server.
+    pub concurrency: u32,
+    /// Prompts per request for engines that take a batch with per-prompt seeds (SGLang, ours);
+    /// vLLM gets one prompt per request (its `seed` is per request).
+    pub prompts_per_request: u32,
+    /// Seconds one request may take.
+    pub timeout_s: u32,
+    /// Retries of a failed request (connection error, 5xx, 429), with exponential backoff.
+    pub retries: u32,
+    /// The store directory as the servers see it (a shared filesystem mounted elsewhere);
+    /// unset = the same path as here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_store_path: Option<String>,
+    /// Largest mean |Δ log-prob| per canary token between a server and this runtime on the
+    /// same weights (nats). 0 demands bit equality.
+    pub canary_tolerance: f64,
+    /// Name of the environment variable holding the servers' API key (never the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+}
+impl Default for GenerationParams {
+    fn default() -> Self {
+        GenerationParams {
+            backend: GenerationBackend::Local,
+            engine: ServerEngine::SelfRedteam,
+            servers: Vec::new(),
+            concurrency: 4,
+            prompts_per_request: 8,
+            timeout_s: 600,
+            retries: 3,
+            server_store_path: None,
+            canary_tolerance: 0.05,
+            api_key_env: None,
+        }
+    }
+}
+
+impl GenerationParams {
+    /// What enters the keys of `rollout` and `eval`: nothing for local generation (so keys of
+    /// runs made before this setting existed hold), the engine family for servers.
+    pub fn key(&self) -> Option<serde_json::Value> {
+        match self.backend {
+            GenerationBackend::Local => None,
+            GenerationBackend::Server => Some(serde_json::json!({"backend": "server", "engine": self.engine.name()})),
+        }
+    }
+}
+
 /// The whole file as written (step 1). Every section is optional and defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -828,6 +933,7 @@ pub struct RawSpec {
     pub update: UpdateParams,
     pub sft: SftParams,
     pub eval: EvalParams,
+    pub generation: GenerationParams,
 }
 
 /// The validated spec (step 2): sections plus resolved absolute paths. The resolved paths
@@ -959,8 +1065,67 @@ impl Spec {
         ] {
             check_sha(path, sha)?;
         }
-        if raw.judge.backend == JudgeBackend::Wildguard && raw.judge.wildguard.url.is_none() && raw.judge.wildguard.model.is_none() {
+        if raw.judge.wildguard.url.is_some() && !raw.judge.wildguard.urls.is_empty() {
+            return Err(bad("judge.wildguard.urls", "give either `url` (one server) or `urls` (several), not both".into()));
+        }
+        if raw.judge.backend == JudgeBackend::Wildguard
+            && raw.judge.wildguard.url.is_none()
+            && raw.judge.wildguard.urls.is_empty()
+            && raw.judge.wildguard.model.is_none()
+        {
             return Err(bad("judge.wildguard", "the wildguard backend needs `url` (a server) or `model` (a local checkpoint)".into()));
+        }
+        let w = &raw.judge.wildguard;
+        if raw.judge.backend == JudgeBackend::Wildguard && w.is_local() {
+            let model = w.model.as_deref().unwrap_or_default();
+            let path = if Path::new(model).is_absolute() { PathBuf::from(model) } else { file.parent().map(Path::to_path_buf).unwrap_or_default().join(model) };
+            match &w.sha256 {
+                None => {
+                    return Err(bad(
+                        "judge.wildguard.sha256",
+                        "a local checkpoint must be pinned: one sha256 for a GGUF file, or a map file name → sha256 of every file of an HF directory".into(),
+                    ))
+                }
+                Some(Sha256Pins::File(sha)) => {
+                    check_sha("judge.wildguard.sha256", sha)?;
+                    if path.is_dir() {
+                        return Err(bad("judge.wildguard.sha256", format!("{} is a directory: pin every file the loader reads as a map", path.display())));
+                    }
+                }
+                Some(Sha256Pins::Dir(pins)) => {
+                    for (name, sha) in pins {
+                        if !is_safe_relative(name) {
+                            return Err(bad(
+                                &format!("judge.wildguard.sha256.{name}"),
+                                "must be a file name inside the model directory (no `..`, not absolute)".into(),
+                            ));
+                        }
+                        check_sha(&format!("judge.wildguard.sha256.{name}"), sha)?;
+                    }
+                    let missing = hf_dir_unpinned(&path, pins);
+                    if !missing.is_empty() {
+                        return Err(bad("judge.wildguard.sha256", format!("every file the loader reads must be pinned; missing: {}", missing.join(", "))));
+                    }
+                }
+            }
+        }
+        let g = &raw.generation;
+        if g.backend == GenerationBackend::Server && g.servers.is_empty() {
+            return Err(bad("generation.servers", "backend `server` needs at least one server URL (http://host:port)".into()));
+        }
+        for (i, url) in g.servers.iter().enumerate() {
+            let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+            if !rest.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace)) {
+                return Err(bad(&format!("generation.servers[{i}]"), format!("must be a base URL like http://host:8000, got {url:?}")));
+            }
+        }
+        if g.servers.iter().collect::<std::collections::BTreeSet<_>>().len() != g.servers.len() {
+            return Err(bad("generation.servers", "lists a server twice".into()));
+        }
+        if let Some(p) = &g.server_store_path {
+            if !Path::new(p).is_absolute() {
+                return Err(bad("generation.server_store_path", format!("must be an absolute path (the store as the servers see it), got {p:?}")));
+            }
         }
         let sft = &raw.sft;
         check_file("sft.source".into(), &sft.source)?;
@@ -1147,6 +1312,10 @@ pub fn number_bounds(raw: &RawSpec) -> (Vec<(String, u64, u64, u64)>, Vec<(Strin
         ("eval.max_answer_tokens", n(e.max_answer_tokens), 1, ANY),
         ("eval.max_new_tokens", n(e.max_new_tokens), 1, MAX_NEW_TOKENS),
         ("eval.batch_size", n(e.batch_size), 1, MAX_DECODE_ROWS),
+        ("generation.concurrency", n(raw.generation.concurrency), 1, 1024),
+        ("generation.prompts_per_request", n(raw.generation.prompts_per_request), 1, 1024),
+        ("generation.timeout_s", n(raw.generation.timeout_s), 1, 86_400),
+        ("generation.retries", n(raw.generation.retries), 0, 100),
     ]
     .into_iter()
     .map(|(path, v, lo, hi)| (path.to_string(), v, lo, hi))
@@ -1190,6 +1359,7 @@ pub fn number_bounds(raw: &RawSpec) -> (Vec<(String, u64, u64, u64)>, Vec<(Strin
         ("update.sft_coef", u.sft_coef, AtLeast(0.0)),
         ("sft.temperature", sft.temperature, AtLeast(0.0)),
         ("sft.top_p", sft.top_p, OpenClosed(0.0, 1.0)),
+        ("generation.canary_tolerance", raw.generation.canary_tolerance, AtLeast(0.0)),
     ]
     .into_iter()
     .map(|(path, v, range)| (path.to_string(), v, range))

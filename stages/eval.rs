@@ -42,10 +42,12 @@ pub struct Params {
     pub judge: crate::judge::JudgeSetup,
     /// `base.dtype`, not in the key (see `base::load_policy_input`).
     pub dtype: Dtype,
+    /// `generation`: only `GenerationParams::key` (server engine family) is in the key.
+    pub generation: crate::spec::GenerationParams,
 }
 
 pub fn params(spec: &Spec) -> Params {
-    Params { settings: EvalSettings::of(spec), judge: crate::judge::JudgeSetup::of(spec), dtype: spec.raw.base.dtype }
+    Params { settings: EvalSettings::of(spec), judge: crate::judge::JudgeSetup::of(spec), dtype: spec.raw.base.dtype, generation: spec.raw.generation.clone() }
 }
 
 impl Params {
@@ -58,11 +60,15 @@ impl Params {
         // output): eval@4 is the same artifact whether every is 2 or 4.
         m.remove("batch_size");
         m.remove("every");
-        json!({
+        let mut key = json!({
             "eval": eval, "judge": crate::plan::judge_key_params(&self.judge.params), "cot": s.cot,
             "attacker_sampling": super::to_key(&s.attacker_sampling),
             "template_digest": crate::game::template_digest().to_hex(),
-        })
+        });
+        if let Some(g) = self.generation.key() {
+            key.as_object_mut().expect("a map").insert("generation".into(), g);
+        }
+        key
     }
 }
 
@@ -96,6 +102,7 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
         if p.settings.eval.suites.contains_key(HOLDOUT_ATTACKER) { Some(crate::judge::build::load_embedder(&p.judge.embedder_dir, device)?) } else { None };
     let total: u64 = p.settings.eval.suites.iter().map(|(n, s)| crate::data::suite_subset(&seeds, n, s.subset, ctx.seed).len() as u64).sum();
     let adversarial = adversarial_suites(ctx.input("dataset")?.manifest());
+    let generator = ctx.generator(&p.generation, &policy, "policy")?;
     let bar = ctx.progress(total, "evaluating");
     let out = {
         let c: &StageContext<'_> = ctx;
@@ -109,7 +116,7 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
             run_seed: c.seed,
             adversarial: &adversarial,
             seeds: &seeds,
-            policy: &policy,
+            generator: &generator,
             judge: judge.as_ref(),
             embedder: embedder.as_ref().map(|e| e as &dyn Embedder),
             rng: &rng,
@@ -121,6 +128,7 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     ctx.output.write_parquet::<EvalSchema>(&out.rows)?;
     ctx.output.write_parquet::<EvalAttackerSchema>(&out.attacker)?;
     ctx.output.write_parquet::<EvalSummarySchema>(&out.summary)?;
+    ctx.write_generation_provenance(&[("policy", &generator)])?;
     for (k, v) in out.metrics {
         ctx.output.metric(&k, v);
     }

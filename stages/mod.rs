@@ -407,23 +407,81 @@ impl StageContext<'_> {
         &self.store_root
     }
 
-    /// Sample `prompts` (one seed each) batch by batch as `plan` groups them
-    /// (model::batching), with a progress bar and the Ctrl-C check before every decoding step;
-    /// results in input order.
+    /// Where this node samples with the policy of input `role`: this process, or the
+    /// servers of `generation` with that policy loaded and verified (src/remote/). The base
+    /// policy is the servers' startup model: checked, not loaded.
     #[cfg(feature = "compute")]
+    pub fn generator<'p>(
+        &self,
+        g: &crate::spec::GenerationParams,
+        policy: &'p crate::model::Policy,
+        role: &str,
+    ) -> anyhow::Result<crate::remote::Generator<'p>> {
+        let input = self.input(role)?;
+        let version = format!("{}:{}", input.node, input.manifest().key.short());
+        let load = !input.node.starts_with("base");
+        crate::remote::Generator::new(g, policy, &self.store_root, input.dir(), &version, load).with_context(|| format!("{}: generation servers", self.node))
+    }
+
+    /// Like `generator`, for a second policy on the same servers within this node (the frozen
+    /// defender of attacker-only rollouts): reuses `previous`'s hold on the fleet.
+    #[cfg(feature = "compute")]
+    pub fn next_generator<'p>(
+        &self,
+        previous: &crate::remote::Generator<'_>,
+        policy: &'p crate::model::Policy,
+        role: &str,
+    ) -> anyhow::Result<crate::remote::Generator<'p>> {
+        let input = self.input(role)?;
+        let version = format!("{}:{}", input.node, input.manifest().key.short());
+        let load = !input.node.starts_with("base");
+        previous.next(policy, &self.store_root, input.dir(), &version, load).with_context(|| format!("{}: generation servers", self.node))
+    }
+
+    /// Sample `prompts` (one seed each) batch by batch as `plan` groups them
+    /// (model::batching), with a progress bar and the Ctrl-C check before every decoding step
+    /// (between requests on servers); results in input order. `ids` name the rows in the
+    /// provenance of server generation.
+    #[cfg(feature = "compute")]
+    #[allow(clippy::too_many_arguments)]
     pub fn generate(
         &self,
-        policy: &crate::model::Policy,
+        generator: &crate::remote::Generator<'_>,
         prompts: &[Vec<crate::model::TokenId>],
         seeds: &[u64],
         params: &crate::model::SamplingParams,
         plan: &[Vec<usize>],
+        ids: &[String],
         what: &str,
     ) -> anyhow::Result<Vec<crate::model::Sample>> {
         let bar = self.progress(prompts.len() as u64, what);
-        policy
-            .generate_batched(prompts, seeds, params, plan, self.cancel, &mut |done| bar.set_position(done as u64))
+        generator
+            .generate(prompts, seeds, params, plan, ids, self.cancel, &mut |done| bar.set_position(done as u64))
             .with_context(|| format!("{}: sampling {what}", self.node))
+    }
+
+    /// Write what server generation recorded (`generation.parquet` and, per policy role and
+    /// server, the server in the manifest's metrics); nothing for local generation.
+    #[cfg(feature = "compute")]
+    pub fn write_generation_provenance(&mut self, generators: &[(&str, &crate::remote::Generator<'_>)]) -> anyhow::Result<()> {
+        let mut rows = Vec::new();
+        for (role, g) in generators {
+            let Some(part) = g.provenance() else { continue };
+            for (i, s) in g.servers().iter().enumerate() {
+                let at = format!("generation/{role}/server{i}");
+                self.output.metric(&format!("{at}/url"), &s.url);
+                self.output.metric(&format!("{at}/engine"), format!("{} {}", s.engine.name(), s.engine_version));
+                self.output.metric(&format!("{at}/weight_version"), &s.weight_version);
+                self.output.metric(&format!("{at}/canary_mean_abs_logprob_diff"), s.canary_mean_abs);
+                self.output.metric(&format!("{at}/rows"), part.iter().filter(|r| r.server == s.url).count());
+            }
+            rows.extend(part);
+        }
+        if generators.iter().all(|(_, g)| g.provenance().is_none()) {
+            return Ok(());
+        }
+        rows.sort_by(|a, b| a.item.cmp(&b.item));
+        self.output.write_parquet::<crate::schema::generation::GenerationSchema>(&rows)
     }
 
     /// The Ctrl-C flag, for long calls that check it themselves

@@ -15,6 +15,7 @@ use {
     super::StageContext,
     crate::game::{attack_turn, defender_prompt, public_text, render_prompt, rollout_sampling, turn_stats, AttackTurn, GameOptions},
     crate::model::{batching, Policy, Sample, TokenId},
+    crate::remote::Generator,
     crate::schema::prep::{PrepRow, PrepSchema},
     crate::schema::rollout::{GameRow, GamesSchema},
     rand::RngCore,
@@ -32,16 +33,22 @@ pub struct Params {
     pub rollout: RolloutParams,
     /// `base.dtype`, not in the key (see `base::load_policy_input`).
     pub dtype: Dtype,
+    /// `generation`: only `GenerationParams::key` (server engine family) is in the key.
+    pub generation: crate::spec::GenerationParams,
 }
 
 pub fn params(spec: &Spec) -> Params {
-    Params { rollout: spec.raw.rollout.clone(), dtype: spec.raw.base.dtype }
+    Params { rollout: spec.raw.rollout.clone(), dtype: spec.raw.base.dtype, generation: spec.raw.generation.clone() }
 }
 
 impl Params {
     pub fn key(&self) -> serde_json::Value {
         let mut v = super::to_key(&self.rollout);
-        v.as_object_mut().expect("rollout is a map").insert("template_digest".into(), serde_json::Value::String(crate::game::template_digest().to_hex()));
+        let m = v.as_object_mut().expect("rollout is a map");
+        m.insert("template_digest".into(), serde_json::Value::String(crate::game::template_digest().to_hex()));
+        if let Some(g) = self.generation.key() {
+            m.insert("generation".into(), g);
+        }
         v
     }
 }
@@ -78,20 +85,25 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     let att_idx: Vec<usize> = (0..games.len()).filter(|&i| games[i].attacker.is_some()).collect();
     let att_prompts: Vec<Vec<TokenId>> = att_idx.iter().map(|&i| games[i].attacker.as_ref().expect("filtered").1.clone()).collect();
     let att_seeds: Vec<u64> = att_idx.iter().map(|&i| seed_of(2 * u64::from(games[i].prep.row))).collect();
-    let att_samples = ctx.generate(&policy, &att_prompts, &att_seeds, &params, &batching::in_order(att_prompts.len(), batch), "attacker turns")?;
+    let att_ids: Vec<String> = att_idx.iter().map(|&i| format!("g{:05}/attacker", games[i].prep.row)).collect();
+    let generator = ctx.generator(&p.generation, &policy, "policy")?;
+    let att_samples = ctx.generate(&generator, &att_prompts, &att_seeds, &params, &batching::in_order(att_prompts.len(), batch), &att_ids, "attacker turns")?;
     let mut attacker_out: Vec<Option<Sample>> = vec![None; games.len()];
     for (&i, s) in att_idx.iter().zip(att_samples) {
         games[i].public_attack = public_text(&s.text, options.cot).text;
         attacker_out[i] = Some(s);
     }
 
-    // Turn 1: the defender (the frozen base model in attacker-only runs).
+    // Turn 1: the defender (the frozen base model in attacker-only runs, on the same
+    // servers once its weights are loaded there).
     let frozen;
-    let defender: &Policy = if options.defender_is_frozen() {
+    let frozen_generator;
+    let (defender, def_generator): (&Policy, &Generator<'_>) = if options.defender_is_frozen() {
         frozen = load_policy_input(ctx, "reference", p.dtype)?;
-        &frozen
+        frozen_generator = ctx.next_generator(&generator, &frozen, "reference")?;
+        (&frozen, &frozen_generator)
     } else {
-        &policy
+        (&policy, &generator)
     };
     let style = options.defender_style();
     let mut def_rendered = Vec::with_capacity(games.len());
@@ -100,7 +112,9 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     }
     let def_prompts: Vec<Vec<TokenId>> = def_rendered.iter().map(|(_, ids)| ids.clone()).collect();
     let def_seeds: Vec<u64> = games.iter().map(|g| seed_of(2 * u64::from(g.prep.row) + 1)).collect();
-    let def_samples = ctx.generate(defender, &def_prompts, &def_seeds, &params, &batching::in_order(def_prompts.len(), batch), "defender turns")?;
+    let def_ids: Vec<String> = games.iter().map(|g| format!("g{:05}/defender", g.prep.row)).collect();
+    let def_samples =
+        ctx.generate(def_generator, &def_prompts, &def_seeds, &params, &batching::in_order(def_prompts.len(), batch), &def_ids, "defender turns")?;
 
     let mut rows = Vec::with_capacity(games.len());
     for ((g, a), ((dtext, dids), d)) in games.into_iter().zip(attacker_out).zip(def_rendered.into_iter().zip(def_samples)) {
@@ -138,5 +152,10 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
         ctx.output.metric(&name, value);
     }
     ctx.output.write_parquet::<GamesSchema>(&rows)?;
+    if options.defender_is_frozen() {
+        ctx.write_generation_provenance(&[("policy", &generator), ("reference", def_generator)])?;
+    } else {
+        ctx.write_generation_provenance(&[("policy", &generator)])?;
+    }
     Ok(())
 }

@@ -101,7 +101,8 @@ pub struct EvalInputs<'a> {
     pub adversarial: &'a std::collections::BTreeSet<String>,
     /// The dataset artifact's seed table (eval suites and `holdout_attacker`).
     pub seeds: &'a [SeedRow],
-    pub policy: &'a Policy,
+    /// The policy, local or on the servers of `generation` (src/remote/).
+    pub generator: &'a crate::remote::Generator<'a>,
     pub judge: &'a dyn Judge,
     /// MiniLM; required when `holdout_attacker` is evaluated.
     pub embedder: Option<&'a dyn Embedder>,
@@ -148,13 +149,14 @@ fn generate_all(
     seeds: &[u64],
     params: &SamplingParams,
     batch: usize,
+    ids: &[String],
     what: &str,
 ) -> anyhow::Result<Vec<Sample>> {
     let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
     let plan = batching::length_capped(&lens, batch);
     inputs
-        .policy
-        .generate_batched(prompts, seeds, params, &plan, inputs.cancel, &mut |done| (inputs.progress)(what, done as u64))
+        .generator
+        .generate(prompts, seeds, params, &plan, ids, inputs.cancel, &mut |done| (inputs.progress)(what, done as u64))
         .with_context(|| format!("eval: generating {what}"))
 }
 
@@ -265,7 +267,7 @@ fn group_rows(suite: &str, category: &str, g: &GroupMetrics, kind: SuiteKind, ov
 pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
     let e = &inputs.params.eval;
     let cot = inputs.params.cot;
-    let policy = inputs.policy;
+    let policy = inputs.generator.policy();
     let batch = e.batch_size as usize;
     let rollout_params = inputs.params.attacker_sampling.sampling_params();
 
@@ -284,7 +286,8 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
     };
     // Per-row seeds: rows 0..n of the node's generator (unused when greedy).
     let seeds: Vec<u64> = gen_idx.iter().map(|i| if e.greedy { 0 } else { (inputs.rng)(*i as u64).next_u64() }).collect();
-    let samples = generate_all(inputs, &prompts, &seeds, &defender_params, batch, "defender suites")?;
+    let ids: Vec<String> = gen_idx.iter().map(|&i| format!("{}/{}", items[i].suite, items[i].prompt_id)).collect();
+    let samples = generate_all(inputs, &prompts, &seeds, &defender_params, batch, &ids, "defender suites")?;
     let mut generated: BTreeMap<usize, Sample> = gen_idx.iter().copied().zip(samples).collect();
 
     let mut rows = Vec::with_capacity(items.len());
@@ -415,7 +418,8 @@ pub fn evaluate(inputs: &EvalInputs<'_>) -> anyhow::Result<EvalOutput> {
         // Rows offset past the defender rows, so no seed is shared with a defender sample.
         let base = items.len() as u64;
         let seeds: Vec<u64> = (0..held.len() as u64).map(|j| if e.attacker_greedy { 0 } else { (inputs.rng)(base + j).next_u64() }).collect();
-        let samples = generate_all(inputs, &prompts, &seeds, &params, batch, "attacker revisions")?;
+        let ids: Vec<String> = held.iter().map(|s| format!("{HOLDOUT_ATTACKER}/{}", s.id)).collect();
+        let samples = generate_all(inputs, &prompts, &seeds, &params, batch, &ids, "attacker revisions")?;
         for (j, (s, sample)) in held.iter().zip(samples).enumerate() {
             let turn = public_text(&sample.text, cot);
             let violation = turn.violation.unwrap_or(false) || turn.text.is_empty();

@@ -383,6 +383,133 @@ impl CompletionsClient {
     }
 }
 
+/// Several completions servers serving one model (`judge.wildguard.urls`): requests of
+/// `prompts_per_request` prompts are spread over all of them, `concurrency` in flight per
+/// server. A request that fails for good on one server (its retries spent) drops that server
+/// for the rest of the batch and goes to another; a permanent failure (4xx, malformed reply)
+/// fails the batch at once, and so does the last server going down. One server behaves
+/// exactly as a lone `CompletionsClient`.
+#[derive(Debug)]
+pub struct CompletionsFleet {
+    clients: Vec<CompletionsClient>,
+}
+
+impl CompletionsFleet {
+    pub fn new(clients: Vec<CompletionsClient>) -> Result<Self, HttpError> {
+        if clients.is_empty() {
+            return Err(HttpError::Config("a judge fleet needs at least one server".into()));
+        }
+        Ok(Self { clients })
+    }
+
+    /// A fleet of one server.
+    pub fn one(client: CompletionsClient) -> Self {
+        Self { clients: vec![client] }
+    }
+
+    pub fn clients(&self) -> &[CompletionsClient] {
+        &self.clients
+    }
+
+    /// Who answers: one server's identity as is; for several, their URLs and the one served
+    /// model entry they must all report (servers that disagree cannot share a verdict cache).
+    pub fn served_identity(&self) -> Result<ServedIdentity, String> {
+        if let [one] = self.clients.as_slice() {
+            return one.served_identity().cloned().map_err(str::to_string);
+        }
+        let mut urls = Vec::new();
+        let mut served: Option<serde_json::Value> = None;
+        for c in &self.clients {
+            let id = c.served_identity().map_err(str::to_string)?;
+            let v: serde_json::Value = serde_json::from_str(&id.0).map_err(|e| format!("identity of {}: {e}", url_identity(&c.config.url)))?;
+            match &served {
+                None => served = Some(v["served"].clone()),
+                Some(s) if *s == v["served"] => {}
+                Some(s) => {
+                    return Err(format!("the judge servers serve different models: {} reports {} but another {s}", url_identity(&c.config.url), v["served"]))
+                }
+            }
+            urls.push(url_identity(&c.config.url));
+        }
+        urls.sort();
+        let model = &self.clients[0].config.model;
+        Ok(ServedIdentity(serde_json::json!({"urls": urls, "model": model, "served": served}).to_string()))
+    }
+
+    /// Complete every prompt greedily over the fleet; outputs in input order.
+    pub fn complete(&self, prompts: &[String], max_tokens: usize) -> Result<Vec<String>, HttpError> {
+        if let [one] = self.clients.as_slice() {
+            return one.complete(prompts, max_tokens);
+        }
+        let per = self.clients.iter().map(|c| c.config.prompts_per_request).min().unwrap_or(1).max(1);
+        let chunks: Vec<&[String]> = prompts.chunks(per).collect();
+        let results: Vec<Mutex<Option<Vec<String>>>> = chunks.iter().map(|_| Mutex::new(None)).collect();
+        let queue: Mutex<std::collections::VecDeque<usize>> = Mutex::new((0..chunks.len()).collect());
+        let alive: Vec<std::sync::atomic::AtomicBool> = self.clients.iter().map(|_| std::sync::atomic::AtomicBool::new(true)).collect();
+        let failure: Mutex<Option<HttpError>> = Mutex::new(None);
+        let pending = AtomicUsize::new(chunks.len());
+        std::thread::scope(|scope| {
+            for (s, client) in self.clients.iter().enumerate() {
+                for _ in 0..client.config.concurrency.min(chunks.len()).max(1) {
+                    let (chunks, results, queue, alive, failure, pending) = (&chunks, &results, &queue, &alive, &failure, &pending);
+                    scope.spawn(move || loop {
+                        if !alive[s].load(Ordering::SeqCst) || failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+                            return;
+                        }
+                        let Some(i) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                            // Requests in flight elsewhere may still come back to the queue
+                            // (their server dropped): wait for them before leaving.
+                            if pending.load(Ordering::SeqCst) == 0 {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(5));
+                            continue;
+                        };
+                        match client.complete_chunk(chunks[i], max_tokens) {
+                            Ok(texts) => {
+                                if let Ok(mut slot) = results[i].lock() {
+                                    *slot = Some(texts);
+                                }
+                                pending.fetch_sub(1, Ordering::SeqCst);
+                            }
+                            Err(e @ HttpError::Exhausted { .. }) => {
+                                tracing::warn!("judge server dropped for this batch: {e}");
+                                alive[s].store(false, Ordering::SeqCst);
+                                if let Ok(mut q) = queue.lock() {
+                                    q.push_front(i);
+                                }
+                                if alive.iter().all(|a| !a.load(Ordering::SeqCst)) {
+                                    if let Ok(mut f) = failure.lock() {
+                                        f.get_or_insert(e);
+                                    }
+                                }
+                                return;
+                            }
+                            Err(e) => {
+                                if let Ok(mut f) = failure.lock() {
+                                    f.get_or_insert(e);
+                                }
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        if let Some(e) = failure.into_inner().ok().flatten() {
+            return Err(e);
+        }
+        let mut out = Vec::with_capacity(prompts.len());
+        for (i, slot) in results.into_iter().enumerate() {
+            match slot.into_inner().ok().flatten() {
+                Some(texts) => out.extend(texts),
+                None => return Err(HttpError::Config(format!("judge fleet: request {i} was not answered by any server"))),
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn classify_transport_error(e: ureq::Error) -> Attempt {
     match e {
         ureq::Error::Timeout(_) | ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound | ureq::Error::Protocol(_) => {

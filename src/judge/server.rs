@@ -1,31 +1,57 @@
-//! A small OpenAI-compatible completions server (`POST /v1/completions`, `GET /v1/models`)
-//! over any `TextGenerator`: lets a local checkpoint serve as a judge for other machines, and
-//! gives the HTTP judge path a real server to be tested against. Called by the CLI (`serve`)
-//! and by tests. Greedy only: a request with `temperature` other than 0 is refused (400),
-//! since the generator cannot sample.
+//! A small inference server over any `TextGenerator`, speaking three protocols:
+//! - OpenAI text completions (`POST /v1/completions` with a text prompt, `GET /v1/models`):
+//!   greedy only (a text request with `temperature` other than 0 is refused, 400), prompts
+//!   passed to the generator as complete strings, no special tokens added
+//!   (`add_special_tokens: true` is refused). Lets a local checkpoint serve as a judge for
+//!   other machines, and gives the HTTP judge path a real server to be tested against.
+//! - SGLang's native API for RL generation (src/remote/wire.rs has the bodies): `POST /generate`
+//!   with `input_ids` (one prompt or a batch) and `sampling_params` (one for all prompts or one
+//!   per prompt, each with its own `sampling_seed`), output ids with the stop token kept,
+//!   output log-probs and, with `logprob_start_len: 0`, the prompt's own log-probs; the weight
+//!   update `POST /update_weights_from_disk` with `GET /get_weight_version`,
+//!   `POST /pause_generation`, `POST /continue_generation`, `POST /flush_cache`, and the info
+//!   routes `GET /get_server_info`, `GET /get_model_info`.
+//! - vLLM's OpenAI extensions for token ids: `POST /v1/completions` with `prompt` a list of
+//!   token ids (one prompt per request; `seed`, `min_tokens`, `top_k`, `stop_token_ids`,
+//!   `logprobs: 0`, `prompt_logprobs: 0`, `return_token_ids`, `return_tokens_as_token_ids`),
+//!   and the weight-transfer routes of the disk backend: `POST /init_weight_transfer_engine`,
+//!   `POST /start_weight_update`, `POST /update_weights {"update_info": {"path": DIR}}`,
+//!   `POST /finish_weight_update {"weight_version": V}`, `GET /weight_info`, `POST /pause`,
+//!   `POST /resume`, `GET /is_paused`, `POST /reset_prefix_cache`, `GET /version`.
 //!
-//! Prompts are passed to the generator as complete strings: no special tokens are added
-//! (`add_special_tokens: true` is refused).
+//! Token-id requests sample (temperature, top-p, top-k, per-row seeds) through
+//! `TextGenerator::sample_tokens`; a row's tokens depend only on its prompt, settings and
+//! seed, not on how rows are grouped into requests. A temperature below 1e-6 is greedy (as
+//! SGLang does). Every reply reports the weight version it was generated with: generation
+//! holds the weight state for reading, a weight update holds it for writing, so no reply
+//! mixes two versions. The weight version starts at `ServerOptions::weight_version`
+//! (SGLang's `"default"`), and `GET /v1/models` reports the current weights digest as `root`.
+//! Anyone who can reach the server can make it load any checkpoint path of its machine:
+//! bind to loopback or set a bearer token.
 //!
 //! Hardening (every request gets an answer and none can take the server down):
-//! - limits, checked by the pure `parse_request` before any generation: body bytes (413),
-//!   prompts per request, `max_tokens`, and prompt tokens + `max_tokens` within the model's
-//!   context (400, with the offending field in `error.param`, as OpenAI does);
+//! - limits, checked by the pure parsers (`parse_request`, `parse_generate`,
+//!   `parse_token_completion`) before any generation: body bytes (413), prompts per request,
+//!   `max_tokens`, prompt tokens + `max_tokens` within the model's context, token ids below
+//!   the vocabulary size (400, with the offending field in `error.param`, as OpenAI does);
 //! - a whole-request deadline: reading the body runs on a helper thread the worker waits on
 //!   (408 when it does not arrive), and generation is split into batches with the deadline
 //!   checked between them (504), so one slow client never holds the worker for good;
 //! - a generator panic is caught and answered 500, and the worker keeps serving (the policy
 //!   lock is never poisoned: see `build::PolicyGenerator`);
-//! - an optional bearer token (401 without it), compared in constant time.
+//! - an optional bearer token (401 without it) on every route but `GET /health`, compared in
+//!   constant time.
 //!
-//! `fail_first` makes the first N completions requests answer HTTP 503 (to exercise client
-//! retries).
+//! `fail_first` makes the first N generation requests (`/v1/completions` and `/generate`)
+//! answer HTTP 503 (to exercise client retries). While generation is paused
+//! (`/pause_generation` or `/pause`), token-id generation requests are answered 503; text
+//! completions (the judge path) are not paused.
 
 use std::io::Read;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -33,6 +59,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::TextGenerator;
+use crate::remote::wire::{
+    OneOrMany, SglangFinishReason, SglangGenerateRequest, SglangGenerateResponse, SglangLogprob, SglangMetaInfo, SglangUpdateWeightsRequest,
+    SglangUpdateWeightsResponse, TokenCompletion, TokenSampling, VllmCompletionRequest, VllmFinishWeightUpdate, VllmTokenLogprob, VllmUpdateWeightsRequest,
+    WeightVersion,
+};
 
 /// A bearer token, held only as its blake3 hash: `blake3::Hash` compares in constant time,
 /// and hashing first also hides the token's length from timing. Debug never prints it.
@@ -65,8 +96,15 @@ pub struct ServerOptions {
     pub model_name: String,
     /// Reported as `root` by `GET /v1/models` (vLLM puts the model path there; `serve`
     /// puts the weights digest, so a client can tell two checkpoints behind one name apart).
+    /// A weight update replaces it with what `TextGenerator::reload` returns.
     pub model_root: Option<String>,
-    /// Answer the first N completions requests with HTTP 503 (`usize::MAX` = always).
+    /// Weight version before any update (SGLang's default: `"default"`); a weight update
+    /// sets it (`weight_version` of `/update_weights_from_disk` or `/finish_weight_update`).
+    pub weight_version: String,
+    /// Reported as `model_path` (`/get_server_info`, `/get_model_info`); a weight update sets
+    /// it to the path loaded.
+    pub model_path: Option<String>,
+    /// Answer the first N generation requests with HTTP 503 (`usize::MAX` = always).
     pub fail_first: usize,
     /// Threads taking requests.
     pub workers: usize,
@@ -78,7 +116,7 @@ pub struct ServerOptions {
     pub max_prompts: usize,
     /// Deadline for the whole request: receiving the body and generating.
     pub request_timeout: Duration,
-    /// Prompts per generator call; the deadline is checked between calls.
+    /// Prompts per generator call (text and token ids); the deadline is checked between calls.
     pub batch: usize,
     /// When set, every request must carry `Authorization: Bearer TOKEN` (else 401).
     pub auth_token: Option<BearerToken>,
@@ -93,12 +131,17 @@ pub const DEFAULT_MAX_PROMPTS: usize = 64;
 /// server answers what the client still waits for.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Default `weight_version`: SGLang's before any update.
+pub const DEFAULT_WEIGHT_VERSION: &str = "default";
+
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             bind: "127.0.0.1:0".into(),
             model_name: "local".into(),
             model_root: None,
+            weight_version: DEFAULT_WEIGHT_VERSION.into(),
+            model_path: None,
             fail_first: 0,
             workers: 2,
             max_tokens_limit: 4096,
@@ -178,7 +221,12 @@ impl Rejection {
         Rejection { status: 400, field: Some(field), message }
     }
     fn body(&self) -> serde_json::Value {
-        let kind = if self.status == 413 { "request_too_large" } else { "invalid_request_error" };
+        let kind = match self.status {
+            413 => "request_too_large",
+            409 => "conflict",
+            503 => "unavailable",
+            _ => "invalid_request_error",
+        };
         json!({"error": {"message": self.message, "type": kind, "param": self.field, "code": null}})
     }
 }
@@ -231,6 +279,301 @@ pub fn parse_request(body: &[u8], options: &ServerOptions, generator: &dyn TextG
     Ok(ValidRequest { prompts, max_tokens: parsed.max_tokens, model: parsed.model })
 }
 
+/// What `/v1/completions` got as `prompt`: text (the judge path), one token-id prompt, or a
+/// list of token-id prompts (refused: one token-id prompt per request, as vLLM's `seed` is
+/// per request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptKind {
+    Text,
+    TokenIds,
+    TokenIdBatch,
+}
+
+/// Classifies a `/v1/completions` body by its `prompt` (anything unparsable is `Text`, so the
+/// text path reports the JSON error as before). Pure; never panics.
+pub fn completions_prompt_kind(body: &[u8]) -> PromptKind {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return PromptKind::Text };
+    let Some(items) = v.get("prompt").and_then(|p| p.as_array()).filter(|a| !a.is_empty()) else { return PromptKind::Text };
+    if items.iter().all(serde_json::Value::is_number) {
+        PromptKind::TokenIds
+    } else if items.iter().all(|i| i.as_array().is_some_and(|a| a.iter().all(serde_json::Value::is_number))) {
+        PromptKind::TokenIdBatch
+    } else {
+        PromptKind::Text
+    }
+}
+
+/// A temperature below this samples greedily (SGLang's `_SAMPLING_EPS`): dividing logits by
+/// it would overflow.
+pub const GREEDY_BELOW_TEMPERATURE: f64 = 1e-6;
+
+/// A `POST /generate` that passed every check of `parse_generate`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidGenerate {
+    pub prompts: Vec<Vec<u32>>,
+    /// One per prompt.
+    pub params: Vec<TokenSampling>,
+    /// `input_ids` was one flat list: the reply is one object, not a list.
+    pub single: bool,
+    pub return_logprob: bool,
+    /// With `return_logprob`: prompt log-probs from this position on (`logprob_start_len`).
+    pub logprob_start: Option<usize>,
+}
+
+/// A token-id `POST /v1/completions` that passed every check of `parse_token_completion`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidTokenCompletion {
+    pub prompt: Vec<u32>,
+    pub params: TokenSampling,
+    pub model: Option<String>,
+    /// `logprobs: 0`: the sampled tokens' log-probs.
+    pub logprobs: bool,
+    /// `prompt_logprobs: 0`: each prompt token's own log-prob.
+    pub prompt_logprobs: bool,
+    pub return_token_ids: bool,
+    pub tokens_as_ids: bool,
+}
+
+/// Request field names of one protocol, for `Rejection::field`.
+struct Fields {
+    prompt: &'static str,
+    max: &'static str,
+    min: &'static str,
+}
+
+const SGLANG_FIELDS: Fields = Fields { prompt: "input_ids", max: "max_new_tokens", min: "min_new_tokens" };
+const VLLM_FIELDS: Fields = Fields { prompt: "prompt", max: "max_tokens", min: "min_tokens" };
+
+/// The body as JSON, within the body limit (413 past it, 400 when it is not JSON).
+fn json_value(body: &[u8], options: &ServerOptions) -> Result<serde_json::Value, Rejection> {
+    if body.len() > options.max_body_bytes {
+        return Err(Rejection { status: 413, field: None, message: format!("request body over {} bytes", options.max_body_bytes) });
+    }
+    serde_json::from_slice(body).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") })
+}
+
+/// `T` from a JSON body (an empty body reads as `{}`).
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], options: &ServerOptions) -> Result<T, Rejection> {
+    let v = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { json_value(body, options)? };
+    serde_json::from_value(v).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") })
+}
+
+/// 400 naming `field` when the body sets it to something this server does not do.
+fn refuse_field(v: &serde_json::Value, field: &'static str, unsupported: impl Fn(&serde_json::Value) -> bool, message: &str) -> Result<(), Rejection> {
+    match v.get(field) {
+        Some(x) if unsupported(x) => Err(Rejection::bad(field, message.to_string())),
+        _ => Ok(()),
+    }
+}
+
+fn top_k_ok(top_k: i64) -> Result<(), Rejection> {
+    if top_k < -1 {
+        return Err(Rejection::bad("top_k", format!("top_k must be -1 (off), 0 (off) or a positive count, got {top_k}")));
+    }
+    Ok(())
+}
+
+/// Checks one prompt and its settings against the server's limits and the model (vocabulary,
+/// context); returns the settings as sampled (a near-zero temperature made greedy).
+fn check_row(
+    i: usize,
+    prompt: &[u32],
+    mut s: TokenSampling,
+    f: &Fields,
+    options: &ServerOptions,
+    generator: &dyn TextGenerator,
+) -> Result<TokenSampling, Rejection> {
+    if prompt.is_empty() {
+        return Err(Rejection::bad(f.prompt, format!("prompt {i} is empty (no tokens)")));
+    }
+    if let Some(vocab) = generator.vocab_size() {
+        if let Some(j) = prompt.iter().position(|&t| t as usize >= vocab) {
+            return Err(Rejection::bad(f.prompt, format!("prompt {i}: token id {} at position {j} is not below the vocabulary size {vocab}", prompt[j])));
+        }
+        if let Some(&t) = s.stop_token_ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Rejection::bad("stop_token_ids", format!("prompt {i}: stop token id {t} is not below the vocabulary size {vocab}")));
+        }
+    }
+    if !(s.temperature.is_finite() && s.temperature >= 0.0) {
+        return Err(Rejection::bad("temperature", format!("prompt {i}: temperature must be a number >= 0, got {}", s.temperature)));
+    }
+    if s.temperature < GREEDY_BELOW_TEMPERATURE {
+        s.temperature = 0.0;
+    }
+    if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+        return Err(Rejection::bad("top_p", format!("prompt {i}: top_p must be in (0, 1], got {}", s.top_p)));
+    }
+    if s.max_new_tokens > options.max_tokens_limit {
+        return Err(Rejection::bad(f.max, format!("{} {} is over this server's limit of {}", f.max, s.max_new_tokens, options.max_tokens_limit)));
+    }
+    if s.min_new_tokens > s.max_new_tokens {
+        return Err(Rejection::bad(f.min, format!("{} {} is over {} {}", f.min, s.min_new_tokens, f.max, s.max_new_tokens)));
+    }
+    if let Some(context) = generator.context_tokens() {
+        let n = prompt.len();
+        if n.saturating_add(s.max_new_tokens) > context {
+            return Err(Rejection::bad(
+                f.max,
+                format!("prompt {i} has {n} tokens; with {} {} that is over the model's context of {context} tokens", f.max, s.max_new_tokens),
+            ));
+        }
+    }
+    Ok(s)
+}
+
+/// Parse and validate a SGLang `POST /generate` body, without a socket (see `parse_request`).
+/// Pure apart from the generator's sizes (vocabulary, context); never panics on any input.
+pub fn parse_generate(body: &[u8], options: &ServerOptions, generator: &dyn TextGenerator) -> Result<ValidGenerate, Rejection> {
+    let v = json_value(body, options)?;
+    refuse_field(&v, "text", |x| !x.is_null(), "this server takes token ids only: send input_ids, not text")?;
+    refuse_field(&v, "input_embeds", |x| !x.is_null(), "this server takes token ids only: send input_ids")?;
+    refuse_field(&v, "stream", |x| x.as_bool() == Some(true), "streaming is not supported: send stream=false or omit it")?;
+    let parsed: SglangGenerateRequest =
+        serde_json::from_value(v).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") })?;
+    let single = matches!(parsed.input_ids, OneOrMany::One(_));
+    let prompts = parsed.input_ids.into_vec();
+    if prompts.is_empty() {
+        return Err(Rejection::bad("input_ids", "input_ids is an empty list".into()));
+    }
+    if prompts.len() > options.max_prompts {
+        return Err(Rejection::bad("input_ids", format!("{} prompts in one request; this server takes at most {}", prompts.len(), options.max_prompts)));
+    }
+    let sampling = match parsed.sampling_params {
+        OneOrMany::One(s) => vec![s; prompts.len()],
+        OneOrMany::Many(list) if list.len() == prompts.len() => list,
+        OneOrMany::Many(list) => {
+            return Err(Rejection::bad(
+                "sampling_params",
+                format!("{} sampling_params for {} prompts: send one for all or one per prompt", list.len(), prompts.len()),
+            ))
+        }
+    };
+    let mut params = Vec::with_capacity(prompts.len());
+    for (i, (p, s)) in prompts.iter().zip(&sampling).enumerate() {
+        top_k_ok(s.top_k)?;
+        params.push(check_row(i, p, s.to_token_sampling(), &SGLANG_FIELDS, options, generator)?);
+    }
+    let logprob_start = match parsed.logprob_start_len {
+        _ if !parsed.return_logprob => None,
+        -1 => None,
+        k if k < -1 => return Err(Rejection::bad("logprob_start_len", format!("logprob_start_len must be -1 or a prompt position, got {k}"))),
+        k => {
+            let shortest = prompts.iter().map(Vec::len).min().unwrap_or(0);
+            match usize::try_from(k) {
+                Ok(k) if k < shortest => Some(k),
+                _ => {
+                    return Err(Rejection::bad(
+                        "logprob_start_len",
+                        format!("logprob_start_len {k} is not a position of every prompt (shortest: {shortest} tokens)"),
+                    ))
+                }
+            }
+        }
+    };
+    Ok(ValidGenerate { prompts, params, single, return_logprob: parsed.return_logprob, logprob_start })
+}
+
+/// Parse and validate a vLLM token-id `POST /v1/completions` body (one prompt of token ids),
+/// without a socket. Pure apart from the generator's sizes; never panics on any input.
+pub fn parse_token_completion(body: &[u8], options: &ServerOptions, generator: &dyn TextGenerator) -> Result<ValidTokenCompletion, Rejection> {
+    let v = json_value(body, options)?;
+    refuse_field(&v, "stream", |x| x.as_bool() == Some(true), "streaming is not supported: send stream=false or omit it")?;
+    refuse_field(&v, "echo", |x| x.as_bool() == Some(true), "echo is not supported")?;
+    refuse_field(&v, "n", |x| !x.is_null() && x.as_u64() != Some(1), "one completion per request: n must be 1")?;
+    refuse_field(&v, "best_of", |x| !x.is_null() && x.as_u64() != Some(1), "best_of must be 1")?;
+    let parsed: VllmCompletionRequest =
+        serde_json::from_value(v).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") })?;
+    if parsed.logprobs.is_some_and(|k| k > 0) {
+        return Err(Rejection::bad("logprobs", "only logprobs=0 (the sampled token's log-prob) is supported".into()));
+    }
+    if parsed.prompt_logprobs.is_some_and(|k| k > 0) {
+        return Err(Rejection::bad("prompt_logprobs", "only prompt_logprobs=0 (each prompt token's own log-prob) is supported".into()));
+    }
+    top_k_ok(parsed.top_k)?;
+    let params = check_row(0, &parsed.prompt, parsed.to_token_sampling(), &VLLM_FIELDS, options, generator)?;
+    Ok(ValidTokenCompletion {
+        params,
+        model: parsed.model,
+        logprobs: parsed.logprobs.is_some(),
+        prompt_logprobs: parsed.prompt_logprobs.is_some(),
+        return_token_ids: parsed.return_token_ids,
+        tokens_as_ids: parsed.return_tokens_as_token_ids,
+        prompt: parsed.prompt,
+    })
+}
+
+/// The `mode` of vLLM's `POST /pause?mode=…` (`abort`, `wait` or `keep`; none is fine).
+/// Every mode pauses the same way here: requests already generating finish (a weight update
+/// waits for them), new generation requests are answered 503 until `/resume`.
+pub fn parse_pause_mode(query: &str) -> Result<Option<String>, Rejection> {
+    let mode = query.split('&').find_map(|kv| kv.strip_prefix("mode="));
+    match mode {
+        None => Ok(None),
+        Some(m @ ("abort" | "wait" | "keep")) => Ok(Some(m.to_string())),
+        Some(m) => Err(Rejection::bad("mode", format!("pause mode must be abort, wait or keep, got {m:?}"))),
+    }
+}
+
+/// Every route: (method, path, route). The 404 reply lists them.
+const ROUTES: &[(&str, &str, Route)] = &[
+    ("GET", "/health", Route::Health),
+    ("GET", "/v1/models", Route::Models),
+    ("GET", "/version", Route::Version),
+    ("GET", "/get_server_info", Route::ServerInfo),
+    ("GET", "/get_model_info", Route::ModelInfo),
+    ("GET", "/get_weight_version", Route::WeightVersion),
+    ("GET", "/weight_info", Route::WeightVersion),
+    ("GET", "/is_paused", Route::IsPaused),
+    ("POST", "/v1/completions", Route::Completions),
+    ("POST", "/generate", Route::Generate),
+    ("POST", "/update_weights_from_disk", Route::UpdateWeightsFromDisk),
+    ("POST", "/pause_generation", Route::PauseGeneration),
+    ("POST", "/continue_generation", Route::ContinueGeneration),
+    ("POST", "/flush_cache", Route::FlushCache),
+    ("POST", "/init_weight_transfer_engine", Route::InitWeightTransfer),
+    ("POST", "/start_weight_update", Route::StartWeightUpdate),
+    ("POST", "/update_weights", Route::UpdateWeights),
+    ("POST", "/finish_weight_update", Route::FinishWeightUpdate),
+    ("POST", "/pause", Route::Pause),
+    ("POST", "/resume", Route::Resume),
+    ("POST", "/reset_prefix_cache", Route::ResetPrefixCache),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Health,
+    Models,
+    Version,
+    ServerInfo,
+    ModelInfo,
+    WeightVersion,
+    IsPaused,
+    Completions,
+    Generate,
+    UpdateWeightsFromDisk,
+    PauseGeneration,
+    ContinueGeneration,
+    FlushCache,
+    InitWeightTransfer,
+    StartWeightUpdate,
+    UpdateWeights,
+    FinishWeightUpdate,
+    Pause,
+    Resume,
+    ResetPrefixCache,
+    NotFound,
+}
+
+impl Route {
+    fn of(method: &tiny_http::Method, path: &str) -> Route {
+        ROUTES.iter().find(|(m, p, _)| *m == method.as_str() && *p == path).map_or(Route::NotFound, |r| r.2)
+    }
+    /// Reads of the server's identity and state, which `requests_seen` leaves out.
+    fn is_info(self) -> bool {
+        matches!(self, Route::Health | Route::Models | Route::Version | Route::ServerInfo | Route::ModelInfo | Route::WeightVersion | Route::IsPaused)
+    }
+}
+
 /// A running server; stops (and joins its threads) when dropped.
 pub struct CompletionsServer {
     server: Arc<tiny_http::Server>,
@@ -239,15 +582,34 @@ pub struct CompletionsServer {
     requests_seen: Arc<AtomicUsize>,
 }
 
+/// What the served weights are (changed only by a weight update, under the write lock).
+struct Weights {
+    version: String,
+    model_path: Option<String>,
+    root: Option<String>,
+}
+
+/// vLLM's weight-transfer handshake.
+#[derive(Default)]
+struct Transfer {
+    initialised: bool,
+    started: bool,
+}
+
 /// What the workers share.
 struct Shared<G> {
     generator: G,
     options: ServerOptions,
-    /// Requests received, except `GET /v1/models` (see `requests_seen`).
+    /// Requests received, except the info reads (see `requests_seen`).
     seen: Arc<AtomicUsize>,
-    /// Completions requests that passed authentication (`fail_first` counts these).
-    completions: AtomicUsize,
+    /// Generation requests that passed authentication (`fail_first` counts these).
+    generation_requests: AtomicUsize,
     pending_reads: Arc<AtomicUsize>,
+    /// Generation reads it for a whole request (so a reply names the version it was made
+    /// with); a weight update writes it around the reload.
+    weights: RwLock<Weights>,
+    paused: AtomicBool,
+    transfer: Mutex<Transfer>,
 }
 
 impl CompletionsServer {
@@ -259,12 +621,16 @@ impl CompletionsServer {
         let addr = server.server_addr().to_ip().ok_or_else(|| ServerError::Bind { bind: options.bind.clone(), detail: "not an IP listener".into() })?;
         let server = Arc::new(server);
         let requests_seen = Arc::new(AtomicUsize::new(0));
+        let weights = Weights { version: options.weight_version.clone(), model_path: options.model_path.clone(), root: options.model_root.clone() };
         let shared = Arc::new(Shared {
             generator,
             options,
             seen: Arc::clone(&requests_seen),
-            completions: AtomicUsize::new(0),
+            generation_requests: AtomicUsize::new(0),
             pending_reads: Arc::new(AtomicUsize::new(0)),
+            weights: RwLock::new(weights),
+            paused: AtomicBool::new(false),
+            transfer: Mutex::new(Transfer::default()),
         });
         let workers = (0..shared.options.workers.max(1))
             .map(|_| {
@@ -289,14 +655,21 @@ impl CompletionsServer {
         self.addr
     }
 
+    /// `http://ADDR` (every route is under it).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// `http://ADDR/v1/completions`.
     pub fn completions_url(&self) -> String {
         format!("http://{}/v1/completions", self.addr)
     }
 
-    /// Requests received so far (including the ones answered 503, 4xx or 401), except
-    /// `GET /v1/models`: clients read that once to establish the server's identity, and a
-    /// count of completions traffic should not move with it.
+    /// Requests received so far (including the ones answered 503, 4xx or 401), except the
+    /// reads of the server's identity and state (`GET /v1/models`, `/health`, `/version`,
+    /// `/get_server_info`, `/get_model_info`, `/get_weight_version`, `/weight_info`,
+    /// `/is_paused`): clients read those to establish what is served, and a count of
+    /// generation traffic should not move with them.
     pub fn requests_seen(&self) -> usize {
         self.requests_seen.load(Ordering::SeqCst)
     }
@@ -323,8 +696,27 @@ fn respond_json(request: tiny_http::Request, status: u16, body: serde_json::Valu
     let _ = request.respond(response);
 }
 
+fn respond_text(request: tiny_http::Request, status: u16, body: &str) {
+    let _ = request.respond(tiny_http::Response::from_string(body).with_status_code(status));
+}
+
+fn respond_rejection(request: tiny_http::Request, r: &Rejection) {
+    respond_json(request, r.status, r.body())
+}
+
 fn error_body(message: &str, kind: &str) -> serde_json::Value {
     json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
+}
+
+/// An error answer: (HTTP status, body).
+type Failure = (u16, serde_json::Value);
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn handle<G: TextGenerator>(request: tiny_http::Request, shared: &Shared<G>) {
@@ -336,68 +728,394 @@ fn handle<G: TextGenerator>(request: tiny_http::Request, shared: &Shared<G>) {
         std::mem::forget(request.upgrade("close", response));
         return;
     }
-    let path = request.url().split('?').next().unwrap_or("").to_string();
-    let models = request.method() == &tiny_http::Method::Get && path == "/v1/models";
-    if !models {
+    let (path, query) = match request.url().split_once('?') {
+        Some((p, q)) => (p.to_string(), q.to_string()),
+        None => (request.url().to_string(), String::new()),
+    };
+    let route = Route::of(request.method(), &path);
+    if !route.is_info() {
         shared.seen.fetch_add(1, Ordering::SeqCst);
     }
-    if let Some(token) = &options.auth_token {
+    if let (Some(token), false) = (&options.auth_token, route == Route::Health) {
         let auth = request.headers().iter().find(|h| h.field.equiv("Authorization")).map(|h| h.value.as_str());
         if !token.accepts(auth) {
             return respond_json(request, 401, error_body("missing or wrong bearer token (Authorization: Bearer ...)", "authentication_error"));
         }
     }
-    if models {
-        let o = options;
-        return respond_json(
-            request,
-            200,
-            json!({"object": "list", "data": [{"id": o.model_name, "object": "model", "created": 0, "owned_by": "self-redteam", "root": o.model_root}]}),
-        );
+    let deadline = Instant::now() + options.request_timeout;
+    match route {
+        Route::Health => respond_json(request, 200, json!({})),
+        Route::Models => models(request, shared),
+        Route::Version => respond_json(request, 200, json!({"version": env!("CARGO_PKG_VERSION")})),
+        Route::ServerInfo => {
+            let w = read(&shared.weights);
+            let body = json!({"version": env!("CARGO_PKG_VERSION"), "weight_version": w.version, "model_path": w.model_path});
+            drop(w);
+            respond_json(request, 200, body)
+        }
+        Route::ModelInfo => {
+            let w = read(&shared.weights);
+            let body = json!({"model_path": w.model_path, "weight_version": w.version, "is_generation": true});
+            drop(w);
+            respond_json(request, 200, body)
+        }
+        Route::WeightVersion => {
+            let body = json!(WeightVersion { weight_version: Some(read(&shared.weights).version.clone()) });
+            respond_json(request, 200, body)
+        }
+        Route::IsPaused => respond_json(request, 200, json!({"is_paused": shared.paused.load(Ordering::SeqCst)})),
+        Route::Completions | Route::Generate => generation(request, route, shared, deadline),
+        Route::UpdateWeightsFromDisk => update_weights_from_disk(request, shared, deadline),
+        Route::PauseGeneration => {
+            shared.paused.store(true, Ordering::SeqCst);
+            respond_json(request, 200, json!({"message": "Generation paused successfully.", "status": "ok"}))
+        }
+        Route::ContinueGeneration => {
+            shared.paused.store(false, Ordering::SeqCst);
+            respond_json(request, 200, json!({"message": "Generation continued successfully.", "status": "ok"}))
+        }
+        Route::Pause => match parse_pause_mode(&query) {
+            Ok(_) => {
+                shared.paused.store(true, Ordering::SeqCst);
+                respond_json(request, 200, json!({"status": "paused"}))
+            }
+            Err(r) => respond_rejection(request, &r),
+        },
+        Route::Resume => {
+            shared.paused.store(false, Ordering::SeqCst);
+            respond_json(request, 200, json!({"status": "resumed"}))
+        }
+        // There is no cache: every request is computed from its prompt.
+        Route::FlushCache => respond_text(request, 200, "Cache flushed."),
+        Route::ResetPrefixCache => respond_text(request, 200, ""),
+        Route::InitWeightTransfer => {
+            shared.transfer.lock().unwrap_or_else(PoisonError::into_inner).initialised = true;
+            respond_json(request, 200, json!({}))
+        }
+        Route::StartWeightUpdate => start_weight_update(request, shared),
+        Route::UpdateWeights => update_weights(request, shared, deadline),
+        Route::FinishWeightUpdate => finish_weight_update(request, shared, deadline),
+        Route::NotFound => {
+            let served: Vec<String> = ROUTES.iter().map(|(m, p, _)| format!("{m} {p}")).collect();
+            let message = format!("no route {} {path}; served: {}", request.method(), served.join(", "));
+            respond_json(request, 404, error_body(&message, "not_found"))
+        }
     }
-    if !(request.method() == &tiny_http::Method::Post && path == "/v1/completions") {
-        return respond_json(request, 404, error_body("only POST /v1/completions and GET /v1/models are served", "not_found"));
-    }
-    let n = shared.completions.fetch_add(1, Ordering::SeqCst);
+}
+
+fn models<G: TextGenerator>(request: tiny_http::Request, shared: &Shared<G>) {
+    let o = &shared.options;
+    let root = read(&shared.weights).root.clone();
+    let context = shared.generator.context_tokens();
+    let body = json!({"object": "list", "data": [{"id": o.model_name, "object": "model", "created": 0, "owned_by": "self-redteam", "root": root, "max_model_len": context}]});
+    respond_json(request, 200, body)
+}
+
+fn paused_failure() -> Failure {
+    (503, error_body("generation is paused (POST /continue_generation or /resume to continue)", "unavailable"))
+}
+
+/// `/v1/completions` (text or token ids) and `/generate`: `fail_first`, body, pause, parse,
+/// generate, reply.
+fn generation<G: TextGenerator>(request: tiny_http::Request, route: Route, shared: &Shared<G>, deadline: Instant) {
+    let options = &shared.options;
+    let n = shared.generation_requests.fetch_add(1, Ordering::SeqCst);
     if n < options.fail_first {
         return respond_json(request, 503, error_body("injected failure (fail_first)", "unavailable"));
     }
-    let deadline = Instant::now() + options.request_timeout;
     let Some((request, body)) = receive_body(request, options.max_body_bytes, deadline, &shared.pending_reads) else { return };
-    let parsed = match parse_request(&body, options, &shared.generator) {
-        Ok(p) => p,
-        Err(r) => return respond_json(request, r.status, r.body()),
+    let answer = match (route, completions_prompt_kind(&body)) {
+        (Route::Generate, _) => generate(&body, n, shared, deadline),
+        (_, PromptKind::TokenIds) => token_completion(&body, n, shared, deadline),
+        (_, PromptKind::TokenIdBatch) => {
+            Err(Rejection::bad("prompt", "one token-id prompt per request (a list of token ids, not a list of lists)".into()).into())
+        }
+        (_, PromptKind::Text) => text_completion(&body, n, shared, deadline),
     };
+    match answer {
+        Ok(v) => respond_json(request, 200, v),
+        Err((status, v)) => respond_json(request, status, v),
+    }
+}
+
+impl From<Rejection> for Failure {
+    fn from(r: Rejection) -> Self {
+        (r.status, r.body())
+    }
+}
+
+fn timeout_failure(options: &ServerOptions, done: usize, total: usize) -> Failure {
+    let message = format!("request timeout ({:.0} s) reached after {done} of {total} prompts", options.request_timeout.as_secs_f64());
+    (504, error_body(&message, "timeout"))
+}
+
+/// The judge path: greedy text completions, unchanged.
+fn text_completion<G: TextGenerator>(body: &[u8], n: usize, shared: &Shared<G>, deadline: Instant) -> Result<serde_json::Value, Failure> {
+    let options = &shared.options;
+    let parsed = parse_request(body, options, &shared.generator)?;
     let mut texts = Vec::with_capacity(parsed.prompts.len());
     for chunk in parsed.prompts.chunks(options.batch.max(1)) {
         if Instant::now() >= deadline {
-            return respond_json(
-                request,
-                504,
-                error_body(
-                    &format!(
-                        "request timeout ({:.0} s) reached after {} of {} prompts",
-                        options.request_timeout.as_secs_f64(),
-                        texts.len(),
-                        parsed.prompts.len()
-                    ),
-                    "timeout",
-                ),
-            );
+            return Err(timeout_failure(options, texts.len(), parsed.prompts.len()));
         }
         let out = catch_unwind(AssertUnwindSafe(|| shared.generator.generate_greedy(chunk, parsed.max_tokens)));
         match out {
             Ok(Ok(t)) if t.len() == chunk.len() => texts.extend(t),
-            Ok(Ok(t)) => {
-                return respond_json(request, 500, error_body(&format!("generator returned {} texts for {} prompts", t.len(), chunk.len()), "server_error"))
-            }
-            Ok(Err(e)) => return respond_json(request, 500, error_body(&format!("generation failed: {e:#}"), "server_error")),
-            Err(_) => return respond_json(request, 500, error_body("generation panicked; the server keeps serving", "server_error")),
+            Ok(Ok(t)) => return Err((500, error_body(&format!("generator returned {} texts for {} prompts", t.len(), chunk.len()), "server_error"))),
+            Ok(Err(e)) => return Err((500, error_body(&format!("generation failed: {e:#}"), "server_error"))),
+            Err(_) => return Err((500, error_body("generation panicked; the server keeps serving", "server_error"))),
         }
     }
     let choices: Vec<_> = texts.into_iter().enumerate().map(|(i, t)| json!({"index": i, "text": t, "logprobs": null, "finish_reason": "stop"})).collect();
     let model = parsed.model.unwrap_or_else(|| options.model_name.clone());
-    respond_json(request, 200, json!({"id": format!("cmpl-{n}"), "object": "text_completion", "created": 0, "model": model, "choices": choices}))
+    Ok(json!({"id": format!("cmpl-{n}"), "object": "text_completion", "created": 0, "model": model, "choices": choices}))
+}
+
+/// What one token-id request produced, all under one weight version.
+struct Sampled {
+    completions: Vec<TokenCompletion>,
+    /// Per prompt, when asked: `log p(ids[k] | ids[..k])` for k = 1..n.
+    prompt_logprobs: Vec<Vec<f32>>,
+    weight_version: String,
+}
+
+/// Samples every row (`options.batch` rows per generator call, the deadline checked between
+/// calls) and, with `score_prompts`, each prompt's log-probs, holding the weight state for
+/// reading throughout.
+fn sample<G: TextGenerator>(
+    shared: &Shared<G>,
+    prompts: &[Vec<u32>],
+    params: &[TokenSampling],
+    score_prompts: bool,
+    deadline: Instant,
+) -> Result<Sampled, Failure> {
+    let options = &shared.options;
+    let weights = read(&shared.weights);
+    let weight_version = weights.version.clone();
+    let batch = options.batch.max(1);
+    let mut completions = Vec::with_capacity(prompts.len());
+    for (p, s) in prompts.chunks(batch).zip(params.chunks(batch)) {
+        if Instant::now() >= deadline {
+            return Err(timeout_failure(options, completions.len(), prompts.len()));
+        }
+        match catch_unwind(AssertUnwindSafe(|| shared.generator.sample_tokens(p, s))) {
+            Ok(Ok(c)) if c.len() == p.len() => completions.extend(c),
+            Ok(Ok(c)) => return Err((500, error_body(&format!("generator returned {} completions for {} prompts", c.len(), p.len()), "server_error"))),
+            Ok(Err(e)) => return Err((500, error_body(&format!("generation failed: {e:#}"), "server_error"))),
+            Err(_) => return Err((500, error_body("generation panicked; the server keeps serving", "server_error"))),
+        }
+    }
+    let mut prompt_logprobs = Vec::new();
+    if score_prompts {
+        for p in prompts {
+            if Instant::now() >= deadline {
+                return Err(timeout_failure(options, prompt_logprobs.len(), prompts.len()));
+            }
+            match catch_unwind(AssertUnwindSafe(|| shared.generator.prompt_logprobs(p))) {
+                Ok(Ok(lp)) if lp.len() == p.len().saturating_sub(1) => prompt_logprobs.push(lp),
+                Ok(Ok(lp)) => {
+                    return Err((500, error_body(&format!("generator returned {} prompt log-probs for {} tokens", lp.len(), p.len()), "server_error")))
+                }
+                Ok(Err(e)) => return Err((500, error_body(&format!("prompt log-probs failed: {e:#}"), "server_error"))),
+                Err(_) => return Err((500, error_body("prompt log-probs panicked; the server keeps serving", "server_error"))),
+            }
+        }
+    }
+    drop(weights);
+    for c in &mut completions {
+        c.weight_version = Some(weight_version.clone());
+    }
+    Ok(Sampled { completions, prompt_logprobs, weight_version })
+}
+
+/// `ids` as text (special tokens skipped); "" for a generator without a tokenizer.
+fn decode<G: TextGenerator>(generator: &G, ids: &[u32]) -> Result<String, Failure> {
+    match generator.decode(ids) {
+        None => Ok(String::new()),
+        Some(Ok(t)) => Ok(t),
+        Some(Err(e)) => Err((500, error_body(&format!("cannot decode the output: {e:#}"), "server_error"))),
+    }
+}
+
+/// SGLang `POST /generate`.
+fn generate<G: TextGenerator>(body: &[u8], n: usize, shared: &Shared<G>, deadline: Instant) -> Result<serde_json::Value, Failure> {
+    let req = parse_generate(body, &shared.options, &shared.generator)?;
+    if shared.paused.load(Ordering::SeqCst) {
+        return Err(paused_failure());
+    }
+    let out = sample(shared, &req.prompts, &req.params, req.logprob_start.is_some(), deadline)?;
+    let mut replies = Vec::with_capacity(req.prompts.len());
+    for (i, (prompt, c)) in req.prompts.iter().zip(&out.completions).enumerate() {
+        let finish_reason = if c.finished_by_stop {
+            SglangFinishReason { kind: "stop".into(), matched: c.token_ids.last().map(|&t| json!(t)) }
+        } else {
+            SglangFinishReason { kind: "length".into(), matched: None }
+        };
+        let output_token_logprobs =
+            req.return_logprob.then(|| c.token_ids.iter().zip(&c.logprobs).map(|(&t, &lp)| (Some(f64::from(lp)), t, None)).collect::<Vec<SglangLogprob>>());
+        let input_token_logprobs = req.logprob_start.map(|start| {
+            (start..prompt.len())
+                .map(|j| match j {
+                    0 => (None, prompt[0], None),
+                    j => (out.prompt_logprobs.get(i).and_then(|lp| lp.get(j - 1)).map(|&lp| f64::from(lp)), prompt[j], None),
+                })
+                .collect::<Vec<SglangLogprob>>()
+        });
+        replies.push(SglangGenerateResponse {
+            text: decode(&shared.generator, &c.token_ids)?,
+            output_ids: c.token_ids.clone(),
+            meta_info: SglangMetaInfo {
+                id: format!("gen-{n}-{i}"),
+                finish_reason: Some(finish_reason),
+                prompt_tokens: prompt.len(),
+                completion_tokens: c.token_ids.len(),
+                weight_version: Some(out.weight_version.clone()),
+                output_token_logprobs,
+                input_token_logprobs,
+            },
+        });
+    }
+    let value = if req.single { serde_json::to_value(&replies[0]) } else { serde_json::to_value(&replies) };
+    value.map_err(|e| (500, error_body(&format!("cannot encode the reply: {e}"), "server_error")))
+}
+
+/// vLLM token-id `POST /v1/completions`.
+fn token_completion<G: TextGenerator>(body: &[u8], n: usize, shared: &Shared<G>, deadline: Instant) -> Result<serde_json::Value, Failure> {
+    let req = parse_token_completion(body, &shared.options, &shared.generator)?;
+    if shared.paused.load(Ordering::SeqCst) {
+        return Err(paused_failure());
+    }
+    let prompts = std::slice::from_ref(&req.prompt);
+    let out = sample(shared, prompts, std::slice::from_ref(&req.params), req.prompt_logprobs, deadline)?;
+    let Some(c) = out.completions.first() else { return Err((500, error_body("generator returned no completion", "server_error"))) };
+    let finish_reason = if c.finished_by_stop { "stop" } else { "length" };
+    let stop_reason = if c.finished_by_stop { c.token_ids.last().copied() } else { None };
+    let text = decode(&shared.generator, &c.token_ids)?;
+    let mut choice = json!({"index": 0, "text": text, "finish_reason": finish_reason, "stop_reason": stop_reason, "logprobs": null});
+    if req.logprobs {
+        let mut tokens = Vec::with_capacity(c.token_ids.len());
+        for &t in &c.token_ids {
+            tokens.push(if req.tokens_as_ids { format!("token_id:{t}") } else { decode(&shared.generator, &[t])? });
+        }
+        let token_logprobs: Vec<f64> = c.logprobs.iter().map(|&lp| f64::from(lp)).collect();
+        choice["logprobs"] = json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": null, "text_offset": null});
+    }
+    if req.return_token_ids {
+        choice["token_ids"] = json!(c.token_ids);
+        choice["prompt_token_ids"] = json!(req.prompt);
+    }
+    if req.prompt_logprobs {
+        let mut entries = vec![serde_json::Value::Null];
+        for (&t, &lp) in req.prompt.iter().skip(1).zip(out.prompt_logprobs.first().into_iter().flatten()) {
+            let mut entry = serde_json::Map::new();
+            entry.insert(t.to_string(), json!(VllmTokenLogprob { logprob: f64::from(lp), rank: None, decoded_token: None }));
+            entries.push(serde_json::Value::Object(entry));
+        }
+        choice["prompt_logprobs"] = serde_json::Value::Array(entries);
+    }
+    let model = req.model.clone().unwrap_or_else(|| shared.options.model_name.clone());
+    let usage = json!({"prompt_tokens": req.prompt.len(), "completion_tokens": c.token_ids.len(), "total_tokens": req.prompt.len() + c.token_ids.len()});
+    Ok(json!({"id": format!("cmpl-{n}"), "object": "text_completion", "created": 0, "model": model, "choices": [choice], "usage": usage}))
+}
+
+/// Loads `path` into the generator (a panic is an error). The caller holds the weight state
+/// for writing.
+fn reload<G: TextGenerator>(generator: &G, path: &str) -> anyhow::Result<String> {
+    catch_unwind(AssertUnwindSafe(|| generator.reload(std::path::Path::new(path)))).unwrap_or_else(|_| Err(anyhow::anyhow!("reloading {path} panicked")))
+}
+
+/// SGLang `POST /update_weights_from_disk`: 200 `success: true`, or 400 `success: false` with
+/// the error (the old weights keep serving).
+fn update_weights_from_disk<G: TextGenerator>(request: tiny_http::Request, shared: &Shared<G>, deadline: Instant) {
+    let Some((request, body)) = receive_body(request, shared.options.max_body_bytes, deadline, &shared.pending_reads) else { return };
+    let req: SglangUpdateWeightsRequest = match json_body(&body, &shared.options) {
+        Ok(r) => r,
+        Err(r) => return respond_json(request, r.status, json!(SglangUpdateWeightsResponse { success: false, message: r.message, num_paused_requests: 0 })),
+    };
+    let mut w = write(&shared.weights);
+    let reply = match reload(&shared.generator, &req.model_path) {
+        Ok(root) => {
+            w.root = Some(root);
+            w.model_path = Some(req.model_path.clone());
+            let mut message = "Succeeded to update model weights.".to_string();
+            if let Some(v) = req.weight_version {
+                message.push_str(&format!(" Weight version updated to {v}."));
+                w.version = v;
+            }
+            (200, SglangUpdateWeightsResponse { success: true, message, num_paused_requests: 0 })
+        }
+        Err(e) => (400, SglangUpdateWeightsResponse { success: false, message: format!("Failed to update weights: {e:#}"), num_paused_requests: 0 }),
+    };
+    drop(w);
+    respond_json(request, reply.0, json!(reply.1))
+}
+
+fn conflict(message: &str) -> Failure {
+    (409, error_body(message, "conflict"))
+}
+
+/// vLLM `POST /start_weight_update`: 409 unless initialised and not already started.
+fn start_weight_update<G: TextGenerator>(request: tiny_http::Request, shared: &Shared<G>) {
+    let mut t = shared.transfer.lock().unwrap_or_else(PoisonError::into_inner);
+    let (status, body) = if !t.initialised {
+        conflict("the weight transfer engine is not initialised (POST /init_weight_transfer_engine first)")
+    } else if t.started {
+        conflict("a weight update is already started (POST /finish_weight_update first)")
+    } else {
+        t.started = true;
+        (200, json!({}))
+    };
+    drop(t);
+    respond_json(request, status, body)
+}
+
+/// vLLM `POST /update_weights` (disk backend): reloads from `update_info.path`; 409 without a
+/// started update, 400 with the error when the checkpoint does not load (the old weights keep
+/// serving).
+fn update_weights<G: TextGenerator>(request: tiny_http::Request, shared: &Shared<G>, deadline: Instant) {
+    let Some((request, body)) = receive_body(request, shared.options.max_body_bytes, deadline, &shared.pending_reads) else { return };
+    let answer = || -> Result<serde_json::Value, Failure> {
+        let req: VllmUpdateWeightsRequest = json_body(&body, &shared.options)?;
+        let t = shared.transfer.lock().unwrap_or_else(PoisonError::into_inner);
+        if !t.started {
+            return Err(conflict("no weight update is started (POST /start_weight_update first)"));
+        }
+        let mut w = write(&shared.weights);
+        match reload(&shared.generator, &req.update_info.path) {
+            Ok(root) => {
+                w.root = Some(root);
+                w.model_path = Some(req.update_info.path.clone());
+                Ok(json!({}))
+            }
+            Err(e) => Err((400, error_body(&format!("cannot load the weights: {e:#}"), "invalid_request_error"))),
+        }
+    };
+    match answer() {
+        Ok(v) => respond_json(request, 200, v),
+        Err((status, v)) => respond_json(request, status, v),
+    }
+}
+
+/// vLLM `POST /finish_weight_update`: ends the update and sets the weight version (when
+/// given); 409 without a started update.
+fn finish_weight_update<G: TextGenerator>(request: tiny_http::Request, shared: &Shared<G>, deadline: Instant) {
+    let Some((request, body)) = receive_body(request, shared.options.max_body_bytes, deadline, &shared.pending_reads) else { return };
+    let answer = || -> Result<serde_json::Value, Failure> {
+        let req: VllmFinishWeightUpdate = json_body(&body, &shared.options)?;
+        let mut t = shared.transfer.lock().unwrap_or_else(PoisonError::into_inner);
+        if !t.started {
+            return Err(conflict("no weight update is started (POST /start_weight_update first)"));
+        }
+        t.started = false;
+        if let Some(v) = req.weight_version {
+            write(&shared.weights).version = v;
+        }
+        Ok(json!({}))
+    };
+    match answer() {
+        Ok(v) => respond_json(request, 200, v),
+        Err((status, v)) => respond_json(request, status, v),
+    }
 }
 
 /// Read at most `limit + 1` bytes of the body on a helper thread, waiting until `deadline`.

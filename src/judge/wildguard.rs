@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
-use super::http::CompletionsClient;
+use super::http::{CompletionsClient, CompletionsFleet};
 use super::{Judge, JudgeError, JudgeInput, JudgeKey, TextGenerator, Verdict};
 
 /// The WildGuard instruction format. The model was trained on exactly these bytes; the
@@ -91,9 +91,9 @@ pub fn render_wildguard_answer(prompt_harmful: bool, refusal: Option<bool>, harm
 pub enum WildGuardTransport {
     /// A local checkpoint behind the model runtime.
     Local(Box<dyn TextGenerator + Send + Sync>),
-    /// Any OpenAI-compatible completions server (vLLM, SGLang, llama.cpp server, or this
-    /// crate's own `server`).
-    Http(CompletionsClient),
+    /// OpenAI-compatible completions servers (vLLM, SGLang, llama.cpp server, or this
+    /// crate's own `server`): one, or a fleet serving the same model.
+    Http(CompletionsFleet),
 }
 
 /// WildGuard judge. Cache identity (`key`):
@@ -114,7 +114,11 @@ impl WildGuardJudge {
         Self { model_id: model_id.into(), transport: WildGuardTransport::Local(generator), max_new_tokens: WILDGUARD_MAX_NEW_TOKENS }
     }
     pub fn http(model_id: impl Into<String>, client: CompletionsClient) -> Self {
-        Self { model_id: model_id.into(), transport: WildGuardTransport::Http(client), max_new_tokens: WILDGUARD_MAX_NEW_TOKENS }
+        Self::http_fleet(model_id, CompletionsFleet::one(client))
+    }
+    /// Several servers of one model (`judge.wildguard.urls`).
+    pub fn http_fleet(model_id: impl Into<String>, fleet: CompletionsFleet) -> Self {
+        Self { model_id: model_id.into(), transport: WildGuardTransport::Http(fleet), max_new_tokens: WILDGUARD_MAX_NEW_TOKENS }
     }
 }
 
@@ -136,7 +140,7 @@ impl Judge for WildGuardJudge {
     fn uncacheable(&self) -> Option<String> {
         match &self.transport {
             WildGuardTransport::Local(_) => None,
-            WildGuardTransport::Http(c) => c.served_identity().err().map(|why| format!("the judge server's identity cannot be established ({why})")),
+            WildGuardTransport::Http(c) => c.served_identity().err().map(|why| format!("the judge servers' identity cannot be established ({why})")),
         }
     }
     fn judge_batch(&self, pairs: &[JudgeInput]) -> Result<Vec<Verdict>, JudgeError> {

@@ -280,6 +280,22 @@ impl Policy {
         TokenLogprobs { logprobs: logprobs * &mask, mask }
     }
 
+    /// `log p(ids[k] | ids[..k])` for k = 1..n (n − 1 values): a prompt's own token
+    /// log-probs, as the update scores a response (one row, no padding, no grad). What the
+    /// remote canary compares with a server's prompt log-probs (src/remote/fleet.rs) and what
+    /// `serve` answers for `prompt_logprobs` / `logprob_start_len: 0`.
+    pub fn prompt_logprobs(&self, ids: &[TokenId]) -> Result<Vec<f32>> {
+        if ids.len() < 2 {
+            return Err(ModelError::InvalidInput(format!("prompt log-probs need at least 2 tokens, got {}", ids.len())));
+        }
+        self.check_token_ids(ids, "prompt")?;
+        let _guard = tch::no_grad_guard();
+        let batch = self.sequence_batch(&[ids[..1].to_vec()], &[ids[1..].to_vec()])?;
+        let lp = self.token_logprobs(&batch).logprobs.to_kind(Kind::Float).to_device(Device::Cpu).view([-1]);
+        let v: Vec<f32> = Vec::<f32>::try_from(&lp).map_err(|e| ModelError::InvalidInput(format!("prompt log-probs: {e}")))?;
+        Ok(v[..ids.len() - 1].to_vec())
+    }
+
     /// Samples continuations of `prompts` (token ids) with one seed per row. Stop tokens
     /// default to the tokenizer's. Log-probs are at temperature 1 (see `sampler`).
     pub fn generate(&self, prompts: &[Vec<TokenId>], seeds: &[u64], params: &SamplingParams) -> Result<Vec<Sample>> {

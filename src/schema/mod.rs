@@ -24,6 +24,7 @@
 //! those (nullable column), and `Vec<u32|i32|i64|f32|f64|String>` (list column).
 pub mod column;
 pub mod eval;
+pub mod generation;
 pub mod judge_fit;
 pub mod judge_train;
 pub mod judged;

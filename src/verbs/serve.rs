@@ -1,21 +1,42 @@
 //! The `serve` verb: exposes any policy (a GGUF file, an HF directory, or a policy artifact
-//! of the store such as `base` or `update@3`) as an OpenAI-compatible `/v1/completions`
-//! server (`judge::server::CompletionsServer` over `judge::build::PolicyGenerator`), so a
-//! local checkpoint can be the `wildguard` judge of another run, and the HTTP judge path
-//! can be tested end to end against a real process. Called by src/cli.rs.
+//! of the store such as `base` or `update@3`) as an inference server
+//! (`judge::server::CompletionsServer` over `judge::build::PolicyGenerator`). Called by
+//! src/cli.rs. It speaks (see `judge::server` for every route):
+//! - OpenAI text completions (`POST /v1/completions` with a text prompt, `GET /v1/models`):
+//!   greedy only (`temperature` ≠ 0 is refused), so a local checkpoint can be the `wildguard`
+//!   judge of another run and the HTTP judge path can be tested against a real process;
+//! - SGLang's native `POST /generate` with token ids (a batch, one sampling-params dict per
+//!   prompt with its own `sampling_seed`, output and prompt log-probs) and vLLM's token-id
+//!   extensions of `POST /v1/completions` (`prompt` as token ids, `seed`, `logprobs`,
+//!   `prompt_logprobs`, `return_token_ids`): these sample (temperature, top-p, top-k, per-row
+//!   seeds), so greedy-only holds for text requests only. This is what the RL generation
+//!   client (src/remote/fleet.rs) uses when `generation.backend: server` points at `serve`;
+//! - both engines' weight updates from disk: SGLang `POST /update_weights_from_disk`
+//!   (`GET /get_weight_version`, `/pause_generation`, `/continue_generation`) and vLLM's
+//!   disk weight-transfer flow (`/init_weight_transfer_engine`, `/start_weight_update`,
+//!   `/update_weights`, `/finish_weight_update`, `GET /weight_info`, `/pause`, `/resume`).
+//!   A reload loads the new checkpoint with the same device and dtype and swaps it in; on
+//!   failure the old one keeps serving.
 //!
-//! Greedy decoding only (the server refuses `temperature` ≠ 0). `--fail-first N` answers the
-//! first N requests with HTTP 503, to exercise clients' retries. The verb prints one line
-//! `serving MODEL at URL` on stdout once it listens, then `requests seen: N` on stderr each
-//! time the count changes, and runs until Ctrl-C.
+//! `--weight-version V` names the initial weights (default `default`, as SGLang); every
+//! `/generate` reply carries the version it was generated with. `GET /v1/models` reports the
+//! current weights digest as `root` (it follows reloads), so HTTP judges key their verdict
+//! cache by what is served, not by the `--name` alone, and the RL client can check that a
+//! server holds the checkpoint it loaded.
+//!
+//! `--fail-first N` answers the first N generation requests with HTTP 503, to exercise
+//! clients' retries. The verb prints one line `serving MODEL at URL` on stdout once it
+//! listens, then `requests seen: N` on stderr each time the count changes, and runs until
+//! Ctrl-C.
 //!
 //! Limits (see `judge::server` for how each is enforced): `--max-body-bytes` (413),
-//! `--max-prompts`, `--max-tokens` and prompt + max_tokens within the model's context (400
-//! naming the field), `--request-timeout-s` (408/504). `--auth-token-env NAME` requires
-//! `Authorization: Bearer $NAME` on every request (401 otherwise); the token is read from the
-//! environment so it never appears in `ps` or shell history. The default bind is loopback.
-//! `GET /v1/models` reports the weights digest as `root`, so HTTP judges key their verdict
-//! cache by what is served, not by the `--name` alone.
+//! `--max-prompts`, `--max-tokens`, prompt + max_tokens within the model's context and token
+//! ids below the vocabulary size (400 naming the field), `--request-timeout-s` (408/504);
+//! `--batch` prompts go to the model at once. `--auth-token-env NAME` requires
+//! `Authorization: Bearer $NAME` on every request but `GET /health` (401 otherwise); the
+//! token is read from the environment so it never appears in `ps` or shell history. The
+//! default bind is loopback: a client that can reach the server can make it load any
+//! checkpoint path of this machine.
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -48,6 +69,12 @@ pub struct ServeOptions {
     /// Largest `max_tokens` of a request.
     pub max_tokens: usize,
     pub request_timeout_s: f64,
+    /// Weight version reported before any update; `None` = SGLang's `default`.
+    pub weight_version: Option<String>,
+    /// Prompts per generator call.
+    pub batch: usize,
+    /// `--max-model-len`: the context admitted instead of the config's.
+    pub max_model_len: Option<usize>,
 }
 
 impl ServeOptions {
@@ -65,6 +92,9 @@ impl ServeOptions {
             max_prompts: d.max_prompts,
             max_tokens: d.max_tokens_limit,
             request_timeout_s: d.request_timeout.as_secs_f64(),
+            weight_version: None,
+            batch: d.batch,
+            max_model_len: None,
         }
     }
 }
@@ -113,6 +143,9 @@ pub fn start(spec: &Spec, store_root: &Path, iterations: Option<u32>, opts: &Ser
         bind: opts.bind.clone(),
         model_name: opts.name.clone().unwrap_or_else(|| opts.model.clone()),
         model_root: Some(digest.to_string()),
+        weight_version: opts.weight_version.clone().unwrap_or_else(|| crate::judge::server::DEFAULT_WEIGHT_VERSION.into()),
+        model_path: Some(path.display().to_string()),
+        batch: opts.batch.max(1),
         fail_first: opts.fail_first,
         workers: opts.workers.max(1),
         max_tokens_limit: opts.max_tokens,
@@ -120,9 +153,13 @@ pub fn start(spec: &Spec, store_root: &Path, iterations: Option<u32>, opts: &Ser
         max_prompts: opts.max_prompts,
         request_timeout: Duration::from_secs_f64(opts.request_timeout_s),
         auth_token,
-        ..ServerOptions::default()
     };
-    Ok(CompletionsServer::start(PolicyGenerator::new(policy), options)?)
+    let mut generator = PolicyGenerator::new(policy);
+    if let Some(n) = opts.max_model_len {
+        anyhow::ensure!(n > 0, "--max-model-len must be at least 1");
+        generator = generator.with_max_model_len(n);
+    }
+    Ok(CompletionsServer::start(generator, options)?)
 }
 
 /// The verb: start, announce, report the request count until Ctrl-C. Returns the number of

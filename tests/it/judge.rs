@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use self_redteam::judge::cache::{judge_cached, CacheStats, VerdictCache};
-use self_redteam::judge::http::{CompletionsClient, CompletionsConfig, HttpError};
+use self_redteam::judge::http::{CompletionsClient, CompletionsConfig, CompletionsFleet, HttpError};
 use self_redteam::judge::labels::{read_pyrit_objective_dir, read_pyrit_refusal, read_uncensorbench, uncensorbench_pairs, LabelledPair};
 use self_redteam::judge::probe::{split_by_source, train_probe, Head, Probe, ProbeJudge, ProbeTrainConfig, ProbeTrainingSet, RefusalFeatures};
 use self_redteam::judge::rules::RulesJudge;
@@ -123,6 +123,42 @@ fn wildguard_over_http_matches_local_generation() {
     assert!(remote.uncacheable().is_none(), "our server reports /v1/models");
     assert_ne!(remote.key(), local.key());
     assert!(remote.key().0.starts_with(&format!("{}/served-", local.key().0)), "{}", remote.key());
+}
+
+#[test]
+fn a_judge_fleet_spreads_requests_drops_a_server_that_stays_down_and_needs_one_model() {
+    let a = CompletionsServer::start(keyword_generator(), ServerOptions::default()).expect("server a");
+    let b = CompletionsServer::start(keyword_generator(), ServerOptions::default()).expect("server b");
+    let fleet = |urls: &[String]| {
+        let clients = urls.iter().map(|u| CompletionsClient::new(fast_config(u.clone())).expect("client")).collect();
+        WildGuardJudge::http_fleet("keyword-fake", CompletionsFleet::new(clients).expect("fleet"))
+    };
+    let local = WildGuardJudge::local("keyword-fake", Box::new(keyword_generator()));
+    let pairs: Vec<JudgeInput> = (0..6).flat_map(|_| sample_pairs()).collect();
+    let judge = fleet(&[a.completions_url(), b.completions_url()]);
+    assert_eq!(judge.judge_batch(&pairs).expect("fleet judging"), local.judge_batch(&pairs).expect("local"));
+    assert_eq!(a.requests_seen() + b.requests_seen(), 15, "30 prompts in requests of 2");
+    assert!(a.requests_seen() > 0 && b.requests_seen() > 0, "both servers took requests: {} and {}", a.requests_seen(), b.requests_seen());
+    // Both serve the same model entry: one cache identity, which is neither server's alone.
+    assert!(judge.uncacheable().is_none());
+    assert_ne!(judge.key(), fleet(&[a.completions_url()]).key());
+
+    // A server that always answers 503 is dropped after its retries; the other does it all.
+    let down = CompletionsServer::start(keyword_generator(), ServerOptions { fail_first: usize::MAX, ..ServerOptions::default() }).expect("server");
+    let before = a.requests_seen();
+    let judge = fleet(&[down.completions_url(), a.completions_url()]);
+    assert_eq!(judge.judge_batch(&pairs).expect("judging survives one dead server"), local.judge_batch(&pairs).expect("local"));
+    assert!(a.requests_seen() - before >= 15, "the live server answered every request");
+    // Every server down: an error naming the last one, no verdicts.
+    let judge = fleet(&[down.completions_url()]);
+    assert!(judge.judge_batch(&pairs).is_err());
+
+    // Servers that report different served models cannot share a verdict cache.
+    let other =
+        CompletionsServer::start(keyword_generator(), ServerOptions { model_root: Some("blake3:other".into()), ..ServerOptions::default() }).expect("server");
+    let judge = fleet(&[a.completions_url(), other.completions_url()]);
+    let why = judge.uncacheable().expect("disagreeing servers are uncacheable");
+    assert!(why.contains("different models"), "{why}");
 }
 
 #[test]
@@ -633,14 +669,38 @@ fn local_judges_in_same_named_folders_with_different_weights_do_not_share_verdic
     self_redteam::model::tiny_random_llama(1).save_hf_dir(&a).expect("save a");
     self_redteam::model::tiny_random_llama(2).save_hf_dir(&b).expect("save b");
     self_redteam::model::tiny_random_llama(1).save_hf_dir(&c).expect("save c");
-    // Through the real builder, as `judge.wildguard.model` in a config.
-    let key_of = |ckpt: &std::path::Path| {
+    // Through the real builder, as `judge.wildguard.model` in a config, pinned file by file.
+    let spec_of = |ckpt: &std::path::Path| {
         let cfg = dir.path().join("judge.yaml");
-        std::fs::write(&cfg, format!("judge:\n  backend: wildguard\n  wildguard:\n    model: {}\n", ckpt.display())).expect("write config");
-        let spec = self_redteam::spec::Spec::load(&cfg).expect("spec");
-        self_redteam::judge::build::from_spec(&spec, None, tch::Device::Cpu).expect("judge").key()
+        let mut pins = String::new();
+        for e in std::fs::read_dir(ckpt).expect("read checkpoint") {
+            let p = e.expect("entry").path();
+            let sha = self_redteam::store::key::sha256_file(&p).expect("sha256");
+            pins.push_str(&format!("      {}: {sha}\n", p.file_name().expect("name").to_string_lossy()));
+        }
+        std::fs::write(&cfg, format!("judge:\n  backend: wildguard\n  wildguard:\n    model: {}\n    sha256:\n{pins}", ckpt.display())).expect("write config");
+        self_redteam::spec::Spec::load(&cfg).expect("spec")
     };
+    let key_of = |ckpt: &std::path::Path| self_redteam::judge::build::from_spec(&spec_of(ckpt), None, tch::Device::Cpu).expect("judge").key();
     let (ka, kb, kc) = (key_of(&a), key_of(&b), key_of(&c));
+    // The stages' keys follow the pinned content too, not the folder name: judge@1 and eval@1
+    // of a and b differ, of a and c (same bytes elsewhere) agree.
+    let node_key = |ckpt: &std::path::Path, node: &str| {
+        let spec = spec_of(ckpt);
+        let plan = self_redteam::plan::Plan::new(&spec, Some(1));
+        let n = plan.nodes.iter().find(|n| n.id.to_string() == node).unwrap_or_else(|| panic!("no {node}"));
+        (n.files.iter().map(|f| (f.name.clone(), f.sha256.clone())).collect::<Vec<_>>(), n.params.clone())
+    };
+    for node in ["judge@1", "eval@1"] {
+        assert_ne!(node_key(&a, node), node_key(&b, node), "{node}: same folder name, other weights");
+        assert_eq!(node_key(&a, node), node_key(&c, node), "{node}: same weights, other folder");
+        assert!(node_key(&a, node).0.iter().any(|(name, _)| name == "judge.wildguard.model/model.safetensors"), "{node}");
+    }
+    // Unpinned local checkpoints are refused, naming the key.
+    let cfg = dir.path().join("unpinned.yaml");
+    std::fs::write(&cfg, format!("judge:\n  backend: wildguard\n  wildguard:\n    model: {}\n", a.display())).expect("write");
+    let err = self_redteam::spec::Spec::load(&cfg).expect_err("unpinned").to_string();
+    assert!(err.contains("judge.wildguard.sha256"), "{err}");
     assert_ne!(ka, kb, "same folder name, different weights");
     assert_eq!(ka, kc, "same weights in another folder");
     assert!(ka.0.starts_with("wildguard/v2/blake3:"), "{ka}");

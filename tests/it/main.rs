@@ -8,6 +8,7 @@ mod game_rl;
 mod judge;
 mod judge_stage;
 mod model;
+mod remote;
 mod selfplay;
 mod serve;
 mod store_crash;

@@ -1,10 +1,13 @@
-//! Integration tests: `serve` hardening. The real `self-redteam serve` process over a tiny
-//! random Llama saved as an HF directory (context 512 tokens, so the token limit is cheap to
-//! reach): body, prompt and token limits with the field named, a request claiming an absurd
-//! Content-Length, the bearer token, and a few hundred mutated requests that must all be
-//! answered. In process (`CompletionsServer`): a panicking generator, the request timeout,
-//! and `PolicyGenerator` after a failed generation. `fuzz_serve_request` fuzzes the pure
-//! `parse_request`.
+//! Integration tests: `serve` hardening and its token-id protocols. The real `self-redteam
+//! serve` process over a tiny random Llama saved as an HF directory (context 512 tokens, so
+//! the token limit is cheap to reach): body, prompt and token limits with the field named, a
+//! request claiming an absurd Content-Length, the bearer token, `--weight-version`, and a few
+//! hundred mutated requests that must all be answered. In process (`CompletionsServer`): a
+//! panicking generator, the request timeout, `PolicyGenerator` after a failed generation;
+//! SGLang `/generate` and vLLM token-id `/v1/completions` against `Policy::generate` and
+//! `Policy::prompt_logprobs` (bit for bit), both weight-update flows, pause / continue, ids
+//! past the vocabulary, and the token on every route. `fuzz_serve_request` and
+//! `fuzz_serve_token_requests` fuzz the pure parsers.
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -12,10 +15,16 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use self_redteam::judge::build::PolicyGenerator;
-use self_redteam::judge::server::{parse_request, CompletionsServer, ServerOptions};
+use self_redteam::judge::build::{weights_digest, PolicyGenerator};
+use self_redteam::judge::server::{
+    completions_prompt_kind, parse_generate, parse_pause_mode, parse_request, parse_token_completion, BearerToken, CompletionsServer, ServerOptions,
+};
 use self_redteam::judge::TextGenerator;
-use self_redteam::model::tiny_random_llama;
+use self_redteam::model::{tiny_random_llama, Policy, Sample, SamplingParams};
+use self_redteam::remote::wire::{
+    vllm_token_id, OneOrMany, SglangGenerateRequest, SglangGenerateResponse, SglangSamplingParams, SglangUpdateWeightsRequest, SglangUpdateWeightsResponse,
+    TokenSampling, VllmCompletionRequest, VllmCompletionResponse, VllmFinishWeightUpdate, VllmUpdateInfo, VllmUpdateWeightsRequest,
+};
 
 use super::util::root;
 use crate::fuzz;
@@ -289,4 +298,496 @@ fn fuzz_serve_request_against_a_running_serve() {
     });
     assert_eq!(answered.get(), n + fuzz_seeds().len());
     assert_answers(&s.url, None);
+}
+
+// ---------------------------------------------------------------- token-id protocols
+
+/// The settings of the RL sampler (top-k and top-p on, a wide stop set so some rows stop
+/// early and others run to the length limit), with a per-row seed.
+fn rl_sampling(seed: u64) -> TokenSampling {
+    TokenSampling {
+        temperature: 1.0,
+        top_p: 0.95,
+        top_k: Some(100),
+        max_new_tokens: 10,
+        min_new_tokens: 1,
+        stop_token_ids: (40..80).collect(),
+        seed: Some(seed),
+    }
+}
+
+fn sampling_params(s: &TokenSampling) -> SamplingParams {
+    SamplingParams {
+        temperature: s.temperature,
+        top_p: s.top_p,
+        top_k: s.top_k,
+        max_new_tokens: s.max_new_tokens,
+        min_new_tokens: s.min_new_tokens,
+        stop_token_ids: s.stop_token_ids.clone(),
+    }
+}
+
+fn token_prompts(policy: &Policy) -> Vec<Vec<u32>> {
+    ["Hello there", "How do I bake bread?", "x", "A longer prompt, with punctuation; and more words."]
+        .iter()
+        .map(|p| policy.tokenizer().encode(p, false).expect("encode"))
+        .collect()
+}
+
+/// An in-process server over a tiny random policy (the `root` and `model_path` of a served
+/// checkpoint, when given).
+fn token_server(seed: u64, model: Option<&std::path::Path>, opts: ServerOptions) -> CompletionsServer {
+    let policy = match model {
+        Some(dir) => Policy::load(dir, tch::Device::Cpu, tch::Kind::Float).expect("load"),
+        None => tiny_random_llama(seed),
+    };
+    let root = model.map(|dir| weights_digest(dir).expect("digest").to_string());
+    let opts = ServerOptions { workers: 1, model_root: root, model_path: model.map(|d| d.display().to_string()), ..opts };
+    CompletionsServer::start(PolicyGenerator::new(policy), opts).expect("server")
+}
+
+fn post_json(url: &str, body: &Value, token: Option<&str>) -> (u16, Value) {
+    post(url, body.to_string().as_bytes(), token)
+}
+
+fn get(url: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = agent().get(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", &format!("Bearer {t}"));
+    }
+    let mut resp = req.call().expect("request answered");
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// A `/generate` reply's row as (ids, log-probs, stopped).
+fn sglang_row(r: &SglangGenerateResponse) -> (Vec<u32>, Vec<f32>, bool) {
+    let lps: Vec<f32> = r.meta_info.output_token_logprobs.as_ref().expect("output logprobs").iter().map(|(lp, _, _)| lp.expect("a log-prob") as f32).collect();
+    let ids: Vec<u32> = r.meta_info.output_token_logprobs.as_ref().expect("output logprobs").iter().map(|(_, id, _)| *id).collect();
+    assert_eq!(ids, r.output_ids, "log-prob ids follow the output ids");
+    let reason = r.meta_info.finish_reason.as_ref().expect("finish reason");
+    let stopped = reason.kind == "stop";
+    if stopped {
+        assert_eq!(reason.matched, Some(json!(r.output_ids.last().copied().expect("a stop token"))), "{reason:?}");
+    } else {
+        assert_eq!(reason.kind, "length");
+    }
+    assert_eq!(r.meta_info.completion_tokens, r.output_ids.len());
+    (r.output_ids.clone(), lps, stopped)
+}
+
+fn assert_same_sample(got: &(Vec<u32>, Vec<f32>, bool), want: &Sample, what: &str) {
+    assert_eq!(got.0, want.token_ids, "{what}: ids");
+    assert_eq!(bits(&got.1), bits(&want.logprobs), "{what}: log-probs bit for bit");
+    assert_eq!(got.2, want.finished_by_stop, "{what}: finish reason");
+}
+
+fn generate_body(prompts: &[Vec<u32>], params: &[TokenSampling], single: bool) -> Value {
+    let sp: Vec<SglangSamplingParams> = params.iter().map(SglangSamplingParams::from).collect();
+    let req = SglangGenerateRequest {
+        input_ids: if single { OneOrMany::One(prompts[0].clone()) } else { OneOrMany::Many(prompts.to_vec()) },
+        sampling_params: if single { OneOrMany::One(sp[0].clone()) } else { OneOrMany::Many(sp) },
+        return_logprob: true,
+        logprob_start_len: -1,
+    };
+    serde_json::to_value(&req).expect("JSON")
+}
+
+#[test]
+fn generate_batch_with_per_prompt_seeds_is_policy_generate_however_it_is_sent() {
+    let policy = tiny_random_llama(3);
+    let server = token_server(3, None, ServerOptions::default());
+    let url = format!("{}/generate", server.base_url());
+    let prompts = token_prompts(&policy);
+    // Rows 0..3 share settings (seeds differ); row 3 samples at another temperature, so the
+    // generator groups it apart.
+    let mut params: Vec<TokenSampling> = (0..4).map(|i| rl_sampling(100 + i)).collect();
+    params[3].temperature = 0.7;
+    let seeds: Vec<u64> = params.iter().map(|p| p.seed.expect("seeded")).collect();
+    let mut want = policy.generate(&prompts[..3], &seeds[..3], &sampling_params(&params[0])).expect("generate");
+    want.extend(policy.generate(&prompts[3..], &seeds[3..], &sampling_params(&params[3])).expect("generate"));
+    assert!(want.iter().any(|s| s.finished_by_stop) && want.iter().any(|s| !s.finished_by_stop), "the test wants both finish reasons");
+
+    let (status, v) = post_json(&url, &generate_body(&prompts, &params, false), None);
+    assert_eq!(status, 200, "{v}");
+    let rows: Vec<SglangGenerateResponse> = serde_json::from_value(v).expect("a list of replies");
+    assert_eq!(rows.len(), 4);
+    for (i, (r, w)) in rows.iter().zip(&want).enumerate() {
+        assert_same_sample(&sglang_row(r), w, &format!("batch row {i}"));
+        assert_eq!(r.meta_info.weight_version.as_deref(), Some("default"));
+        assert_eq!(r.meta_info.prompt_tokens, prompts[i].len());
+        assert_eq!(r.text, policy.tokenizer().decode(&w.token_ids, true).expect("decode"), "row {i}");
+    }
+    // One request per prompt: the same rows as `generate` of that prompt alone, and the same
+    // tokens as in the batch (log-probs up to the batched prefill's float rounding).
+    for (i, p) in prompts.iter().enumerate() {
+        let (status, v) = post_json(&url, &generate_body(std::slice::from_ref(p), &params[i..=i], true), None);
+        assert_eq!(status, 200, "{v}");
+        let r: SglangGenerateResponse = serde_json::from_value(v).expect("one reply object for a flat input_ids");
+        let alone = policy.generate(std::slice::from_ref(p), &seeds[i..=i], &sampling_params(&params[i])).expect("generate");
+        let got = sglang_row(&r);
+        assert_same_sample(&got, &alone[0], &format!("prompt {i} alone"));
+        assert_eq!(got.0, want[i].token_ids, "prompt {i}: alone vs in the batch");
+        assert!(got.1.iter().zip(&want[i].logprobs).all(|(a, b)| (a - b).abs() < 1e-4), "prompt {i}");
+    }
+    // One sampling_params dict for every prompt: each row still gets the dict's seed.
+    let shared = SglangSamplingParams::from(&params[0]);
+    let body = json!({"input_ids": prompts[..2], "sampling_params": shared, "return_logprob": true});
+    let (status, v) = post_json(&url, &body, None);
+    assert_eq!(status, 200, "{v}");
+    let rows: Vec<SglangGenerateResponse> = serde_json::from_value(v).expect("list");
+    let same_seed = policy.generate(&prompts[..2], &[seeds[0], seeds[0]], &sampling_params(&params[0])).expect("generate");
+    for (r, w) in rows.iter().zip(&same_seed) {
+        assert_same_sample(&sglang_row(r), w, "one dict for all");
+    }
+}
+
+#[test]
+fn token_id_completions_are_policy_generate_and_prompt_logprobs_are_the_policys() {
+    let policy = tiny_random_llama(3);
+    let server = token_server(3, None, ServerOptions::default());
+    let prompts = token_prompts(&policy);
+    for (i, p) in prompts.iter().enumerate() {
+        let s = rl_sampling(7 + i as u64);
+        let mut req = VllmCompletionRequest::of(p.clone(), &s);
+        req.prompt_logprobs = Some(0);
+        let (status, v) = post_json(&server.completions_url(), &serde_json::to_value(&req).expect("JSON"), None);
+        assert_eq!(status, 200, "{v}");
+        let reply: VllmCompletionResponse = serde_json::from_value(v).expect("a vLLM reply");
+        let c = &reply.choices[0];
+        let want = &policy.generate(std::slice::from_ref(p), &[7 + i as u64], &sampling_params(&s)).expect("generate")[0];
+        assert_eq!(c.token_ids.as_ref().expect("token_ids"), &want.token_ids, "prompt {i}");
+        let lp = c.logprobs.as_ref().expect("logprobs");
+        let ids: Vec<u32> = lp.tokens.iter().map(|t| vllm_token_id(t).expect("token_id:N")).collect();
+        assert_eq!(ids, want.token_ids);
+        let lps: Vec<f32> = lp.token_logprobs.iter().map(|x| x.expect("a log-prob") as f32).collect();
+        assert_eq!(bits(&lps), bits(&want.logprobs), "prompt {i}: log-probs bit for bit");
+        assert_eq!(c.finish_reason.as_deref(), Some(if want.finished_by_stop { "stop" } else { "length" }));
+        assert_eq!(c.text, want.text);
+        // Prompt log-probs: null first, then each token's own, as `Policy::prompt_logprobs`.
+        let pl = c.prompt_logprobs.as_ref().expect("prompt_logprobs");
+        assert_eq!(pl.len(), p.len());
+        assert!(pl[0].is_none());
+        let got: Vec<f32> = pl[1..].iter().zip(&p[1..]).map(|(e, t)| e.as_ref().expect("an entry")[&t.to_string()].logprob as f32).collect();
+        let direct = if p.len() > 1 { policy.prompt_logprobs(p).expect("prompt logprobs") } else { Vec::new() };
+        assert_eq!(bits(&got), bits(&direct), "prompt {i}");
+        // SGLang's `logprob_start_len: 0` gives the same numbers.
+        let mut body = generate_body(std::slice::from_ref(p), std::slice::from_ref(&s), true);
+        body["logprob_start_len"] = json!(0);
+        let (status, v) = post_json(&format!("{}/generate", server.base_url()), &body, None);
+        assert_eq!(status, 200, "{v}");
+        let r: SglangGenerateResponse = serde_json::from_value(v).expect("reply");
+        let input = r.meta_info.input_token_logprobs.expect("input_token_logprobs");
+        assert_eq!(input[0], (None, p[0], None));
+        let got: Vec<f32> = input[1..].iter().map(|(lp, _, _)| lp.expect("a log-prob") as f32).collect();
+        assert_eq!(input.iter().map(|e| e.1).collect::<Vec<_>>(), *p);
+        assert_eq!(bits(&got), bits(&direct), "prompt {i}");
+        assert_eq!(r.output_ids, want.token_ids, "same seed, same settings, either protocol");
+    }
+    // Decoded pieces instead of `token_id:N`, no token ids: still the same tokens.
+    let s = rl_sampling(7);
+    let mut req = VllmCompletionRequest::of(prompts[0].clone(), &s);
+    req.return_tokens_as_token_ids = false;
+    req.return_token_ids = false;
+    let (status, v) = post_json(&server.completions_url(), &serde_json::to_value(&req).expect("JSON"), None);
+    assert_eq!(status, 200, "{v}");
+    let want = &policy.generate(&prompts[..1], &[7], &sampling_params(&s)).expect("generate")[0];
+    let pieces: Vec<String> = want.token_ids.iter().map(|&t| policy.tokenizer().decode(&[t], true).expect("decode")).collect();
+    assert_eq!(v["choices"][0]["logprobs"]["tokens"], json!(pieces), "{v}");
+    assert!(v["choices"][0].get("token_ids").is_none(), "{v}");
+}
+
+/// Saves tiny random policies `seed_a` and `seed_b` under a temp dir: (dir, A, B).
+fn two_checkpoints(seed_a: u64, seed_b: u64) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    tiny_random_llama(seed_a).save_hf_dir(&a).expect("save a");
+    tiny_random_llama(seed_b).save_hf_dir(&b).expect("save b");
+    (dir, a, b)
+}
+
+/// One seeded `/generate` row of `prompt`: (ids, log-probs bits, weight version).
+fn generate_one(server: &CompletionsServer, prompt: &[u32]) -> (Vec<u32>, Vec<u32>, Option<String>) {
+    let body = generate_body(&[prompt.to_vec()], &[rl_sampling(42)], true);
+    let (status, v) = post_json(&format!("{}/generate", server.base_url()), &body, None);
+    assert_eq!(status, 200, "{v}");
+    let r: SglangGenerateResponse = serde_json::from_value(v).expect("reply");
+    let (ids, lps, _) = sglang_row(&r);
+    (ids, bits(&lps), r.meta_info.weight_version)
+}
+
+fn policy_sample(dir: &std::path::Path, prompt: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    let p = Policy::load(dir, tch::Device::Cpu, tch::Kind::Float).expect("load");
+    let s = &p.generate(&[prompt.to_vec()], &[42], &sampling_params(&rl_sampling(42))).expect("generate")[0];
+    (s.token_ids.clone(), bits(&s.logprobs))
+}
+
+fn root_of(server: &CompletionsServer) -> String {
+    let (status, v) = get(&format!("{}/v1/models", server.base_url()), None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"][0]["max_model_len"], 512, "{v}");
+    v["data"][0]["root"].as_str().expect("root").to_string()
+}
+
+#[test]
+fn update_weights_from_disk_swaps_the_model_and_a_bad_checkpoint_keeps_the_old_one() {
+    let (dir, a, b) = two_checkpoints(3, 11);
+    let server = token_server(3, Some(&a), ServerOptions::default());
+    let base = server.base_url();
+    let prompt = token_prompts(&tiny_random_llama(3))[1].clone();
+    assert_eq!(root_of(&server), weights_digest(&a).expect("digest").to_string());
+    let before = generate_one(&server, &prompt);
+    assert_eq!((before.0.clone(), before.1.clone()), policy_sample(&a, &prompt));
+    assert_eq!(before.2.as_deref(), Some("default"));
+
+    let req =
+        SglangUpdateWeightsRequest { model_path: b.display().to_string(), weight_version: Some("v1".into()), flush_cache: true, abort_all_requests: false };
+    let (status, v) = post_json(&format!("{base}/update_weights_from_disk"), &serde_json::to_value(&req).expect("JSON"), None);
+    assert_eq!(status, 200, "{v}");
+    let r: SglangUpdateWeightsResponse = serde_json::from_value(v).expect("reply");
+    assert!(r.success && r.message.contains("Weight version updated to v1."), "{r:?}");
+    assert_eq!(root_of(&server), weights_digest(&b).expect("digest").to_string());
+    assert_eq!(get(&format!("{base}/get_weight_version"), None).1, json!({"weight_version": "v1"}));
+    let (_, info) = get(&format!("{base}/get_server_info"), None);
+    assert_eq!(info["model_path"], b.display().to_string(), "{info}");
+    assert_eq!(info["weight_version"], "v1", "{info}");
+    let (_, info) = get(&format!("{base}/get_model_info"), None);
+    assert_eq!(info["is_generation"], true, "{info}");
+    let after = generate_one(&server, &prompt);
+    assert_eq!((after.0.clone(), after.1.clone()), policy_sample(&b, &prompt));
+    assert_ne!(after.1, before.1, "other weights, other log-probs");
+    assert_eq!(after.2.as_deref(), Some("v1"));
+
+    // A missing directory and a checkpoint with broken weights: 400, success false, and the
+    // model, its digest and its version stay.
+    let broken = dir.path().join("broken");
+    tiny_random_llama(5).save_hf_dir(&broken).expect("save");
+    let st = broken.join("model.safetensors");
+    let bytes = std::fs::read(&st).expect("read");
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).expect("truncate");
+    for bad in [dir.path().join("missing"), broken] {
+        let body = json!({"model_path": bad.display().to_string(), "weight_version": "v2"});
+        let (status, v) = post_json(&format!("{base}/update_weights_from_disk"), &body, None);
+        assert_eq!(status, 400, "{v}");
+        let r: SglangUpdateWeightsResponse = serde_json::from_value(v).expect("reply");
+        assert!(!r.success && !r.message.is_empty(), "{r:?}");
+        assert_eq!(root_of(&server), weights_digest(&b).expect("digest").to_string());
+        assert_eq!(get(&format!("{base}/get_weight_version"), None).1, json!({"weight_version": "v1"}));
+        assert_eq!(generate_one(&server, &prompt), after);
+    }
+    // Without a weight_version the version stays.
+    let (status, v) = post_json(&format!("{base}/update_weights_from_disk"), &json!({"model_path": a.display().to_string()}), None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(get(&format!("{base}/get_weight_version"), None).1, json!({"weight_version": "v1"}));
+    assert_eq!(generate_one(&server, &prompt).1, before.1);
+}
+
+#[test]
+fn vllm_weight_transfer_flow_reloads_and_sets_the_version() {
+    let (dir, a, b) = two_checkpoints(3, 13);
+    let server = token_server(3, Some(&a), ServerOptions { weight_version: "step-0".into(), ..ServerOptions::default() });
+    let base = server.base_url();
+    let prompt = token_prompts(&tiny_random_llama(3))[0].clone();
+    let update = |path: &std::path::Path| {
+        let body = VllmUpdateWeightsRequest { update_info: VllmUpdateInfo { path: path.display().to_string() } };
+        post_json(&format!("{base}/update_weights"), &serde_json::to_value(&body).expect("JSON"), None)
+    };
+    assert_eq!(get(&format!("{base}/weight_info"), None).1, json!({"weight_version": "step-0"}));
+    // Out of order: 409.
+    assert_eq!(post_json(&format!("{base}/start_weight_update"), &json!({}), None).0, 409);
+    assert_eq!(post_json(&format!("{base}/init_weight_transfer_engine"), &json!({"init_info": {}}), None), (200, json!({})));
+    assert_eq!(update(&b).0, 409, "no update started");
+    assert_eq!(post_json(&format!("{base}/finish_weight_update"), &json!({"weight_version": "x"}), None).0, 409);
+    assert_eq!(post(&format!("{base}/pause?mode=keep"), b"", None), (200, json!({"status": "paused"})));
+    assert_eq!(get(&format!("{base}/is_paused"), None).1, json!({"is_paused": true}));
+    assert_eq!(post_json(&format!("{base}/start_weight_update"), &json!({}), None), (200, json!({})));
+    assert_eq!(post_json(&format!("{base}/start_weight_update"), &json!({}), None).0, 409, "already started");
+    // A bad path: 400, the old model stays.
+    let (status, v) = update(&dir.path().join("missing"));
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("missing")), "{v}");
+    assert_eq!(root_of(&server), weights_digest(&a).expect("digest").to_string());
+    assert_eq!(update(&b), (200, json!({})));
+    assert_eq!(root_of(&server), weights_digest(&b).expect("digest").to_string());
+    let body = serde_json::to_value(VllmFinishWeightUpdate { weight_version: Some("step-1".into()) }).expect("JSON");
+    assert_eq!(post_json(&format!("{base}/finish_weight_update"), &body, None), (200, json!({})));
+    assert_eq!(post(&format!("{base}/resume"), b"", None), (200, json!({"status": "resumed"})));
+    assert_eq!(get(&format!("{base}/weight_info"), None).1, json!({"weight_version": "step-1"}));
+    assert_eq!(get(&format!("{base}/get_weight_version"), None).1, json!({"weight_version": "step-1"}));
+    let mut req = VllmCompletionRequest::of(prompt.clone(), &rl_sampling(42));
+    req.seed = Some(42);
+    let (status, v) = post_json(&server.completions_url(), &serde_json::to_value(&req).expect("JSON"), None);
+    assert_eq!(status, 200, "{v}");
+    let reply: VllmCompletionResponse = serde_json::from_value(v).expect("reply");
+    assert_eq!(reply.choices[0].token_ids.as_ref().expect("ids"), &policy_sample(&b, &prompt).0);
+    assert_eq!(generate_one(&server, &prompt).2.as_deref(), Some("step-1"));
+    assert_eq!(post(&format!("{base}/reset_prefix_cache"), b"", None).0, 200);
+}
+
+#[test]
+fn paused_generation_is_503_until_continued_and_bad_token_requests_are_400() {
+    let policy = tiny_random_llama(3);
+    let server = token_server(3, None, ServerOptions::default());
+    let base = server.base_url();
+    let prompts = token_prompts(&policy);
+    let gen = generate_body(&prompts[..1], &[rl_sampling(1)], true);
+    let tok = serde_json::to_value(VllmCompletionRequest::of(prompts[0].clone(), &rl_sampling(1))).expect("JSON");
+    assert_eq!(post(&format!("{base}/pause_generation"), b"{}", None), (200, json!({"message": "Generation paused successfully.", "status": "ok"})));
+    for (url, body) in [(format!("{base}/generate"), &gen), (server.completions_url(), &tok)] {
+        let (status, v) = post_json(&url, body, None);
+        assert_eq!(status, 503, "{url}: {v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("paused")), "{v}");
+    }
+    // The judge's text completions are not paused.
+    assert_answers(&server.completions_url(), None);
+    assert_eq!(post(&format!("{base}/continue_generation"), b"", None), (200, json!({"message": "Generation continued successfully.", "status": "ok"})));
+    assert_eq!(post_json(&format!("{base}/generate"), &gen, None).0, 200);
+    assert_eq!(post_json(&server.completions_url(), &tok, None).0, 200);
+    assert_eq!(post(&format!("{base}/pause?mode=never"), b"", None).0, 400);
+    let (status, text) = get(&format!("{base}/flush_cache"), None);
+    assert_eq!(status, 404, "flush_cache is a POST: {text}");
+    assert!(text["error"]["message"].as_str().is_some_and(|m| m.contains("POST /generate") && m.contains("GET /weight_info")), "{text}");
+    let mut resp = agent().post(&format!("{base}/flush_cache")).send(&b""[..]).expect("answered");
+    assert_eq!((resp.status().as_u16(), resp.body_mut().read_to_string().expect("text")), (200, "Cache flushed.".to_string()));
+
+    // Ids past the vocabulary (259) and malformed requests: 400 naming the field, never a
+    // libtorch panic, and the server keeps answering.
+    let vocab = 259u32;
+    let mut bad_stop = rl_sampling(1);
+    bad_stop.stop_token_ids = vec![vocab];
+    let sp = SglangSamplingParams::from(&rl_sampling(1));
+    let cases = [
+        (format!("{base}/generate"), json!({"input_ids": [[1, 2], [3, vocab]], "sampling_params": sp}), "input_ids", "vocabulary"),
+        (format!("{base}/generate"), json!({"input_ids": [1, 2], "sampling_params": SglangSamplingParams::from(&bad_stop)}), "stop_token_ids", "vocabulary"),
+        (format!("{base}/generate"), json!({"input_ids": [[1], [2]], "sampling_params": [sp, sp, sp]}), "sampling_params", "3 sampling_params for 2 prompts"),
+        (format!("{base}/generate"), json!({"text": "Hello", "sampling_params": sp}), "text", "input_ids"),
+        (format!("{base}/generate"), json!({"input_ids": [], "sampling_params": sp}), "input_ids", "empty"),
+        (format!("{base}/generate"), json!({"input_ids": [1], "sampling_params": {"max_new_tokens": 600, "temperature": 1.0}}), "max_new_tokens", "context"),
+        (format!("{base}/generate"), json!({"input_ids": [1], "sampling_params": {"max_new_tokens": 4, "temperature": 1.0, "top_p": 0}}), "top_p", "top_p"),
+        (
+            format!("{base}/generate"),
+            json!({"input_ids": [1], "sampling_params": sp, "return_logprob": true, "logprob_start_len": 1}),
+            "logprob_start_len",
+            "position",
+        ),
+        (server.completions_url(), json!({"prompt": [1, vocab + 1000], "max_tokens": 4, "temperature": 1.0}), "prompt", "vocabulary"),
+        (server.completions_url(), json!({"prompt": [[1, 2], [3]], "max_tokens": 4, "temperature": 1.0}), "prompt", "one token-id prompt"),
+        (server.completions_url(), json!({"prompt": [1, 2], "max_tokens": 4, "min_tokens": 5, "temperature": 1.0}), "min_tokens", "over max_tokens"),
+        (server.completions_url(), json!({"prompt": [1, 2], "max_tokens": 4, "temperature": 1.0, "logprobs": 5}), "logprobs", "logprobs=0"),
+        (server.completions_url(), json!({"prompt": [1, 2], "max_tokens": 4, "temperature": 1.0, "n": 2}), "n", "n must be 1"),
+    ];
+    for (url, body, field, says) in cases {
+        let (status, v) = post_json(&url, &body, None);
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], field, "{body}: {v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains(says)), "{body}: {v}");
+    }
+    assert_eq!(post_json(&format!("{base}/generate"), &gen, None).0, 200);
+}
+
+#[test]
+fn new_routes_need_the_token_except_health_and_info_reads_are_not_counted() {
+    let server = token_server(3, None, ServerOptions { auth_token: Some(BearerToken::new(TOKEN)), fail_first: 1, ..ServerOptions::default() });
+    let base = server.base_url();
+    assert_eq!(get(&format!("{base}/health"), None), (200, json!({})));
+    let gets = ["/v1/models", "/version", "/get_server_info", "/get_model_info", "/get_weight_version", "/weight_info", "/is_paused"];
+    let posts = [
+        "/generate",
+        "/v1/completions",
+        "/update_weights_from_disk",
+        "/pause_generation",
+        "/continue_generation",
+        "/flush_cache",
+        "/init_weight_transfer_engine",
+        "/start_weight_update",
+        "/update_weights",
+        "/finish_weight_update",
+        "/pause",
+        "/resume",
+        "/reset_prefix_cache",
+        "/nothing",
+    ];
+    for path in gets {
+        assert_eq!(get(&format!("{base}{path}"), None).0, 401, "{path}");
+    }
+    for path in posts {
+        assert_eq!(post(&format!("{base}{path}"), b"{}", Some("wrong")).0, 401, "{path}");
+    }
+    // The refused pause did nothing.
+    assert_eq!(get(&format!("{base}/is_paused"), Some(TOKEN)), (200, json!({"is_paused": false})));
+    let (status, v) = get(&format!("{base}/version"), Some(TOKEN));
+    assert_eq!(status, 200);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    // Info reads leave `requests_seen` alone; everything else counts.
+    let before = server.requests_seen();
+    for path in gets.iter().chain(&["/health"]) {
+        assert_eq!(get(&format!("{base}{path}"), Some(TOKEN)).0, 200, "{path}");
+    }
+    assert_eq!(server.requests_seen(), before);
+    // fail_first counts generation requests of either protocol: the first /generate is 503,
+    // the next is answered.
+    let prompts = token_prompts(&tiny_random_llama(3));
+    let gen = generate_body(&prompts[..1], &[rl_sampling(1)], true);
+    assert_eq!(post_json(&format!("{base}/generate"), &gen, Some(TOKEN)).0, 503);
+    assert_eq!(post_json(&format!("{base}/generate"), &gen, Some(TOKEN)).0, 200);
+    assert_eq!(server.requests_seen(), before + 2);
+}
+
+#[test]
+fn serve_reports_its_weight_version_option_and_context() {
+    let s = Served::start(&["--weight-version", "iter-0"], None);
+    let base = s.url.trim_end_matches("/v1/completions").to_string();
+    assert_eq!(get(&format!("{base}/get_weight_version"), None).1, json!({"weight_version": "iter-0"}));
+    let (_, v) = get(&format!("{base}/v1/models"), None);
+    assert_eq!(v["data"][0]["max_model_len"], 512, "{v}");
+    let (_, info) = get(&format!("{base}/get_model_info"), None);
+    assert!(info["model_path"].as_str().is_some_and(|p| p.ends_with("tiny")), "{info}");
+    let prompts = token_prompts(&tiny_random_llama(3));
+    let (status, v) = post_json(&format!("{base}/generate"), &generate_body(&prompts[..1], &[rl_sampling(9)], true), None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["meta_info"]["weight_version"], "iter-0", "{v}");
+}
+
+fn token_fuzz_seeds() -> Vec<Vec<u8>> {
+    let sp = SglangSamplingParams::from(&rl_sampling(3));
+    [
+        json!({"input_ids": [1, 2, 3], "sampling_params": sp, "return_logprob": true, "logprob_start_len": 0}),
+        json!({"input_ids": [[1, 2], [258]], "sampling_params": [sp, sp]}),
+        json!({"prompt": [5, 6, 7], "max_tokens": 8, "min_tokens": 1, "temperature": 0.5, "top_k": -1, "seed": 18446744073709551615u64,
+            "stop_token_ids": [2], "logprobs": 0, "prompt_logprobs": 0, "return_token_ids": true, "return_tokens_as_token_ids": true}),
+        json!({"prompt": [[1], [2]], "max_tokens": 1, "temperature": 0}),
+    ]
+    .iter()
+    .map(|v| v.to_string().into_bytes())
+    .collect()
+}
+
+#[test]
+fn fuzz_serve_token_requests() {
+    let generator = PolicyGenerator::new(tiny_random_llama(3));
+    let options = ServerOptions { max_prompts: 8, max_body_bytes: 4096, max_tokens_limit: 64, ..ServerOptions::default() };
+    let within = |prompt: &[u32], s: &TokenSampling| {
+        assert!(!prompt.is_empty() && prompt.iter().chain(&s.stop_token_ids).all(|&t| t < 259), "{prompt:?} {s:?}");
+        assert!(s.max_new_tokens <= 64 && s.min_new_tokens <= s.max_new_tokens && prompt.len() + s.max_new_tokens <= 512);
+        assert!(s.temperature >= 0.0 && s.top_p > 0.0 && s.top_p <= 1.0);
+    };
+    fuzz::run("fuzz_serve_token_requests", &token_fuzz_seeds(), fuzz::iterations(3000), |bytes| {
+        let _ = completions_prompt_kind(bytes);
+        if let Ok(r) = parse_generate(bytes, &options, &generator) {
+            assert!(!r.prompts.is_empty() && r.prompts.len() <= options.max_prompts && r.prompts.len() == r.params.len());
+            for (p, s) in r.prompts.iter().zip(&r.params) {
+                within(p, s);
+                assert!(r.logprob_start.is_none_or(|k| k < p.len()));
+            }
+        }
+        if let Ok(r) = parse_token_completion(bytes, &options, &generator) {
+            within(&r.prompt, &r.params);
+        }
+        let _ = parse_pause_mode(&String::from_utf8_lossy(bytes));
+    });
 }

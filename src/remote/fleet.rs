@@ -1,0 +1,747 @@
+//! The client side of `generation.backend: server`: puts one policy on every listed server,
+//! proves each serves it, then spreads a stage's prompts over them. Called by the `rollout`
+//! and `eval` stages through `StageContext::generator` (stages/mod.rs).
+//!
+//! Per stage run (docs/remote.md has the exact calls per engine):
+//! 1. **Lock** the fleet (`<store>/.locks/generation-<hash of the URLs>.lock`): two stages
+//!    running at once (`run --jobs 2`) must not load different policies onto the same servers.
+//! 2. **Load** the policy artifact onto every server (skipped for the base policy, which is
+//!    the servers' startup model: checked, not assumed). The servers read a clean view of the
+//!    artifact, `<store>/.serving/<key>/` (hard links to its config, weights and tokenizer
+//!    files only: an update artifact also holds `optimizer.safetensors`, which a loader that
+//!    globs `*.safetensors` would take for weights), under `generation.server_store_path`
+//!    when the servers mount the store elsewhere. The weight version is `<node>:<key prefix>`.
+//! 3. **Verify**, because an HTTP 200 does not prove the weights changed (both engines have
+//!    open bugs where a reload keeps serving the old weights): the server must report the
+//!    expected weight version, this project's own server must report the artifact's weights
+//!    digest as `/v1/models` `root`, and a canary — fixed prompts scored with prompt
+//!    log-probs — must agree with this process's log-probs of the same weights within
+//!    `generation.canary_tolerance` (mean |Δ| per token). A mismatch fails the stage with
+//!    both numbers.
+//! 4. **Generate**: token ids in, token ids and log-probs out, one seed per row. Requests
+//!    follow the stage's own batch plan (so this project's `serve` sees the same batches as
+//!    local generation and returns the same bytes), split to `prompts_per_request` (1 for
+//!    vLLM, whose `seed` is per request). `concurrency` requests per server are in flight;
+//!    a request that fails (connection, 5xx, 429, timeout) is retried with exponential
+//!    backoff, and after `retries` its server is dropped for the rest of the stage and the
+//!    request goes to another; when no server is left the stage fails and publishes nothing.
+//!    Every row records the server, engine, engine version and weight version that made it.
+//!
+//! Replies are checked, never trusted: token ids inside the vocabulary, one log-prob per token,
+//! no more tokens than asked, the weight version of each SGLang reply.
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use super::wire::*;
+use crate::model::{Policy, Sample, SamplingParams, TokenId};
+use crate::spec::{GenerationParams, ServerEngine};
+
+/// Largest reply body read (a batch of 64 rows of 2,048 tokens with log-probs is ~10 MB).
+const MAX_REPLY_BYTES: u64 = 64 << 20;
+/// Backoff before retry k (k ≥ 1): `BACKOFF_MS · 2^(k−1)`, capped.
+const BACKOFF_MS: u64 = 500;
+const BACKOFF_MAX_MS: u64 = 30_000;
+
+/// Canary prompts: fixed chat turns, rendered with the policy's own template.
+const CANARY: [&str; 2] = ["Write one sentence about the sea.", "How do I choose a strong password? Answer briefly."];
+
+/// The files of a policy artifact a server loads (everything else stays out of its view).
+const SERVED_FILES: [&str; 6] =
+    ["config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"];
+
+/// One server's state once the policy is on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerState {
+    pub url: String,
+    pub engine: ServerEngine,
+    pub engine_version: String,
+    pub weight_version: String,
+    /// Canary: mean and max |Δ log-prob| per token against this process, and the token count.
+    pub canary_mean_abs: f64,
+    pub canary_max_abs: f64,
+    pub canary_tokens: usize,
+}
+
+/// Which server made a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provenance {
+    pub server: String,
+    pub engine: String,
+    pub engine_version: String,
+    pub weight_version: String,
+}
+
+/// A request outcome that decides what happens next.
+enum Failure {
+    /// Connection error, timeout, HTTP 429 or 5xx: retry, then try another server.
+    Transient(String),
+    /// A reply that can never succeed (4xx, malformed body): fail the stage.
+    Permanent(String),
+}
+
+impl Failure {
+    fn message(&self) -> &str {
+        match self {
+            Failure::Transient(m) | Failure::Permanent(m) => m,
+        }
+    }
+}
+
+/// The configured servers.
+pub struct Fleet {
+    params: GenerationParams,
+    urls: Vec<String>,
+    agent: ureq::Agent,
+    api_key: Option<String>,
+}
+
+impl Fleet {
+    pub fn connect(params: &GenerationParams) -> Result<Fleet> {
+        if params.servers.is_empty() {
+            bail!("generation.servers: no server to generate on");
+        }
+        let api_key = match &params.api_key_env {
+            None => None,
+            Some(var) => match std::env::var(var) {
+                Ok(k) if !k.is_empty() => Some(k),
+                _ => bail!("generation.api_key_env: the environment variable {var} is unset or empty"),
+            },
+        };
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(u64::from(params.timeout_s)))).http_status_as_error(false).build().into();
+        let urls = params.servers.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
+        Ok(Fleet { params: params.clone(), urls, agent, api_key })
+    }
+
+    pub fn params(&self) -> &GenerationParams {
+        &self.params
+    }
+
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// Exclusive use of these servers for one stage run (blocks while another stage holds it).
+    pub fn lock(&self, store_root: &Path) -> Result<std::fs::File> {
+        use fs4::fs_std::FileExt;
+        let mut urls = self.urls.clone();
+        urls.sort();
+        let dir = store_root.join(".locks");
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let path = dir.join(format!("generation-{}.lock", &blake3::hash(urls.join("\n").as_bytes()).to_hex()[..16]));
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("open {}", path.display()))?;
+        file.lock_exclusive().with_context(|| format!("lock {}", path.display()))?;
+        Ok(file)
+    }
+
+    // ------------------------------------------------------------ HTTP
+
+    fn url(&self, server: usize, route: &str) -> String {
+        format!("{}{route}", self.urls[server])
+    }
+
+    /// One attempt: the reply body of an HTTP 200, or why not.
+    fn call(&self, server: usize, route: &str, body: Option<&Value>) -> Result<Vec<u8>, Failure> {
+        let url = self.url(server, route);
+        let result = match body {
+            Some(b) => {
+                let mut req = self.agent.post(&url).header("Content-Type", "application/json");
+                if let Some(k) = &self.api_key {
+                    req = req.header("Authorization", &format!("Bearer {k}"));
+                }
+                req.send(b.to_string())
+            }
+            None => {
+                let mut req = self.agent.get(&url);
+                if let Some(k) = &self.api_key {
+                    req = req.header("Authorization", &format!("Bearer {k}"));
+                }
+                req.call()
+            }
+        };
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => return Err(transport_failure(&url, e)),
+        };
+        let status = resp.status().as_u16();
+        let bytes = resp.body_mut().with_config().limit(MAX_REPLY_BYTES).read_to_vec();
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => return Err(transport_failure(&url, e)),
+        };
+        match status {
+            200 => Ok(bytes),
+            429 | 500..=599 => Err(Failure::Transient(format!("{url}: HTTP {status}: {}", excerpt(&bytes)))),
+            _ => Err(Failure::Permanent(format!("{url}: HTTP {status}: {}", excerpt(&bytes)))),
+        }
+    }
+
+    /// `call` with retries and exponential backoff on transient failures.
+    fn call_retrying(&self, server: usize, route: &str, body: Option<&Value>) -> Result<Vec<u8>, Failure> {
+        let mut last = None;
+        for attempt in 0..=self.params.retries {
+            if attempt > 0 {
+                let delay = BACKOFF_MS.saturating_mul(1u64 << (attempt - 1).min(20)).min(BACKOFF_MAX_MS);
+                std::thread::sleep(Duration::from_millis(delay));
+            }
+            match self.call(server, route, body) {
+                Ok(b) => return Ok(b),
+                Err(Failure::Permanent(m)) => return Err(Failure::Permanent(m)),
+                Err(Failure::Transient(m)) => {
+                    tracing::warn!(server = %self.urls[server], attempt = attempt + 1, "transient failure: {m}");
+                    last = Some(m);
+                }
+            }
+        }
+        Err(Failure::Transient(format!("{} (after {} attempts)", last.unwrap_or_default(), self.params.retries + 1)))
+    }
+
+    fn json<T: DeserializeOwned>(&self, server: usize, route: &str, body: Option<&Value>) -> Result<T> {
+        let bytes = self.call_retrying(server, route, body).map_err(|f| anyhow!("{}", f.message()))?;
+        parse_reply(&bytes).with_context(|| format!("{}: reply", self.url(server, route)))
+    }
+
+    fn post_ok(&self, server: usize, route: &str, body: &Value) -> Result<()> {
+        self.call_retrying(server, route, Some(body)).map(|_| ()).map_err(|f| anyhow!("{}", f.message()))
+    }
+
+    // ------------------------------------------------------------ loading and checks
+
+    /// Put the policy whose artifact directory is `dir` on every server (`load: false` for
+    /// the base policy, the servers' startup model), then verify each. `weight_version` is
+    /// what a load sets; `local` is this process's copy of the same weights (for the canary)
+    /// and `weights_digest` its digest (checked against this project's own servers).
+    pub fn put_policy(
+        &self,
+        store_root: &Path,
+        dir: &Path,
+        weight_version: &str,
+        load: bool,
+        local: &Policy,
+        weights_digest: &str,
+    ) -> Result<Vec<ServerState>> {
+        let canary = canary_prompts(local)?;
+        let expected: Vec<Vec<f32>> =
+            canary.iter().map(|ids| local.prompt_logprobs(ids)).collect::<Result<_, _>>().context("canary: local prompt log-probs")?;
+        let server_dir = if load { Some(self.server_view(store_root, dir)?) } else { None };
+        let vocab = local.config().vocab_size;
+        let results: Vec<Result<ServerState>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..self.urls.len())
+                .map(|s| {
+                    let (canary, expected, server_dir) = (&canary, &expected, &server_dir);
+                    scope.spawn(move || self.put_on(s, server_dir.as_deref(), weight_version, canary, expected, weights_digest, vocab))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| Err(anyhow!("panicked: {}", crate::engine::panic_message(p.as_ref()).unwrap_or_default()))))
+                .collect()
+        });
+        let mut states = Vec::with_capacity(results.len());
+        for (s, r) in results.into_iter().enumerate() {
+            states.push(r.with_context(|| format!("server {}", self.urls[s]))?);
+        }
+        Ok(states)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn put_on(
+        &self,
+        s: usize,
+        server_dir: Option<&str>,
+        version: &str,
+        canary: &[Vec<TokenId>],
+        expected: &[Vec<f32>],
+        digest: &str,
+        vocab: usize,
+    ) -> Result<ServerState> {
+        let engine = self.params.engine;
+        let engine_version = self.engine_version(s)?;
+        if let Some(path) = server_dir {
+            match engine {
+                ServerEngine::Sglang | ServerEngine::SelfRedteam => self.load_sglang(s, path, version)?,
+                ServerEngine::Vllm => self.load_vllm(s, path, version)?,
+            }
+        }
+        let weight_version = self.weight_version(s)?;
+        if server_dir.is_some() && weight_version != version {
+            bail!("reports weight version {weight_version:?} after loading {version:?}: the load did not take");
+        }
+        if engine == ServerEngine::SelfRedteam {
+            let models: Value = self.json(s, "/v1/models", None)?;
+            let root = models.pointer("/data/0/root").and_then(Value::as_str).unwrap_or("");
+            if root != digest {
+                bail!("serves weights with digest {root:?}, expected {digest:?} (this policy's weights)");
+            }
+        }
+        let (mut sum, mut max, mut n) = (0f64, 0f64, 0usize);
+        for (ids, want) in canary.iter().zip(expected) {
+            let got = self.prompt_logprobs(s, ids, vocab)?;
+            if got.len() != want.len() {
+                bail!("canary: {} prompt log-probs for {} tokens (expected {})", got.len(), ids.len(), want.len());
+            }
+            for (g, w) in got.iter().zip(want) {
+                let d = (f64::from(*g) - f64::from(*w)).abs();
+                sum += d;
+                max = max.max(d);
+                n += 1;
+            }
+        }
+        let mean = if n == 0 { 0.0 } else { sum / n as f64 };
+        if mean.is_nan() || mean > self.params.canary_tolerance {
+            bail!(
+                "canary: mean |Δ log-prob| {mean:.6} per token (max {max:.6}, {n} tokens) over generation.canary_tolerance {}: the server does not serve these weights (weight version {weight_version:?})",
+                self.params.canary_tolerance
+            );
+        }
+        Ok(ServerState { url: self.urls[s].clone(), engine, engine_version, weight_version, canary_mean_abs: mean, canary_max_abs: max, canary_tokens: n })
+    }
+
+    fn engine_version(&self, s: usize) -> Result<String> {
+        let route = match self.params.engine {
+            ServerEngine::Sglang => "/get_server_info",
+            ServerEngine::Vllm | ServerEngine::SelfRedteam => "/version",
+        };
+        let v: Value = self.json(s, route, None)?;
+        Ok(v.get("version").and_then(Value::as_str).unwrap_or("unknown").to_string())
+    }
+
+    fn weight_version(&self, s: usize) -> Result<String> {
+        let route = match self.params.engine {
+            ServerEngine::Sglang | ServerEngine::SelfRedteam => "/get_weight_version",
+            ServerEngine::Vllm => "/weight_info",
+        };
+        let v: WeightVersion = self.json(s, route, None)?;
+        Ok(v.weight_version.unwrap_or_else(|| "unknown".into()))
+    }
+
+    /// SGLang's RL flow: pause (aborting stragglers), load from disk with the new version,
+    /// continue — continue also when the load failed, so the server is not left paused.
+    fn load_sglang(&self, s: usize, path: &str, version: &str) -> Result<()> {
+        self.post_ok(s, "/pause_generation", &json!({"mode": "abort"}))?;
+        let req =
+            SglangUpdateWeightsRequest { model_path: path.to_string(), weight_version: Some(version.to_string()), flush_cache: true, abort_all_requests: true };
+        let loaded = self.call_retrying(s, "/update_weights_from_disk", Some(&serde_json::to_value(&req)?));
+        let resumed = self.post_ok(s, "/continue_generation", &json!({}));
+        let bytes = match loaded {
+            Ok(b) => b,
+            Err(f) => {
+                // A 400 carries `{"success": false, "message": …}`; keep the message whole.
+                bail!("load {path}: {}", f.message())
+            }
+        };
+        let reply: SglangUpdateWeightsResponse = parse_reply(&bytes).context("update_weights_from_disk reply")?;
+        if !reply.success {
+            bail!("load {path}: {}", reply.message);
+        }
+        resumed
+    }
+
+    /// vLLM's disk weight-transfer flow (`VLLM_SERVER_DEV_MODE=1`, `--weight-transfer-config
+    /// '{"backend": "disk"}'`): init (a repeat is tolerated), pause, start, update, finish
+    /// with the version, reset the prefix cache, resume.
+    fn load_vllm(&self, s: usize, path: &str, version: &str) -> Result<()> {
+        if let Err(f) = self.call_retrying(s, "/init_weight_transfer_engine", Some(&json!({"init_info": {}}))) {
+            tracing::warn!(server = %self.urls[s], "init_weight_transfer_engine: {} (continuing: it may have been initialised before)", f.message());
+        }
+        self.post_ok(s, "/pause?mode=wait", &json!({}))?;
+        let load = (|| -> Result<()> {
+            self.post_ok(s, "/start_weight_update", &json!({}))?;
+            self.post_ok(s, "/update_weights", &serde_json::to_value(VllmUpdateWeightsRequest { update_info: VllmUpdateInfo { path: path.to_string() } })?)?;
+            self.post_ok(s, "/finish_weight_update", &serde_json::to_value(VllmFinishWeightUpdate { weight_version: Some(version.to_string()) })?)?;
+            self.post_ok(s, "/reset_prefix_cache", &json!({}))
+        })();
+        let resumed = self.post_ok(s, "/resume", &json!({}));
+        load.with_context(|| format!("load {path}"))?;
+        resumed
+    }
+
+    /// The server's log-probs of `ids[1..]` given their prefixes (greedy, one new token).
+    fn prompt_logprobs(&self, s: usize, ids: &[TokenId], vocab: usize) -> Result<Vec<f32>> {
+        let greedy =
+            TokenSampling { temperature: 0.0, top_p: 1.0, top_k: None, max_new_tokens: 1, min_new_tokens: 0, stop_token_ids: Vec::new(), seed: Some(0) };
+        match self.params.engine {
+            ServerEngine::Sglang | ServerEngine::SelfRedteam => {
+                let req = SglangGenerateRequest {
+                    input_ids: OneOrMany::One(ids.to_vec()),
+                    sampling_params: OneOrMany::One((&greedy).into()),
+                    return_logprob: true,
+                    logprob_start_len: 0,
+                };
+                let r: SglangGenerateResponse = self.json(s, "/generate", Some(&serde_json::to_value(&req)?))?;
+                let lps = r.meta_info.input_token_logprobs.context("canary: reply has no meta_info.input_token_logprobs")?;
+                if lps.len() != ids.len() {
+                    bail!("canary: {} input log-probs for {} prompt tokens", lps.len(), ids.len());
+                }
+                lps.iter()
+                    .enumerate()
+                    .skip(1)
+                    .map(|(k, (lp, id, _))| {
+                        if *id != ids[k] {
+                            bail!("canary: input log-prob {k} is for token {id}, the prompt has {}", ids[k]);
+                        }
+                        lp.map(|v| v as f32).with_context(|| format!("canary: input log-prob {k} is null"))
+                    })
+                    .collect()
+            }
+            ServerEngine::Vllm => {
+                let mut req = VllmCompletionRequest::of(ids.to_vec(), &greedy);
+                req.prompt_logprobs = Some(0);
+                req.logprobs = None;
+                let r: VllmCompletionResponse = self.json(s, "/v1/completions", Some(&serde_json::to_value(&req)?))?;
+                let choice = r.choices.first().context("canary: reply has no choices")?;
+                let lps = choice.prompt_logprobs.as_ref().context("canary: reply has no prompt_logprobs")?;
+                if lps.len() != ids.len() {
+                    bail!("canary: {} prompt log-probs for {} prompt tokens", lps.len(), ids.len());
+                }
+                let _ = vocab;
+                (1..ids.len())
+                    .map(|k| {
+                        let entry = lps[k].as_ref().with_context(|| format!("canary: prompt log-prob {k} is null"))?;
+                        entry
+                            .get(&ids[k].to_string())
+                            .map(|t| t.logprob as f32)
+                            .with_context(|| format!("canary: prompt log-prob {k} lacks the prompt's token {}", ids[k]))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// The servers' path of the clean view of the artifact `dir` (made once, by hard links).
+    fn server_view(&self, store_root: &Path, dir: &Path) -> Result<String> {
+        let view = serving_view(store_root, dir)?;
+        let path = match &self.params.server_store_path {
+            None => view,
+            Some(server_root) => {
+                let rel = view.strip_prefix(store_root).with_context(|| format!("{} is not inside the store {}", view.display(), store_root.display()))?;
+                Path::new(server_root).join(rel)
+            }
+        };
+        path.to_str().map(str::to_string).with_context(|| format!("{} is not UTF-8", path.display()))
+    }
+
+    // ------------------------------------------------------------ generation
+
+    /// Sample every prompt on the fleet. `plan` is the stage's own batching (rows in order);
+    /// each batch is sent as requests of at most `prompts_per_request` rows (1 for vLLM).
+    /// Results in input order, with the server that made each row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate(
+        &self,
+        states: &[ServerState],
+        local: &Policy,
+        prompts: &[Vec<TokenId>],
+        seeds: &[u64],
+        params: &SamplingParams,
+        plan: &[Vec<usize>],
+        cancel: &AtomicBool,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<(Sample, Provenance)>> {
+        if prompts.len() != seeds.len() {
+            bail!("{} prompts but {} seeds", prompts.len(), seeds.len());
+        }
+        let stop: Vec<TokenId> = if params.stop_token_ids.is_empty() { local.tokenizer().stop_ids().to_vec() } else { params.stop_token_ids.clone() };
+        let per_request = match self.params.engine {
+            ServerEngine::Vllm => 1,
+            _ => self.params.prompts_per_request as usize,
+        };
+        let jobs: VecDeque<Vec<usize>> = plan.iter().flat_map(|b| b.chunks(per_request.max(1)).map(<[usize]>::to_vec).collect::<Vec<_>>()).collect();
+        let total: usize = jobs.iter().map(Vec::len).sum();
+        if total != prompts.len() {
+            bail!("batch plan covers {total} rows of {}", prompts.len());
+        }
+        let sampling = |row: usize| TokenSampling {
+            temperature: params.temperature,
+            top_p: params.top_p,
+            top_k: params.top_k,
+            max_new_tokens: params.max_new_tokens,
+            min_new_tokens: params.min_new_tokens,
+            stop_token_ids: stop.clone(),
+            seed: Some(seeds[row]),
+        };
+        let pending = std::sync::atomic::AtomicUsize::new(jobs.len());
+        let queue = Mutex::new(jobs);
+        let alive: Vec<AtomicBool> = self.urls.iter().map(|_| AtomicBool::new(true)).collect();
+        let fatal: Mutex<Option<String>> = Mutex::new(None);
+        let vocab = local.config().vocab_size;
+        let (tx, rx) = mpsc::channel::<(Vec<usize>, Vec<TokenCompletion>, usize)>();
+        let mut out: Vec<Option<(Sample, Provenance)>> = vec![None; prompts.len()];
+        std::thread::scope(|scope| -> Result<()> {
+            for s in 0..self.urls.len() {
+                for _ in 0..self.params.concurrency {
+                    let (tx, queue, alive, fatal, sampling, pending) = (tx.clone(), &queue, &alive, &fatal, &sampling, &pending);
+                    scope.spawn(move || loop {
+                        if cancel.load(Ordering::Relaxed) || !alive[s].load(Ordering::SeqCst) || fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
+                            return;
+                        }
+                        let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                            // Requests in flight elsewhere may still come back to the queue
+                            // (their server dropped): wait for them before leaving.
+                            if pending.load(Ordering::SeqCst) == 0 {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(5));
+                            continue;
+                        };
+                        let rows: Vec<(Vec<TokenId>, TokenSampling)> = job.iter().map(|&r| (prompts[r].clone(), sampling(r))).collect();
+                        match self.sample_on(s, &rows, vocab, &states[s].weight_version) {
+                            Ok(done) => {
+                                pending.fetch_sub(1, Ordering::SeqCst);
+                                if tx.send((job, done, s)).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(Failure::Permanent(m)) => {
+                                if let Ok(mut f) = fatal.lock() {
+                                    f.get_or_insert(m);
+                                }
+                                return;
+                            }
+                            Err(Failure::Transient(m)) => {
+                                tracing::warn!(server = %self.urls[s], "dropping the server for this stage: {m}");
+                                alive[s].store(false, Ordering::SeqCst);
+                                if let Ok(mut q) = queue.lock() {
+                                    q.push_front(job);
+                                }
+                                if alive.iter().all(|a| !a.load(Ordering::SeqCst)) {
+                                    if let Ok(mut f) = fatal.lock() {
+                                        f.get_or_insert(format!("every server failed; the last: {m}"));
+                                    }
+                                }
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+            drop(tx);
+            let mut done = 0usize;
+            for (job, completions, s) in rx {
+                let state = &states[s];
+                for (&row, c) in job.iter().zip(completions) {
+                    let text = local.tokenizer().decode(&c.token_ids, true).with_context(|| format!("decode row {row} from {}", state.url))?;
+                    let provenance = Provenance {
+                        server: state.url.clone(),
+                        engine: state.engine.name().to_string(),
+                        engine_version: state.engine_version.clone(),
+                        weight_version: c.weight_version.unwrap_or_else(|| state.weight_version.clone()),
+                    };
+                    out[row] = Some((Sample { token_ids: c.token_ids, logprobs: c.logprobs, finished_by_stop: c.finished_by_stop, text }, provenance));
+                    done += 1;
+                }
+                progress(done);
+            }
+            Ok(())
+        })?;
+        if let Some(m) = fatal.into_inner().ok().flatten() {
+            bail!("generation on servers failed: {m}");
+        }
+        if cancel.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        let missing = out.iter().filter(|o| o.is_none()).count();
+        if missing > 0 {
+            bail!("generation on servers: {missing} of {} rows were not generated (servers down: {})", out.len(), self.down(&alive).join(", "));
+        }
+        Ok(out.into_iter().map(|o| o.expect("checked above")).collect())
+    }
+
+    fn down(&self, alive: &[AtomicBool]) -> Vec<String> {
+        self.urls.iter().zip(alive).filter(|(_, a)| !a.load(Ordering::SeqCst)).map(|(u, _)| u.clone()).collect()
+    }
+
+    /// One request (with retries) for `rows` on server `s`, its replies checked.
+    fn sample_on(&self, s: usize, rows: &[(Vec<TokenId>, TokenSampling)], vocab: usize, version: &str) -> Result<Vec<TokenCompletion>, Failure> {
+        let bad = |m: String| Failure::Permanent(format!("{}: {m}", self.urls[s]));
+        match self.params.engine {
+            ServerEngine::Sglang | ServerEngine::SelfRedteam => {
+                let req = SglangGenerateRequest {
+                    input_ids: OneOrMany::Many(rows.iter().map(|(p, _)| p.clone()).collect()),
+                    sampling_params: OneOrMany::Many(rows.iter().map(|(_, t)| t.into()).collect()),
+                    return_logprob: true,
+                    logprob_start_len: -1,
+                };
+                let body = serde_json::to_value(&req).map_err(|e| bad(e.to_string()))?;
+                let bytes = self.call_retrying(s, "/generate", Some(&body))?;
+                let replies: Vec<SglangGenerateResponse> = parse_reply(&bytes).map_err(|e| bad(format!("/generate reply: {e:#}")))?;
+                if replies.len() != rows.len() {
+                    return Err(bad(format!("/generate answered {} prompts of {}", replies.len(), rows.len())));
+                }
+                rows.iter()
+                    .zip(replies)
+                    .enumerate()
+                    .map(|(i, ((_, t), r))| {
+                        if let Some(v) = &r.meta_info.weight_version {
+                            if v != version {
+                                return Err(bad(format!("row {i} was generated by weight version {v:?}, expected {version:?}")));
+                            }
+                        }
+                        let lps = r.meta_info.output_token_logprobs.as_ref().ok_or_else(|| bad(format!("row {i}: no output_token_logprobs")))?;
+                        let mut logprobs = Vec::with_capacity(lps.len());
+                        for (k, (lp, id, _)) in lps.iter().enumerate() {
+                            if r.output_ids.get(k) != Some(id) {
+                                return Err(bad(format!("row {i}: output log-prob {k} is for token {id}, not the output's")));
+                            }
+                            logprobs.push(lp.ok_or_else(|| bad(format!("row {i}: output log-prob {k} is null")))? as f32);
+                        }
+                        let finished_by_stop = r.meta_info.finish_reason.as_ref().is_some_and(|f| f.kind == "stop");
+                        check_completion(&r.output_ids, &logprobs, t, vocab).map_err(|m| bad(format!("row {i}: {m}")))?;
+                        Ok(TokenCompletion { token_ids: r.output_ids, logprobs, finished_by_stop, weight_version: r.meta_info.weight_version })
+                    })
+                    .collect()
+            }
+            ServerEngine::Vllm => {
+                let mut out = Vec::with_capacity(rows.len());
+                for (i, (prompt, t)) in rows.iter().enumerate() {
+                    let body = serde_json::to_value(VllmCompletionRequest::of(prompt.clone(), t)).map_err(|e| bad(e.to_string()))?;
+                    let bytes = self.call_retrying(s, "/v1/completions", Some(&body))?;
+                    let r: VllmCompletionResponse = parse_reply(&bytes).map_err(|e| bad(format!("/v1/completions reply: {e:#}")))?;
+                    let c = r.choices.into_iter().next().ok_or_else(|| bad(format!("row {i}: no choices")))?;
+                    let ids = c.token_ids.ok_or_else(|| bad(format!("row {i}: no token_ids (return_token_ids)")))?;
+                    let lp = c.logprobs.ok_or_else(|| bad(format!("row {i}: no logprobs")))?;
+                    if lp.tokens.len() != ids.len() || lp.tokens.iter().zip(&ids).any(|(tok, id)| vllm_token_id(tok) != Some(*id)) {
+                        return Err(bad(format!("row {i}: logprobs.tokens do not name the output's token ids")));
+                    }
+                    let logprobs = lp
+                        .token_logprobs
+                        .iter()
+                        .enumerate()
+                        .map(|(k, v)| v.map(|x| x as f32).ok_or_else(|| bad(format!("row {i}: log-prob {k} is null"))))
+                        .collect::<Result<Vec<f32>, _>>()?;
+                    check_completion(&ids, &logprobs, t, vocab).map_err(|m| bad(format!("row {i}: {m}")))?;
+                    out.push(TokenCompletion { token_ids: ids, logprobs, finished_by_stop: c.finish_reason.as_deref() == Some("stop"), weight_version: None });
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// A reply body as `T`, or an error quoting its start.
+fn parse_reply<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| anyhow!("not the expected JSON ({e}): {}", excerpt(bytes)))
+}
+
+fn excerpt(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    let cut: String = s.chars().take(300).collect();
+    if cut.len() < s.len() {
+        format!("{cut}…")
+    } else {
+        cut
+    }
+}
+
+fn transport_failure(url: &str, e: ureq::Error) -> Failure {
+    match e {
+        ureq::Error::BodyExceedsLimit(n) => Failure::Permanent(format!("{url}: reply over {n} bytes")),
+        other => Failure::Transient(format!("{url}: {other}")),
+    }
+}
+
+/// A completion is usable: ids in the vocabulary, one log-prob each, finite and ≤ 0, at most
+/// the tokens asked for, at least one token.
+fn check_completion(ids: &[TokenId], logprobs: &[f32], t: &TokenSampling, vocab: usize) -> Result<(), String> {
+    if ids.is_empty() {
+        return Err("an empty completion".into());
+    }
+    if ids.len() > t.max_new_tokens {
+        return Err(format!("{} tokens, more than the {} asked for", ids.len(), t.max_new_tokens));
+    }
+    if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(format!("token id {id} is outside the vocabulary of {vocab}"));
+    }
+    if logprobs.len() != ids.len() {
+        return Err(format!("{} log-probs for {} tokens", logprobs.len(), ids.len()));
+    }
+    if let Some(lp) = logprobs.iter().find(|lp| !lp.is_finite() || **lp > 1e-3) {
+        return Err(format!("log-prob {lp} is not a log-probability"));
+    }
+    Ok(())
+}
+
+/// The canary prompts as this policy's chat template renders them.
+fn canary_prompts(policy: &Policy) -> Result<Vec<Vec<TokenId>>> {
+    CANARY
+        .iter()
+        .map(|q| {
+            let msgs = [crate::model::ChatMessage::new("user", q.to_string())];
+            Ok(policy.tokenizer().encode_chat(&msgs, true, None)?)
+        })
+        .collect()
+}
+
+/// `<store>/.serving/<artifact dir name>/`: hard links to the files a server loads from the
+/// artifact `dir` (copies where the filesystem cannot link), made atomically once.
+pub fn serving_view(store_root: &Path, dir: &Path) -> Result<PathBuf> {
+    let name = dir.file_name().context("artifact directory has no name")?;
+    let parent = store_root.join(".serving");
+    let view = parent.join(name);
+    if view.is_dir() {
+        return Ok(view);
+    }
+    std::fs::create_dir_all(&parent).with_context(|| format!("create {}", parent.display()))?;
+    let tmp = tempfile::Builder::new().prefix(".tmp-").tempdir_in(&parent).with_context(|| format!("temp dir in {}", parent.display()))?;
+    for f in SERVED_FILES {
+        let src = dir.join(f);
+        if !src.is_file() {
+            continue;
+        }
+        let dst = tmp.path().join(f);
+        if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).with_context(|| format!("copy {} to {}", src.display(), dst.display()))?;
+        }
+    }
+    let tmp = tmp.keep();
+    if let Err(e) = std::fs::rename(&tmp, &view) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !view.is_dir() {
+            return Err(e).with_context(|| format!("publish {}", view.display()));
+        }
+    }
+    Ok(view)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_are_checked_before_use() {
+        let t = TokenSampling { temperature: 1.0, top_p: 1.0, top_k: None, max_new_tokens: 3, min_new_tokens: 1, stop_token_ids: vec![], seed: Some(1) };
+        assert!(check_completion(&[1, 2], &[-0.5, -1.0], &t, 10).is_ok());
+        assert!(check_completion(&[], &[], &t, 10).expect_err("refused").contains("empty"));
+        assert!(check_completion(&[1, 2, 3, 4], &[-0.1; 4], &t, 10).expect_err("refused").contains("more than"));
+        assert!(check_completion(&[10], &[-0.1], &t, 10).expect_err("refused").contains("vocabulary"));
+        assert!(check_completion(&[1, 2], &[-0.1], &t, 10).expect_err("refused").contains("log-probs for"));
+        assert!(check_completion(&[1], &[f32::NAN], &t, 10).expect_err("refused").contains("not a log-probability"));
+        assert!(check_completion(&[1], &[0.5], &t, 10).expect_err("refused").contains("not a log-probability"));
+    }
+
+    #[test]
+    fn the_serving_view_holds_only_what_a_server_loads() {
+        let store = tempfile::tempdir().expect("test value");
+        let art = store.path().join("update").join("abc");
+        std::fs::create_dir_all(&art).expect("test value");
+        for f in ["config.json", "model.safetensors", "optimizer.safetensors", "tokenizer.json", "manifest.json", "steps.parquet"] {
+            std::fs::write(art.join(f), f).expect("test value");
+        }
+        let view = serving_view(store.path(), &art).expect("test value");
+        assert_eq!(view, store.path().join(".serving").join("abc"));
+        let mut names: Vec<String> =
+            std::fs::read_dir(&view).expect("test value").map(|e| e.expect("test value").file_name().into_string().expect("test value")).collect();
+        names.sort();
+        assert_eq!(names, ["config.json", "model.safetensors", "tokenizer.json"]);
+        assert_eq!(std::fs::read(view.join("model.safetensors")).expect("test value"), b"model.safetensors");
+        // A second call reuses it.
+        assert_eq!(serving_view(store.path(), &art).expect("test value"), view);
+    }
+}

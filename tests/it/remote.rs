@@ -1,0 +1,205 @@
+//! Integration tests: generation on inference servers (`generation.backend: server`,
+//! src/remote/) against real servers — the project's own `self-redteam serve` processes,
+//! which speak SGLang's and vLLM's protocols (docs/remote.md). What they pin:
+//! - the whole tiny pipeline generated on two `serve` processes (rollouts and evals, the
+//!   base policy checked on the servers' startup model, every later policy loaded with
+//!   `/update_weights_from_disk` and verified) writes the same games and eval rows, byte for
+//!   byte, as local generation, and records which server made each row;
+//! - the vLLM protocol (one request per row, the disk weight-transfer routes) gives the same
+//!   tokens;
+//! - a server that serves other weights fails the canary, a dead server fails the stage, and
+//!   neither publishes anything.
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use super::util::{sr, text, tiny_text_abs};
+use self_redteam::schema::generation::{GenerationRow, GenerationSchema};
+use self_redteam::schema::rollout::GamesSchema;
+
+/// A `self-redteam serve` child; killed on drop.
+struct Served {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    base: String,
+}
+
+impl Served {
+    fn start(config: &Path, store: &Path, model: &Path) -> Served {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_self-redteam"))
+            .arg("--config")
+            .arg(config)
+            .arg("--store")
+            .arg(store)
+            .args(["serve", "--model", model.to_str().expect("utf-8"), "--bind", "127.0.0.1:0", "--workers", "2", "--max-model-len", "8192"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("announce line");
+        let url = line.trim().rsplit(' ').next().expect("URL").to_string();
+        assert!(line.starts_with("serving ") && url.ends_with("/v1/completions"), "{line:?}");
+        Served { child, base: url.trim_end_matches("/v1/completions").to_string() }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// tiny.yaml (absolute source paths) plus `extra` YAML, written into `dir`.
+fn config(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("{}\n{extra}", tiny_text_abs())).expect("write config");
+    p
+}
+
+fn servers_yaml(engine: &str, servers: &[&str], extra: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!("generation:\n  backend: server\n  engine: {engine}\n  servers: [{}]\n  retries: 1\n  timeout_s: 120\n{extra}", list.join(", "))
+}
+
+/// The artifact directory of NODE (`show NODE --json` → `dir`).
+fn artifact_dir(config: &Path, store: &Path, node: &str) -> PathBuf {
+    let o = sr(config, store, &["show", node, "--json"]);
+    assert!(o.status.success(), "show {node}: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("show --json");
+    PathBuf::from(v["dir"].as_str().unwrap_or_else(|| panic!("no dir in {v}")))
+}
+
+fn read(dir: &Path, file: &str) -> Vec<u8> {
+    std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("read {}/{file}: {e}", dir.display()))
+}
+
+fn provenance(dir: &Path) -> Vec<GenerationRow> {
+    self_redteam::schema::from_parquet_bytes::<GenerationSchema>(read(dir, "generation.parquet")).expect("generation.parquet")
+}
+
+#[test]
+fn the_tiny_pipeline_on_two_own_servers_writes_the_same_bytes_as_local_generation() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let local_cfg = config(tmp.path(), "local.yaml", "");
+    let local = tmp.path().join("local");
+    let o = sr(&local_cfg, &local, &["run"]);
+    assert!(o.status.success(), "local run: {}", text(&o));
+
+    // The servers start on the base policy (as a user starts vLLM/SGLang on the base model).
+    let remote = tmp.path().join("remote");
+    let o = sr(&local_cfg, &remote, &["run", "--only", "base"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let base = artifact_dir(&local_cfg, &remote, "base");
+    let a = Served::start(&local_cfg, &remote, &base);
+    let b = Served::start(&local_cfg, &remote, &base);
+    let remote_cfg = config(tmp.path(), "remote.yaml", &servers_yaml("self-redteam", &[&a.base, &b.base], "  prompts_per_request: 4\n"));
+    let o = sr(&remote_cfg, &remote, &["run"]);
+    assert!(o.status.success(), "server run: {}", text(&o));
+
+    for node in ["rollout@1", "rollout@2"] {
+        let (l, r) = (artifact_dir(&local_cfg, &local, node), artifact_dir(&remote_cfg, &remote, node));
+        assert_ne!(l.file_name(), r.file_name(), "{node}: the engine family is in the key");
+        assert_eq!(read(&l, "games.parquet"), read(&r, "games.parquet"), "{node}: games differ between local and server generation");
+        let rows = provenance(&r);
+        let games = self_redteam::schema::from_parquet_bytes::<GamesSchema>(read(&r, "games.parquet")).expect("games");
+        let turns = games.iter().filter(|g| g.attacker_turn).count() + games.len();
+        assert_eq!(rows.len(), turns, "{node}: one provenance row per generated turn");
+        assert!(rows.iter().all(|p| p.engine == "self-redteam" && (p.server == a.base || p.server == b.base)), "{rows:?}");
+        let expect_version = if node == "rollout@1" { "default".to_string() } else { "update@1:".to_string() };
+        assert!(rows.iter().all(|p| p.weight_version.starts_with(&expect_version)), "{node}: {rows:?}");
+        assert!(!l.join("generation.parquet").exists(), "local generation records no servers");
+    }
+    for node in ["eval@0", "eval@1", "eval@2"] {
+        let (l, r) = (artifact_dir(&local_cfg, &local, node), artifact_dir(&remote_cfg, &remote, node));
+        for f in ["eval.parquet", "eval_attacker.parquet"] {
+            assert_eq!(read(&l, f), read(&r, f), "{node}/{f} differs between local and server generation");
+        }
+        assert!(!provenance(&r).is_empty(), "{node}");
+    }
+    // Both servers took requests, and ended on the last policy.
+    let rows = provenance(&artifact_dir(&remote_cfg, &remote, "eval@2"));
+    for s in [&a.base, &b.base] {
+        assert!(rows.iter().any(|p| &p.server == s), "{s} generated no eval row");
+        let v: serde_json::Value = ureq::get(&format!("{s}/get_weight_version")).call().expect("weight version").body_mut().read_json().expect("json");
+        assert!(v["weight_version"].as_str().is_some_and(|w| w.starts_with("update@2:")), "{v}");
+    }
+}
+
+#[test]
+fn the_vllm_protocol_gives_the_same_tokens_one_request_per_row() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = config(tmp.path(), "local.yaml", "run:\n  iterations: 1\n");
+    let cfg = {
+        // tiny.yaml already has a `run:` section: override iterations by text.
+        let t = std::fs::read_to_string(&cfg).expect("read").replace("run:\n  iterations: 1\n", "").replace("iterations: 2", "iterations: 1");
+        std::fs::write(&cfg, t).expect("write");
+        cfg
+    };
+    let store = tmp.path().join("store");
+    let o = sr(&cfg, &store, &["run", "--only", "dataset", "base", "sft-data", "prep@1", "rollout@1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let base = artifact_dir(&cfg, &store, "base");
+    let server = Served::start(&cfg, &store, &base);
+    let text_cfg = std::fs::read_to_string(&cfg).expect("read");
+    let vcfg = tmp.path().join("vllm.yaml");
+    std::fs::write(&vcfg, format!("{text_cfg}\n{}", servers_yaml("vllm", &[&server.base], ""))).expect("write");
+    let o = sr(&vcfg, &store, &["run", "--only", "rollout@1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let games =
+        |c: &Path| self_redteam::schema::from_parquet_bytes::<GamesSchema>(read(&artifact_dir(c, &store, "rollout@1"), "games.parquet")).expect("games");
+    let (l, v) = (games(&cfg), games(&vcfg));
+    assert_eq!(l.len(), v.len());
+    for (a, b) in l.iter().zip(&v) {
+        assert_eq!(a.attacker_response_ids, b.attacker_response_ids, "{}", a.game_id);
+        assert_eq!(a.defender_response_ids, b.defender_response_ids, "{}", a.game_id);
+        assert_eq!(a.defender_output, b.defender_output);
+        // One row per request instead of batches of 4: log-probs may differ in the last bits.
+        for (x, y) in a.defender_logprobs.iter().zip(&b.defender_logprobs) {
+            assert!((x - y).abs() < 1e-4, "{}: {x} vs {y}", a.game_id);
+        }
+    }
+    assert!(provenance(&artifact_dir(&vcfg, &store, "rollout@1")).iter().all(|p| p.engine == "vllm"));
+}
+
+#[test]
+fn a_server_with_other_weights_fails_the_canary_and_a_dead_one_fails_the_stage() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = config(tmp.path(), "local.yaml", "");
+    let store = tmp.path().join("store");
+    let o = sr(&cfg, &store, &["run", "--only", "dataset", "base", "sft-data", "prep@1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Other weights: a tiny model of another seed.
+    let other = tmp.path().join("other");
+    self_redteam::model::tiny_random_llama(4242).save_hf_dir(&other).expect("save");
+    let wrong = Served::start(&cfg, &store, &other);
+    let text_cfg = std::fs::read_to_string(&cfg).expect("read");
+
+    // SGLang's protocol has no weights digest to compare: the canary catches it.
+    let c = tmp.path().join("sglang.yaml");
+    std::fs::write(&c, format!("{text_cfg}\n{}", servers_yaml("sglang", &[&wrong.base], ""))).expect("write");
+    let o = sr(&c, &store, &["run", "--only", "rollout@1"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("canary") && t.contains("mean |Δ log-prob|") && t.contains(&wrong.base), "{t}");
+
+    // Our own server also reports the digest of what it serves.
+    let c = tmp.path().join("own.yaml");
+    std::fs::write(&c, format!("{text_cfg}\n{}", servers_yaml("self-redteam", &[&wrong.base], ""))).expect("write");
+    let o = sr(&c, &store, &["run", "--only", "rollout@1"]);
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("digest"), "{t}");
+
+    // Nobody listens on port 9 (discard) here: every attempt fails, the stage fails naming it.
+    let c = tmp.path().join("dead.yaml");
+    std::fs::write(&c, format!("{text_cfg}\n{}", servers_yaml("self-redteam", &["http://127.0.0.1:9"], ""))).expect("write");
+    let o = sr(&c, &store, &["run", "--only", "rollout@1"]);
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("127.0.0.1:9"), "{t}");
+
+    // Nothing was published by any of the three.
+    let rollouts = store.join("rollout");
+    let n = std::fs::read_dir(&rollouts).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(n, 0, "a failed server stage published into {}", rollouts.display());
+}
