@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate configs/{attacker_only,defender_only,no_cot,more_steps}.yaml from pipeline.yaml,
+"""Regenerate configs/{attacker_only,defender_only,no_cot,more_steps,more_seeds,longer_turns}.yaml from pipeline.yaml,
 so the ablations and tuning variants differ from the default run only in what their header
 says (same budget, same evaluation). configs/gpu.yaml is written by hand. Run from the project root:
     python3 scripts/gen_configs.py
@@ -55,6 +55,15 @@ ABLATIONS = {
         [
             (r"  seeds_per_iteration: 8", "  seeds_per_iteration: 16"),
             (r"  min_lr_ratio: 0\.1", "  min_lr_ratio: 1.0"),
+        ],
+    ),
+    "longer_turns": (
+        "# Tuning variant (docs/benchmarks.md, \"Longer turns\"): turns of up to 256 new tokens instead\n"
+        "# of 128. At 128, 62% of the defender's training turns of more_seeds.yaml hit the cap, 38% inside\n"
+        "# their reasoning, so they break the format however well it was learned. Differs from\n"
+        "# pipeline.yaml only in rollout.max_new_tokens (written by scripts/gen_configs.py).",
+        [
+            (r"  max_new_tokens: 128  # CPU budget.*", "  max_new_tokens: 256  # twice the default's cap; the paper samples up to 2048 (method.md §1.5)"),
         ],
     ),
 }

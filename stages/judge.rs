@@ -64,6 +64,10 @@ pub fn game_record(g: &GameRow) -> anyhow::Result<GameRecord> {
     })
 }
 
+/// Games judged between two Ctrl-C checks.
+#[cfg(feature = "compute")]
+const JUDGE_CHUNK: usize = 256;
+
 #[cfg(feature = "compute")]
 fn outcome_names(r: &RoleReward) -> Vec<String> {
     r.outcomes.iter().map(|o| o.as_str().to_string()).collect()
@@ -87,8 +91,19 @@ pub fn run(p: &Params, ctx: &mut StageContext<'_>) -> anyhow::Result<()> {
     if judge.uncacheable().is_none() {
         ctx.output.used_verdict_cache(&judge.key());
     }
-    let (verdicts, stats) = judge_cached(judge.as_ref(), &cache, &inputs).with_context(|| format!("{}: judge {}", ctx.node, judge.name()))?;
-    bar.inc(inputs.len() as u64);
+    // In chunks, with the Ctrl-C check between them (a WildGuard chunk takes minutes on a CPU).
+    // A chunk is a multiple of the probe's embedding batch (64), and rollouts of up to
+    // JUDGE_CHUNK games are judged in one piece, as before chunking.
+    let mut verdicts = Vec::with_capacity(inputs.len());
+    let mut stats = crate::judge::cache::CacheStats::default();
+    for chunk in inputs.chunks(JUDGE_CHUNK) {
+        ctx.check_cancelled()?;
+        let (v, s) = judge_cached(judge.as_ref(), &cache, chunk).with_context(|| format!("{}: judge {}", ctx.node, judge.name()))?;
+        verdicts.extend(v);
+        stats.hits += s.hits;
+        stats.misses += s.misses;
+        bar.inc(chunk.len() as u64);
+    }
     drop(bar);
 
     let options = p.game;

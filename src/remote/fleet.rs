@@ -5,8 +5,9 @@
 //! Per stage run (docs/remote.md has the exact calls per engine):
 //! 1. **Lock** the fleet (`<store>/.locks/generation-<hash of the URLs>.lock`): two stages
 //!    running at once (`run --jobs 2`) must not load different policies onto the same servers.
-//! 2. **Load** the policy artifact onto every server (skipped for the base policy, which is
-//!    the servers' startup model: checked, not assumed). The servers read a clean view of the
+//! 2. **Load** the policy artifact onto every server. The base policy is the servers'
+//!    startup model: it is checked first and loaded only when the check fails (a later
+//!    policy left there by an earlier stage, or a server started on something else). The servers read a clean view of the
 //!    artifact, `<store>/.serving/<key>/` (hard links to its config, weights and tokenizer
 //!    files only: an update artifact also holds `optimizer.safetensors`, which a loader that
 //!    globs `*.safetensors` would take for weights), under `generation.server_store_path`
@@ -214,8 +215,9 @@ impl Fleet {
 
     // ------------------------------------------------------------ loading and checks
 
-    /// Put the policy whose artifact directory is `dir` on every server (`load: false` for
-    /// the base policy, the servers' startup model), then verify each. `weight_version` is
+    /// Put the policy whose artifact directory is `dir` on every server and verify each
+    /// (`load: false` for the base policy: the servers' startup model is checked first and
+    /// loaded only when it is not the base). `weight_version` is
     /// what a load sets; `local` is this process's copy of the same weights (for the canary)
     /// and `weights_digest` its digest (checked against this project's own servers).
     pub fn put_policy(
@@ -230,13 +232,13 @@ impl Fleet {
         let canary = canary_prompts(local)?;
         let expected: Vec<Vec<f32>> =
             canary.iter().map(|ids| local.prompt_logprobs(ids)).collect::<Result<_, _>>().context("canary: local prompt log-probs")?;
-        let server_dir = if load { Some(self.server_view(store_root, dir)?) } else { None };
+        let server_dir = self.server_view(store_root, dir)?;
         let vocab = local.config().vocab_size;
         let results: Vec<Result<ServerState>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..self.urls.len())
                 .map(|s| {
                     let (canary, expected, server_dir) = (&canary, &expected, &server_dir);
-                    scope.spawn(move || self.put_on(s, server_dir.as_deref(), weight_version, canary, expected, weights_digest, vocab))
+                    scope.spawn(move || self.put_on(s, server_dir, weight_version, load, canary, expected, weights_digest, vocab))
                 })
                 .collect();
             handles
@@ -251,28 +253,53 @@ impl Fleet {
         Ok(states)
     }
 
+    /// Load (unless `load_first` is false: the base policy, the servers' startup model, is
+    /// checked first and loaded only when the check fails, e.g. after a later policy was
+    /// loaded by an earlier stage) and verify one server.
     #[allow(clippy::too_many_arguments)]
     fn put_on(
         &self,
         s: usize,
-        server_dir: Option<&str>,
+        server_dir: &str,
         version: &str,
+        load_first: bool,
         canary: &[Vec<TokenId>],
         expected: &[Vec<f32>],
         digest: &str,
         vocab: usize,
     ) -> Result<ServerState> {
-        let engine = self.params.engine;
         let engine_version = self.engine_version(s)?;
-        if let Some(path) = server_dir {
-            match engine {
-                ServerEngine::Sglang | ServerEngine::SelfRedteam => self.load_sglang(s, path, version)?,
-                ServerEngine::Vllm => self.load_vllm(s, path, version)?,
+        if !load_first {
+            match self.verify(s, None, canary, expected, digest, vocab, &engine_version) {
+                Ok(state) => return Ok(state),
+                Err(e) => tracing::warn!(server = %self.urls[s], "does not serve the base policy as started ({e:#}); loading it"),
             }
         }
+        match self.params.engine {
+            ServerEngine::Sglang | ServerEngine::SelfRedteam => self.load_sglang(s, server_dir, version)?,
+            ServerEngine::Vllm => self.load_vllm(s, server_dir, version)?,
+        }
+        self.verify(s, Some(version), canary, expected, digest, vocab, &engine_version)
+    }
+
+    /// The checks after a load (`version`: the weight version it set) or of the startup model.
+    #[allow(clippy::too_many_arguments)]
+    fn verify(
+        &self,
+        s: usize,
+        version: Option<&str>,
+        canary: &[Vec<TokenId>],
+        expected: &[Vec<f32>],
+        digest: &str,
+        vocab: usize,
+        engine_version: &str,
+    ) -> Result<ServerState> {
+        let engine = self.params.engine;
         let weight_version = self.weight_version(s)?;
-        if server_dir.is_some() && weight_version != version {
-            bail!("reports weight version {weight_version:?} after loading {version:?}: the load did not take");
+        if let Some(v) = version {
+            if weight_version != v {
+                bail!("reports weight version {weight_version:?} after loading {v:?}: the load did not take");
+            }
         }
         if engine == ServerEngine::SelfRedteam {
             let models: Value = self.json(s, "/v1/models", None)?;
@@ -301,7 +328,15 @@ impl Fleet {
                 self.params.canary_tolerance
             );
         }
-        Ok(ServerState { url: self.urls[s].clone(), engine, engine_version, weight_version, canary_mean_abs: mean, canary_max_abs: max, canary_tokens: n })
+        Ok(ServerState {
+            url: self.urls[s].clone(),
+            engine,
+            engine_version: engine_version.to_string(),
+            weight_version,
+            canary_mean_abs: mean,
+            canary_max_abs: max,
+            canary_tokens: n,
+        })
     }
 
     fn engine_version(&self, s: usize) -> Result<String> {

@@ -7,13 +7,18 @@
 //!   byte, as local generation, and records which server made each row;
 //! - the vLLM protocol (one request per row, the disk weight-transfer routes) gives the same
 //!   tokens;
-//! - a server that serves other weights fails the canary, a dead server fails the stage, and
-//!   neither publishes anything.
+//! - a server whose reload reports success but keeps the old weights (the engines' stale-reload
+//!   bug) fails the canary and the digest check, a dead server fails the stage, and none of
+//!   them publishes anything.
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use super::util::{sr, text, tiny_text_abs};
+use self_redteam::judge::build::PolicyGenerator;
+use self_redteam::judge::server::{CompletionsServer, ServerOptions};
+use self_redteam::judge::TextGenerator;
+use self_redteam::remote::wire::{TokenCompletion, TokenSampling};
 use self_redteam::schema::generation::{GenerationRow, GenerationSchema};
 use self_redteam::schema::rollout::GamesSchema;
 
@@ -163,30 +168,67 @@ fn the_vllm_protocol_gives_the_same_tokens_one_request_per_row() {
     assert!(provenance(&artifact_dir(&vcfg, &store, "rollout@1")).iter().all(|p| p.engine == "vllm"));
 }
 
+/// A server whose weight reload reports success and the new version but keeps serving the old
+/// weights: the engines' stale-reload bug (vLLM #32718), which only the checks can catch.
+/// The second field is the digest it keeps reporting (its original weights').
+struct StaleReload(PolicyGenerator, String);
+
+impl TextGenerator for StaleReload {
+    fn generate_greedy(&self, prompts: &[String], max_new_tokens: usize) -> anyhow::Result<Vec<String>> {
+        self.0.generate_greedy(prompts, max_new_tokens)
+    }
+    fn context_tokens(&self) -> Option<usize> {
+        Some(8192)
+    }
+    fn count_tokens(&self, prompt: &str) -> Option<anyhow::Result<usize>> {
+        self.0.count_tokens(prompt)
+    }
+    fn sample_tokens(&self, prompts: &[Vec<u32>], params: &[TokenSampling]) -> anyhow::Result<Vec<TokenCompletion>> {
+        self.0.sample_tokens(prompts, params)
+    }
+    fn prompt_logprobs(&self, ids: &[u32]) -> anyhow::Result<Vec<f32>> {
+        self.0.prompt_logprobs(ids)
+    }
+    fn reload(&self, _path: &Path) -> anyhow::Result<String> {
+        Ok(self.1.clone())
+    }
+    fn decode(&self, ids: &[u32]) -> Option<anyhow::Result<String>> {
+        self.0.decode(ids)
+    }
+    fn vocab_size(&self) -> Option<usize> {
+        self.0.vocab_size()
+    }
+}
+
 #[test]
-fn a_server_with_other_weights_fails_the_canary_and_a_dead_one_fails_the_stage() {
+fn a_stale_reload_fails_the_checks_and_a_dead_server_fails_the_stage() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = config(tmp.path(), "local.yaml", "");
     let store = tmp.path().join("store");
     let o = sr(&cfg, &store, &["run", "--only", "dataset", "base", "sft-data", "prep@1"]);
     assert!(o.status.success(), "{}", text(&o));
-    // Other weights: a tiny model of another seed.
+    let text_cfg = std::fs::read_to_string(&cfg).expect("read");
+    // Other weights (a tiny model of another seed) behind a reload that does nothing.
     let other = tmp.path().join("other");
     self_redteam::model::tiny_random_llama(4242).save_hf_dir(&other).expect("save");
-    let wrong = Served::start(&cfg, &store, &other);
-    let text_cfg = std::fs::read_to_string(&cfg).expect("read");
+    let policy = self_redteam::model::Policy::load(&other, tch::Device::Cpu, tch::Kind::Float).expect("load");
+    let digest = self_redteam::judge::build::weights_digest(&other).expect("digest").to_string();
+    let options = ServerOptions { workers: 2, model_root: Some(digest.clone()), ..ServerOptions::default() };
+    let stale = CompletionsServer::start(StaleReload(PolicyGenerator::new(policy), digest), options).expect("server");
+    let url = stale.base_url();
 
-    // SGLang's protocol has no weights digest to compare: the canary catches it.
+    // SGLang's protocol: the base is not what the server started with, so the stage loads it;
+    // the server says yes and reports the new version, and the canary still sees other weights.
     let c = tmp.path().join("sglang.yaml");
-    std::fs::write(&c, format!("{text_cfg}\n{}", servers_yaml("sglang", &[&wrong.base], ""))).expect("write");
+    std::fs::write(&c, format!("{text_cfg}\n{}", servers_yaml("sglang", &[&url], ""))).expect("write");
     let o = sr(&c, &store, &["run", "--only", "rollout@1"]);
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
-    assert!(t.contains("canary") && t.contains("mean |Δ log-prob|") && t.contains(&wrong.base), "{t}");
+    assert!(t.contains("canary") && t.contains("mean |Δ log-prob|") && t.contains(&url), "{t}");
 
-    // Our own server also reports the digest of what it serves.
+    // Our own protocol also compares the served weights' digest, which stays the old one.
     let c = tmp.path().join("own.yaml");
-    std::fs::write(&c, format!("{text_cfg}\n{}", servers_yaml("self-redteam", &[&wrong.base], ""))).expect("write");
+    std::fs::write(&c, format!("{text_cfg}\n{}", servers_yaml("self-redteam", &[&url], ""))).expect("write");
     let o = sr(&c, &store, &["run", "--only", "rollout@1"]);
     let t = text(&o);
     assert!(!o.status.success() && t.contains("digest"), "{t}");
