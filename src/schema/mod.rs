@@ -75,11 +75,36 @@ fn guarded<T>(file: &str, read: impl FnOnce() -> Result<T, SchemaError>) -> Resu
 /// Run a read of a file through a third-party decoder (Parquet, Arrow) that may panic on
 /// corrupt bytes: a panic becomes `on_panic(message)`, the caller's error naming the file.
 /// Used by every Parquet reader (artifacts, `show`, `judge FILE`, custom suites).
+/// The default panic hook's "thread panicked at …" line is not printed for a caught reader
+/// panic: the error that names the file says it once.
 pub fn catch_reader_panic<T, E>(read: impl FnOnce() -> Result<T, E>, on_panic: impl FnOnce(String) -> E) -> Result<T, E> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|payload| {
+    quiet_panics_hook();
+    QUIET_PANICS.with(|q| q.set(q.get() + 1));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
+    QUIET_PANICS.with(|q| q.set(q.get() - 1));
+    out.unwrap_or_else(|payload| {
         let message = crate::engine::panic_message(payload.as_ref()).unwrap_or_default();
         Err(on_panic(format!("the Parquet reader failed on the file's bytes: {message}")))
     })
+}
+
+thread_local! {
+    /// > 0 while this thread runs a read whose panics `catch_reader_panic` reports itself.
+    static QUIET_PANICS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Install (once per process) a panic hook that stays silent on threads inside
+/// `catch_reader_panic` and hands every other panic to the hook that was there before.
+fn quiet_panics_hook() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET_PANICS.with(|q| q.get()) == 0 {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// One Parquet artifact's schema. Implemented by [`parquet_schema!`].

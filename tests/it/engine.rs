@@ -767,3 +767,45 @@ fn rollout_batch_size_changes_the_key_and_logprob_rounding_but_not_one_sampled_t
         }
     }
 }
+
+/// Issue 10 (keys): `sft.batch_size` and `run.threads` are speed settings left out of every key,
+/// so no artifact may depend on them. sft-data post-fills in batches (3 vs 16 rows, so padding
+/// and batch mates differ) and rollout@1 samples with 1 or 2 torch threads: the same keys, and
+/// the same bytes of every Parquet file.
+#[test]
+fn sft_batch_size_and_run_threads_change_no_key_and_no_byte() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let abs = tiny_text_abs();
+    assert!(abs.contains("  threads: 2\n") && abs.contains("sft:   #"), "tiny.yaml changed shape");
+    let run = |name: &str, threads: u32, sft_batch: u32| {
+        let yaml = abs.replace("  threads: 2\n", &format!("  threads: {threads}\n")).replacen("sft:   #", &format!("sft:\n  batch_size: {sft_batch}\n  #"), 1);
+        let cfg = write_config(tmp.path(), &format!("{name}.yaml"), &yaml);
+        let store = tmp.path().join(name);
+        let o = sr(&cfg, &store, &["run", "--only", "dataset", "base", "sft-data", "prep@1", "rollout@1"]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let st = status(&cfg, &store, &[]);
+        ["sft-data", "rollout@1"]
+            .map(|node| {
+                let key = st[node].key.clone().unwrap_or_else(|| panic!("{node} key"));
+                let dir = artifact_dir(&store, node.split('@').next().expect("stage"), &key);
+                let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+                    .expect("artifact dir")
+                    .map(|e| e.expect("entry").path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+                    .map(|p| (p.file_name().expect("name").to_string_lossy().into_owned(), std::fs::read(&p).expect("read")))
+                    .collect();
+                files.sort();
+                (key, files)
+            })
+            .to_vec()
+    };
+    let reference = run("t2b16", 2, 16);
+    for (name, threads, batch) in [("t2b3", 2, 3), ("t1b16", 1, 16)] {
+        let other = run(name, threads, batch);
+        for (node, (a, b)) in ["sft-data", "rollout@1"].iter().zip(reference.iter().zip(&other)) {
+            assert_eq!(a.0, b.0, "{node}: threads {threads}, sft.batch_size {batch} changed the key");
+            assert!(!a.1.is_empty(), "{node} has Parquet files");
+            assert_eq!(a.1, b.1, "{node}: threads {threads}, sft.batch_size {batch} changed the bytes");
+        }
+    }
+}

@@ -441,3 +441,17 @@ fn fuzz_parquet() {
         }
     });
 }
+
+/// A caught reader panic is reported once, as the error naming the file: the default hook's
+/// "thread … panicked at" line does not reach the user's terminal (issue 10).
+#[test]
+fn a_corrupt_parquet_file_gives_one_error_and_no_panic_message() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let file = tmp.path().join("pairs.parquet");
+    std::fs::copy(super::util::root().join("tests/fixtures/fuzz/parquet_negative_column_start.parquet"), &file).expect("copy fixture");
+    let o = super::util::sr(&tiny(), &tmp.path().join("s"), &["judge", "--with", "rules", file.to_str().expect("utf-8")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("pairs.parquet") && err.contains("the Parquet reader failed on the file's bytes"), "{err}");
+    assert!(!err.contains("panicked at"), "the panic hook printed: {err}");
+}
