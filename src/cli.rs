@@ -522,3 +522,18 @@ pub fn main_with(cli: Cli) -> Result<i32> {
     }
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `serve` without `--bind` listens on loopback only: the weight-update routes load any
+    /// path the process can read, so exposing it must be a choice (issue 10).
+    #[test]
+    fn serve_binds_loopback_by_default() {
+        let cli = Cli::try_parse_from(["self-redteam", "serve", "--model", "base"]).expect("parses");
+        let Command::Serve { bind, .. } = cli.command else { panic!("not serve: {:?}", cli.command) };
+        let addr: std::net::SocketAddr = bind.parse().expect("an IP:port");
+        assert!(addr.ip().is_loopback(), "default bind {bind}");
+    }
+}
