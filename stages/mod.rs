@@ -409,7 +409,7 @@ impl StageContext<'_> {
 
     /// Where this node samples with the policy of input `role`: this process, or the
     /// servers of `generation` with that policy loaded and verified (src/remote/). The base
-    /// policy is the servers' startup model: checked, not loaded.
+    /// policy is the servers' startup model: checked first, loaded only when that fails.
     #[cfg(feature = "compute")]
     pub fn generator<'p>(
         &self,
@@ -417,10 +417,8 @@ impl StageContext<'_> {
         policy: &'p crate::model::Policy,
         role: &str,
     ) -> anyhow::Result<crate::remote::Generator<'p>> {
-        let input = self.input(role)?;
-        let version = format!("{}:{}", input.node, input.manifest().key.short());
-        let load = !input.node.starts_with("base");
-        crate::remote::Generator::new(g, policy, &self.store_root, input.dir(), &version, load).with_context(|| format!("{}: generation servers", self.node))
+        let (dir, version, load) = self.served_policy(role)?;
+        crate::remote::Generator::new(g, policy, &self.store_root, dir, &version, load).with_context(|| format!("{}: generation servers", self.node))
     }
 
     /// Like `generator`, for a second policy on the same servers within this node (the frozen
@@ -432,10 +430,16 @@ impl StageContext<'_> {
         policy: &'p crate::model::Policy,
         role: &str,
     ) -> anyhow::Result<crate::remote::Generator<'p>> {
+        let (dir, version, load) = self.served_policy(role)?;
+        previous.next(policy, &self.store_root, dir, &version, load).with_context(|| format!("{}: generation servers", self.node))
+    }
+
+    /// The policy input `role` as servers get it: its artifact directory, its weight version
+    /// (`<node>:<key prefix>`) and whether it must be loaded (every policy but the base).
+    #[cfg(feature = "compute")]
+    fn served_policy(&self, role: &str) -> anyhow::Result<(&std::path::Path, String, bool)> {
         let input = self.input(role)?;
-        let version = format!("{}:{}", input.node, input.manifest().key.short());
-        let load = !input.node.starts_with("base");
-        previous.next(policy, &self.store_root, input.dir(), &version, load).with_context(|| format!("{}: generation servers", self.node))
+        Ok((input.dir(), format!("{}:{}", input.node, input.manifest().key.short()), !input.node.starts_with("base")))
     }
 
     /// Sample `prompts` (one seed each) batch by batch as `plan` groups them

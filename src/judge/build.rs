@@ -234,18 +234,6 @@ impl PolicyGenerator {
     }
 }
 
-/// The sampler's settings for one row (everything of `TokenSampling` but the seed).
-fn sampling_params(s: &TokenSampling) -> SamplingParams {
-    SamplingParams {
-        temperature: s.temperature,
-        top_p: s.top_p,
-        top_k: s.top_k,
-        max_new_tokens: s.max_new_tokens,
-        min_new_tokens: s.min_new_tokens,
-        stop_token_ids: s.stop_token_ids.clone(),
-    }
-}
-
 impl TextGenerator for PolicyGenerator {
     fn generate_greedy(&self, prompts: &[String], max_new_tokens: usize) -> anyhow::Result<Vec<String>> {
         self.with_policy("generation", |policy| {
@@ -278,7 +266,7 @@ impl TextGenerator for PolicyGenerator {
         }
         let mut groups: Vec<(SamplingParams, Vec<usize>)> = Vec::new();
         for (i, p) in params.iter().enumerate() {
-            let sp = sampling_params(p);
+            let sp = SamplingParams::of_request(p);
             match groups.iter_mut().find(|(g, _)| *g == sp) {
                 Some((_, rows)) => rows.push(i),
                 None => groups.push((sp, vec![i])),

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::remote::spread::{spread, JobFailure, SpreadError};
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompletionsConfig {
@@ -443,65 +445,28 @@ impl CompletionsFleet {
         }
         let per = self.clients.iter().map(|c| c.config.prompts_per_request).min().unwrap_or(1).max(1);
         let chunks: Vec<&[String]> = prompts.chunks(per).collect();
-        let results: Vec<Mutex<Option<Vec<String>>>> = chunks.iter().map(|_| Mutex::new(None)).collect();
-        let queue: Mutex<std::collections::VecDeque<usize>> = Mutex::new((0..chunks.len()).collect());
-        let alive: Vec<std::sync::atomic::AtomicBool> = self.clients.iter().map(|_| std::sync::atomic::AtomicBool::new(true)).collect();
-        let failure: Mutex<Option<HttpError>> = Mutex::new(None);
-        let pending = AtomicUsize::new(chunks.len());
-        std::thread::scope(|scope| {
-            for (s, client) in self.clients.iter().enumerate() {
-                for _ in 0..client.config.concurrency.min(chunks.len()).max(1) {
-                    let (chunks, results, queue, alive, failure, pending) = (&chunks, &results, &queue, &alive, &failure, &pending);
-                    scope.spawn(move || loop {
-                        if !alive[s].load(Ordering::SeqCst) || failure.lock().map(|f| f.is_some()).unwrap_or(true) {
-                            return;
-                        }
-                        let Some(i) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                            // Requests in flight elsewhere may still come back to the queue
-                            // (their server dropped): wait for them before leaving.
-                            if pending.load(Ordering::SeqCst) == 0 {
-                                return;
-                            }
-                            std::thread::sleep(Duration::from_millis(5));
-                            continue;
-                        };
-                        match client.complete_chunk(chunks[i], max_tokens) {
-                            Ok(texts) => {
-                                if let Ok(mut slot) = results[i].lock() {
-                                    *slot = Some(texts);
-                                }
-                                pending.fetch_sub(1, Ordering::SeqCst);
-                            }
-                            Err(e @ HttpError::Exhausted { .. }) => {
-                                tracing::warn!("judge server dropped for this batch: {e}");
-                                alive[s].store(false, Ordering::SeqCst);
-                                if let Ok(mut q) = queue.lock() {
-                                    q.push_front(i);
-                                }
-                                if alive.iter().all(|a| !a.load(Ordering::SeqCst)) {
-                                    if let Ok(mut f) = failure.lock() {
-                                        f.get_or_insert(e);
-                                    }
-                                }
-                                return;
-                            }
-                            Err(e) => {
-                                if let Ok(mut f) = failure.lock() {
-                                    f.get_or_insert(e);
-                                }
-                                return;
-                            }
-                        }
-                    });
-                }
+        let workers: Vec<usize> = self.clients.iter().map(|c| c.config.concurrency).collect();
+        let mut results: Vec<Option<Vec<String>>> = vec![None; chunks.len()];
+        let run = |s: usize, i: usize| match self.clients[s].complete_chunk(chunks[i], max_tokens) {
+            Ok(texts) => Ok(texts),
+            Err(e @ HttpError::Exhausted { .. }) => {
+                tracing::warn!("judge server dropped for this batch: {e}");
+                Err(JobFailure::Transient(e))
             }
-        });
-        if let Some(e) = failure.into_inner().ok().flatten() {
-            return Err(e);
+            Err(e) => Err(JobFailure::Permanent(e)),
+        };
+        let deliver = |i: usize, _s: usize, texts: Vec<String>| {
+            results[i] = Some(texts);
+            Ok(())
+        };
+        match spread(chunks.len(), &workers, None, run, deliver) {
+            Ok(_) => {}
+            Err(SpreadError::Permanent(e) | SpreadError::AllDown(e) | SpreadError::Delivery(e)) => return Err(e),
+            Err(SpreadError::Cancelled) => return Err(HttpError::Config("judge fleet: stopped".into())),
         }
         let mut out = Vec::with_capacity(prompts.len());
         for (i, slot) in results.into_iter().enumerate() {
-            match slot.into_inner().ok().flatten() {
+            match slot {
                 Some(texts) => out.extend(texts),
                 None => return Err(HttpError::Config(format!("judge fleet: request {i} was not answered by any server"))),
             }

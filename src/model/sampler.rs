@@ -47,6 +47,33 @@ impl SamplingParams {
     pub fn greedy(max_new_tokens: usize) -> Self {
         SamplingParams { temperature: 0.0, max_new_tokens, ..Default::default() }
     }
+
+    /// These settings with one row's seed, as a server request carries them
+    /// (`remote::wire::TokenSampling`).
+    pub fn with_seed(&self, seed: u64) -> crate::remote::wire::TokenSampling {
+        crate::remote::wire::TokenSampling {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            max_new_tokens: self.max_new_tokens,
+            min_new_tokens: self.min_new_tokens,
+            stop_token_ids: self.stop_token_ids.clone(),
+            seed: Some(seed),
+        }
+    }
+
+    /// A server request's settings for the sampler: everything but the seed, which the
+    /// sampler takes per row.
+    pub fn of_request(s: &crate::remote::wire::TokenSampling) -> Self {
+        SamplingParams {
+            temperature: s.temperature,
+            top_p: s.top_p,
+            top_k: s.top_k,
+            max_new_tokens: s.max_new_tokens,
+            min_new_tokens: s.min_new_tokens,
+            stop_token_ids: s.stop_token_ids.clone(),
+        }
+    }
 }
 
 /// One row's result.

@@ -30,16 +30,15 @@
 //!
 //! Replies are checked, never trusted: token ids inside the vocabulary, one log-prob per token,
 //! no more tokens than asked, the weight version of each SGLang reply.
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use super::spread::{spread, JobFailure, SpreadError};
 use super::wire::*;
 use crate::model::{Policy, Sample, SamplingParams, TokenId};
 use crate::spec::{GenerationParams, ServerEngine};
@@ -79,18 +78,15 @@ pub struct Provenance {
     pub weight_version: String,
 }
 
-/// A request outcome that decides what happens next.
-enum Failure {
-    /// Connection error, timeout, HTTP 429 or 5xx: retry, then try another server.
-    Transient(String),
-    /// A reply that can never succeed (4xx, malformed body): fail the stage.
-    Permanent(String),
-}
+/// A request outcome that decides what happens next: `Transient` (connection error,
+/// timeout, HTTP 429 or 5xx) retries, then hands the request to another server; `Permanent`
+/// (4xx, a malformed reply) fails the stage.
+type Failure = JobFailure<String>;
 
-impl Failure {
+impl JobFailure<String> {
     fn message(&self) -> &str {
         match self {
-            Failure::Transient(m) | Failure::Permanent(m) => m,
+            JobFailure::Transient(m) | JobFailure::Permanent(m) => m,
         }
     }
 }
@@ -488,109 +484,53 @@ impl Fleet {
             ServerEngine::Vllm => 1,
             _ => self.params.prompts_per_request as usize,
         };
-        let jobs: VecDeque<Vec<usize>> = plan.iter().flat_map(|b| b.chunks(per_request.max(1)).map(<[usize]>::to_vec).collect::<Vec<_>>()).collect();
+        let jobs: Vec<Vec<usize>> = plan.iter().flat_map(|b| b.chunks(per_request.max(1)).map(<[usize]>::to_vec).collect::<Vec<_>>()).collect();
         let total: usize = jobs.iter().map(Vec::len).sum();
         if total != prompts.len() {
             bail!("batch plan covers {total} rows of {}", prompts.len());
         }
-        let sampling = |row: usize| TokenSampling {
-            temperature: params.temperature,
-            top_p: params.top_p,
-            top_k: params.top_k,
-            max_new_tokens: params.max_new_tokens,
-            min_new_tokens: params.min_new_tokens,
-            stop_token_ids: stop.clone(),
-            seed: Some(seeds[row]),
-        };
-        let pending = std::sync::atomic::AtomicUsize::new(jobs.len());
-        let queue = Mutex::new(jobs);
-        let alive: Vec<AtomicBool> = self.urls.iter().map(|_| AtomicBool::new(true)).collect();
-        let fatal: Mutex<Option<String>> = Mutex::new(None);
+        let params = SamplingParams { stop_token_ids: stop, ..params.clone() };
+        let sampling = |row: usize| params.with_seed(seeds[row]);
         let vocab = local.config().vocab_size;
-        let (tx, rx) = mpsc::channel::<(Vec<usize>, Vec<TokenCompletion>, usize)>();
+        let workers = vec![self.params.concurrency as usize; self.urls.len()];
+        let run = |s: usize, job: usize| {
+            let rows: Vec<(Vec<TokenId>, TokenSampling)> = jobs[job].iter().map(|&r| (prompts[r].clone(), sampling(r))).collect();
+            self.sample_on(s, &rows, vocab, &states[s].weight_version).inspect_err(|f| {
+                if let Failure::Transient(m) = f {
+                    tracing::warn!(server = %self.urls[s], "dropping the server for this stage: {m}");
+                }
+            })
+        };
         let mut out: Vec<Option<(Sample, Provenance)>> = vec![None; prompts.len()];
-        std::thread::scope(|scope| -> Result<()> {
-            for s in 0..self.urls.len() {
-                for _ in 0..self.params.concurrency {
-                    let (tx, queue, alive, fatal, sampling, pending) = (tx.clone(), &queue, &alive, &fatal, &sampling, &pending);
-                    scope.spawn(move || loop {
-                        if cancel.load(Ordering::Relaxed) || !alive[s].load(Ordering::SeqCst) || fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
-                            return;
-                        }
-                        let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                            // Requests in flight elsewhere may still come back to the queue
-                            // (their server dropped): wait for them before leaving.
-                            if pending.load(Ordering::SeqCst) == 0 {
-                                return;
-                            }
-                            std::thread::sleep(Duration::from_millis(5));
-                            continue;
-                        };
-                        let rows: Vec<(Vec<TokenId>, TokenSampling)> = job.iter().map(|&r| (prompts[r].clone(), sampling(r))).collect();
-                        match self.sample_on(s, &rows, vocab, &states[s].weight_version) {
-                            Ok(done) => {
-                                pending.fetch_sub(1, Ordering::SeqCst);
-                                if tx.send((job, done, s)).is_err() {
-                                    return;
-                                }
-                            }
-                            Err(Failure::Permanent(m)) => {
-                                if let Ok(mut f) = fatal.lock() {
-                                    f.get_or_insert(m);
-                                }
-                                return;
-                            }
-                            Err(Failure::Transient(m)) => {
-                                tracing::warn!(server = %self.urls[s], "dropping the server for this stage: {m}");
-                                alive[s].store(false, Ordering::SeqCst);
-                                if let Ok(mut q) = queue.lock() {
-                                    q.push_front(job);
-                                }
-                                if alive.iter().all(|a| !a.load(Ordering::SeqCst)) {
-                                    if let Ok(mut f) = fatal.lock() {
-                                        f.get_or_insert(format!("every server failed; the last: {m}"));
-                                    }
-                                }
-                                return;
-                            }
-                        }
-                    });
-                }
+        let mut done = 0usize;
+        let deliver = |job: usize, s: usize, completions: Vec<TokenCompletion>| -> Result<(), String> {
+            let state = &states[s];
+            for (&row, c) in jobs[job].iter().zip(completions) {
+                let text = local.tokenizer().decode(&c.token_ids, true).map_err(|e| format!("decode row {row} from {}: {e}", state.url))?;
+                let provenance = Provenance {
+                    server: state.url.clone(),
+                    engine: state.engine.name().to_string(),
+                    engine_version: state.engine_version.clone(),
+                    weight_version: c.weight_version.unwrap_or_else(|| state.weight_version.clone()),
+                };
+                out[row] = Some((Sample { token_ids: c.token_ids, logprobs: c.logprobs, finished_by_stop: c.finished_by_stop, text }, provenance));
+                done += 1;
             }
-            drop(tx);
-            let mut done = 0usize;
-            for (job, completions, s) in rx {
-                let state = &states[s];
-                for (&row, c) in job.iter().zip(completions) {
-                    let text = local.tokenizer().decode(&c.token_ids, true).with_context(|| format!("decode row {row} from {}", state.url))?;
-                    let provenance = Provenance {
-                        server: state.url.clone(),
-                        engine: state.engine.name().to_string(),
-                        engine_version: state.engine_version.clone(),
-                        weight_version: c.weight_version.unwrap_or_else(|| state.weight_version.clone()),
-                    };
-                    out[row] = Some((Sample { token_ids: c.token_ids, logprobs: c.logprobs, finished_by_stop: c.finished_by_stop, text }, provenance));
-                    done += 1;
-                }
-                progress(done);
-            }
+            progress(done);
             Ok(())
-        })?;
-        if let Some(m) = fatal.into_inner().ok().flatten() {
-            bail!("generation on servers failed: {m}");
-        }
-        if cancel.load(Ordering::Relaxed) {
-            bail!("interrupted");
-        }
+        };
+        let down = match spread(jobs.len(), &workers, Some(cancel), run, deliver) {
+            Ok(down) => down,
+            Err(SpreadError::Permanent(m) | SpreadError::Delivery(m)) => bail!("generation on servers failed: {m}"),
+            Err(SpreadError::AllDown(m)) => bail!("generation on servers failed: every server failed; the last: {m}"),
+            Err(SpreadError::Cancelled) => bail!("interrupted"),
+        };
         let missing = out.iter().filter(|o| o.is_none()).count();
         if missing > 0 {
-            bail!("generation on servers: {missing} of {} rows were not generated (servers down: {})", out.len(), self.down(&alive).join(", "));
+            let down: Vec<&str> = down.iter().map(|&s| self.urls[s].as_str()).collect();
+            bail!("generation on servers: {missing} of {} rows were not generated (servers down: {})", out.len(), down.join(", "));
         }
         Ok(out.into_iter().map(|o| o.expect("checked above")).collect())
-    }
-
-    fn down(&self, alive: &[AtomicBool]) -> Vec<String> {
-        self.urls.iter().zip(alive).filter(|(_, a)| !a.load(Ordering::SeqCst)).map(|(u, _)| u.clone()).collect()
     }
 
     /// One request (with retries) for `rows` on server `s`, its replies checked.

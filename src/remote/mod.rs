@@ -8,6 +8,7 @@
 //! `Sample`s; the fleet also records which server made each row (`generation.parquet`).
 #[cfg(feature = "compute")]
 pub mod fleet;
+pub mod spread;
 pub mod wire;
 
 #[cfg(feature = "compute")]

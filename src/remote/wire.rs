@@ -81,6 +81,16 @@ pub struct SglangSamplingParams {
     pub skip_special_tokens: bool,
 }
 
+/// `top_k` as both engines write it: -1 = no top-k.
+fn wire_top_k(k: Option<usize>) -> i64 {
+    k.map_or(-1, |k| i64::try_from(k).unwrap_or(i64::MAX))
+}
+
+/// The engines' `top_k` back: -1 and 0 = no top-k.
+fn top_k_of_wire(k: i64) -> Option<usize> {
+    usize::try_from(k).ok().filter(|&k| k > 0)
+}
+
 fn one() -> f64 {
     1.0
 }
@@ -98,7 +108,7 @@ impl From<&TokenSampling> for SglangSamplingParams {
             min_new_tokens: s.min_new_tokens,
             temperature: s.temperature,
             top_p: s.top_p,
-            top_k: s.top_k.map_or(-1, |k| k as i64),
+            top_k: wire_top_k(s.top_k),
             stop_token_ids: s.stop_token_ids.clone(),
             sampling_seed: s.seed,
             no_stop_trim: true,
@@ -113,7 +123,7 @@ impl SglangSamplingParams {
         TokenSampling {
             temperature: self.temperature,
             top_p: self.top_p,
-            top_k: usize::try_from(self.top_k).ok().filter(|&k| k > 0),
+            top_k: top_k_of_wire(self.top_k),
             max_new_tokens: self.max_new_tokens,
             min_new_tokens: self.min_new_tokens,
             stop_token_ids: self.stop_token_ids.clone(),
@@ -250,7 +260,7 @@ impl VllmCompletionRequest {
             min_tokens: s.min_new_tokens,
             temperature: s.temperature,
             top_p: s.top_p,
-            top_k: s.top_k.map_or(-1, |k| k as i64),
+            top_k: wire_top_k(s.top_k),
             seed: s.seed,
             stop_token_ids: s.stop_token_ids.clone(),
             logprobs: Some(0),
@@ -265,7 +275,7 @@ impl VllmCompletionRequest {
         TokenSampling {
             temperature: self.temperature,
             top_p: self.top_p,
-            top_k: usize::try_from(self.top_k).ok().filter(|&k| k > 0),
+            top_k: top_k_of_wire(self.top_k),
             max_new_tokens: self.max_tokens,
             min_new_tokens: self.min_tokens,
             stop_token_ids: self.stop_token_ids.clone(),
