@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate configs/{attacker_only,defender_only,no_cot,more_steps,more_seeds,longer_turns}.yaml from pipeline.yaml,
+"""Regenerate configs/{attacker_only,defender_only,no_cot,more_steps,more_seeds,longer_turns,more_harmful}.yaml from pipeline.yaml,
 so the ablations and tuning variants differ from the default run only in what their header
 says (same budget, same evaluation). configs/gpu.yaml is written by hand. Run from the project root:
     python3 scripts/gen_configs.py
@@ -64,6 +64,16 @@ ABLATIONS = {
         "# pipeline.yaml only in rollout.max_new_tokens (written by scripts/gen_configs.py).",
         [
             (r"  max_new_tokens: 128  # CPU budget.*", "  max_new_tokens: 256  # twice the default's cap; the paper samples up to 2048 (method.md §1.5)"),
+        ],
+    ),
+    "more_harmful": (
+        "# Tuning variant (docs/benchmarks.md, \"More harmful seeds\"): 6 of the 8 seeds per iteration\n"
+        "# harmful instead of 4. Plain HarmBench refusal never moved in self-play, while defender-only\n"
+        "# (verbatim harmful seeds) raised it; the SFT term's benign demonstrations keep compliance in\n"
+        "# the update whatever the seed mix. Differs from pipeline.yaml only in prep.harmful_fraction\n"
+        "# (written by scripts/gen_configs.py).",
+        [
+            (r"  harmful_fraction: 0\.5", "  harmful_fraction: 0.75"),
         ],
     ),
 }

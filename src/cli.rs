@@ -275,9 +275,16 @@ pub enum Command {
         /// Largest `max_tokens` of a request (prompt + max_tokens must also fit the context).
         #[arg(long, default_value_t = 4096)]
         max_tokens: usize,
-        /// Deadline for one request (receiving the body and generating), in seconds.
+        /// Deadline for computing one request once received (504 past it), in seconds.
         #[arg(long, default_value_t = crate::judge::server::DEFAULT_REQUEST_TIMEOUT.as_secs_f64())]
         request_timeout_s: f64,
+        /// Most connections open at once (one more: 503 and closed).
+        #[arg(long, default_value_t = crate::judge::server::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
+        /// Seconds within which a connection must send a request's head (else 408 and closed;
+        /// the body is due 60 s after it, an idle keep-alive connection is closed after 30 s).
+        #[arg(long, default_value_t = 10.0)]
+        header_timeout_s: f64,
         /// Weight version reported before any weight update (default: `default`, as SGLang).
         #[arg(long, value_name = "V")]
         weight_version: Option<String>,
@@ -496,6 +503,8 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             max_prompts,
             max_tokens,
             request_timeout_s,
+            max_connections,
+            header_timeout_s,
             weight_version,
             batch,
             max_model_len,
@@ -511,6 +520,8 @@ pub fn main_with(cli: Cli) -> Result<i32> {
                 max_prompts,
                 max_tokens,
                 request_timeout_s,
+                max_connections,
+                header_timeout_s,
                 weight_version,
                 batch,
                 max_model_len,

@@ -16,6 +16,7 @@ pub mod build;
 pub mod cache;
 pub mod fit;
 pub mod http;
+pub mod http1;
 pub mod keywords;
 pub mod labels;
 pub mod metrics;

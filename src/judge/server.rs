@@ -34,8 +34,12 @@
 //!   `parse_token_completion`) before any generation: body bytes (413), prompts per request,
 //!   `max_tokens`, prompt tokens + `max_tokens` within the model's context, token ids below
 //!   the vocabulary size (400, with the offending field in `error.param`, as OpenAI does);
-//! - a whole-request deadline: reading the body runs on a helper thread the worker waits on
-//!   (408 when it does not arrive), and generation is split into batches with the deadline
+//! - the transport (`http1`) owns every socket: at most `max_connections` connections, a head
+//!   due within `header_timeout`, a body within `body_timeout` (408 and close otherwise), a
+//!   declared body over `max_body_bytes` answered 413 before it is read, idle keep-alive
+//!   connections closed after `idle_timeout`, so slow or silent clients cannot hold threads
+//!   or sockets; a request reaches a worker only whole;
+//! - a compute deadline (`request_timeout`): generation is split into batches with it
 //!   checked between them (504), so one slow client never holds the worker for good;
 //! - a generator panic is caught and answered 500, and the worker keeps serving (the policy
 //!   lock is never poisoned: see `build::PolicyGenerator`);
@@ -47,7 +51,6 @@
 //! (`/pause_generation` or `/pause`), token-id generation requests are answered 503; text
 //! completions (the judge path) are not paused.
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -58,6 +61,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::http1::{self, Request as HttpRequest, Response};
 use super::TextGenerator;
 use crate::remote::wire::{
     OneOrMany, SglangFinishReason, SglangGenerateRequest, SglangGenerateResponse, SglangLogprob, SglangMetaInfo, SglangUpdateWeightsRequest,
@@ -114,8 +118,18 @@ pub struct ServerOptions {
     pub max_body_bytes: usize,
     /// Most prompts in one request.
     pub max_prompts: usize,
-    /// Deadline for the whole request: receiving the body and generating.
+    /// Deadline for computing a request once it is received whole (generation is checked
+    /// against it between batches: 504).
     pub request_timeout: Duration,
+    /// Most connections open at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// A request head (line and headers) is due this long after its first byte (a new
+    /// connection's: after the accept), else 408 and the connection is closed.
+    pub header_timeout: Duration,
+    /// The body is due this long after the head, else 408 and the connection is closed.
+    pub body_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub idle_timeout: Duration,
     /// Prompts per generator call (text and token ids); the deadline is checked between calls.
     pub batch: usize,
     /// When set, every request must carry `Authorization: Bearer TOKEN` (else 401).
@@ -130,6 +144,10 @@ pub const DEFAULT_MAX_PROMPTS: usize = 64;
 /// Default `request_timeout`: above the HTTP judge's own 180 s client timeout, so a slow CPU
 /// server answers what the client still waits for.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Default `max_connections`: far above what a generation fleet's `concurrency` or the HTTP
+/// judge's parallel requests open.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 
 /// Default `weight_version`: SGLang's before any update.
 pub const DEFAULT_WEIGHT_VERSION: &str = "default";
@@ -148,23 +166,15 @@ impl Default for ServerOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_prompts: DEFAULT_MAX_PROMPTS,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(30),
             batch: 16,
             auth_token: None,
         }
     }
 }
-
-/// A declared `Content-Length` above this is never answered normally. tiny_http 0.12 drains
-/// an unread body when the request is dropped by allocating the whole remaining length at
-/// once (`vec![0; remaining]`), so a request that merely claims 10^18 bytes would abort the
-/// process. Such a request is answered 413 through `upgrade` and its connection leaked on
-/// purpose (one socket and one tiny_http thread), which is the only way to dispose of it
-/// without that drop. Below this bound the drain allocation is harmless.
-const DRAIN_LIMIT_BYTES: usize = 64 << 20;
-
-/// Bodies being received at once; beyond this a request is answered 503 at once, so slow
-/// clients cannot pile up helper threads.
-const MAX_PENDING_READS: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -565,8 +575,8 @@ enum Route {
 }
 
 impl Route {
-    fn of(method: &tiny_http::Method, path: &str) -> Route {
-        ROUTES.iter().find(|(m, p, _)| *m == method.as_str() && *p == path).map_or(Route::NotFound, |r| r.2)
+    fn of(method: &str, path: &str) -> Route {
+        ROUTES.iter().find(|(m, p, _)| *m == method && *p == path).map_or(Route::NotFound, |r| r.2)
     }
     /// Reads of the server's identity and state, which `requests_seen` leaves out.
     fn is_info(self) -> bool {
@@ -576,11 +586,15 @@ impl Route {
 
 /// A running server; stops (and joins its threads) when dropped.
 pub struct CompletionsServer {
-    server: Arc<tiny_http::Server>,
+    http: Option<http1::Server>,
     addr: SocketAddr,
     workers: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
     requests_seen: Arc<AtomicUsize>,
 }
+
+/// A request for a worker, and where its response goes.
+type Job = (HttpRequest, mpsc::SyncSender<Response>);
 
 /// What the served weights are (changed only by a weight update, under the write lock).
 struct Weights {
@@ -604,7 +618,6 @@ struct Shared<G> {
     seen: Arc<AtomicUsize>,
     /// Generation requests that passed authentication (`fail_first` counts these).
     generation_requests: AtomicUsize,
-    pending_reads: Arc<AtomicUsize>,
     /// Generation reads it for a whole request (so a reply names the version it was made
     /// with); a weight update writes it around the reload.
     weights: RwLock<Weights>,
@@ -617,9 +630,16 @@ impl CompletionsServer {
     where
         G: TextGenerator + Send + Sync + 'static,
     {
-        let server = tiny_http::Server::http(options.bind.as_str()).map_err(|e| ServerError::Bind { bind: options.bind.clone(), detail: e.to_string() })?;
-        let addr = server.server_addr().to_ip().ok_or_else(|| ServerError::Bind { bind: options.bind.clone(), detail: "not an IP listener".into() })?;
-        let server = Arc::new(server);
+        let options_bind = options.bind.clone();
+        let limits = http1::Limits {
+            max_connections: options.max_connections.max(1),
+            max_header_bytes: http1::Limits::default().max_header_bytes,
+            max_body_bytes: options.max_body_bytes,
+            header_timeout: options.header_timeout,
+            body_timeout: options.body_timeout,
+            idle_timeout: options.idle_timeout,
+            write_timeout: http1::Limits::default().write_timeout,
+        };
         let requests_seen = Arc::new(AtomicUsize::new(0));
         let weights = Weights { version: options.weight_version.clone(), model_path: options.model_path.clone(), root: options.model_root.clone() };
         let shared = Arc::new(Shared {
@@ -627,28 +647,49 @@ impl CompletionsServer {
             options,
             seen: Arc::clone(&requests_seen),
             generation_requests: AtomicUsize::new(0),
-            pending_reads: Arc::new(AtomicUsize::new(0)),
             weights: RwLock::new(weights),
             paused: AtomicBool::new(false),
             transfer: Mutex::new(Transfer::default()),
         });
+        // The transport reads every request whole on its connection's thread and hands it to
+        // the `workers` (which bound how many requests compute at once) through one queue.
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        let stop = Arc::new(AtomicBool::new(false));
         let workers = (0..shared.options.workers.max(1))
             .map(|_| {
-                let server = Arc::clone(&server);
-                let shared = Arc::clone(&shared);
-                std::thread::spawn(move || {
-                    // `recv` errors only when the server is unblocked for shutdown.
-                    while let Ok(request) = server.recv() {
-                        // A panic anywhere in handling (the generator's is already caught
-                        // closer to it) must not end this worker: with one worker the server
-                        // would stop answering. The request, if still held, is dropped while
-                        // unwinding and tiny_http answers it 500.
-                        let _ = catch_unwind(AssertUnwindSafe(|| handle(request, &shared)));
+                let (queue, shared, stop) = (Arc::clone(&queue), Arc::clone(&shared), Arc::clone(&stop));
+                std::thread::spawn(move || loop {
+                    let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv_timeout(Duration::from_millis(100));
+                    match job {
+                        Ok((request, reply)) => {
+                            // A panic anywhere in handling (the generator's is already caught
+                            // closer to it) must not end this worker: with one worker the
+                            // server would stop answering.
+                            let response = catch_unwind(AssertUnwindSafe(|| handle(request, &shared)))
+                                .unwrap_or_else(|_| Response::json(500, &error_body("the request handler panicked; the server keeps serving", "server_error")));
+                            // The connection may be gone (client timeout); nothing to do then.
+                            let _ = reply.send(response);
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) if !stop.load(Ordering::SeqCst) => {}
+                        Err(_) => return,
                     }
                 })
             })
             .collect();
-        Ok(Self { server, addr, workers, requests_seen })
+        let jobs = Mutex::new(jobs);
+        let handler: http1::Handler = Arc::new(move |request: HttpRequest| {
+            let (reply, response) = mpsc::sync_channel(1);
+            let sent = jobs.lock().unwrap_or_else(PoisonError::into_inner).send((request, reply));
+            match sent.ok().and_then(|()| response.recv().ok()) {
+                Some(r) => r,
+                None => Response::json(503, &error_body("the server is shutting down", "unavailable")),
+            }
+        });
+        let http =
+            http1::Server::bind(options_bind.as_str(), limits, handler).map_err(|e| ServerError::Bind { bind: options_bind.clone(), detail: e.to_string() })?;
+        let addr = http.addr();
+        Ok(Self { http: Some(http), addr, workers, stop, requests_seen })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -677,31 +718,17 @@ impl CompletionsServer {
 
 impl Drop for CompletionsServer {
     fn drop(&mut self) {
-        for _ in &self.workers {
-            self.server.unblock();
-        }
+        // Stop accepting first, then let the workers finish what they hold and exit.
+        drop(self.http.take());
+        self.stop.store(true, Ordering::SeqCst);
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
     }
 }
 
-fn json_header() -> tiny_http::Header {
-    tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("static header is valid")
-}
-
-fn respond_json(request: tiny_http::Request, status: u16, body: serde_json::Value) {
-    let response = tiny_http::Response::from_string(body.to_string()).with_status_code(status).with_header(json_header());
-    // The client may have gone away (timeout); nothing useful to do then.
-    let _ = request.respond(response);
-}
-
-fn respond_text(request: tiny_http::Request, status: u16, body: &str) {
-    let _ = request.respond(tiny_http::Response::from_string(body).with_status_code(status));
-}
-
-fn respond_rejection(request: tiny_http::Request, r: &Rejection) {
-    respond_json(request, r.status, r.body())
+fn respond_rejection(r: &Rejection) -> Response {
+    Response::json(r.status, &r.body())
 }
 
 fn error_body(message: &str, kind: &str) -> serde_json::Value {
@@ -719,96 +746,89 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn handle<G: TextGenerator>(request: tiny_http::Request, shared: &Shared<G>) {
+fn handle<G: TextGenerator>(request: HttpRequest, shared: &Shared<G>) -> Response {
     let options = &shared.options;
-    if request.body_length().is_some_and(|n| n > DRAIN_LIMIT_BYTES.max(options.max_body_bytes)) {
-        let body = Rejection { status: 413, field: None, message: format!("request body over {} bytes", options.max_body_bytes) }.body();
-        let response = tiny_http::Response::from_string(body.to_string()).with_status_code(413).with_header(json_header());
-        // See DRAIN_LIMIT_BYTES: dropping this stream would abort the process.
-        std::mem::forget(request.upgrade("close", response));
-        return;
-    }
-    let (path, query) = match request.url().split_once('?') {
+    let (path, query) = match request.target.split_once('?') {
         Some((p, q)) => (p.to_string(), q.to_string()),
-        None => (request.url().to_string(), String::new()),
+        None => (request.target.clone(), String::new()),
     };
-    let route = Route::of(request.method(), &path);
+    let route = Route::of(&request.method, &path);
     if !route.is_info() {
         shared.seen.fetch_add(1, Ordering::SeqCst);
     }
     if let (Some(token), false) = (&options.auth_token, route == Route::Health) {
-        let auth = request.headers().iter().find(|h| h.field.equiv("Authorization")).map(|h| h.value.as_str());
+        let auth = request.header("Authorization");
         if !token.accepts(auth) {
-            return respond_json(request, 401, error_body("missing or wrong bearer token (Authorization: Bearer ...)", "authentication_error"));
+            return Response::json(401, &error_body("missing or wrong bearer token (Authorization: Bearer ...)", "authentication_error"));
         }
     }
     let deadline = Instant::now() + options.request_timeout;
     match route {
-        Route::Health => respond_json(request, 200, json!({})),
-        Route::Models => models(request, shared),
-        Route::Version => respond_json(request, 200, json!({"version": env!("CARGO_PKG_VERSION")})),
+        Route::Health => Response::json(200, &json!({})),
+        Route::Models => models(shared),
+        Route::Version => Response::json(200, &json!({"version": env!("CARGO_PKG_VERSION")})),
         Route::ServerInfo => {
             let w = read(&shared.weights);
             let body = json!({"version": env!("CARGO_PKG_VERSION"), "weight_version": w.version, "model_path": w.model_path});
             drop(w);
-            respond_json(request, 200, body)
+            Response::json(200, &body)
         }
         Route::ModelInfo => {
             let w = read(&shared.weights);
             let body = json!({"model_path": w.model_path, "weight_version": w.version, "is_generation": true});
             drop(w);
-            respond_json(request, 200, body)
+            Response::json(200, &body)
         }
         Route::WeightVersion => {
             let body = json!(WeightVersion { weight_version: Some(read(&shared.weights).version.clone()) });
-            respond_json(request, 200, body)
+            Response::json(200, &body)
         }
-        Route::IsPaused => respond_json(request, 200, json!({"is_paused": shared.paused.load(Ordering::SeqCst)})),
-        Route::Completions | Route::Generate => generation(request, route, shared, deadline),
-        Route::UpdateWeightsFromDisk => update_weights_from_disk(request, shared, deadline),
+        Route::IsPaused => Response::json(200, &json!({"is_paused": shared.paused.load(Ordering::SeqCst)})),
+        Route::Completions | Route::Generate => generation(&request, route, shared, deadline),
+        Route::UpdateWeightsFromDisk => update_weights_from_disk(&request, shared),
         Route::PauseGeneration => {
             shared.paused.store(true, Ordering::SeqCst);
-            respond_json(request, 200, json!({"message": "Generation paused successfully.", "status": "ok"}))
+            Response::json(200, &json!({"message": "Generation paused successfully.", "status": "ok"}))
         }
         Route::ContinueGeneration => {
             shared.paused.store(false, Ordering::SeqCst);
-            respond_json(request, 200, json!({"message": "Generation continued successfully.", "status": "ok"}))
+            Response::json(200, &json!({"message": "Generation continued successfully.", "status": "ok"}))
         }
         Route::Pause => match parse_pause_mode(&query) {
             Ok(_) => {
                 shared.paused.store(true, Ordering::SeqCst);
-                respond_json(request, 200, json!({"status": "paused"}))
+                Response::json(200, &json!({"status": "paused"}))
             }
-            Err(r) => respond_rejection(request, &r),
+            Err(r) => respond_rejection(&r),
         },
         Route::Resume => {
             shared.paused.store(false, Ordering::SeqCst);
-            respond_json(request, 200, json!({"status": "resumed"}))
+            Response::json(200, &json!({"status": "resumed"}))
         }
         // There is no cache: every request is computed from its prompt.
-        Route::FlushCache => respond_text(request, 200, "Cache flushed."),
-        Route::ResetPrefixCache => respond_text(request, 200, ""),
+        Route::FlushCache => Response::text(200, "Cache flushed."),
+        Route::ResetPrefixCache => Response::text(200, ""),
         Route::InitWeightTransfer => {
             shared.transfer.lock().unwrap_or_else(PoisonError::into_inner).initialised = true;
-            respond_json(request, 200, json!({}))
+            Response::json(200, &json!({}))
         }
-        Route::StartWeightUpdate => start_weight_update(request, shared),
-        Route::UpdateWeights => update_weights(request, shared, deadline),
-        Route::FinishWeightUpdate => finish_weight_update(request, shared, deadline),
+        Route::StartWeightUpdate => start_weight_update(shared),
+        Route::UpdateWeights => update_weights(&request, shared),
+        Route::FinishWeightUpdate => finish_weight_update(&request, shared),
         Route::NotFound => {
             let served: Vec<String> = ROUTES.iter().map(|(m, p, _)| format!("{m} {p}")).collect();
-            let message = format!("no route {} {path}; served: {}", request.method(), served.join(", "));
-            respond_json(request, 404, error_body(&message, "not_found"))
+            let message = format!("no route {} {path}; served: {}", request.method, served.join(", "));
+            Response::json(404, &error_body(&message, "not_found"))
         }
     }
 }
 
-fn models<G: TextGenerator>(request: tiny_http::Request, shared: &Shared<G>) {
+fn models<G: TextGenerator>(shared: &Shared<G>) -> Response {
     let o = &shared.options;
     let root = read(&shared.weights).root.clone();
     let context = shared.generator.context_tokens();
     let body = json!({"object": "list", "data": [{"id": o.model_name, "object": "model", "created": 0, "owned_by": "self-redteam", "root": root, "max_model_len": context}]});
-    respond_json(request, 200, body)
+    Response::json(200, &body)
 }
 
 fn paused_failure() -> Failure {
@@ -817,24 +837,24 @@ fn paused_failure() -> Failure {
 
 /// `/v1/completions` (text or token ids) and `/generate`: `fail_first`, body, pause, parse,
 /// generate, reply.
-fn generation<G: TextGenerator>(request: tiny_http::Request, route: Route, shared: &Shared<G>, deadline: Instant) {
+fn generation<G: TextGenerator>(request: &HttpRequest, route: Route, shared: &Shared<G>, deadline: Instant) -> Response {
     let options = &shared.options;
     let n = shared.generation_requests.fetch_add(1, Ordering::SeqCst);
     if n < options.fail_first {
-        return respond_json(request, 503, error_body("injected failure (fail_first)", "unavailable"));
+        return Response::json(503, &error_body("injected failure (fail_first)", "unavailable"));
     }
-    let Some((request, body)) = receive_body(request, options.max_body_bytes, deadline, &shared.pending_reads) else { return };
-    let answer = match (route, completions_prompt_kind(&body)) {
-        (Route::Generate, _) => generate(&body, n, shared, deadline),
-        (_, PromptKind::TokenIds) => token_completion(&body, n, shared, deadline),
+    let body = &request.body;
+    let answer = match (route, completions_prompt_kind(body)) {
+        (Route::Generate, _) => generate(body, n, shared, deadline),
+        (_, PromptKind::TokenIds) => token_completion(body, n, shared, deadline),
         (_, PromptKind::TokenIdBatch) => {
             Err(Rejection::bad("prompt", "one token-id prompt per request (a list of token ids, not a list of lists)".into()).into())
         }
-        (_, PromptKind::Text) => text_completion(&body, n, shared, deadline),
+        (_, PromptKind::Text) => text_completion(body, n, shared, deadline),
     };
     match answer {
-        Ok(v) => respond_json(request, 200, v),
-        Err((status, v)) => respond_json(request, status, v),
+        Ok(v) => Response::json(200, &v),
+        Err((status, v)) => Response::json(status, &v),
     }
 }
 
@@ -1026,11 +1046,11 @@ fn reload<G: TextGenerator>(generator: &G, path: &str) -> anyhow::Result<String>
 
 /// SGLang `POST /update_weights_from_disk`: 200 `success: true`, or 400 `success: false` with
 /// the error (the old weights keep serving).
-fn update_weights_from_disk<G: TextGenerator>(request: tiny_http::Request, shared: &Shared<G>, deadline: Instant) {
-    let Some((request, body)) = receive_body(request, shared.options.max_body_bytes, deadline, &shared.pending_reads) else { return };
-    let req: SglangUpdateWeightsRequest = match json_body(&body, &shared.options) {
+fn update_weights_from_disk<G: TextGenerator>(request: &HttpRequest, shared: &Shared<G>) -> Response {
+    let body = &request.body;
+    let req: SglangUpdateWeightsRequest = match json_body(body, &shared.options) {
         Ok(r) => r,
-        Err(r) => return respond_json(request, r.status, json!(SglangUpdateWeightsResponse { success: false, message: r.message, num_paused_requests: 0 })),
+        Err(r) => return Response::json(r.status, &json!(SglangUpdateWeightsResponse { success: false, message: r.message, num_paused_requests: 0 })),
     };
     let mut w = write(&shared.weights);
     let reply = match reload(&shared.generator, &req.model_path) {
@@ -1047,7 +1067,7 @@ fn update_weights_from_disk<G: TextGenerator>(request: tiny_http::Request, share
         Err(e) => (400, SglangUpdateWeightsResponse { success: false, message: format!("Failed to update weights: {e:#}"), num_paused_requests: 0 }),
     };
     drop(w);
-    respond_json(request, reply.0, json!(reply.1))
+    Response::json(reply.0, &json!(reply.1))
 }
 
 fn conflict(message: &str) -> Failure {
@@ -1055,7 +1075,7 @@ fn conflict(message: &str) -> Failure {
 }
 
 /// vLLM `POST /start_weight_update`: 409 unless initialised and not already started.
-fn start_weight_update<G: TextGenerator>(request: tiny_http::Request, shared: &Shared<G>) {
+fn start_weight_update<G: TextGenerator>(shared: &Shared<G>) -> Response {
     let mut t = shared.transfer.lock().unwrap_or_else(PoisonError::into_inner);
     let (status, body) = if !t.initialised {
         conflict("the weight transfer engine is not initialised (POST /init_weight_transfer_engine first)")
@@ -1066,16 +1086,16 @@ fn start_weight_update<G: TextGenerator>(request: tiny_http::Request, shared: &S
         (200, json!({}))
     };
     drop(t);
-    respond_json(request, status, body)
+    Response::json(status, &body)
 }
 
 /// vLLM `POST /update_weights` (disk backend): reloads from `update_info.path`; 409 without a
 /// started update, 400 with the error when the checkpoint does not load (the old weights keep
 /// serving).
-fn update_weights<G: TextGenerator>(request: tiny_http::Request, shared: &Shared<G>, deadline: Instant) {
-    let Some((request, body)) = receive_body(request, shared.options.max_body_bytes, deadline, &shared.pending_reads) else { return };
+fn update_weights<G: TextGenerator>(request: &HttpRequest, shared: &Shared<G>) -> Response {
+    let body = &request.body;
     let answer = || -> Result<serde_json::Value, Failure> {
-        let req: VllmUpdateWeightsRequest = json_body(&body, &shared.options)?;
+        let req: VllmUpdateWeightsRequest = json_body(body, &shared.options)?;
         let t = shared.transfer.lock().unwrap_or_else(PoisonError::into_inner);
         if !t.started {
             return Err(conflict("no weight update is started (POST /start_weight_update first)"));
@@ -1091,17 +1111,17 @@ fn update_weights<G: TextGenerator>(request: tiny_http::Request, shared: &Shared
         }
     };
     match answer() {
-        Ok(v) => respond_json(request, 200, v),
-        Err((status, v)) => respond_json(request, status, v),
+        Ok(v) => Response::json(200, &v),
+        Err((status, v)) => Response::json(status, &v),
     }
 }
 
 /// vLLM `POST /finish_weight_update`: ends the update and sets the weight version (when
 /// given); 409 without a started update.
-fn finish_weight_update<G: TextGenerator>(request: tiny_http::Request, shared: &Shared<G>, deadline: Instant) {
-    let Some((request, body)) = receive_body(request, shared.options.max_body_bytes, deadline, &shared.pending_reads) else { return };
+fn finish_weight_update<G: TextGenerator>(request: &HttpRequest, shared: &Shared<G>) -> Response {
+    let body = &request.body;
     let answer = || -> Result<serde_json::Value, Failure> {
-        let req: VllmFinishWeightUpdate = json_body(&body, &shared.options)?;
+        let req: VllmFinishWeightUpdate = json_body(body, &shared.options)?;
         let mut t = shared.transfer.lock().unwrap_or_else(PoisonError::into_inner);
         if !t.started {
             return Err(conflict("no weight update is started (POST /start_weight_update first)"));
@@ -1113,44 +1133,7 @@ fn finish_weight_update<G: TextGenerator>(request: tiny_http::Request, shared: &
         Ok(json!({}))
     };
     match answer() {
-        Ok(v) => respond_json(request, 200, v),
-        Err((status, v)) => respond_json(request, status, v),
+        Ok(v) => Response::json(200, &v),
+        Err((status, v)) => Response::json(status, &v),
     }
-}
-
-/// Read at most `limit + 1` bytes of the body on a helper thread, waiting until `deadline`.
-/// Returns the request and its body, or `None` when the request was already answered (413,
-/// 503, or 408 by the helper once the body finally arrives or the client gives up).
-fn receive_body(request: tiny_http::Request, limit: usize, deadline: Instant, pending: &Arc<AtomicUsize>) -> Option<(tiny_http::Request, Vec<u8>)> {
-    if pending.fetch_add(1, Ordering::SeqCst) >= MAX_PENDING_READS {
-        pending.fetch_sub(1, Ordering::SeqCst);
-        respond_json(request, 503, error_body("too many request bodies in flight; retry later", "unavailable"));
-        return None;
-    }
-    let (tx, rx) = mpsc::sync_channel(1);
-    let pending_done = Arc::clone(pending);
-    let spawned = std::thread::Builder::new().name("serve-body".into()).spawn(move || {
-        let mut request = request;
-        let mut body = Vec::new();
-        let read = request.as_reader().take(limit as u64 + 1).read_to_end(&mut body);
-        pending_done.fetch_sub(1, Ordering::SeqCst);
-        if let Err(e) = read {
-            return respond_json(request, 400, error_body(&format!("cannot read body: {e}"), "invalid_request_error"));
-        }
-        if body.len() > limit {
-            // Answered here: the rest of the body is drained when the request drops, and
-            // that must not hold a worker.
-            let r = Rejection { status: 413, field: None, message: format!("request body over {limit} bytes") };
-            return respond_json(request, 413, r.body());
-        }
-        if let Err(mpsc::SendError((request, _))) = tx.send((request, body)) {
-            respond_json(request, 408, error_body("request body not received within the request timeout", "timeout"));
-        }
-    });
-    if spawned.is_err() {
-        // The closure, and the request with it, was dropped: tiny_http answered 500.
-        pending.fetch_sub(1, Ordering::SeqCst);
-        return None;
-    }
-    rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok()
 }

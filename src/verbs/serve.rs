@@ -69,6 +69,10 @@ pub struct ServeOptions {
     /// Largest `max_tokens` of a request.
     pub max_tokens: usize,
     pub request_timeout_s: f64,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Seconds within which a request head must arrive.
+    pub header_timeout_s: f64,
     /// Weight version reported before any update; `None` = SGLang's `default`.
     pub weight_version: Option<String>,
     /// Prompts per generator call.
@@ -92,6 +96,8 @@ impl ServeOptions {
             max_prompts: d.max_prompts,
             max_tokens: d.max_tokens_limit,
             request_timeout_s: d.request_timeout.as_secs_f64(),
+            max_connections: d.max_connections,
+            header_timeout_s: d.header_timeout.as_secs_f64(),
             weight_version: None,
             batch: d.batch,
             max_model_len: None,
@@ -134,9 +140,12 @@ pub fn start(spec: &Spec, store_root: &Path, iterations: Option<u32>, opts: &Ser
             _ => anyhow::bail!("--auth-token-env {var}: the environment variable is unset or empty"),
         },
     };
-    if !(opts.request_timeout_s > 0.0 && opts.request_timeout_s.is_finite()) {
-        anyhow::bail!("--request-timeout-s must be a positive number of seconds, got {}", opts.request_timeout_s);
+    for (flag, s) in [("--request-timeout-s", opts.request_timeout_s), ("--header-timeout-s", opts.header_timeout_s)] {
+        if !(s > 0.0 && s.is_finite() && s < 1e9) {
+            anyhow::bail!("{flag} must be a positive number of seconds, got {s}");
+        }
     }
+    anyhow::ensure!(opts.max_connections > 0, "--max-connections must be at least 1");
     let policy = Policy::load(&path, device, kind).with_context(|| format!("load model {}", path.display()))?;
     let digest = weights_digest(&path).with_context(|| format!("digest {}", path.display()))?;
     let options = ServerOptions {
@@ -152,7 +161,10 @@ pub fn start(spec: &Spec, store_root: &Path, iterations: Option<u32>, opts: &Ser
         max_body_bytes: opts.max_body_bytes,
         max_prompts: opts.max_prompts,
         request_timeout: Duration::from_secs_f64(opts.request_timeout_s),
+        max_connections: opts.max_connections,
+        header_timeout: Duration::from_secs_f64(opts.header_timeout_s),
         auth_token,
+        ..ServerOptions::default()
     };
     let mut generator = PolicyGenerator::new(policy);
     if let Some(n) = opts.max_model_len {

@@ -2,12 +2,14 @@
 //! serve` process over a tiny random Llama saved as an HF directory (context 512 tokens, so
 //! the token limit is cheap to reach): body, prompt and token limits with the field named, a
 //! request claiming an absurd Content-Length, the bearer token, `--weight-version`, and a few
-//! hundred mutated requests that must all be answered. In process (`CompletionsServer`): a
-//! panicking generator, the request timeout, `PolicyGenerator` after a failed generation;
+//! hundred mutated requests that must all be answered; the transport's limits (stalled heads
+//! cut off at the header timeout, the connection cap, every refused socket closed, raw bytes
+//! fuzzed). In process (`CompletionsServer`): a panicking generator, the request and body
+//! timeouts, pipelining and `Expect: 100-continue`, `PolicyGenerator` after a failed generation;
 //! SGLang `/generate` and vLLM token-id `/v1/completions` against `Policy::generate` and
 //! `Policy::prompt_logprobs` (bit for bit), both weight-update flows, pause / continue, ids
-//! past the vocabulary, and the token on every route. `fuzz_serve_request` and
-//! `fuzz_serve_token_requests` fuzz the pure parsers.
+//! past the vocabulary, and the token on every route. `fuzz_serve_request`,
+//! `fuzz_serve_token_requests` and `fuzz_http_head` fuzz the pure parsers.
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -16,6 +18,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use self_redteam::judge::build::{weights_digest, PolicyGenerator};
+use self_redteam::judge::http1;
 use self_redteam::judge::server::{
     completions_prompt_kind, parse_generate, parse_pause_mode, parse_request, parse_token_completion, BearerToken, CompletionsServer, ServerOptions,
 };
@@ -132,8 +135,8 @@ fn serve_refuses_too_many_prompts_and_tokens_naming_the_field() {
 
 #[test]
 fn serve_survives_a_request_claiming_an_absurd_content_length() {
-    // tiny_http drains an unread body with `vec![0; remaining]`: without the server's guard
-    // this request aborts the process when it is dropped.
+    // The transport answers 413 from the head alone and closes the connection (the body is
+    // never read nor allocated); the first transport, tiny_http, aborted the process here.
     let s = Served::start(&[], None);
     for claimed in ["1000000000000000000", "18446744073709551615", "70000000"] {
         let mut tcp = TcpStream::connect(s.addr()).expect("connect");
@@ -222,24 +225,190 @@ impl TextGenerator for SlowEcho {
 }
 
 #[test]
-fn server_request_timeout_covers_slow_bodies_and_slow_generation() {
-    let opts = ServerOptions { workers: 1, batch: 1, request_timeout: Duration::from_millis(400), ..ServerOptions::default() };
+fn server_request_timeout_covers_slow_generation_and_the_body_timeout_slow_bodies() {
+    let opts = ServerOptions {
+        workers: 1,
+        batch: 1,
+        request_timeout: Duration::from_millis(400),
+        body_timeout: Duration::from_millis(500),
+        ..ServerOptions::default()
+    };
     let server = CompletionsServer::start(SlowEcho(Duration::from_millis(250)), opts).expect("server");
     // Generation: three batches of 250 ms pass the 400 ms deadline after the second.
     let (status, v) = post(&server.completions_url(), json!({"prompt": ["a", "b", "c"]}).to_string().as_bytes(), None);
     assert_eq!(status, 504, "{v}");
-    // A body that never completes: 408 once the client gives up, and the single worker is
-    // free again after the deadline (another request is answered meanwhile).
+    // A body that never completes never reaches the single worker (another request is
+    // answered meanwhile), and is answered 408 and closed at the body timeout.
     let mut tcp = TcpStream::connect(server.addr()).expect("connect");
     write!(tcp, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{{\"prompt\":").expect("send");
-    std::thread::sleep(Duration::from_millis(600));
     let (status, v) = post(&server.completions_url(), json!({"prompt": "ok"}).to_string().as_bytes(), None);
     assert_eq!(status, 200, "{v}");
-    tcp.shutdown(std::net::Shutdown::Write).expect("shutdown");
     let mut answer = String::new();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     let _ = tcp.read_to_string(&mut answer);
-    assert!(answer.starts_with("HTTP/1.1 4"), "{answer:?}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("body not received"), "{answer:?}");
+}
+
+/// Read what the server sends until it closes the connection (or 10 s pass).
+fn read_until_closed(tcp: &mut TcpStream) -> String {
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut bytes = Vec::new();
+    let _ = tcp.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Slow-loris: connections that send part of a head and stall hold a slot only until the
+/// header timeout; past `--max-connections` a new connection is answered 503 at once; and
+/// the server answers normally as soon as the stalled ones are cut off.
+#[test]
+fn serve_cuts_off_stalled_clients_and_caps_connections() {
+    let s = Served::start(&["--max-connections", "4", "--header-timeout-s", "1"], None);
+    let started = std::time::Instant::now();
+    let mut stalled: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut tcp = TcpStream::connect(s.addr()).expect("connect");
+            tcp.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n").expect("send");
+            tcp
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fifth = TcpStream::connect(s.addr()).expect("connect");
+    let answer = read_until_closed(&mut fifth);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_millis(900), "the 503 must not wait for the stalled clients: {:?}", started.elapsed());
+    for tcp in &mut stalled {
+        let answer = read_until_closed(tcp);
+        assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("head not received"), "{answer:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // A client that never sends a byte is closed at the header timeout too.
+    let mut silent = TcpStream::connect(s.addr()).expect("connect");
+    assert_eq!(read_until_closed(&mut silent), "");
+    assert_answers(&s.url, None);
+}
+
+/// The server process's open descriptors (Linux).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Every socket the server refuses or times out is closed: after a few hundred bad
+/// connections (absurd Content-Length, malformed heads, stalled heads, over the connection
+/// cap) the process holds as many descriptors as before them. The old transport leaked one
+/// socket and one thread per absurd Content-Length on purpose.
+#[test]
+fn serve_closes_every_connection_it_refuses() {
+    let s = Served::start(&["--max-connections", "8", "--header-timeout-s", "1"], None);
+    assert_answers(&s.url, None);
+    let pid = s.child.id();
+    let settle = |target: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while open_fds(pid) > target && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        open_fds(pid)
+    };
+    let before = settle(0);
+    assert!(before > 0, "cannot read /proc/{pid}/fd");
+    let heads: [&[u8]; 4] = [
+        b"POST /v1/completions HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n{",
+        b"GET / HTTP/9\r\n\r\n",
+        b"\x00\xff garbage \r\n\r\n",
+        b"POST /v1/completions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ];
+    for round in 0..50 {
+        for head in heads {
+            let mut tcp = TcpStream::connect(s.addr()).expect("connect");
+            tcp.write_all(head).expect("send");
+            let answer = read_until_closed(&mut tcp);
+            assert!(answer.starts_with("HTTP/1.1 4") || answer.starts_with("HTTP/1.1 5"), "round {round}: {answer:?}");
+        }
+    }
+    // Stalled heads over the cap, dropped by the client half-way.
+    let stalled: Vec<TcpStream> = (0..12)
+        .map(|_| {
+            let mut tcp = TcpStream::connect(s.addr()).expect("connect");
+            let _ = tcp.write_all(b"GET /health HTTP/1.1\r\n");
+            tcp
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stalled);
+    let after = settle(before);
+    assert!(after <= before, "descriptors: {before} before, {after} after the refused connections");
+    assert_answers(&s.url, None);
+}
+
+/// Keep-alive and pipelining: two requests written at once on one connection get two
+/// answers in order; `Connection: close` ends it; `Expect: 100-continue` is honoured.
+#[test]
+fn serve_answers_pipelined_requests_on_one_connection() {
+    let server = CompletionsServer::start(std::sync::Mutex::new(PanickyGenerator), ServerOptions { workers: 1, ..ServerOptions::default() }).expect("server");
+    let body = |p: &str| json!({"prompt": p}).to_string();
+    let (a, b) = (body("first"), body("second"));
+    let mut tcp = TcpStream::connect(server.addr()).expect("connect");
+    let two = format!(
+        "POST /v1/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n{a}POST /v1/completions HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{b}",
+        a.len(),
+        b.len()
+    );
+    tcp.write_all(two.as_bytes()).expect("send");
+    let answer = read_until_closed(&mut tcp);
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+    let (i, j) = (answer.find("echo first").expect("first"), answer.find("echo second").expect("second"));
+    assert!(i < j, "{answer}");
+    let mut tcp = TcpStream::connect(server.addr()).expect("connect");
+    let c = body("third");
+    write!(tcp, "POST /v1/completions HTTP/1.1\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", c.len()).expect("send");
+    let mut interim = [0u8; 25];
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    tcp.read_exact(&mut interim).expect("100 Continue");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    tcp.write_all(c.as_bytes()).expect("send body");
+    let answer = read_until_closed(&mut tcp);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("echo third"), "{answer}");
+}
+
+fn http_seeds() -> Vec<Vec<u8>> {
+    let body = json!({"prompt": "Hello", "max_tokens": 2}).to_string();
+    [
+        format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
+        format!("POST /generate HTTP/1.0\r\nConnection: keep-alive\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+        "GET /health?x=1 HTTP/1.1\r\n\r\nGET /health HTTP/1.1\r\n\r\n".to_string(),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect()
+}
+
+/// The head parser is total: never a panic, and what it accepts is within its rules.
+#[test]
+fn fuzz_http_head() {
+    fuzz::run("fuzz_http_head", &http_seeds(), fuzz::iterations(20_000), |bytes| {
+        let head = bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(bytes, |i| &bytes[..i]);
+        if let Ok(h) = http1::parse_head(head) {
+            assert!(h.target.starts_with('/') && !h.method.is_empty());
+            assert!(h.headers.len() <= http1::MAX_HEADERS);
+        }
+    });
+}
+
+/// Mutated raw requests sent to a running `serve`: every connection is answered with a
+/// status line or closed, and the server keeps answering.
+#[test]
+fn fuzz_serve_raw_http_against_a_running_serve() {
+    let s = Served::start(&["--max-tokens", "4", "--header-timeout-s", "2"], None);
+    let n = fuzz::iterations(300);
+    fuzz::run("fuzz_serve_raw_http_live", &http_seeds(), n, |bytes| {
+        let mut tcp = TcpStream::connect(s.addr()).expect("connect");
+        let _ = tcp.write_all(bytes);
+        let _ = tcp.shutdown(std::net::Shutdown::Write);
+        let answer = read_until_closed(&mut tcp);
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 "), "{answer:?}");
+    });
+    assert_answers(&s.url, None);
 }
 
 #[test]
