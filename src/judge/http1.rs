@@ -13,8 +13,11 @@
 //! - a `Content-Length` above `max_body_bytes` is answered 413 before a byte of the body is
 //!   read, and the connection closed (dropping the socket discards the rest); the body must
 //!   arrive within `body_timeout` of the head, else 408;
-//! - a response must be taken by the client within `write_timeout`, else the connection is
-//!   dropped;
+//! - a response must be taken by the client within `write_timeout` (the whole response, not
+//!   each write), else the connection is dropped;
+//! - after a refusal the socket is closed gently: writes shut down, then up to 1 MiB / 2 s of
+//!   what the client still sends is read and discarded, so it gets the answer, not a reset;
+//! - a `HEAD` request gets the head of the response only;
 //! - a malformed head is answered 400 (505 for an HTTP version other than 1.0 / 1.1, 501 for a
 //!   `Transfer-Encoding`: every client of `serve` sends `Content-Length`) and the connection
 //!   closed. Nothing a client sends can make this module panic (`parse_head` is fuzzed) or
@@ -26,7 +29,7 @@
 //! `Connection: keep-alive`), and pipelined requests are read from what is left in the buffer.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -38,6 +41,18 @@ pub const MAX_HEADERS: usize = 100;
 
 /// How often a blocked read wakes up to check the server's stop flag.
 const POLL: Duration = Duration::from_millis(200);
+
+/// After a refusal, how long and how much of the client's unread input is read and
+/// discarded before the socket is closed: closing with unread input makes the kernel send a
+/// reset, and a client still writing its body would see that instead of the answer.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// `now + d`, saturating: a limit too large to add means "practically never".
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d).or_else(|| now.checked_add(Duration::from_secs(1 << 32))).unwrap_or(now)
+}
 
 /// What the transport lets one client take.
 #[derive(Debug, Clone)]
@@ -228,16 +243,58 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn write_response(stream: &mut TcpStream, response: &Response, keep_alive: bool) -> io::Result<()> {
+/// Write all of `bytes` before `deadline` (the socket's own timeout bounds one `send`, not
+/// a whole response a client takes a few bytes at a time).
+fn write_all_by(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the response was not taken within the write timeout"));
+        }
+        stream.set_write_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Write a response; for `HEAD` the head only (its `Content-Length` still the body's).
+fn write_response(stream: &mut TcpStream, response: &Response, keep_alive: bool, head_only: bool, timeout: Duration) -> io::Result<()> {
     let mut out = format!("HTTP/1.1 {} {}\r\nContent-Length: {}\r\n", response.status, reason(response.status), response.body.len());
     if let Some(t) = response.content_type {
         out.push_str(&format!("Content-Type: {t}\r\n"));
     }
     out.push_str(if keep_alive { "Connection: keep-alive\r\n\r\n" } else { "Connection: close\r\n\r\n" });
     let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(&response.body);
-    stream.write_all(&bytes)?;
-    stream.flush()
+    if !head_only {
+        bytes.extend_from_slice(&response.body);
+    }
+    write_all_by(stream, &bytes, after(timeout))
+}
+
+/// Close after a refusal: stop sending, then read and discard what the client still sends
+/// for at most `LINGER` / `LINGER_BYTES`, so the answer reaches it instead of a reset.
+fn close_gently(stream: &mut TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let deadline = after(LINGER);
+    let mut sink = [0u8; 16 << 10];
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        let now = Instant::now();
+        if now >= deadline || stream.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1)))).is_err() {
+            return;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) => return,
+            Ok(n) => left = left.saturating_sub(n),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// How a read for a connection ended.
@@ -271,11 +328,22 @@ fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant, stop:
     }
 }
 
+/// Drop the empty lines a client may send before a request line (RFC 9112 §2.2).
+fn strip_leading_crlf(buf: &mut Vec<u8>) -> bool {
+    let n = buf.chunks(2).take_while(|c| *c == b"\r\n").count() * 2;
+    buf.drain(..n);
+    n > 0
+}
+
 /// Serve one connection until it closes, errs, breaks a limit or the server stops.
 fn connection(mut stream: TcpStream, limits: &Limits, handler: &Handler, stop: &AtomicBool) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(limits.write_timeout))?;
-    let refuse = |stream: &mut TcpStream, status: u16, message: &str| write_response(stream, &Response::error(status, message), false);
+    let write_timeout = limits.write_timeout;
+    let refuse = |stream: &mut TcpStream, status: u16, message: &str| {
+        let sent = write_response(stream, &Response::error(status, message), false, false, write_timeout);
+        close_gently(stream);
+        sent
+    };
     let mut buf: Vec<u8> = Vec::new();
     let mut first = true;
     loop {
@@ -283,25 +351,30 @@ fn connection(mut stream: TcpStream, limits: &Limits, handler: &Handler, stop: &
         // (its head is due that long after the accept), the idle timeout between keep-alive
         // requests (the head is due `header_timeout` after its first byte).
         let accepted = Instant::now();
-        let wait = if first { limits.header_timeout } else { limits.idle_timeout };
-        let idle_deadline = accepted + wait;
+        let idle_deadline = after(if first { limits.header_timeout } else { limits.idle_timeout });
+        strip_leading_crlf(&mut buf);
         while buf.is_empty() {
             match read_some(&mut stream, &mut buf, idle_deadline, stop)? {
                 Got::Data => {
-                    // Empty lines before a request line are ignored (RFC 9112 §2.2).
-                    while buf.starts_with(b"\r\n") {
-                        buf.drain(..2);
-                    }
+                    strip_leading_crlf(&mut buf);
                 }
                 Got::Closed | Got::Deadline => return Ok(()),
             }
         }
-        let head_deadline = if first { accepted } else { Instant::now() } + limits.header_timeout;
+        let head_deadline =
+            if first { accepted.checked_add(limits.header_timeout).unwrap_or_else(|| after(limits.header_timeout)) } else { after(limits.header_timeout) };
         first = false;
+        // Where the search for the blank line resumes (each byte is scanned about once).
+        let mut scanned: usize = 0;
         let (body_start, head_len) = loop {
-            if let Some(end) = find_head_end(&buf) {
-                break end;
+            if strip_leading_crlf(&mut buf) {
+                scanned = 0;
             }
+            let from = scanned.saturating_sub(3);
+            if let Some((end, len)) = find_head_end(&buf[from..]) {
+                break (from + end, from + len);
+            }
+            scanned = buf.len();
             if buf.len() > limits.max_header_bytes {
                 return refuse(&mut stream, 431, &format!("request head over {} bytes", limits.max_header_bytes));
             }
@@ -320,14 +393,14 @@ fn connection(mut stream: TcpStream, limits: &Limits, handler: &Handler, stop: &
         };
         buf.drain(..body_start);
         if head.content_length > limits.max_body_bytes as u64 {
-            // Closing the socket discards the body unread.
+            // Answered from the head alone; the body is discarded unread.
             return refuse(&mut stream, 413, &format!("request body over {} bytes", limits.max_body_bytes));
         }
         let length = head.content_length as usize;
-        if head.expect_continue && buf.len() < length {
-            stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        if head.expect_continue && !head.http10 && buf.len() < length {
+            write_all_by(&mut stream, b"HTTP/1.1 100 Continue\r\n\r\n", after(write_timeout))?;
         }
-        let body_deadline = Instant::now() + limits.body_timeout;
+        let body_deadline = after(limits.body_timeout);
         while buf.len() < length {
             match read_some(&mut stream, &mut buf, body_deadline, stop)? {
                 Got::Data => {}
@@ -340,11 +413,15 @@ fn connection(mut stream: TcpStream, limits: &Limits, handler: &Handler, stop: &
         }
         let body: Vec<u8> = buf.drain(..length).collect();
         let keep_alive = head.keep_alive && !stop.load(Ordering::SeqCst);
+        let head_only = head.method == "HEAD";
         let request = Request { method: head.method, target: head.target, headers: head.headers, body };
         let response = catch_unwind(AssertUnwindSafe(|| handler(request)))
             .unwrap_or_else(|_| Response::error(500, "the request handler panicked; the server keeps serving"));
-        write_response(&mut stream, &response, keep_alive)?;
+        write_response(&mut stream, &response, keep_alive, head_only, write_timeout)?;
         if !keep_alive {
+            if !buf.is_empty() {
+                close_gently(&mut stream);
+            }
             return Ok(());
         }
     }
@@ -412,9 +489,19 @@ fn accept_loop(listener: TcpListener, limits: Limits, handler: Handler, stop: Ar
         };
         if open.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
             let slot = Slot(Arc::clone(&open));
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            // Answered on the accept thread, so nothing here may wait: what the client already
+            // sent is discarded without blocking (to avoid a reset), then the socket closes.
             let message = format!("the server has {} connections open; retry later", limits.max_connections);
-            let _ = write_response(&mut stream, &Response::error(503, &message), false);
+            let _ = write_response(&mut stream, &Response::error(503, &message), false, false, Duration::from_millis(200));
+            let _ = stream.shutdown(Shutdown::Write);
+            if stream.set_nonblocking(true).is_ok() {
+                let mut sink = [0u8; 16 << 10];
+                for _ in 0..4 {
+                    if !matches!(stream.read(&mut sink), Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+            }
             drop(slot);
             continue;
         }
@@ -438,9 +525,12 @@ impl Drop for Server {
             SocketAddr::V6(a) if a.ip().is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, a.port())),
             a => a,
         };
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
+        // If that connection cannot be made (out of descriptors), the accept thread is left to
+        // end at its next accept rather than joined for ever.
+        if TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_ok() {
+            if let Some(h) = self.accept.take() {
+                let _ = h.join();
+            }
         }
     }
 }

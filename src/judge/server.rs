@@ -752,7 +752,9 @@ fn handle<G: TextGenerator>(request: HttpRequest, shared: &Shared<G>) -> Respons
         Some((p, q)) => (p.to_string(), q.to_string()),
         None => (request.target.clone(), String::new()),
     };
-    let route = Route::of(&request.method, &path);
+    // HEAD is GET without the body (the transport leaves the body out).
+    let method = if request.method == "HEAD" { "GET" } else { request.method.as_str() };
+    let route = Route::of(method, &path);
     if !route.is_info() {
         shared.seen.fetch_add(1, Ordering::SeqCst);
     }

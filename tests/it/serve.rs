@@ -104,7 +104,10 @@ fn assert_answers(url: &str, token: Option<&str>) {
 #[test]
 fn serve_answers_413_to_an_oversized_body_and_keeps_serving() {
     let s = Served::start(&["--max-body-bytes", "65536"], None);
-    let big = json!({"prompt": "x".repeat(100_000), "max_tokens": 1}).to_string();
+    // 3 MB sent whole by the client: the server answers from the head and closes. (The
+    // transport's gentle close exists for the case where a reset would discard that answer;
+    // on Linux loopback ureq reads the 413 with or without it, so this test does not tell.)
+    let big = json!({"prompt": "x".repeat(3_000_000), "max_tokens": 1}).to_string();
     let (status, v) = post(&s.url, big.as_bytes(), None);
     assert_eq!(status, 413, "{v}");
     assert_eq!(v["error"]["type"], "request_too_large", "{v}");
@@ -277,11 +280,13 @@ fn serve_cuts_off_stalled_clients_and_caps_connections() {
     let answer = read_until_closed(&mut fifth);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
     assert!(started.elapsed() < Duration::from_millis(900), "the 503 must not wait for the stalled clients: {:?}", started.elapsed());
-    for tcp in &mut stalled {
-        let answer = read_until_closed(tcp);
+    for mut tcp in stalled.drain(..) {
+        let answer = read_until_closed(&mut tcp);
         assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("head not received"), "{answer:?}");
+        // Closing our side ends the server's gentle close (it waits ≤ 2 s for it).
     }
     assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    std::thread::sleep(Duration::from_millis(300));
     // A client that never sends a byte is closed at the header timeout too.
     let mut silent = TcpStream::connect(s.addr()).expect("connect");
     assert_eq!(read_until_closed(&mut silent), "");
@@ -340,22 +345,27 @@ fn serve_closes_every_connection_it_refuses() {
     assert_answers(&s.url, None);
 }
 
-/// Keep-alive and pipelining: two requests written at once on one connection get two
-/// answers in order; `Connection: close` ends it; `Expect: 100-continue` is honoured.
+/// Keep-alive and pipelining: three requests written at once on one connection get three
+/// answers in order (a HEAD's without a body); `Connection: close` ends it;
+/// `Expect: 100-continue` is honoured.
 #[test]
 fn serve_answers_pipelined_requests_on_one_connection() {
     let server = CompletionsServer::start(std::sync::Mutex::new(PanickyGenerator), ServerOptions { workers: 1, ..ServerOptions::default() }).expect("server");
     let body = |p: &str| json!({"prompt": p}).to_string();
     let (a, b) = (body("first"), body("second"));
     let mut tcp = TcpStream::connect(server.addr()).expect("connect");
+    // A stray CRLF after the first body (some old clients send one) and a HEAD between the
+    // two: the HEAD's answer has no body, so the third answer still parses.
     let two = format!(
-        "POST /v1/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n{a}POST /v1/completions HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{b}",
+        "POST /v1/completions HTTP/1.1\r\nContent-Length: {}\r\n\r\n{a}\r\nHEAD /health HTTP/1.1\r\n\r\nPOST /v1/completions HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{b}",
         a.len(),
         b.len()
     );
     tcp.write_all(two.as_bytes()).expect("send");
     let answer = read_until_closed(&mut tcp);
-    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 3, "{answer}");
+    let head_answer = answer.split("HTTP/1.1 ").nth(2).expect("the HEAD's answer");
+    assert!(head_answer.ends_with("\r\n\r\n") && head_answer.contains("Content-Length: 2\r\n"), "{head_answer:?}");
     let (i, j) = (answer.find("echo first").expect("first"), answer.find("echo second").expect("second"));
     assert!(i < j, "{answer}");
     let mut tcp = TcpStream::connect(server.addr()).expect("connect");
