@@ -117,10 +117,17 @@ impl Response {
             413 => "request_too_large",
             408 => "timeout",
             503 => "unavailable",
+            500 => "server_error",
             _ => "invalid_request_error",
         };
-        Response::json(status, &serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": null}}))
+        Response::json(status, &error_body(message, kind))
     }
+}
+
+/// The OpenAI-style error object of every error answer `serve` gives, the transport's own
+/// and the handlers' alike.
+pub fn error_body(message: &str, kind: &str) -> serde_json::Value {
+    serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
 }
 
 /// The request head as parsed: what `parse_head` found.

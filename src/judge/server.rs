@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http1::{self, Request as HttpRequest, Response};
+use super::http1::{self, error_body, Request as HttpRequest, Response};
 use super::TextGenerator;
 use crate::remote::wire::{
     OneOrMany, SglangFinishReason, SglangGenerateRequest, SglangGenerateResponse, SglangLogprob, SglangMetaInfo, SglangUpdateWeightsRequest,
@@ -633,12 +633,11 @@ impl CompletionsServer {
         let options_bind = options.bind.clone();
         let limits = http1::Limits {
             max_connections: options.max_connections.max(1),
-            max_header_bytes: http1::Limits::default().max_header_bytes,
             max_body_bytes: options.max_body_bytes,
             header_timeout: options.header_timeout,
             body_timeout: options.body_timeout,
             idle_timeout: options.idle_timeout,
-            write_timeout: http1::Limits::default().write_timeout,
+            ..http1::Limits::default()
         };
         let requests_seen = Arc::new(AtomicUsize::new(0));
         let weights = Weights { version: options.weight_version.clone(), model_path: options.model_path.clone(), root: options.model_root.clone() };
@@ -729,10 +728,6 @@ impl Drop for CompletionsServer {
 
 fn respond_rejection(r: &Rejection) -> Response {
     Response::json(r.status, &r.body())
-}
-
-fn error_body(message: &str, kind: &str) -> serde_json::Value {
-    json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
 }
 
 /// An error answer: (HTTP status, body).

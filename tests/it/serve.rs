@@ -495,17 +495,6 @@ fn rl_sampling(seed: u64) -> TokenSampling {
     }
 }
 
-fn sampling_params(s: &TokenSampling) -> SamplingParams {
-    SamplingParams {
-        temperature: s.temperature,
-        top_p: s.top_p,
-        top_k: s.top_k,
-        max_new_tokens: s.max_new_tokens,
-        min_new_tokens: s.min_new_tokens,
-        stop_token_ids: s.stop_token_ids.clone(),
-    }
-}
-
 fn token_prompts(policy: &Policy) -> Vec<Vec<u32>> {
     ["Hello there", "How do I bake bread?", "x", "A longer prompt, with punctuation; and more words."]
         .iter()
@@ -588,8 +577,8 @@ fn generate_batch_with_per_prompt_seeds_is_policy_generate_however_it_is_sent() 
     let mut params: Vec<TokenSampling> = (0..4).map(|i| rl_sampling(100 + i)).collect();
     params[3].temperature = 0.7;
     let seeds: Vec<u64> = params.iter().map(|p| p.seed.expect("seeded")).collect();
-    let mut want = policy.generate(&prompts[..3], &seeds[..3], &sampling_params(&params[0])).expect("generate");
-    want.extend(policy.generate(&prompts[3..], &seeds[3..], &sampling_params(&params[3])).expect("generate"));
+    let mut want = policy.generate(&prompts[..3], &seeds[..3], &SamplingParams::of_request(&params[0])).expect("generate");
+    want.extend(policy.generate(&prompts[3..], &seeds[3..], &SamplingParams::of_request(&params[3])).expect("generate"));
     assert!(want.iter().any(|s| s.finished_by_stop) && want.iter().any(|s| !s.finished_by_stop), "the test wants both finish reasons");
 
     let (status, v) = post_json(&url, &generate_body(&prompts, &params, false), None);
@@ -608,7 +597,7 @@ fn generate_batch_with_per_prompt_seeds_is_policy_generate_however_it_is_sent() 
         let (status, v) = post_json(&url, &generate_body(std::slice::from_ref(p), &params[i..=i], true), None);
         assert_eq!(status, 200, "{v}");
         let r: SglangGenerateResponse = serde_json::from_value(v).expect("one reply object for a flat input_ids");
-        let alone = policy.generate(std::slice::from_ref(p), &seeds[i..=i], &sampling_params(&params[i])).expect("generate");
+        let alone = policy.generate(std::slice::from_ref(p), &seeds[i..=i], &SamplingParams::of_request(&params[i])).expect("generate");
         let got = sglang_row(&r);
         assert_same_sample(&got, &alone[0], &format!("prompt {i} alone"));
         assert_eq!(got.0, want[i].token_ids, "prompt {i}: alone vs in the batch");
@@ -620,7 +609,7 @@ fn generate_batch_with_per_prompt_seeds_is_policy_generate_however_it_is_sent() 
     let (status, v) = post_json(&url, &body, None);
     assert_eq!(status, 200, "{v}");
     let rows: Vec<SglangGenerateResponse> = serde_json::from_value(v).expect("list");
-    let same_seed = policy.generate(&prompts[..2], &[seeds[0], seeds[0]], &sampling_params(&params[0])).expect("generate");
+    let same_seed = policy.generate(&prompts[..2], &[seeds[0], seeds[0]], &SamplingParams::of_request(&params[0])).expect("generate");
     for (r, w) in rows.iter().zip(&same_seed) {
         assert_same_sample(&sglang_row(r), w, "one dict for all");
     }
@@ -639,7 +628,7 @@ fn token_id_completions_are_policy_generate_and_prompt_logprobs_are_the_policys(
         assert_eq!(status, 200, "{v}");
         let reply: VllmCompletionResponse = serde_json::from_value(v).expect("a vLLM reply");
         let c = &reply.choices[0];
-        let want = &policy.generate(std::slice::from_ref(p), &[7 + i as u64], &sampling_params(&s)).expect("generate")[0];
+        let want = &policy.generate(std::slice::from_ref(p), &[7 + i as u64], &SamplingParams::of_request(&s)).expect("generate")[0];
         assert_eq!(c.token_ids.as_ref().expect("token_ids"), &want.token_ids, "prompt {i}");
         let lp = c.logprobs.as_ref().expect("logprobs");
         let ids: Vec<u32> = lp.tokens.iter().map(|t| vllm_token_id(t).expect("token_id:N")).collect();
@@ -675,7 +664,7 @@ fn token_id_completions_are_policy_generate_and_prompt_logprobs_are_the_policys(
     req.return_token_ids = false;
     let (status, v) = post_json(&server.completions_url(), &serde_json::to_value(&req).expect("JSON"), None);
     assert_eq!(status, 200, "{v}");
-    let want = &policy.generate(&prompts[..1], &[7], &sampling_params(&s)).expect("generate")[0];
+    let want = &policy.generate(&prompts[..1], &[7], &SamplingParams::of_request(&s)).expect("generate")[0];
     let pieces: Vec<String> = want.token_ids.iter().map(|&t| policy.tokenizer().decode(&[t], true).expect("decode")).collect();
     assert_eq!(v["choices"][0]["logprobs"]["tokens"], json!(pieces), "{v}");
     assert!(v["choices"][0].get("token_ids").is_none(), "{v}");
@@ -702,7 +691,7 @@ fn generate_one(server: &CompletionsServer, prompt: &[u32]) -> (Vec<u32>, Vec<u3
 
 fn policy_sample(dir: &std::path::Path, prompt: &[u32]) -> (Vec<u32>, Vec<u32>) {
     let p = Policy::load(dir, tch::Device::Cpu, tch::Kind::Float).expect("load");
-    let s = &p.generate(&[prompt.to_vec()], &[42], &sampling_params(&rl_sampling(42))).expect("generate")[0];
+    let s = &p.generate(&[prompt.to_vec()], &[42], &SamplingParams::of_request(&rl_sampling(42))).expect("generate")[0];
     (s.token_ids.clone(), bits(&s.logprobs))
 }
 
