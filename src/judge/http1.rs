@@ -15,7 +15,7 @@
 //!   arrive within `body_timeout` of the head, else 408;
 //! - a response must be taken by the client within `write_timeout` (the whole response, not
 //!   each write), else the connection is dropped;
-//! - after a refusal the socket is closed gently: writes shut down, then up to 1 MiB / 2 s of
+//! - after a refusal the socket is closed gently: writes shut down, then up to 64 MiB / 2 s of
 //!   what the client still sends is read and discarded, so it gets the answer, not a reset;
 //! - a `HEAD` request gets the head of the response only;
 //! - a malformed head is answered 400 (505 for an HTTP version other than 1.0 / 1.1, 501 for a
@@ -45,8 +45,10 @@ const POLL: Duration = Duration::from_millis(200);
 /// After a refusal, how long and how much of the client's unread input is read and
 /// discarded before the socket is closed: closing with unread input makes the kernel send a
 /// reset, and a client still writing its body would see that instead of the answer.
+/// The time is the bound that matters; the byte cap is far above a refused body (a cap of
+/// 1 MiB left a 3 MB body's tail unread, and the client got a broken pipe under load).
 const LINGER: Duration = Duration::from_secs(2);
-const LINGER_BYTES: usize = 1 << 20;
+const LINGER_BYTES: usize = 64 << 20;
 
 /// `now + d`, saturating: a limit too large to add means "practically never".
 fn after(d: Duration) -> Instant {
