@@ -279,11 +279,11 @@ pub enum Command {
         #[arg(long, default_value_t = crate::judge::server::DEFAULT_REQUEST_TIMEOUT.as_secs_f64())]
         request_timeout_s: f64,
         /// Most connections open at once (one more: 503 and closed).
-        #[arg(long, default_value_t = crate::judge::server::DEFAULT_MAX_CONNECTIONS)]
+        #[arg(long, default_value_t = crate::judge::http1::Limits::default().max_connections)]
         max_connections: usize,
         /// Seconds within which a connection must send a request's head (else 408 and closed;
         /// the body is due 60 s after it, an idle keep-alive connection is closed after 30 s).
-        #[arg(long, default_value_t = 10.0)]
+        #[arg(long, default_value_t = crate::judge::http1::Limits::default().header_timeout.as_secs_f64())]
         header_timeout_s: f64,
         /// Weight version reported before any weight update (default: `default`, as SGLang).
         #[arg(long, value_name = "V")]

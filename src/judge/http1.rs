@@ -69,6 +69,9 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// `max_connections` far above what a generation fleet's `concurrency` or the HTTP
+    /// judge's parallel requests open; a head is a few hundred bytes, so 10 s is generous for
+    /// a real client and short for one that stalls on purpose.
     fn default() -> Self {
         Limits {
             max_connections: 64,

@@ -145,15 +145,13 @@ pub const DEFAULT_MAX_PROMPTS: usize = 64;
 /// server answers what the client still waits for.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Default `max_connections`: far above what a generation fleet's `concurrency` or the HTTP
-/// judge's parallel requests open.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
-
 /// Default `weight_version`: SGLang's before any update.
 pub const DEFAULT_WEIGHT_VERSION: &str = "default";
 
 impl Default for ServerOptions {
+    /// The connection limits are the transport's own defaults (`http1::Limits`).
     fn default() -> Self {
+        let limits = http1::Limits::default();
         Self {
             bind: "127.0.0.1:0".into(),
             model_name: "local".into(),
@@ -166,10 +164,10 @@ impl Default for ServerOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_prompts: DEFAULT_MAX_PROMPTS,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(30),
+            max_connections: limits.max_connections,
+            header_timeout: limits.header_timeout,
+            body_timeout: limits.body_timeout,
+            idle_timeout: limits.idle_timeout,
             batch: 16,
             auth_token: None,
         }
