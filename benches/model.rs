@@ -121,7 +121,7 @@ fn kernel_part(policy: &Policy) -> anyhow::Result<()> {
             let _ = x.linear(w, None::<&tch::Tensor>);
         }
     });
-    let _threads = DecodeThreads::enter();
+    let _threads = DecodeThreads::enter(true);
     let kernel = time(&|| {
         for (x, w) in inputs.iter().zip(&weights) {
             let _ = small_rows_linear(x, w, None).expect("kernel applies");

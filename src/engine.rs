@@ -685,7 +685,7 @@ impl<'a> Engine<'a> {
 
     /// Re-execute an artifact's node into a temporary store and compare file digests.
     /// Returns (file, matches) per file of the stored artifact.
-    pub fn recompute(&self, a: &Artifact) -> Result<Vec<(String, bool)>> {
+    pub fn recompute(&self, a: &Artifact) -> Result<Vec<(String, Option<String>)>> {
         let node =
             self.plan.get(&a.manifest.node).ok_or_else(|| EngineError::Ref(format!("{} is not in the current plan; cannot recompute", a.manifest.node)))?;
         let mut done = HashMap::new();
@@ -712,7 +712,22 @@ impl<'a> Engine<'a> {
         let inputs = self.input_artifacts(node, &done);
         let b = self.execute(node, components, inputs, &tstore, false)?;
         let theirs: BTreeMap<&str, &crate::store::Digest> = b.manifest.files.iter().map(|f| (f.name.as_str(), &f.blake3)).collect();
-        Ok(a.manifest.files.iter().map(|f| (f.name.clone(), theirs.get(f.name.as_str()) == Some(&&f.blake3))).collect())
+        let (here, there) = (self.store.artifact_dir(&a.manifest.stage, &a.manifest.key)?, tstore.artifact_dir(&b.manifest.stage, &b.manifest.key)?);
+        Ok(a.manifest
+            .files
+            .iter()
+            .map(|f| {
+                let difference = match theirs.get(f.name.as_str()) {
+                    Some(d) if *d == &f.blake3 => None,
+                    None => Some("not written by the recomputation".to_string()),
+                    Some(_) => Some(match crate::store::diff::first_difference(&here.join(&f.name), &there.join(&f.name)) {
+                        Ok(d) => d.unwrap_or_else(|| "other digest, same bytes on disk (the stored file changed since its manifest)".into()),
+                        Err(e) => format!("other digest ({e} while locating the difference)"),
+                    }),
+                };
+                (f.name.clone(), difference)
+            })
+            .collect())
     }
 
     /// Metrics per iteration (`log`) of a resolved plan ([`Engine::resolve`]): iteration →

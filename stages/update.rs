@@ -39,7 +39,7 @@ use {
 };
 
 /// Bump when this stage's output for the same inputs would change.
-pub const VERSION: u32 = 2; // 2: SFT on post-filled demonstrations instead of own samples
+pub const VERSION: u32 = 3; // 3: gradient norm and losses by fixed-split sums (bytes independent of run.threads)
 
 /// File of the optimiser state inside an update artifact.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";

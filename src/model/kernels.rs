@@ -119,12 +119,20 @@ pub struct DecodeThreads {
 }
 
 impl DecodeThreads {
-    pub fn enter() -> DecodeThreads {
+    /// With `team`, the kernel gets helpers (as many as libtorch had threads, minus this one);
+    /// without (models too small for a team to pay, `TEAM_MIN_WEIGHTS_PER_STEP`), it runs on
+    /// this thread alone. Either way libtorch is single-threaded until the guard drops, which
+    /// also makes decoding independent of `run.threads`: libtorch's attention over a few query
+    /// rows with an explicit mask gives other bits with 2 threads than with 1 (measured, see
+    /// docs/stage-params.md "Thread count and bytes"), while one thread is one fixed order.
+    pub fn enter(team: bool) -> DecodeThreads {
         if TEAM.with(|t| t.borrow().is_some()) {
             return DecodeThreads { torch_threads: None }; // nested: the outer guard owns the team
         }
         let torch_threads = tch::get_num_threads().max(1);
-        TEAM.with(|t| *t.borrow_mut() = Some(SpinTeam::new(torch_threads as usize - 1)));
+        if team {
+            TEAM.with(|t| *t.borrow_mut() = Some(SpinTeam::new(torch_threads as usize - 1)));
+        }
         tch::set_num_threads(1);
         DecodeThreads { torch_threads: Some(torch_threads) }
     }
@@ -603,10 +611,10 @@ mod tests {
         let alone = small_rows_linear_with(isa, &x, &w, None).expect("supported");
         tch::set_num_threads(3);
         {
-            let _team = DecodeThreads::enter();
+            let _team = DecodeThreads::enter(true);
             assert_eq!(tch::get_num_threads(), 1, "libtorch runs single-threaded inside the guard");
             assert_eq!(TEAM.with(|t| t.borrow().as_ref().map(SpinTeam::size)), Some(3));
-            let _nested = DecodeThreads::enter();
+            let _nested = DecodeThreads::enter(true);
             for _ in 0..3 {
                 let teamed = small_rows_linear_with(isa, &x, &w, None).expect("supported");
                 assert!(teamed.equal(&alone), "team result differs from one thread");

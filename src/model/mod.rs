@@ -39,6 +39,7 @@ pub mod gguf;
 pub mod kernels;
 pub mod llama;
 pub mod policy;
+pub mod reduce;
 pub mod sampler;
 pub mod tensors;
 pub mod tokenizer;

@@ -197,10 +197,11 @@ pub(crate) fn generate_ids(
     let mut next_pos = positions.narrow(1, prompt_len - 1, 1) + 1;
     // The prefill above is one big forward on libtorch's threads. On the CPU, the decoding
     // steps below run their matmuls in the decode kernel's threads and the remaining small
-    // ops on one libtorch thread (see `kernels::DecodeThreads`); tiny models (tests) skip the
+    // ops on one libtorch thread (see `kernels::DecodeThreads`: this also keeps the sampled
+    // tokens and log-probs independent of the thread count); tiny models (tests) skip the
     // team, whose spinning would cost more than it saves.
     let big_enough = model.config().matmul_weights_per_token() >= super::kernels::TEAM_MIN_WEIGHTS_PER_STEP;
-    let _threads = (device == Device::Cpu && big_enough).then(super::kernels::DecodeThreads::enter);
+    let _threads = (device == Device::Cpu).then(|| super::kernels::DecodeThreads::enter(big_enough));
 
     let out_tokens = Tensor::full([b_sz, max_new.max(1)], pad_id as i64, (Kind::Int64, device));
     let out_logprobs = Tensor::zeros([b_sz, max_new.max(1)], (Kind::Float, device));

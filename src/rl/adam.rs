@@ -200,8 +200,10 @@ pub fn clip_grad_norm(params: &[(String, Tensor)], max_norm: f64) -> f64 {
         // Per-parameter norms stay on their device and are gathered on the first gradient's
         // device, as torch does; only the final scalar is read back.
         let first_device = grads[0].device();
-        let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).norm().to_device(first_device)).collect();
-        let total = Tensor::stack(&norms, 0).norm();
+        // Fixed-split sums (`model::reduce`): the norm, hence the clipping factor and every
+        // weight, must not depend on the intra-op thread count.
+        let norms: Vec<Tensor> = grads.iter().map(|g| crate::model::reduce::norm(g).to_device(first_device)).collect();
+        let total = crate::model::reduce::norm(&Tensor::stack(&norms, 0));
         let total_f = total.double_value(&[]);
         // f32 arithmetic like torch: coef = max_norm / (total + 1e-6), clamped to 1, and
         // applied even when it is 1 (a no-op).

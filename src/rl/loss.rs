@@ -35,7 +35,8 @@ pub fn ppo_clip_loss(logp: &Tensor, old_logp: &Tensor, advantages: &Tensor, mask
     let per_token = -surr1.minimum(&surr2);
     let tokens = mask.sum(Kind::Double).double_value(&[]);
     let denom = tokens.max(1.0);
-    let loss = (per_token * &mask).sum(logp.kind()) / denom;
+    // Fixed-split sums (`model::reduce`): bits independent of the intra-op thread count.
+    let loss = crate::model::reduce::sum(&(per_token * &mask), logp.kind()) / denom;
     let clipped = ratio.detach().g_sub_scalar(1.0).abs().gt(clip_eps).to_kind(Kind::Double) * mask.to_kind(Kind::Double);
     let clip_fraction = clipped.sum(Kind::Double).double_value(&[]) / denom;
     PolicyLoss { loss, clip_fraction, tokens }
@@ -45,5 +46,5 @@ pub fn ppo_clip_loss(logp: &Tensor, old_logp: &Tensor, advantages: &Tensor, mask
 pub fn sft_loss(logp: &Tensor, mask: &Tensor) -> Tensor {
     let mask = mask.to_kind(logp.kind());
     let tokens = mask.sum(Kind::Double).double_value(&[]).max(1.0);
-    -(logp * &mask).sum(logp.kind()) / tokens
+    -crate::model::reduce::sum(&(logp * &mask), logp.kind()) / tokens
 }

@@ -7,6 +7,7 @@
 //! hex [`Key`] and file names checked by [`is_safe_file_name`]. Nothing read from a
 //! manifest or typed by a user (a REF) is ever joined to a path unchecked, so neither can
 //! make the store read or write outside its root.
+pub mod diff;
 pub mod key;
 pub mod manifest;
 

@@ -42,6 +42,9 @@ pub struct Recompute {
     pub identical: bool,
     /// Files whose digests differ.
     pub differing_files: Vec<String>,
+    /// For each of `differing_files`, where it first differs (`store::diff`: column and row,
+    /// tensor, or byte offset).
+    pub differences: Vec<String>,
 }
 
 /// A directory in the store that is not a valid artifact.
@@ -73,8 +76,8 @@ pub fn verify(
         let mut rec = None;
         if recompute && problems.is_empty() {
             let cmp = engine.recompute(a)?;
-            let differing_files: Vec<String> = cmp.into_iter().filter(|(_, ok)| !ok).map(|(f, _)| f).collect();
-            rec = Some(Recompute { identical: differing_files.is_empty(), differing_files });
+            let (differing_files, differences) = cmp.into_iter().filter_map(|(f, d)| d.map(|d| (f, d))).unzip::<_, _, Vec<_>, Vec<_>>();
+            rec = Some(Recompute { identical: differing_files.is_empty(), differing_files, differences });
         }
         let check = ArtifactCheck {
             node: a.manifest.node.clone(),
@@ -109,6 +112,9 @@ impl ArtifactCheck {
         if let Some(r) = &self.recompute {
             let differs = serde_json::to_string(&r.differing_files).map_err(std::io::Error::other)?;
             writeln!(out, "    recompute: {}", if r.identical { "identical bytes".to_string() } else { format!("DIFFERS in {differs}") })?;
+            for (file, d) in r.differing_files.iter().zip(&r.differences) {
+                writeln!(out, "      {file}: {d}")?;
+            }
         }
         Ok(())
     }

@@ -772,40 +772,73 @@ fn rollout_batch_size_changes_the_key_and_logprob_rounding_but_not_one_sampled_t
 /// so no artifact may depend on them. sft-data post-fills in batches (3 vs 16 rows, so padding
 /// and batch mates differ) and rollout@1 samples with 1 or 2 torch threads: the same keys, and
 /// the same bytes of every Parquet file.
+/// Node by node, where two stores built from one spec differ: for every node whose key is
+/// the same in both, the first differing file of its artifact and where in it
+/// (`store::diff`), never the bytes. Nodes whose keys differ are listed as such.
+fn content_differences(a: (&Path, &Path), b: (&Path, &Path)) -> Vec<String> {
+    let (sa, sb) = (status(a.0, a.1, &[]), status(b.0, b.1, &[]));
+    let mut out = Vec::new();
+    for (node, x) in &sa {
+        let y = &sb[node];
+        assert!(x.state == "cached" && y.state == "cached", "{node}: {} / {}", x.state, y.state);
+        if x.key != y.key {
+            out.push(format!("{node}: other key ({} vs {})", x.key.as_deref().unwrap_or("-"), y.key.as_deref().unwrap_or("-")));
+            continue;
+        }
+        if x.digest == y.digest {
+            continue;
+        }
+        let key = x.key.as_deref().expect("key");
+        let stage = node.split('@').next().expect("stage");
+        let (da, db) = (artifact_dir(a.1, stage, key), artifact_dir(b.1, stage, key));
+        let mut files: Vec<String> = std::fs::read_dir(&da)
+            .expect("artifact")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f != "manifest.json")
+            .collect();
+        files.sort();
+        for f in files {
+            if let Some(d) = self_redteam::store::diff::first_difference(&da.join(&f), &db.join(&f)).expect("read artifact files") {
+                out.push(format!("{node} (same key {}): {f}: {d}", &key[..12]));
+            }
+        }
+    }
+    out
+}
+
+/// `run.threads` and `sft.batch_size` are speed knobs: they enter no key, so they must change
+/// no byte. The whole tiny pipeline (every node through the last eval: sampling, judging, the
+/// update's backward pass and Adam) runs with 1 and with 2 threads; `sft-data` also with
+/// another batch size.
 #[test]
 fn sft_batch_size_and_run_threads_change_no_key_and_no_byte() {
     let tmp = tempfile::tempdir().expect("tmp");
     let abs = tiny_text_abs();
     assert!(abs.contains("  threads: 2\n") && abs.contains("sft:   #"), "tiny.yaml changed shape");
-    let run = |name: &str, threads: u32, sft_batch: u32| {
+    let run = |name: &str, threads: u32, sft_batch: u32, only: &[&str]| {
         let yaml = abs.replace("  threads: 2\n", &format!("  threads: {threads}\n")).replacen("sft:   #", &format!("sft:\n  batch_size: {sft_batch}\n  #"), 1);
         let cfg = write_config(tmp.path(), &format!("{name}.yaml"), &yaml);
         let store = tmp.path().join(name);
-        let o = sr(&cfg, &store, &["run", "--only", "dataset", "base", "sft-data", "prep@1", "rollout@1"]);
-        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-        let st = status(&cfg, &store, &[]);
-        ["sft-data", "rollout@1"]
-            .map(|node| {
-                let key = st[node].key.clone().unwrap_or_else(|| panic!("{node} key"));
-                let dir = artifact_dir(&store, node.split('@').next().expect("stage"), &key);
-                let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-                    .expect("artifact dir")
-                    .map(|e| e.expect("entry").path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
-                    .map(|p| (p.file_name().expect("name").to_string_lossy().into_owned(), std::fs::read(&p).expect("read")))
-                    .collect();
-                files.sort();
-                (key, files)
-            })
-            .to_vec()
-    };
-    let reference = run("t2b16", 2, 16);
-    for (name, threads, batch) in [("t2b3", 2, 3), ("t1b16", 1, 16)] {
-        let other = run(name, threads, batch);
-        for (node, (a, b)) in ["sft-data", "rollout@1"].iter().zip(reference.iter().zip(&other)) {
-            assert_eq!(a.0, b.0, "{node}: threads {threads}, sft.batch_size {batch} changed the key");
-            assert!(!a.1.is_empty(), "{node} has Parquet files");
-            assert_eq!(a.1, b.1, "{node}: threads {threads}, sft.batch_size {batch} changed the bytes");
+        let mut args = vec!["run"];
+        if !only.is_empty() {
+            args.push("--only");
+            args.extend_from_slice(only);
         }
+        let o = sr(&cfg, &store, &args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        (cfg, store)
+    };
+    let reference = run("t2b16", 2, 16, &[]);
+    let one_thread = run("t1b16", 1, 16, &[]);
+    let differences = content_differences((&reference.0, &reference.1), (&one_thread.0, &one_thread.1));
+    assert!(differences.is_empty(), "threads 1 vs 2:\n{}", differences.join("\n"));
+
+    let sft_only = ["dataset", "base", "sft-data"];
+    let small_batch = run("t2b3", 2, 3, &sft_only);
+    let (sa, sb) = (status(&reference.0, &reference.1, &[]), status(&small_batch.0, &small_batch.1, &[]));
+    for node in sft_only {
+        assert_eq!(sa[node].key, sb[node].key, "{node}: sft.batch_size 3 changed the key");
+        assert_eq!(sa[node].digest, sb[node].digest, "{node}: sft.batch_size 3 changed the content");
     }
 }
