@@ -277,7 +277,7 @@ impl TextGenerator for PolicyGenerator {
             let never = AtomicBool::new(false);
             for (sp, rows) in &groups {
                 let p: Vec<Vec<u32>> = rows.iter().map(|&i| prompts[i].clone()).collect();
-                let seeds: Vec<u64> = rows.iter().map(|&i| params[i].seed.unwrap_or(0)).collect();
+                let seeds: Vec<u64> = rows.iter().map(|&i| params[i].seed.map_or(0, crate::remote::wire::seed_of_wire)).collect();
                 let plan = crate::model::batching::in_order(rows.len(), SAMPLE_BATCH_ROWS);
                 let samples = policy.generate_batched(&p, &seeds, sp, &plan, &never, &mut |_| {})?;
                 for (&i, s) in rows.iter().zip(samples) {

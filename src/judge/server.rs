@@ -8,16 +8,18 @@
 //!   with `input_ids` (one prompt or a batch) and `sampling_params` (one for all prompts or one
 //!   per prompt, each with its own `sampling_seed`), output ids with the stop token kept,
 //!   output log-probs and, with `logprob_start_len: 0`, the prompt's own log-probs; the weight
-//!   update `POST /update_weights_from_disk` with `GET /get_weight_version`,
-//!   `POST /pause_generation`, `POST /continue_generation`, `POST /flush_cache`, and the info
-//!   routes `GET /get_server_info`, `GET /get_model_info`.
+//!   update `POST /update_weights_from_disk`, `POST /pause_generation`,
+//!   `POST /continue_generation`, `POST /flush_cache`, and the info routes `GET /model_info`
+//!   (with `weight_version`) and `GET /server_info`, as SGLang 0.5.23 names them (its retired
+//!   `/get_weight_version`, `/get_model_info` and `/get_server_info` are 404 here too).
 //! - vLLM's OpenAI extensions for token ids: `POST /v1/completions` with `prompt` a list of
 //!   token ids (one prompt per request; `seed`, `min_tokens`, `top_k`, `stop_token_ids`,
 //!   `logprobs: 0`, `prompt_logprobs: 0`, `return_token_ids`, `return_tokens_as_token_ids`),
-//!   and the weight-transfer routes of the disk backend: `POST /init_weight_transfer_engine`,
-//!   `POST /start_weight_update`, `POST /update_weights {"update_info": {"path": DIR}}`,
-//!   `POST /finish_weight_update {"weight_version": V}`, `GET /weight_info`, `POST /pause`,
-//!   `POST /resume`, `GET /is_paused`, `POST /reset_prefix_cache`, `GET /version`.
+//!   and its dev-mode reload: `POST /collective_rpc {"method": "reload_weights", "kwargs":
+//!   {"weights_path": DIR}}`, `POST /update_weight_version {"new_version": V}`,
+//!   `GET /weight_info`, `POST /pause`, `POST /resume`, `GET /is_paused`,
+//!   `POST /reset_prefix_cache`, `GET /version`. Seeds are checked as both engines check them:
+//!   integers in −2⁶³ … 2⁶³−1 (negative ones allowed), 400 otherwise.
 //!
 //! Token-id requests sample (temperature, top-p, top-k, per-row seeds) through
 //! `TextGenerator::sample_tokens`; a row's tokens depend only on its prompt, settings and
@@ -65,7 +67,7 @@ use super::http1::{self, error_body, Request as HttpRequest, Response};
 use super::TextGenerator;
 use crate::remote::wire::{
     OneOrMany, SglangFinishReason, SglangGenerateRequest, SglangGenerateResponse, SglangLogprob, SglangMetaInfo, SglangUpdateWeightsRequest,
-    SglangUpdateWeightsResponse, TokenCompletion, TokenSampling, VllmCompletionRequest, VllmFinishWeightUpdate, VllmTokenLogprob, VllmUpdateWeightsRequest,
+    SglangUpdateWeightsResponse, TokenCompletion, TokenSampling, VllmCollectiveRpc, VllmCompletionRequest, VllmTokenLogprob, VllmUpdateWeightVersion,
     WeightVersion,
 };
 
@@ -366,6 +368,24 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], options: &ServerOption
     serde_json::from_value(v).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") })
 }
 
+/// 400 naming `field` when a seed in `holder` (an object, or a list of objects: SGLang's
+/// per-prompt `sampling_params`) is not an integer in −2⁶³ … 2⁶³−1, as SGLang's
+/// `SamplingParams.verify` and vLLM's request model refuse it. Checked before the typed parse,
+/// whose error for an untagged list would not name the field.
+fn check_seeds(holder: Option<&serde_json::Value>, field: &'static str) -> Result<(), Rejection> {
+    let objects: Vec<&serde_json::Value> = match holder {
+        Some(serde_json::Value::Array(items)) => items.iter().collect(),
+        Some(v) => vec![v],
+        None => Vec::new(),
+    };
+    for seed in objects.iter().filter_map(|o| o.get(field)) {
+        if !(seed.is_null() || seed.as_i64().is_some()) {
+            return Err(Rejection::bad(field, format!("{field} must be an integer in [-2**63, 2**63 - 1], got {seed}")));
+        }
+    }
+    Ok(())
+}
+
 /// 400 naming `field` when the body sets it to something this server does not do.
 fn refuse_field(v: &serde_json::Value, field: &'static str, unsupported: impl Fn(&serde_json::Value) -> bool, message: &str) -> Result<(), Rejection> {
     match v.get(field) {
@@ -437,7 +457,9 @@ pub fn parse_generate(body: &[u8], options: &ServerOptions, generator: &dyn Text
     refuse_field(&v, "input_embeds", |x| !x.is_null(), "this server takes token ids only: send input_ids")?;
     refuse_field(&v, "stream", |x| x.as_bool() == Some(true), "streaming is not supported: send stream=false or omit it")?;
     let parsed: SglangGenerateRequest =
-        serde_json::from_value(v).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") })?;
+        check_seeds(v.get("sampling_params"), "sampling_seed").and_then(|()| {
+            serde_json::from_value(v).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") })
+        })?;
     let single = matches!(parsed.input_ids, OneOrMany::One(_));
     let prompts = parsed.input_ids.into_vec();
     if prompts.is_empty() {
@@ -490,7 +512,9 @@ pub fn parse_token_completion(body: &[u8], options: &ServerOptions, generator: &
     refuse_field(&v, "n", |x| !x.is_null() && x.as_u64() != Some(1), "one completion per request: n must be 1")?;
     refuse_field(&v, "best_of", |x| !x.is_null() && x.as_u64() != Some(1), "best_of must be 1")?;
     let parsed: VllmCompletionRequest =
-        serde_json::from_value(v).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") })?;
+        check_seeds(Some(&v), "seed").and_then(|()| {
+            serde_json::from_value(v).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") })
+        })?;
     if parsed.logprobs.is_some_and(|k| k > 0) {
         return Err(Rejection::bad("logprobs", "only logprobs=0 (the sampled token's log-prob) is supported".into()));
     }
@@ -527,9 +551,8 @@ const ROUTES: &[(&str, &str, Route)] = &[
     ("GET", "/health", Route::Health),
     ("GET", "/v1/models", Route::Models),
     ("GET", "/version", Route::Version),
-    ("GET", "/get_server_info", Route::ServerInfo),
-    ("GET", "/get_model_info", Route::ModelInfo),
-    ("GET", "/get_weight_version", Route::WeightVersion),
+    ("GET", "/server_info", Route::ServerInfo),
+    ("GET", "/model_info", Route::ModelInfo),
     ("GET", "/weight_info", Route::WeightVersion),
     ("GET", "/is_paused", Route::IsPaused),
     ("POST", "/v1/completions", Route::Completions),
@@ -538,10 +561,8 @@ const ROUTES: &[(&str, &str, Route)] = &[
     ("POST", "/pause_generation", Route::PauseGeneration),
     ("POST", "/continue_generation", Route::ContinueGeneration),
     ("POST", "/flush_cache", Route::FlushCache),
-    ("POST", "/init_weight_transfer_engine", Route::InitWeightTransfer),
-    ("POST", "/start_weight_update", Route::StartWeightUpdate),
-    ("POST", "/update_weights", Route::UpdateWeights),
-    ("POST", "/finish_weight_update", Route::FinishWeightUpdate),
+    ("POST", "/collective_rpc", Route::CollectiveRpc),
+    ("POST", "/update_weight_version", Route::UpdateWeightVersion),
     ("POST", "/pause", Route::Pause),
     ("POST", "/resume", Route::Resume),
     ("POST", "/reset_prefix_cache", Route::ResetPrefixCache),
@@ -562,10 +583,8 @@ enum Route {
     PauseGeneration,
     ContinueGeneration,
     FlushCache,
-    InitWeightTransfer,
-    StartWeightUpdate,
-    UpdateWeights,
-    FinishWeightUpdate,
+    CollectiveRpc,
+    UpdateWeightVersion,
     Pause,
     Resume,
     ResetPrefixCache,
@@ -601,13 +620,6 @@ struct Weights {
     root: Option<String>,
 }
 
-/// vLLM's weight-transfer handshake.
-#[derive(Default)]
-struct Transfer {
-    initialised: bool,
-    started: bool,
-}
-
 /// What the workers share.
 struct Shared<G> {
     generator: G,
@@ -620,7 +632,6 @@ struct Shared<G> {
     /// with); a weight update writes it around the reload.
     weights: RwLock<Weights>,
     paused: AtomicBool,
-    transfer: Mutex<Transfer>,
 }
 
 impl CompletionsServer {
@@ -646,7 +657,6 @@ impl CompletionsServer {
             generation_requests: AtomicUsize::new(0),
             weights: RwLock::new(weights),
             paused: AtomicBool::new(false),
-            transfer: Mutex::new(Transfer::default()),
         });
         // The transport reads every request whole on its connection's thread and hands it to
         // the `workers` (which bound how many requests compute at once) through one queue.
@@ -802,14 +812,9 @@ fn handle<G: TextGenerator>(request: HttpRequest, shared: &Shared<G>) -> Respons
         }
         // There is no cache: every request is computed from its prompt.
         Route::FlushCache => Response::text(200, "Cache flushed."),
-        Route::ResetPrefixCache => Response::text(200, ""),
-        Route::InitWeightTransfer => {
-            shared.transfer.lock().unwrap_or_else(PoisonError::into_inner).initialised = true;
-            Response::json(200, &json!({}))
-        }
-        Route::StartWeightUpdate => start_weight_update(shared),
-        Route::UpdateWeights => update_weights(&request, shared),
-        Route::FinishWeightUpdate => finish_weight_update(&request, shared),
+        Route::ResetPrefixCache => Response::json(200, &json!({"success": true})),
+        Route::CollectiveRpc => collective_rpc(&request, shared),
+        Route::UpdateWeightVersion => update_weight_version(&request, shared),
         Route::NotFound => {
             let served: Vec<String> = ROUTES.iter().map(|(m, p, _)| format!("{m} {p}")).collect();
             let message = format!("no route {} {path}; served: {}", request.method, served.join(", "));
@@ -864,10 +869,23 @@ fn timeout_failure(options: &ServerOptions, done: usize, total: usize) -> Failur
     (504, error_body(&message, "timeout"))
 }
 
+/// A request naming a model this server does not serve is a 404, as vLLM answers it (a typo in
+/// a client's model name must not silently reach another model).
+fn check_model(model: Option<&str>, options: &ServerOptions) -> Result<(), Failure> {
+    match model {
+        Some(m) if m != options.model_name => {
+            let message = format!("The model `{m}` does not exist. Valid aliases: {}.", options.model_name);
+            Err((404, json!({"error": {"message": message, "type": "NotFoundError", "param": "model", "code": 404}})))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The judge path: greedy text completions, unchanged.
 fn text_completion<G: TextGenerator>(body: &[u8], n: usize, shared: &Shared<G>, deadline: Instant) -> Result<serde_json::Value, Failure> {
     let options = &shared.options;
     let parsed = parse_request(body, options, &shared.generator)?;
+    check_model(parsed.model.as_deref(), options)?;
     let mut texts = Vec::with_capacity(parsed.prompts.len());
     for chunk in parsed.prompts.chunks(options.batch.max(1)) {
         if Instant::now() >= deadline {
@@ -997,6 +1015,7 @@ fn generate<G: TextGenerator>(body: &[u8], n: usize, shared: &Shared<G>, deadlin
 /// vLLM token-id `POST /v1/completions`.
 fn token_completion<G: TextGenerator>(body: &[u8], n: usize, shared: &Shared<G>, deadline: Instant) -> Result<serde_json::Value, Failure> {
     let req = parse_token_completion(body, &shared.options, &shared.generator)?;
+    check_model(req.model.as_deref(), &shared.options)?;
     if shared.paused.load(Ordering::SeqCst) {
         return Err(paused_failure());
     }
@@ -1065,44 +1084,33 @@ fn update_weights_from_disk<G: TextGenerator>(request: &HttpRequest, shared: &Sh
     Response::json(reply.0, &json!(reply.1))
 }
 
-fn conflict(message: &str) -> Failure {
-    (409, error_body(message, "conflict"))
-}
-
-/// vLLM `POST /start_weight_update`: 409 unless initialised and not already started.
-fn start_weight_update<G: TextGenerator>(shared: &Shared<G>) -> Response {
-    let mut t = shared.transfer.lock().unwrap_or_else(PoisonError::into_inner);
-    let (status, body) = if !t.initialised {
-        conflict("the weight transfer engine is not initialised (POST /init_weight_transfer_engine first)")
-    } else if t.started {
-        conflict("a weight update is already started (POST /finish_weight_update first)")
-    } else {
-        t.started = true;
-        (200, json!({}))
-    };
-    drop(t);
-    Response::json(status, &body)
-}
-
-/// vLLM `POST /update_weights` (disk backend): reloads from `update_info.path`; 409 without a
-/// started update, 400 with the error when the checkpoint does not load (the old weights keep
-/// serving).
-fn update_weights<G: TextGenerator>(request: &HttpRequest, shared: &Shared<G>) -> Response {
-    let body = &request.body;
+/// vLLM `POST /collective_rpc` with `method: "reload_weights"` and `kwargs.weights_path`:
+/// reloads the weights in place from that directory, which must be an absolute path (the
+/// workers resolve it themselves); any other method or argument is refused (400), and a
+/// checkpoint that does not load is a 500 with the error, the old weights still serving.
+fn collective_rpc<G: TextGenerator>(request: &HttpRequest, shared: &Shared<G>) -> Response {
     let answer = || -> Result<serde_json::Value, Failure> {
-        let req: VllmUpdateWeightsRequest = json_body(body, &shared.options)?;
-        let t = shared.transfer.lock().unwrap_or_else(PoisonError::into_inner);
-        if !t.started {
-            return Err(conflict("no weight update is started (POST /start_weight_update first)"));
+        let req: VllmCollectiveRpc = json_body(&request.body, &shared.options)?;
+        if req.method != "reload_weights" {
+            return Err(Failure::from(Rejection::bad("method", format!("collective_rpc method {:?} is not served here (only reload_weights)", req.method))));
+        }
+        if let Some(k) = req.kwargs.keys().find(|k| *k != "weights_path") {
+            return Err(Failure::from(Rejection::bad("kwargs", format!("reload_weights got an unexpected keyword argument {k:?}"))));
+        }
+        let path = req.kwargs.get("weights_path").and_then(serde_json::Value::as_str).ok_or_else(|| {
+            Failure::from(Rejection::bad("kwargs.weights_path", "reload_weights needs kwargs.weights_path, a checkpoint directory".to_string()))
+        })?;
+        if !std::path::Path::new(path).is_absolute() {
+            return Err(Failure::from(Rejection::bad("kwargs.weights_path", format!("weights_path {path:?} is not absolute"))));
         }
         let mut w = write(&shared.weights);
-        match reload(&shared.generator, &req.update_info.path) {
+        match reload(&shared.generator, path) {
             Ok(root) => {
                 w.root = Some(root);
-                w.model_path = Some(req.update_info.path.clone());
-                Ok(json!({}))
+                w.model_path = Some(path.to_string());
+                Ok(json!({"results": [null]}))
             }
-            Err(e) => Err((400, error_body(&format!("cannot load the weights: {e:#}"), "invalid_request_error"))),
+            Err(e) => Err((500, error_body(&format!("Call to collective_rpc method failed: {e:#}"), "server_error"))),
         }
     };
     match answer() {
@@ -1111,24 +1119,15 @@ fn update_weights<G: TextGenerator>(request: &HttpRequest, shared: &Shared<G>) -
     }
 }
 
-/// vLLM `POST /finish_weight_update`: ends the update and sets the weight version (when
-/// given); 409 without a started update.
-fn finish_weight_update<G: TextGenerator>(request: &HttpRequest, shared: &Shared<G>) -> Response {
-    let body = &request.body;
-    let answer = || -> Result<serde_json::Value, Failure> {
-        let req: VllmFinishWeightUpdate = json_body(body, &shared.options)?;
-        let mut t = shared.transfer.lock().unwrap_or_else(PoisonError::into_inner);
-        if !t.started {
-            return Err(conflict("no weight update is started (POST /start_weight_update first)"));
+/// vLLM `POST /update_weight_version {"new_version": V}`: the version `/weight_info` and
+/// every reply report from then on.
+fn update_weight_version<G: TextGenerator>(request: &HttpRequest, shared: &Shared<G>) -> Response {
+    match json_body::<VllmUpdateWeightVersion>(&request.body, &shared.options) {
+        Ok(req) => {
+            let body = json!({"success": true, "new_version": req.new_version});
+            write(&shared.weights).version = req.new_version;
+            Response::json(200, &body)
         }
-        t.started = false;
-        if let Some(v) = req.weight_version {
-            write(&shared.weights).version = v;
-        }
-        Ok(json!({}))
-    };
-    match answer() {
-        Ok(v) => Response::json(200, &v),
-        Err((status, v)) => Response::json(status, &v),
+        Err(r) => respond_rejection(&r),
     }
 }

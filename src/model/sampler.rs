@@ -58,7 +58,7 @@ impl SamplingParams {
             max_new_tokens: self.max_new_tokens,
             min_new_tokens: self.min_new_tokens,
             stop_token_ids: self.stop_token_ids.clone(),
-            seed: Some(seed),
+            seed: Some(crate::remote::wire::wire_seed(seed)),
         }
     }
 

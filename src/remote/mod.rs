@@ -67,7 +67,7 @@ mod compute {
         }
 
         fn start(
-            fleet: Fleet,
+            mut fleet: Fleet,
             lock: std::sync::Arc<std::fs::File>,
             policy: &'p Policy,
             store_root: &Path,

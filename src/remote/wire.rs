@@ -22,8 +22,45 @@ pub struct TokenSampling {
     pub min_new_tokens: usize,
     /// Generation ends on any of these; the stop token is part of the output ids.
     pub stop_token_ids: Vec<u32>,
-    /// The row's sampling seed (vLLM `seed`, SGLang `sampling_seed`).
-    pub seed: Option<u64>,
+    /// The row's sampling seed (vLLM `seed`, SGLang `sampling_seed`): a signed 64-bit value,
+    /// the only range both engines accept ([`wire_seed`]).
+    pub seed: Option<i64>,
+}
+
+/// A row's 64-bit seed as the engines take it. vLLM's `CompletionRequest.seed` and SGLang's
+/// `sampling_seed` accept −2⁶³ … 2⁶³−1 only (HTTP 400 otherwise), while this project's seeds
+/// are full-range u64 draws: the same 64 bits are sent as their two's-complement i64, and
+/// [`seed_of_wire`] turns them back, so every backend samples a row from the same seed as
+/// local generation and no stored byte changes.
+pub fn wire_seed(seed: u64) -> i64 {
+    seed as i64
+}
+
+/// The u64 seed of a wire seed: the inverse of [`wire_seed`] (any i64, negative ones too, as
+/// vLLM accepts them).
+pub fn seed_of_wire(seed: i64) -> u64 {
+    seed as u64
+}
+
+/// Deserializes an optional seed field strictly, as the engines validate it: an integer within
+/// the signed 64-bit range, else an error naming the field and the range (SGLang's message).
+fn strict_seed<'de, D: serde::Deserializer<'de>>(d: D, field: &str) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_i64().map(Some).ok_or_else(|| D::Error::custom(format!("{field} must be an integer in [-2**63, 2**63 - 1], got {n}")))
+        }
+        Some(other) => Err(D::Error::custom(format!("{field} must be an integer in [-2**63, 2**63 - 1], got {other}"))),
+    }
+}
+
+fn strict_sampling_seed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    strict_seed(d, "sampling_seed")
+}
+
+fn strict_vllm_seed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    strict_seed(d, "seed")
 }
 
 /// One completion as this project uses it, whatever the engine.
@@ -72,8 +109,8 @@ pub struct SglangSamplingParams {
     #[serde(default)]
     pub stop_token_ids: Vec<u32>,
     /// Honoured only by a server started with `--enable-deterministic-inference`.
-    #[serde(default)]
-    pub sampling_seed: Option<u64>,
+    #[serde(default, deserialize_with = "strict_sampling_seed")]
+    pub sampling_seed: Option<i64>,
     /// Keep the stop token in the output (this project's samples include it).
     #[serde(default)]
     pub no_stop_trim: bool,
@@ -206,7 +243,8 @@ pub struct SglangUpdateWeightsResponse {
     pub num_paused_requests: usize,
 }
 
-/// Reply of `GET /get_weight_version` (SGLang) and `GET /weight_info` (vLLM).
+/// The weight version in SGLang's `GET /model_info` and vLLM's `GET /weight_info` (other
+/// fields of those replies are ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WeightVersion {
     pub weight_version: Option<String>,
@@ -231,8 +269,8 @@ pub struct VllmCompletionRequest {
     /// -1 = no top-k.
     #[serde(default = "minus_one")]
     pub top_k: i64,
-    #[serde(default)]
-    pub seed: Option<u64>,
+    #[serde(default, deserialize_with = "strict_vllm_seed")]
+    pub seed: Option<i64>,
     #[serde(default)]
     pub stop_token_ids: Vec<u32>,
     /// `Some(0)`: the sampled token's log-prob only.
@@ -330,26 +368,26 @@ pub struct VllmCompletionResponse {
     pub choices: Vec<VllmChoice>,
 }
 
-/// vLLM's `POST /update_weights {"update_info": {"path": DIR}}` with the disk weight-transfer
-/// backend (`--weight-transfer-config '{"backend": "disk"}'`).
+/// vLLM's `POST /collective_rpc` (dev mode, `VLLM_SERVER_DEV_MODE=1`): calls `method` on every
+/// worker. This project sends `{"method": "reload_weights", "kwargs": {"weights_path": DIR}}`,
+/// the in-place reload from a checkpoint directory (vLLM has no disk weight-transfer
+/// backend; its weight-transfer routes answer 500 "Weight transfer not configured" without a
+/// transfer engine). `DIR` must be absolute: it is read by the server's own workers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VllmUpdateWeightsRequest {
-    pub update_info: VllmUpdateInfo,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VllmUpdateInfo {
-    pub path: String,
-}
-
-/// vLLM's `POST /finish_weight_update {"weight_version": V}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VllmFinishWeightUpdate {
+pub struct VllmCollectiveRpc {
+    pub method: String,
     #[serde(default)]
-    pub weight_version: Option<String>,
+    pub kwargs: serde_json::Map<String, serde_json::Value>,
 }
 
-/// `GET /version` (vLLM) → `{"version": …}`; SGLang's `GET /get_server_info` carries the same key.
+/// vLLM's `POST /update_weight_version {"new_version": V}` (dev mode): the version
+/// `GET /weight_info` reports from then on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VllmUpdateWeightVersion {
+    pub new_version: String,
+}
+
+/// `GET /version` (vLLM) → `{"version": …}`; SGLang's `GET /server_info` carries the same key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineVersion {
     pub version: String,
@@ -367,7 +405,7 @@ mod tests {
     #[test]
     fn sglang_batch_request_round_trips_with_per_prompt_seeds() {
         let s =
-            TokenSampling { temperature: 1.0, top_p: 0.9, top_k: None, max_new_tokens: 8, min_new_tokens: 1, stop_token_ids: vec![2], seed: Some(u64::MAX) };
+            TokenSampling { temperature: 1.0, top_p: 0.9, top_k: None, max_new_tokens: 8, min_new_tokens: 1, stop_token_ids: vec![2], seed: Some(wire_seed(u64::MAX)) };
         let req = SglangGenerateRequest {
             input_ids: OneOrMany::Many(vec![vec![1, 2], vec![3]]),
             sampling_params: OneOrMany::Many(vec![(&s).into(), (&s).into()]),
@@ -375,11 +413,35 @@ mod tests {
             logprob_start_len: -1,
         };
         let text = serde_json::to_string(&req).expect("test value");
-        assert!(text.contains("\"sampling_seed\":18446744073709551615"), "{text}");
+        assert!(text.contains("\"sampling_seed\":-1"), "u64::MAX goes out as its i64 bits: {text}");
         assert!(text.contains("\"top_k\":-1"), "{text}");
         let back: SglangGenerateRequest = serde_json::from_str(&text).expect("test value");
         assert_eq!(back, req);
         assert_eq!(back.sampling_params.into_vec()[0].to_token_sampling(), s);
+    }
+
+    /// Every u64 seed goes out within the engines' signed range and comes back unchanged;
+    /// a seed outside that range is refused with the field's name, as SGLang and vLLM do.
+    #[test]
+    fn seeds_travel_as_signed_64_bit_values_and_out_of_range_ones_are_refused() {
+        for seed in [0u64, 1, (1 << 63) - 1, 1 << 63, u64::MAX, 0x9E37_79B9_7F4A_7C15] {
+            assert_eq!(seed_of_wire(wire_seed(seed)), seed);
+        }
+        let sglang = |seed: &str| {
+            serde_json::from_str::<SglangSamplingParams>(&format!(r#"{{"max_new_tokens": 4, "temperature": 1.0, "sampling_seed": {seed}}}"#))
+                .map(|p| p.sampling_seed)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(sglang("-5"), Ok(Some(-5)));
+        assert_eq!(sglang("9223372036854775807"), Ok(Some(i64::MAX)));
+        assert_eq!(sglang("null"), Ok(None));
+        for bad in ["9223372036854775808", "18446744073709551615", "1e30", "1.5", "\"7\""] {
+            let e = sglang(bad).expect_err(bad);
+            assert!(e.contains("sampling_seed must be an integer in [-2**63, 2**63 - 1]"), "{bad}: {e}");
+        }
+        let vllm = serde_json::from_str::<VllmCompletionRequest>(r#"{"prompt": [1], "max_tokens": 1, "temperature": 0, "seed": 9223372036854775808}"#)
+            .expect_err("2^63 is out of range");
+        assert!(vllm.to_string().contains("seed must be an integer"), "{vllm}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //!   base policy checked on the servers' startup model, every later policy loaded with
 //!   `/update_weights_from_disk` and verified) writes the same games and eval rows, byte for
 //!   byte, as local generation, and records which server made each row;
-//! - the vLLM protocol (one request per row, the disk weight-transfer routes) gives the same
+//! - the vLLM protocol (one request per row, the in-place reload routes) gives the same
 //!   tokens;
 //! - a server whose reload reports success but keeps the old weights (the engines' stale-reload
 //!   bug) fails the canary and the digest check, a dead server fails the stage, and none of
@@ -127,7 +127,7 @@ fn the_tiny_pipeline_on_two_own_servers_writes_the_same_bytes_as_local_generatio
     let rows = provenance(&artifact_dir(&remote_cfg, &remote, "eval@2"));
     for s in [&a.base, &b.base] {
         assert!(rows.iter().any(|p| &p.server == s), "{s} generated no eval row");
-        let v: serde_json::Value = ureq::get(&format!("{s}/get_weight_version")).call().expect("weight version").body_mut().read_json().expect("json");
+        let v: serde_json::Value = ureq::get(&format!("{s}/model_info")).call().expect("weight version").body_mut().read_json().expect("json");
         assert!(v["weight_version"].as_str().is_some_and(|w| w.starts_with("update@2:")), "{v}");
     }
 }

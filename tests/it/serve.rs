@@ -26,7 +26,7 @@ use self_redteam::judge::TextGenerator;
 use self_redteam::model::{tiny_random_llama, Policy, Sample, SamplingParams};
 use self_redteam::remote::wire::{
     vllm_token_id, OneOrMany, SglangGenerateRequest, SglangGenerateResponse, SglangSamplingParams, SglangUpdateWeightsRequest, SglangUpdateWeightsResponse,
-    TokenSampling, VllmCompletionRequest, VllmCompletionResponse, VllmFinishWeightUpdate, VllmUpdateInfo, VllmUpdateWeightsRequest,
+    seed_of_wire, wire_seed, TokenSampling, VllmCompletionRequest, VllmCompletionResponse,
 };
 
 use super::util::root;
@@ -492,7 +492,7 @@ fn rl_sampling(seed: u64) -> TokenSampling {
         max_new_tokens: 10,
         min_new_tokens: 1,
         stop_token_ids: (40..80).collect(),
-        seed: Some(seed),
+        seed: Some(wire_seed(seed)),
     }
 }
 
@@ -577,7 +577,7 @@ fn generate_batch_with_per_prompt_seeds_is_policy_generate_however_it_is_sent() 
     // generator groups it apart.
     let mut params: Vec<TokenSampling> = (0..4).map(|i| rl_sampling(100 + i)).collect();
     params[3].temperature = 0.7;
-    let seeds: Vec<u64> = params.iter().map(|p| p.seed.expect("seeded")).collect();
+    let seeds: Vec<u64> = params.iter().map(|p| seed_of_wire(p.seed.expect("seeded"))).collect();
     let mut want = policy.generate(&prompts[..3], &seeds[..3], &SamplingParams::of_request(&params[0])).expect("generate");
     want.extend(policy.generate(&prompts[3..], &seeds[3..], &SamplingParams::of_request(&params[3])).expect("generate"));
     assert!(want.iter().any(|s| s.finished_by_stop) && want.iter().any(|s| !s.finished_by_stop), "the test wants both finish reasons");
@@ -721,12 +721,16 @@ fn update_weights_from_disk_swaps_the_model_and_a_bad_checkpoint_keeps_the_old_o
     let r: SglangUpdateWeightsResponse = serde_json::from_value(v).expect("reply");
     assert!(r.success && r.message.contains("Weight version updated to v1."), "{r:?}");
     assert_eq!(root_of(&server), weights_digest(&b).expect("digest").to_string());
-    assert_eq!(get(&format!("{base}/get_weight_version"), None).1, json!({"weight_version": "v1"}));
-    let (_, info) = get(&format!("{base}/get_server_info"), None);
+    let (_, info) = get(&format!("{base}/server_info"), None);
     assert_eq!(info["model_path"], b.display().to_string(), "{info}");
     assert_eq!(info["weight_version"], "v1", "{info}");
-    let (_, info) = get(&format!("{base}/get_model_info"), None);
+    let (_, info) = get(&format!("{base}/model_info"), None);
     assert_eq!(info["is_generation"], true, "{info}");
+    assert_eq!(info["weight_version"], "v1", "{info}");
+    // SGLang 0.5.23's retired routes are not served.
+    for retired in ["/get_weight_version", "/get_server_info", "/get_model_info"] {
+        assert_eq!(get(&format!("{base}{retired}"), None).0, 404, "{retired}");
+    }
     let after = generate_one(&server, &prompt);
     assert_eq!((after.0.clone(), after.1.clone()), policy_sample(&b, &prompt));
     assert_ne!(after.1, before.1, "other weights, other log-probs");
@@ -746,48 +750,52 @@ fn update_weights_from_disk_swaps_the_model_and_a_bad_checkpoint_keeps_the_old_o
         let r: SglangUpdateWeightsResponse = serde_json::from_value(v).expect("reply");
         assert!(!r.success && !r.message.is_empty(), "{r:?}");
         assert_eq!(root_of(&server), weights_digest(&b).expect("digest").to_string());
-        assert_eq!(get(&format!("{base}/get_weight_version"), None).1, json!({"weight_version": "v1"}));
+        assert_eq!(get(&format!("{base}/model_info"), None).1["weight_version"], "v1");
         assert_eq!(generate_one(&server, &prompt), after);
     }
     // Without a weight_version the version stays.
     let (status, v) = post_json(&format!("{base}/update_weights_from_disk"), &json!({"model_path": a.display().to_string()}), None);
     assert_eq!(status, 200, "{v}");
-    assert_eq!(get(&format!("{base}/get_weight_version"), None).1, json!({"weight_version": "v1"}));
+    assert_eq!(get(&format!("{base}/model_info"), None).1["weight_version"], "v1");
     assert_eq!(generate_one(&server, &prompt).1, before.1);
 }
 
 #[test]
-fn vllm_weight_transfer_flow_reloads_and_sets_the_version() {
+fn vllm_reload_flow_reloads_and_sets_the_version() {
     let (dir, a, b) = two_checkpoints(3, 13);
     let server = token_server(3, Some(&a), ServerOptions { weight_version: "step-0".into(), ..ServerOptions::default() });
     let base = server.base_url();
     let prompt = token_prompts(&tiny_random_llama(3))[0].clone();
-    let update = |path: &std::path::Path| {
-        let body = VllmUpdateWeightsRequest { update_info: VllmUpdateInfo { path: path.display().to_string() } };
-        post_json(&format!("{base}/update_weights"), &serde_json::to_value(&body).expect("JSON"), None)
+    let reload = |path: &str| {
+        let body = json!({"method": "reload_weights", "kwargs": {"weights_path": path}});
+        post_json(&format!("{base}/collective_rpc"), &body, None)
     };
     assert_eq!(get(&format!("{base}/weight_info"), None).1, json!({"weight_version": "step-0"}));
-    // Out of order: 409.
-    assert_eq!(post_json(&format!("{base}/start_weight_update"), &json!({}), None).0, 409);
-    assert_eq!(post_json(&format!("{base}/init_weight_transfer_engine"), &json!({"init_info": {}}), None), (200, json!({})));
-    assert_eq!(update(&b).0, 409, "no update started");
-    assert_eq!(post_json(&format!("{base}/finish_weight_update"), &json!({"weight_version": "x"}), None).0, 409);
-    assert_eq!(post(&format!("{base}/pause?mode=keep"), b"", None), (200, json!({"status": "paused"})));
+    assert_eq!(post(&format!("{base}/pause?mode=wait"), b"", None), (200, json!({"status": "paused"})));
     assert_eq!(get(&format!("{base}/is_paused"), None).1, json!({"is_paused": true}));
-    assert_eq!(post_json(&format!("{base}/start_weight_update"), &json!({}), None), (200, json!({})));
-    assert_eq!(post_json(&format!("{base}/start_weight_update"), &json!({}), None).0, 409, "already started");
-    // A bad path: 400, the old model stays.
-    let (status, v) = update(&dir.path().join("missing"));
-    assert_eq!(status, 400, "{v}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("missing")), "{v}");
+    // A missing directory: 500 with the error, as vLLM answers; here the old model stays.
+    let (status, v) = reload(&dir.path().join("missing").display().to_string());
+    assert_eq!(status, 500, "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("collective_rpc") && m.contains("missing")), "{v}");
     assert_eq!(root_of(&server), weights_digest(&a).expect("digest").to_string());
-    assert_eq!(update(&b), (200, json!({})));
+    // What vLLM's worker would refuse or misread: 400 naming the field.
+    for (body, field) in [
+        (json!({"method": "reload_weights", "kwargs": {"weights_path": "relative/dir"}}), "kwargs.weights_path"),
+        (json!({"method": "reload_weights", "kwargs": {}}), "kwargs.weights_path"),
+        (json!({"method": "reload_weights", "kwargs": {"weights_path": "/x", "path": "/y"}}), "kwargs"),
+        (json!({"method": "shutdown"}), "method"),
+    ] {
+        let (status, v) = post_json(&format!("{base}/collective_rpc"), &body, None);
+        assert_eq!((status, v["error"]["param"].clone()), (400, json!(field)), "{body}: {v}");
+    }
+    assert_eq!(reload(&b.display().to_string()), (200, json!({"results": [null]})));
     assert_eq!(root_of(&server), weights_digest(&b).expect("digest").to_string());
-    let body = serde_json::to_value(VllmFinishWeightUpdate { weight_version: Some("step-1".into()) }).expect("JSON");
-    assert_eq!(post_json(&format!("{base}/finish_weight_update"), &body, None), (200, json!({})));
+    let (status, v) = post_json(&format!("{base}/update_weight_version"), &json!({"new_version": "step-1"}), None);
+    assert_eq!((status, v), (200, json!({"success": true, "new_version": "step-1"})));
+    assert_eq!(post(&format!("{base}/reset_prefix_cache"), b"", None), (200, json!({"success": true})));
     assert_eq!(post(&format!("{base}/resume"), b"", None), (200, json!({"status": "resumed"})));
     assert_eq!(get(&format!("{base}/weight_info"), None).1, json!({"weight_version": "step-1"}));
-    assert_eq!(get(&format!("{base}/get_weight_version"), None).1, json!({"weight_version": "step-1"}));
+    assert_eq!(get(&format!("{base}/model_info"), None).1["weight_version"], "step-1");
     let mut req = VllmCompletionRequest::of(prompt.clone(), &rl_sampling(42));
     req.seed = Some(42);
     let (status, v) = post_json(&server.completions_url(), &serde_json::to_value(&req).expect("JSON"), None);
@@ -795,7 +803,10 @@ fn vllm_weight_transfer_flow_reloads_and_sets_the_version() {
     let reply: VllmCompletionResponse = serde_json::from_value(v).expect("reply");
     assert_eq!(reply.choices[0].token_ids.as_ref().expect("ids"), &policy_sample(&b, &prompt).0);
     assert_eq!(generate_one(&server, &prompt).2.as_deref(), Some("step-1"));
-    assert_eq!(post(&format!("{base}/reset_prefix_cache"), b"", None).0, 200);
+    // The retired weight-transfer routes of earlier vLLM drafts are not served.
+    for gone in ["/init_weight_transfer_engine", "/start_weight_update", "/update_weights", "/finish_weight_update"] {
+        assert_eq!(post_json(&format!("{base}{gone}"), &json!({}), None).0, 404, "{gone}");
+    }
 }
 
 #[test]
@@ -845,6 +856,14 @@ fn paused_generation_is_503_until_continued_and_bad_token_requests_are_400() {
             "position",
         ),
         (server.completions_url(), json!({"prompt": [1, vocab + 1000], "max_tokens": 4, "temperature": 1.0}), "prompt", "vocabulary"),
+        // Seeds past 2^63 - 1: both engines answer 400 (vLLM `seed`, SGLang `sampling_seed`).
+        (server.completions_url(), json!({"prompt": [1, 2], "max_tokens": 4, "temperature": 1.0, "seed": 9223372036854775808u64}), "seed", "[-2**63, 2**63 - 1]"),
+        (
+            format!("{base}/generate"),
+            json!({"input_ids": [1], "sampling_params": {"max_new_tokens": 4, "temperature": 1.0, "sampling_seed": 18446744073709551615u64}}),
+            "sampling_seed",
+            "[-2**63, 2**63 - 1]",
+        ),
         (server.completions_url(), json!({"prompt": [[1, 2], [3]], "max_tokens": 4, "temperature": 1.0}), "prompt", "one token-id prompt"),
         (server.completions_url(), json!({"prompt": [1, 2], "max_tokens": 4, "min_tokens": 5, "temperature": 1.0}), "min_tokens", "over max_tokens"),
         (server.completions_url(), json!({"prompt": [1, 2], "max_tokens": 4, "temperature": 1.0, "logprobs": 5}), "logprobs", "logprobs=0"),
@@ -857,6 +876,14 @@ fn paused_generation_is_503_until_continued_and_bad_token_requests_are_400() {
         assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains(says)), "{body}: {v}");
     }
     assert_eq!(post_json(&format!("{base}/generate"), &gen, None).0, 200);
+    // Negative seeds are valid for both engines; a model name that is not served is vLLM's 404.
+    let (status, v) = post_json(&server.completions_url(), &json!({"prompt": [1, 2], "max_tokens": 2, "temperature": 1.0, "seed": -5}), None);
+    assert_eq!(status, 200, "{v}");
+    let sp_neg = json!({"max_new_tokens": 2, "temperature": 1.0, "sampling_seed": i64::MIN});
+    assert_eq!(post_json(&format!("{base}/generate"), &json!({"input_ids": [1], "sampling_params": sp_neg}), None).0, 200);
+    let (status, v) = post_json(&server.completions_url(), &json!({"model": "nope", "prompt": [1, 2], "max_tokens": 2, "temperature": 1.0}), None);
+    assert_eq!((status, v["error"]["param"].clone()), (404, json!("model")), "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("The model `nope` does not exist")), "{v}");
 }
 
 #[test]
@@ -864,7 +891,7 @@ fn new_routes_need_the_token_except_health_and_info_reads_are_not_counted() {
     let server = token_server(3, None, ServerOptions { auth_token: Some(BearerToken::new(TOKEN)), fail_first: 1, ..ServerOptions::default() });
     let base = server.base_url();
     assert_eq!(get(&format!("{base}/health"), None), (200, json!({})));
-    let gets = ["/v1/models", "/version", "/get_server_info", "/get_model_info", "/get_weight_version", "/weight_info", "/is_paused"];
+    let gets = ["/v1/models", "/version", "/server_info", "/model_info", "/weight_info", "/is_paused"];
     let posts = [
         "/generate",
         "/v1/completions",
@@ -872,10 +899,8 @@ fn new_routes_need_the_token_except_health_and_info_reads_are_not_counted() {
         "/pause_generation",
         "/continue_generation",
         "/flush_cache",
-        "/init_weight_transfer_engine",
-        "/start_weight_update",
-        "/update_weights",
-        "/finish_weight_update",
+        "/collective_rpc",
+        "/update_weight_version",
         "/pause",
         "/resume",
         "/reset_prefix_cache",
@@ -911,10 +936,10 @@ fn new_routes_need_the_token_except_health_and_info_reads_are_not_counted() {
 fn serve_reports_its_weight_version_option_and_context() {
     let s = Served::start(&["--weight-version", "iter-0"], None);
     let base = s.url.trim_end_matches("/v1/completions").to_string();
-    assert_eq!(get(&format!("{base}/get_weight_version"), None).1, json!({"weight_version": "iter-0"}));
+    assert_eq!(get(&format!("{base}/model_info"), None).1["weight_version"], "iter-0");
     let (_, v) = get(&format!("{base}/v1/models"), None);
     assert_eq!(v["data"][0]["max_model_len"], 512, "{v}");
-    let (_, info) = get(&format!("{base}/get_model_info"), None);
+    let (_, info) = get(&format!("{base}/model_info"), None);
     assert!(info["model_path"].as_str().is_some_and(|p| p.ends_with("tiny")), "{info}");
     let prompts = token_prompts(&tiny_random_llama(3));
     let (status, v) = post_json(&format!("{base}/generate"), &generate_body(&prompts[..1], &[rl_sampling(9)], true), None);
@@ -927,7 +952,7 @@ fn token_fuzz_seeds() -> Vec<Vec<u8>> {
     [
         json!({"input_ids": [1, 2, 3], "sampling_params": sp, "return_logprob": true, "logprob_start_len": 0}),
         json!({"input_ids": [[1, 2], [258]], "sampling_params": [sp, sp]}),
-        json!({"prompt": [5, 6, 7], "max_tokens": 8, "min_tokens": 1, "temperature": 0.5, "top_k": -1, "seed": 18446744073709551615u64,
+        json!({"prompt": [5, 6, 7], "max_tokens": 8, "min_tokens": 1, "temperature": 0.5, "top_k": -1, "seed": -9223372036854775808i64,
             "stop_token_ids": [2], "logprobs": 0, "prompt_logprobs": 0, "return_token_ids": true, "return_tokens_as_token_ids": true}),
         json!({"prompt": [[1], [2]], "max_tokens": 1, "temperature": 0}),
     ]
