@@ -296,6 +296,10 @@ pub enum Command {
         /// the same rows as local generation needs it for prompts past the context.
         #[arg(long, value_name = "N")]
         max_model_len: Option<usize>,
+        /// Write every request received to DIR as `<n>.json` (method, route, body): what a
+        /// client sent, for checking against the engines' own request validation.
+        #[arg(long, value_name = "DIR")]
+        record_requests: Option<std::path::PathBuf>,
     },
 }
 
@@ -508,6 +512,7 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             weight_version,
             batch,
             max_model_len,
+            record_requests,
         } => {
             let opts = serve::ServeOptions {
                 model,
@@ -525,6 +530,7 @@ pub fn main_with(cli: Cli) -> Result<i32> {
                 weight_version,
                 batch,
                 max_model_len,
+                record_requests,
             };
             serve::serve(&Spec::load(&g.config)?, &g.store, iterations, &opts)?;
         }

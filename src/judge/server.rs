@@ -136,6 +136,11 @@ pub struct ServerOptions {
     pub batch: usize,
     /// When set, every request must carry `Authorization: Bearer TOKEN` (else 401).
     pub auth_token: Option<BearerToken>,
+    /// When set, every request that passed authentication is written to this directory as
+    /// `<n>.json` (`{"method", "route", "body"}`, numbered in arrival order), so tests can feed
+    /// what a client really sent to the engines' own request validation
+    /// (scripts/contracts.py).
+    pub record_requests: Option<std::path::PathBuf>,
 }
 
 /// Default `max_body_bytes`: 64 prompts of WildGuard's format around 8 KiB answers fit
@@ -172,6 +177,7 @@ impl Default for ServerOptions {
             idle_timeout: limits.idle_timeout,
             batch: 16,
             auth_token: None,
+            record_requests: None,
         }
     }
 }
@@ -456,10 +462,8 @@ pub fn parse_generate(body: &[u8], options: &ServerOptions, generator: &dyn Text
     refuse_field(&v, "text", |x| !x.is_null(), "this server takes token ids only: send input_ids, not text")?;
     refuse_field(&v, "input_embeds", |x| !x.is_null(), "this server takes token ids only: send input_ids")?;
     refuse_field(&v, "stream", |x| x.as_bool() == Some(true), "streaming is not supported: send stream=false or omit it")?;
-    let parsed: SglangGenerateRequest =
-        check_seeds(v.get("sampling_params"), "sampling_seed").and_then(|()| {
-            serde_json::from_value(v).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") })
-        })?;
+    let parsed: SglangGenerateRequest = check_seeds(v.get("sampling_params"), "sampling_seed")
+        .and_then(|()| serde_json::from_value(v).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") }))?;
     let single = matches!(parsed.input_ids, OneOrMany::One(_));
     let prompts = parsed.input_ids.into_vec();
     if prompts.is_empty() {
@@ -511,10 +515,8 @@ pub fn parse_token_completion(body: &[u8], options: &ServerOptions, generator: &
     refuse_field(&v, "echo", |x| x.as_bool() == Some(true), "echo is not supported")?;
     refuse_field(&v, "n", |x| !x.is_null() && x.as_u64() != Some(1), "one completion per request: n must be 1")?;
     refuse_field(&v, "best_of", |x| !x.is_null() && x.as_u64() != Some(1), "best_of must be 1")?;
-    let parsed: VllmCompletionRequest =
-        check_seeds(Some(&v), "seed").and_then(|()| {
-            serde_json::from_value(v).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") })
-        })?;
+    let parsed: VllmCompletionRequest = check_seeds(Some(&v), "seed")
+        .and_then(|()| serde_json::from_value(v).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") }))?;
     if parsed.logprobs.is_some_and(|k| k > 0) {
         return Err(Rejection::bad("logprobs", "only logprobs=0 (the sampled token's log-prob) is supported".into()));
     }
@@ -628,6 +630,8 @@ struct Shared<G> {
     seen: Arc<AtomicUsize>,
     /// Generation requests that passed authentication (`fail_first` counts these).
     generation_requests: AtomicUsize,
+    /// Requests recorded (`options.record_requests`).
+    recorded: AtomicUsize,
     /// Generation reads it for a whole request (so a reply names the version it was made
     /// with); a weight update writes it around the reload.
     weights: RwLock<Weights>,
@@ -655,6 +659,7 @@ impl CompletionsServer {
             options,
             seen: Arc::clone(&requests_seen),
             generation_requests: AtomicUsize::new(0),
+            recorded: AtomicUsize::new(0),
             weights: RwLock::new(weights),
             paused: AtomicBool::new(false),
         });
@@ -767,6 +772,9 @@ fn handle<G: TextGenerator>(request: HttpRequest, shared: &Shared<G>) -> Respons
             return Response::json(401, &error_body("missing or wrong bearer token (Authorization: Bearer ...)", "authentication_error"));
         }
     }
+    if let Some(dir) = &options.record_requests {
+        record_request(dir, &request, method, shared);
+    }
     let deadline = Instant::now() + options.request_timeout;
     match route {
         Route::Health => Response::json(200, &json!({})),
@@ -820,6 +828,22 @@ fn handle<G: TextGenerator>(request: HttpRequest, shared: &Shared<G>) -> Respons
             let message = format!("no route {} {path}; served: {}", request.method, served.join(", "));
             Response::json(404, &error_body(&message, "not_found"))
         }
+    }
+}
+
+/// `options.record_requests`: one file per request; a write that fails is logged, never
+/// answered (recording must not change what a client sees).
+fn record_request<G: TextGenerator>(dir: &std::path::Path, request: &HttpRequest, method: &str, shared: &Shared<G>) {
+    let n = shared.recorded.fetch_add(1, Ordering::SeqCst);
+    let body = match serde_json::from_slice::<serde_json::Value>(&request.body) {
+        Ok(v) => v,
+        Err(_) if request.body.is_empty() => serde_json::Value::Null,
+        Err(_) => serde_json::Value::String(String::from_utf8_lossy(&request.body).into_owned()),
+    };
+    let record = json!({"method": method, "route": request.target, "body": body});
+    let path = dir.join(format!("{n:06}.json"));
+    if let Err(e) = std::fs::write(&path, record.to_string()) {
+        tracing::warn!("record request to {}: {e}", path.display());
     }
 }
 

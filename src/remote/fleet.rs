@@ -67,6 +67,9 @@ pub struct ServerState {
     pub canary_mean_abs: f64,
     pub canary_max_abs: f64,
     pub canary_tokens: usize,
+    /// Prompt + new tokens the server admits (`max_model_len` of `/v1/models`; vLLM and this
+    /// project's server report it), if known.
+    pub max_model_len: Option<usize>,
 }
 
 /// Which server made a row.
@@ -314,10 +317,12 @@ impl Fleet {
                 bail!("reports weight version {weight_version:?} after loading {v:?}: the load did not take");
             }
         }
-        if engine == ServerEngine::SelfRedteam {
+        let mut max_model_len = None;
+        if matches!(engine, ServerEngine::SelfRedteam | ServerEngine::Vllm) {
             let models: Value = self.json(s, "/v1/models", None)?;
+            max_model_len = models.pointer("/data/0/max_model_len").and_then(Value::as_u64).map(|n| n as usize);
             let root = models.pointer("/data/0/root").and_then(Value::as_str).unwrap_or("");
-            if root != digest {
+            if engine == ServerEngine::SelfRedteam && root != digest {
                 bail!("serves weights with digest {root:?}, expected {digest:?} (this policy's weights)");
             }
         }
@@ -349,6 +354,7 @@ impl Fleet {
             canary_mean_abs: mean,
             canary_max_abs: max,
             canary_tokens: n,
+            max_model_len,
         })
     }
 
@@ -504,6 +510,18 @@ impl Fleet {
         let total: usize = jobs.iter().map(Vec::len).sum();
         if total != prompts.len() {
             bail!("batch plan covers {total} rows of {}", prompts.len());
+        }
+        // A row the servers would cut short: vLLM answers a prompt + max_tokens past its
+        // --max-model-len with fewer tokens and `finish_reason: length`, indistinguishable
+        // from a turn that ran to the cap. Refused here, naming the row and both numbers.
+        if let Some((limit, url)) = states.iter().filter_map(|st| st.max_model_len.map(|m| (m, &st.url))).min() {
+            if let Some((row, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() + params.max_new_tokens > limit) {
+                bail!(
+                    "row {row}: a prompt of {} tokens + max_new_tokens {} exceeds max_model_len {limit} of {url}; start the servers with a longer context or lower the token caps",
+                    p.len(),
+                    params.max_new_tokens
+                );
+            }
         }
         let params = SamplingParams { stop_token_ids: stop, ..params.clone() };
         let sampling = |row: usize| params.with_seed(seeds[row]);

@@ -404,8 +404,15 @@ mod tests {
 
     #[test]
     fn sglang_batch_request_round_trips_with_per_prompt_seeds() {
-        let s =
-            TokenSampling { temperature: 1.0, top_p: 0.9, top_k: None, max_new_tokens: 8, min_new_tokens: 1, stop_token_ids: vec![2], seed: Some(wire_seed(u64::MAX)) };
+        let s = TokenSampling {
+            temperature: 1.0,
+            top_p: 0.9,
+            top_k: None,
+            max_new_tokens: 8,
+            min_new_tokens: 1,
+            stop_token_ids: vec![2],
+            seed: Some(wire_seed(u64::MAX)),
+        };
         let req = SglangGenerateRequest {
             input_ids: OneOrMany::Many(vec![vec![1, 2], vec![3]]),
             sampling_params: OneOrMany::Many(vec![(&s).into(), (&s).into()]),

