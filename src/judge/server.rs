@@ -254,7 +254,23 @@ pub fn parse_request(body: &[u8], options: &ServerOptions, generator: &dyn TextG
     if body.len() > options.max_body_bytes {
         return Err(Rejection { status: 413, field: None, message: format!("request body over {} bytes", options.max_body_bytes) });
     }
-    let parsed: Request = serde_json::from_slice(body).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") })?;
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") })?;
+    // What vLLM's OpenAI text path does and this greedy judge path does not: a clear 400, never
+    // a reply that looks like success (a 200 plain-JSON answer to `stream: true` reads as an
+    // empty stream in the official `openai` client).
+    refuse_field(&value, "stream", |x| x.as_bool() == Some(true), "streaming is not supported: send stream=false or omit it")?;
+    refuse_field(&value, "echo", |x| x.as_bool() == Some(true), "echo is not supported")?;
+    refuse_field(&value, "n", |x| !x.is_null() && x.as_u64() != Some(1), "one completion per prompt: n must be 1")?;
+    refuse_field(&value, "best_of", |x| !x.is_null() && x.as_u64() != Some(1), "best_of must be 1")?;
+    refuse_field(
+        &value,
+        "stop",
+        |x| !(x.is_null() || x.as_array().is_some_and(Vec::is_empty)),
+        "stop strings are not supported: the answer ends at the model's end of turn or max_tokens",
+    )?;
+    refuse_field(&value, "logprobs", |x| !x.is_null(), "text completions return no log-probs here: send a token-id prompt with logprobs=0")?;
+    let parsed: Request = serde_json::from_value(value).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") })?;
     if parsed.temperature.is_some_and(|t| t != 0.0) {
         return Err(Rejection::bad("temperature", "this server decodes greedily: temperature must be 0".into()));
     }

@@ -106,9 +106,15 @@ fn fast_config(url: String) -> CompletionsConfig {
     c
 }
 
+/// Server options whose model name is the one `fast_config` asks for (a request naming
+/// another model is a 404, as on vLLM).
+fn judge_server() -> ServerOptions {
+    ServerOptions { model_name: "wildguard-test".into(), ..ServerOptions::default() }
+}
+
 #[test]
 fn wildguard_over_http_matches_local_generation() {
-    let server = CompletionsServer::start(keyword_generator(), ServerOptions::default()).expect("server starts");
+    let server = CompletionsServer::start(keyword_generator(), judge_server()).expect("server starts");
     let client = CompletionsClient::new(fast_config(server.completions_url())).expect("client");
     let remote = WildGuardJudge::http("keyword-fake", client);
     let local = WildGuardJudge::local("keyword-fake", Box::new(keyword_generator()));
@@ -127,8 +133,8 @@ fn wildguard_over_http_matches_local_generation() {
 
 #[test]
 fn a_judge_fleet_spreads_requests_drops_a_server_that_stays_down_and_needs_one_model() {
-    let a = CompletionsServer::start(keyword_generator(), ServerOptions::default()).expect("server a");
-    let b = CompletionsServer::start(keyword_generator(), ServerOptions::default()).expect("server b");
+    let a = CompletionsServer::start(keyword_generator(), judge_server()).expect("server a");
+    let b = CompletionsServer::start(keyword_generator(), judge_server()).expect("server b");
     let fleet = |urls: &[String]| {
         let clients = urls.iter().map(|u| CompletionsClient::new(fast_config(u.clone())).expect("client")).collect();
         WildGuardJudge::http_fleet("keyword-fake", CompletionsFleet::new(clients).expect("fleet"))
@@ -144,7 +150,7 @@ fn a_judge_fleet_spreads_requests_drops_a_server_that_stays_down_and_needs_one_m
     assert_ne!(judge.key(), fleet(&[a.completions_url()]).key());
 
     // A server that always answers 503 is dropped after its retries; the other does it all.
-    let down = CompletionsServer::start(keyword_generator(), ServerOptions { fail_first: usize::MAX, ..ServerOptions::default() }).expect("server");
+    let down = CompletionsServer::start(keyword_generator(), ServerOptions { fail_first: usize::MAX, ..judge_server() }).expect("server");
     let before = a.requests_seen();
     let judge = fleet(&[down.completions_url(), a.completions_url()]);
     assert_eq!(judge.judge_batch(&pairs).expect("judging survives one dead server"), local.judge_batch(&pairs).expect("local"));
@@ -154,8 +160,7 @@ fn a_judge_fleet_spreads_requests_drops_a_server_that_stays_down_and_needs_one_m
     assert!(judge.judge_batch(&pairs).is_err());
 
     // Servers that report different served models cannot share a verdict cache.
-    let other =
-        CompletionsServer::start(keyword_generator(), ServerOptions { model_root: Some("blake3:other".into()), ..ServerOptions::default() }).expect("server");
+    let other = CompletionsServer::start(keyword_generator(), ServerOptions { model_root: Some("blake3:other".into()), ..judge_server() }).expect("server");
     let judge = fleet(&[a.completions_url(), other.completions_url()]);
     let why = judge.uncacheable().expect("disagreeing servers are uncacheable");
     assert!(why.contains("different models"), "{why}");
@@ -163,7 +168,7 @@ fn a_judge_fleet_spreads_requests_drops_a_server_that_stays_down_and_needs_one_m
 
 #[test]
 fn http_judge_retries_past_two_503s() {
-    let opts = ServerOptions { fail_first: 2, ..ServerOptions::default() };
+    let opts = ServerOptions { fail_first: 2, ..judge_server() };
     let server = CompletionsServer::start(keyword_generator(), opts).expect("server starts");
     let mut cfg = fast_config(server.completions_url());
     cfg.concurrency = 1;
@@ -177,7 +182,7 @@ fn http_judge_retries_past_two_503s() {
 
 #[test]
 fn http_judge_fails_clearly_when_server_keeps_failing_and_caches_nothing() {
-    let opts = ServerOptions { fail_first: usize::MAX, ..ServerOptions::default() };
+    let opts = ServerOptions { fail_first: usize::MAX, ..judge_server() };
     let server = CompletionsServer::start(keyword_generator(), opts).expect("server starts");
     let mut cfg = fast_config(server.completions_url());
     cfg.concurrency = 1;
@@ -220,7 +225,7 @@ fn http_client_reads_api_key_by_env_name_and_never_serialises_it() {
 fn http_client_does_not_retry_a_bad_request() {
     // The server refuses temperature != 0 with 400; the client always sends 0, so send a
     // raw request to check the server's guard, then check a 404 path is not retried.
-    let server = CompletionsServer::start(keyword_generator(), ServerOptions::default()).expect("server");
+    let server = CompletionsServer::start(keyword_generator(), judge_server()).expect("server");
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let resp = agent.post(&server.completions_url()).send_json(serde_json::json!({"prompt": "x", "temperature": 0.7})).expect("request");
     assert_eq!(resp.status().as_u16(), 400);
@@ -449,8 +454,8 @@ impl self_redteam::judge::TextGenerator for SlowGenerator {
 
 #[test]
 fn http_timeouts_are_retried_then_reported() {
-    let server = CompletionsServer::start(SlowGenerator(std::time::Duration::from_millis(800)), ServerOptions { workers: 2, ..ServerOptions::default() })
-        .expect("server");
+    let server =
+        CompletionsServer::start(SlowGenerator(std::time::Duration::from_millis(800)), ServerOptions { workers: 2, ..judge_server() }).expect("server");
     let mut cfg = fast_config(server.completions_url());
     cfg.concurrency = 1;
     cfg.timeout_s = 0.2;

@@ -447,6 +447,33 @@ fn fuzz_seeds() -> Vec<Vec<u8>> {
     .collect()
 }
 
+/// The judge's text path says what it does not do, as vLLM's OpenAI server would otherwise do
+/// it: `stream`, `n`/`best_of` > 1, `stop` strings, `echo` and `logprobs` are 400 naming the
+/// field, never a 200 that a client misreads (a plain-JSON reply to `stream: true` is an empty
+/// stream to the official `openai` client).
+#[test]
+fn text_completions_refuse_what_they_do_not_do_by_field() {
+    let generator = PolicyGenerator::new(tiny_random_llama(3));
+    let options = ServerOptions::default();
+    let ok = json!({"model": "local", "prompt": "Hello", "max_tokens": 4, "temperature": 0, "stream": false, "n": 1, "stop": [], "echo": false});
+    assert!(parse_request(ok.to_string().as_bytes(), &options, &generator).is_ok());
+    for (extra, field) in [
+        (json!({"stream": true}), "stream"),
+        (json!({"n": 2}), "n"),
+        (json!({"best_of": 3}), "best_of"),
+        (json!({"stop": ["\n"]}), "stop"),
+        (json!({"stop": "END"}), "stop"),
+        (json!({"echo": true}), "echo"),
+        (json!({"logprobs": 0}), "logprobs"),
+        (json!({"logprobs": 5}), "logprobs"),
+    ] {
+        let mut body = json!({"prompt": "Hello", "max_tokens": 4, "temperature": 0});
+        body.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        let r = parse_request(body.to_string().as_bytes(), &options, &generator).expect_err(&body.to_string());
+        assert_eq!((r.status, r.field), (400, Some(field)), "{body}: {}", r.message);
+    }
+}
+
 #[test]
 fn fuzz_serve_request() {
     let generator = PolicyGenerator::new(tiny_random_llama(3));
