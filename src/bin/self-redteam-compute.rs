@@ -4,5 +4,7 @@
 //! (`generate`, `judge`, `serve`, `run --in-process`, `verify --recompute`). Found beside
 //! `self-redteam`, or at `$SELF_REDTEAM_COMPUTE`.
 fn main() {
+    // Before any thread or libtorch call: MKL reads its reproducibility mode once.
+    self_redteam::model::reduce::pin_mkl_reproducibility();
     self_redteam::cli::run_main()
 }

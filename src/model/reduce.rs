@@ -15,6 +15,28 @@
 //! differentiable), so losses use it too.
 use tch::{Kind, Tensor};
 
+/// MKL's environment switch for conditional numerical reproducibility.
+pub const MKL_CBWR_ENV: &str = "MKL_CBWR";
+
+/// Where MKL documents it, asks its matrix products for results independent of the thread
+/// count: MKL's "strict CNR" mode (`MKL_CBWR=AUTO,STRICT`) makes `?gemm` bitwise reproducible
+/// whatever the number of threads on Intel processors with AVX2 or AVX-512. Needed for the
+/// update's weight gradients (GEMMs over every token of a batch), which on an Intel Xeon
+/// differed in the last bits between 1 and 2 threads (issue report: two of 21 weight tensors).
+/// Only on Intel: on the AMD EPYC measured here, MKL's default GEMMs were already invariant
+/// while strict mode made a small product thread-dependent instead (docs/stage-params.md).
+/// A `MKL_CBWR` the user set is left alone. Call first thing in `main`, before any thread or
+/// libtorch call (MKL reads the variable once).
+pub fn pin_mkl_reproducibility() {
+    if std::env::var_os(MKL_CBWR_ENV).is_some() {
+        return;
+    }
+    let intel = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.lines().any(|l| l.starts_with("vendor_id") && l.ends_with("GenuineIntel")));
+    if intel {
+        std::env::set_var(MKL_CBWR_ENV, "AUTO,STRICT");
+    }
+}
+
 /// ATen's `at::internal::GRAIN_SIZE`: below this many elements a reduction runs serially.
 pub const GRAIN: i64 = 32_768;
 /// Elements per partial sum.
