@@ -9,45 +9,9 @@
 //!
 //! Needs the two venvs (`scripts/contracts.sh`, `scripts/vllm.sh install`; `scripts/test.sh`
 //! and CI install them). `SELF_REDTEAM_SKIP_ENGINES=1` skips it (it says so).
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use super::util::{root, sr, text, tiny_text_abs};
-
-/// `self-redteam serve` recording every request into a directory; killed on drop.
-struct Recording {
-    child: Child,
-    base: String,
-}
-
-impl Recording {
-    fn start(config: &Path, store: &Path, model: &Path, record: &Path) -> Recording {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_self-redteam"))
-            .arg("--config")
-            .arg(config)
-            .arg("--store")
-            .arg(store)
-            .args(["serve", "--model", model.to_str().expect("utf-8"), "--bind", "127.0.0.1:0", "--workers", "2", "--max-model-len", "8192"])
-            .arg("--record-requests")
-            .arg(record)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("announce line");
-        let url = line.trim().rsplit(' ').next().expect("URL").to_string();
-        Recording { child, base: url.trim_end_matches("/v1/completions").to_string() }
-    }
-}
-
-impl Drop for Recording {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use super::util::{root, shown_artifact_dir, sr, text, tiny_text_abs, Served};
 
 pub(crate) fn engines_skipped(what: &str) -> bool {
     if std::env::var("SELF_REDTEAM_SKIP_ENGINES").is_ok_and(|v| v == "1") {
@@ -55,13 +19,6 @@ pub(crate) fn engines_skipped(what: &str) -> bool {
         return true;
     }
     false
-}
-
-fn show_dir(config: &Path, store: &Path, node: &str) -> PathBuf {
-    let o = sr(config, store, &["show", node, "--json"]);
-    assert!(o.status.success(), "show {node}: {}", text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("show --json");
-    PathBuf::from(v["dir"].as_str().unwrap_or_else(|| panic!("no dir in {v}")))
 }
 
 #[test]
@@ -76,12 +33,12 @@ fn every_request_the_client_sends_passes_sglang_and_vllm_own_validation() {
     let store = tmp.path().join("store");
     let o = sr(&local, &store, &["run", "--only", "dataset", "base"]);
     assert!(o.status.success(), "{}", text(&o));
-    let base = show_dir(&local, &store, "base");
+    let base = shown_artifact_dir(&local, &store, "base");
     let cases = tmp.path().join("cases");
     std::fs::create_dir_all(&cases).expect("mkdir");
     for engine in ["sglang", "vllm"] {
         let record = tmp.path().join(format!("recorded-{engine}"));
-        let server = Recording::start(&local, &store, &base, &record);
+        let server = Served::start(&local, &store, &base, &["--record-requests".as_ref(), record.as_os_str()]);
         let cfg = tmp.path().join(format!("{engine}.yaml"));
         let servers = format!("generation:\n  backend: server\n  engine: {engine}\n  servers: [\"{}\"]\n  retries: 0\n  timeout_s: 120\n", server.base);
         std::fs::write(&cfg, format!("{body}\n{servers}")).expect("write config");

@@ -10,51 +10,14 @@
 //! - a server whose reload reports success but keeps the old weights (the engines' stale-reload
 //!   bug) fails the canary and the digest check, a dead server fails the stage, and none of
 //!   them publishes anything.
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
-use super::util::{sr, text, tiny_text_abs};
+use super::util::{provenance, shown_artifact_dir as artifact_dir, sr, text, tiny_text_abs, Served};
 use self_redteam::judge::build::PolicyGenerator;
 use self_redteam::judge::server::{CompletionsServer, ServerOptions};
 use self_redteam::judge::TextGenerator;
 use self_redteam::remote::wire::{TokenCompletion, TokenSampling};
-use self_redteam::schema::generation::{GenerationRow, GenerationSchema};
 use self_redteam::schema::rollout::GamesSchema;
-
-/// A `self-redteam serve` child; killed on drop.
-struct Served {
-    child: Child,
-    /// `http://127.0.0.1:PORT`
-    base: String,
-}
-
-impl Served {
-    fn start(config: &Path, store: &Path, model: &Path) -> Served {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_self-redteam"))
-            .arg("--config")
-            .arg(config)
-            .arg("--store")
-            .arg(store)
-            .args(["serve", "--model", model.to_str().expect("utf-8"), "--bind", "127.0.0.1:0", "--workers", "2", "--max-model-len", "8192"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("announce line");
-        let url = line.trim().rsplit(' ').next().expect("URL").to_string();
-        assert!(line.starts_with("serving ") && url.ends_with("/v1/completions"), "{line:?}");
-        Served { child, base: url.trim_end_matches("/v1/completions").to_string() }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// tiny.yaml (absolute source paths) plus `extra` YAML, written into `dir`.
 fn config(dir: &Path, name: &str, extra: &str) -> PathBuf {
@@ -68,20 +31,8 @@ fn servers_yaml(engine: &str, servers: &[&str], extra: &str) -> String {
     format!("generation:\n  backend: server\n  engine: {engine}\n  servers: [{}]\n  retries: 1\n  timeout_s: 120\n{extra}", list.join(", "))
 }
 
-/// The artifact directory of NODE (`show NODE --json` → `dir`).
-fn artifact_dir(config: &Path, store: &Path, node: &str) -> PathBuf {
-    let o = sr(config, store, &["show", node, "--json"]);
-    assert!(o.status.success(), "show {node}: {}", text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("show --json");
-    PathBuf::from(v["dir"].as_str().unwrap_or_else(|| panic!("no dir in {v}")))
-}
-
 fn read(dir: &Path, file: &str) -> Vec<u8> {
     std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("read {}/{file}: {e}", dir.display()))
-}
-
-fn provenance(dir: &Path) -> Vec<GenerationRow> {
-    self_redteam::schema::from_parquet_bytes::<GenerationSchema>(read(dir, "generation.parquet")).expect("generation.parquet")
 }
 
 #[test]
@@ -97,8 +48,8 @@ fn the_tiny_pipeline_on_two_own_servers_writes_the_same_bytes_as_local_generatio
     let o = sr(&local_cfg, &remote, &["run", "--only", "base"]);
     assert!(o.status.success(), "{}", text(&o));
     let base = artifact_dir(&local_cfg, &remote, "base");
-    let a = Served::start(&local_cfg, &remote, &base);
-    let b = Served::start(&local_cfg, &remote, &base);
+    let a = Served::start(&local_cfg, &remote, &base, &[]);
+    let b = Served::start(&local_cfg, &remote, &base, &[]);
     let remote_cfg = config(tmp.path(), "remote.yaml", &servers_yaml("self-redteam", &[&a.base, &b.base], "  prompts_per_request: 4\n"));
     let o = sr(&remote_cfg, &remote, &["run"]);
     assert!(o.status.success(), "server run: {}", text(&o));
@@ -146,7 +97,7 @@ fn the_vllm_protocol_gives_the_same_tokens_one_request_per_row() {
     let o = sr(&cfg, &store, &["run", "--only", "dataset", "base", "sft-data", "prep@1", "rollout@1"]);
     assert!(o.status.success(), "{}", text(&o));
     let base = artifact_dir(&cfg, &store, "base");
-    let server = Served::start(&cfg, &store, &base);
+    let server = Served::start(&cfg, &store, &base, &[]);
     let text_cfg = std::fs::read_to_string(&cfg).expect("read");
     let vcfg = tmp.path().join("vllm.yaml");
     std::fs::write(&vcfg, format!("{text_cfg}\n{}", servers_yaml("vllm", &[&server.base], ""))).expect("write");

@@ -93,3 +93,53 @@ pub fn run_to_failpoint(config: &Path, store: &Path, args: &[&str], point: &str)
     });
     Paused { child, seen, rest }
 }
+
+/// A `self-redteam serve` child on a free loopback port (its policy `model`, `extra` flags
+/// after the standard ones); killed on drop.
+pub struct Served {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+}
+
+impl Served {
+    pub fn start(config: &Path, store: &Path, model: &Path, extra: &[&std::ffi::OsStr]) -> Served {
+        let mut child = Command::new(bin())
+            .arg("--config")
+            .arg(config)
+            .arg("--store")
+            .arg(store)
+            .args(["serve", "--model", model.to_str().expect("utf-8"), "--bind", "127.0.0.1:0", "--workers", "2", "--max-model-len", "8192"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("announce line");
+        let url = line.trim().rsplit(' ').next().expect("URL").to_string();
+        assert!(line.starts_with("serving ") && url.ends_with("/v1/completions"), "{line:?}");
+        Served { child, base: url.trim_end_matches("/v1/completions").to_string() }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The artifact directory of NODE (`show NODE --json` → `dir`).
+pub fn shown_artifact_dir(config: &Path, store: &Path, node: &str) -> PathBuf {
+    let o = sr(config, store, &["show", node, "--json"]);
+    assert!(o.status.success(), "show {node}: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("show --json");
+    PathBuf::from(v["dir"].as_str().unwrap_or_else(|| panic!("no dir in {v}")))
+}
+
+/// The rows of an artifact's `generation.parquet` (which server made each generated turn).
+pub fn provenance(dir: &Path) -> Vec<self_redteam::schema::generation::GenerationRow> {
+    let bytes = std::fs::read(dir.join("generation.parquet")).unwrap_or_else(|e| panic!("read {}/generation.parquet: {e}", dir.display()));
+    self_redteam::schema::from_parquet_bytes::<self_redteam::schema::generation::GenerationSchema>(bytes).expect("generation.parquet")
+}

@@ -16,8 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::util::{root, sr, text, tiny_text_abs};
-use self_redteam::schema::generation::{GenerationRow, GenerationSchema};
+use super::util::{provenance, root, shown_artifact_dir as artifact_dir, sr, text, tiny_text_abs};
 
 /// A vLLM started by `scripts/vllm.sh start`; stopped (its whole process group) on drop.
 struct Vllm {
@@ -69,18 +68,6 @@ fn smollm_config() -> String {
     let text = text.replace("update:\n  micro_batch_size: 4\n", "update:\n  micro_batch_size: 4\n  sft_coef: 0\n");
     assert!(text.contains("sft_coef: 0"), "tiny.yaml's update section changed shape");
     text
-}
-
-fn artifact_dir(config: &Path, store: &Path, node: &str) -> PathBuf {
-    let o = sr(config, store, &["show", node, "--json"]);
-    assert!(o.status.success(), "show {node}: {}", text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("show --json");
-    PathBuf::from(v["dir"].as_str().unwrap_or_else(|| panic!("no dir in {v}")))
-}
-
-fn provenance(dir: &Path) -> Vec<GenerationRow> {
-    let bytes = std::fs::read(dir.join("generation.parquet")).expect("generation.parquet");
-    self_redteam::schema::from_parquet_bytes::<GenerationSchema>(bytes).expect("generation.parquet")
 }
 
 #[test]
