@@ -267,23 +267,23 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         auth_token_env: Option<String>,
         /// Largest request body in bytes (larger: 413).
-        #[arg(long, default_value_t = crate::judge::server::DEFAULT_MAX_BODY_BYTES)]
+        #[arg(long, default_value_t = crate::serve::DEFAULT_MAX_BODY_BYTES)]
         max_body_bytes: usize,
         /// Most prompts in one request.
-        #[arg(long, default_value_t = crate::judge::server::DEFAULT_MAX_PROMPTS)]
+        #[arg(long, default_value_t = crate::serve::DEFAULT_MAX_PROMPTS)]
         max_prompts: usize,
         /// Largest `max_tokens` of a request (prompt + max_tokens must also fit the context).
         #[arg(long, default_value_t = 4096)]
         max_tokens: usize,
         /// Deadline for computing one request once received (504 past it), in seconds.
-        #[arg(long, default_value_t = crate::judge::server::DEFAULT_REQUEST_TIMEOUT.as_secs_f64())]
+        #[arg(long, default_value_t = crate::serve::DEFAULT_REQUEST_TIMEOUT.as_secs_f64())]
         request_timeout_s: f64,
         /// Most connections open at once (one more: 503 and closed).
-        #[arg(long, default_value_t = crate::judge::http1::Limits::default().max_connections)]
+        #[arg(long, default_value_t = crate::serve::http1::Limits::default().max_connections)]
         max_connections: usize,
         /// Seconds within which a connection must send a request's head (else 408 and closed;
         /// the body is due 60 s after it, an idle keep-alive connection is closed after 30 s).
-        #[arg(long, default_value_t = crate::judge::http1::Limits::default().header_timeout.as_secs_f64())]
+        #[arg(long, default_value_t = crate::serve::http1::Limits::default().header_timeout.as_secs_f64())]
         header_timeout_s: f64,
         /// Weight version reported before any weight update (default: `default`, as SGLang).
         #[arg(long, value_name = "V")]

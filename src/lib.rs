@@ -21,10 +21,12 @@ pub mod game; // roles, prompts, hidden-CoT parsing, outcomes and the reward tab
 pub mod judge; // judge backends behind one trait; verdict cache
 #[cfg(feature = "compute")]
 pub mod model; // Llama-family decoder in tch, GGUF/HF loading, tokenizer, sampler, BERT
+pub mod net; // talking to inference servers: the engines' wire bodies, one HTTP client, work spread over servers
 pub mod plan; // spec -> concrete DAG of nodes with keys
-pub mod remote; // generation on inference servers (SGLang, vLLM, our own serve): wire format and the fleet client
+pub mod remote; // generation on inference servers (SGLang, vLLM, our own serve): the fleet client
 pub mod rl; // REINFORCE++: KL, returns, per-role normalisation, clipped loss, LR
 pub mod schema; // one module per Parquet artifact
+pub mod serve; // the inference server behind `serve`: OpenAI text, SGLang and vLLM token-id protocols
 pub mod spec; // pipeline.yaml -> typed, validated spec
 #[path = "../stages/mod.rs"]
 pub mod stages; // one file per stage kind (typed Params, run), and enum StageKind

@@ -1,14 +1,15 @@
 //! Client for any OpenAI-compatible `/v1/completions` endpoint (vLLM, SGLang, llama.cpp
-//! server, this crate's `server`): bounded concurrency, timeouts, retries with exponential
-//! backoff. Called by `WildGuardJudge` (HTTP transport).
+//! server, this crate's `serve`): bounded concurrency, chunks of `prompts_per_request` prompts,
+//! and a fleet of servers (`CompletionsFleet`). Called by `WildGuardJudge` (HTTP transport).
 //!
-//! Retry policy: timeouts, connection failures, I/O errors, HTTP 429 and 5xx are transient
-//! and retried (`max_retries` times, delays `backoff_initial_ms · 2^attempt`, capped at
-//! `backoff_max_ms`); other 4xx and malformed replies are permanent and fail at once. A
-//! failure that persists fails the whole batch: the caller never gets (or caches) a
-//! partial result. The API key is read from the environment variable NAMED in the config
-//! at construction and held only in the client, which is not serialisable; the config
-//! (which is) stores the variable's name, never its value.
+//! Transport, retries and their classification are `net::client`'s, shared with the
+//! generation fleet: timeouts, connection failures, HTTP 429 and 5xx are retried
+//! (`max_retries` times, delays `backoff_initial_ms · 2^(k−1)`, capped at `backoff_max_ms`);
+//! other 4xx and malformed replies fail at once. A failure that persists fails the whole
+//! batch: the caller never gets (or caches) a partial result. The API key is read from the
+//! environment variable NAMED in the config at construction and held only in the client,
+//! which is not serialisable; the config (which is) stores the variable's name, never its
+//! value.
 //!
 //! Replies are read with a size cap (`MAX_REPLY_BYTES`) and parsed by the pure
 //! `parse_completion_reply`, which turns any body into texts or a typed `ReplyError` (a
@@ -21,7 +22,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::remote::spread::{spread, JobFailure, SpreadError};
+use crate::net::client::{api_key_from_env, HttpClient, Retry};
+use crate::net::spread::{spread, JobFailure, SpreadError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,24 +203,16 @@ struct Choice {
     text: String,
 }
 
-/// Outcome of one attempt: transient errors are retried, permanent ones are not.
-enum Attempt {
-    Transient(String),
-    Permanent(String),
-}
-
 pub struct CompletionsClient {
     config: CompletionsConfig,
-    api_key: Option<String>,
-    agent: ureq::Agent,
-    requests_sent: AtomicUsize,
+    client: HttpClient,
     identity: OnceLock<Result<ServedIdentity, String>>,
 }
 
 impl std::fmt::Debug for CompletionsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the key.
-        f.debug_struct("CompletionsClient").field("config", &self.config).field("api_key", &self.api_key.as_ref().map(|_| "<set>")).finish()
+        f.debug_struct("CompletionsClient").field("config", &self.config).field("client", &self.client).finish()
     }
 }
 
@@ -234,13 +228,11 @@ impl CompletionsClient {
         if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
             return Err(HttpError::Config(format!("url must start with http:// or https://, got {:?}", config.url)));
         }
-        let api_key = match &config.api_key_env {
-            None => None,
-            Some(var) => Some(std::env::var(var).map_err(|_| HttpError::MissingApiKey { var: var.clone() })?),
-        };
-        let agent: ureq::Agent =
-            ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs_f64(config.timeout_s))).http_status_as_error(false).build().into();
-        Ok(Self { config, api_key, agent, requests_sent: AtomicUsize::new(0), identity: OnceLock::new() })
+        let api_key = api_key_from_env(config.api_key_env.as_deref(), "api_key_env")
+            .map_err(|_| HttpError::MissingApiKey { var: config.api_key_env.clone().unwrap_or_default() })?;
+        let retry = Retry { retries: config.max_retries, backoff_initial_ms: config.backoff_initial_ms, backoff_max_ms: config.backoff_max_ms };
+        let client = HttpClient::new(Duration::from_secs_f64(config.timeout_s), api_key, MAX_REPLY_BYTES, retry);
+        Ok(Self { config, client, identity: OnceLock::new() })
     }
 
     /// Who answers at this URL (see `ServedIdentity`), read once from `GET /v1/models` beside
@@ -257,16 +249,9 @@ impl CompletionsClient {
             Some(prefix) => format!("{prefix}/models"),
             None => return Err(format!("{base} does not end in /completions, so its /models is unknown")),
         };
-        let mut req = self.agent.get(&models_url);
-        if let Some(key) = &self.api_key {
-            req = req.header("Authorization", &format!("Bearer {key}"));
-        }
-        let mut resp = req.call().map_err(|e| format!("GET {}: {e}", url_identity(&models_url)))?;
-        let status = resp.status().as_u16();
-        if status != 200 {
-            return Err(format!("GET {} answered HTTP {status}", url_identity(&models_url)));
-        }
-        let body = resp.body_mut().with_config().limit(MAX_REPLY_BYTES).read_to_vec().map_err(|e| format!("GET {}: {e}", url_identity(&models_url)))?;
+        // One attempt, its message without credentials: a server that cannot say who it is
+        // at the start of a run is not trusted later in it.
+        let body = self.client.call(&models_url, None).map_err(|f| f.message().replace(&models_url, &url_identity(&models_url)))?;
         let served = pick_served_model(&body, &self.config.model)?;
         Ok(ServedIdentity(serde_json::json!({"url": base, "model": self.config.model, "served": served}).to_string()))
     }
@@ -277,7 +262,7 @@ impl CompletionsClient {
 
     /// HTTP requests sent so far, retries included (for tests and progress logs).
     pub fn requests_sent(&self) -> usize {
-        self.requests_sent.load(Ordering::Relaxed)
+        self.client.requests_sent()
     }
 
     /// Complete every prompt greedily; outputs in input order. Chunks of
@@ -326,29 +311,6 @@ impl CompletionsClient {
 
     fn complete_chunk(&self, chunk: &[String], max_tokens: usize) -> Result<Vec<String>, HttpError> {
         let url = &self.config.url;
-        let mut last = String::new();
-        let attempts = self.config.max_retries + 1;
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                let factor = 1u64.checked_shl(attempt - 1).unwrap_or(u64::MAX);
-                let delay = self.config.backoff_initial_ms.saturating_mul(factor).min(self.config.backoff_max_ms);
-                std::thread::sleep(Duration::from_millis(delay));
-            }
-            match self.attempt(chunk, max_tokens) {
-                Ok(texts) => return Ok(texts),
-                Err(Attempt::Permanent(detail)) => {
-                    return Err(HttpError::Permanent { url: url.clone(), detail });
-                }
-                Err(Attempt::Transient(detail)) => {
-                    tracing::warn!(url = %url, attempt = attempt + 1, of = attempts, "transient completions failure: {detail}");
-                    last = detail;
-                }
-            }
-        }
-        Err(HttpError::Exhausted { url: url.clone(), attempts, last })
-    }
-
-    fn attempt(&self, chunk: &[String], max_tokens: usize) -> Result<Vec<String>, Attempt> {
         let body = CompletionRequest {
             model: &self.config.model,
             prompt: chunk,
@@ -357,31 +319,12 @@ impl CompletionsClient {
             top_p: 1.0,
             add_special_tokens: self.config.add_special_tokens,
         };
-        let mut req = self.agent.post(&self.config.url).header("Content-Type", "application/json");
-        if let Some(key) = &self.api_key {
-            req = req.header("Authorization", &format!("Bearer {key}"));
+        let body = serde_json::to_value(&body).map_err(|e| HttpError::Config(format!("cannot encode the request: {e}")))?;
+        match self.client.call_retrying(url, Some(&body)) {
+            Ok(reply) => parse_completion_reply(&reply, chunk.len()).map_err(|e| HttpError::Permanent { url: url.clone(), detail: e.to_string() }),
+            Err(JobFailure::Permanent(detail)) => Err(HttpError::Permanent { url: url.clone(), detail }),
+            Err(JobFailure::Transient(last)) => Err(HttpError::Exhausted { url: url.clone(), attempts: self.config.max_retries + 1, last }),
         }
-        self.requests_sent.fetch_add(1, Ordering::Relaxed);
-        let mut resp = match req.send_json(&body) {
-            Ok(r) => r,
-            Err(e) => return Err(classify_transport_error(e)),
-        };
-        let status = resp.status().as_u16();
-        if status == 429 || status >= 500 {
-            let text = resp.body_mut().read_to_string().unwrap_or_default();
-            return Err(Attempt::Transient(format!("HTTP {status}: {}", truncate(&text, 200))));
-        }
-        if status != 200 {
-            let text = resp.body_mut().read_to_string().unwrap_or_default();
-            return Err(Attempt::Permanent(format!("HTTP {status}: {}", truncate(&text, 200))));
-        }
-        let body = match resp.body_mut().with_config().limit(MAX_REPLY_BYTES).read_to_vec() {
-            Ok(b) => b,
-            // A reply cut off by the timeout while reading is transient; an oversized one
-            // is not (`BodyExceedsLimit` is classified permanent).
-            Err(e) => return Err(classify_transport_error(e)),
-        };
-        parse_completion_reply(&body, chunk.len()).map_err(|e| Attempt::Permanent(e.to_string()))
     }
 }
 
@@ -472,22 +415,5 @@ impl CompletionsFleet {
             }
         }
         Ok(out)
-    }
-}
-
-fn classify_transport_error(e: ureq::Error) -> Attempt {
-    match e {
-        ureq::Error::Timeout(_) | ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound | ureq::Error::Protocol(_) => {
-            Attempt::Transient(e.to_string())
-        }
-        ureq::Error::StatusCode(s) if s == 429 || s >= 500 => Attempt::Transient(e.to_string()),
-        other => Attempt::Permanent(other.to_string()),
-    }
-}
-
-fn truncate(s: &str, n: usize) -> &str {
-    match s.char_indices().nth(n) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }

@@ -12,7 +12,8 @@ use std::sync::OnceLock;
 use regex::Regex;
 
 use super::http::{CompletionsClient, CompletionsFleet};
-use super::{Judge, JudgeError, JudgeInput, JudgeKey, TextGenerator, Verdict};
+use super::{Judge, JudgeError, JudgeInput, JudgeKey, Verdict};
+use crate::serve::TextGenerator;
 
 /// The WildGuard instruction format. The model was trained on exactly these bytes; the
 /// leading `<s>` is part of the text, so it must be tokenised without adding special tokens.

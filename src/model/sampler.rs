@@ -49,22 +49,22 @@ impl SamplingParams {
     }
 
     /// These settings with one row's seed, as a server request carries them
-    /// (`remote::wire::TokenSampling`).
-    pub fn with_seed(&self, seed: u64) -> crate::remote::wire::TokenSampling {
-        crate::remote::wire::TokenSampling {
+    /// (`net::wire::TokenSampling`).
+    pub fn with_seed(&self, seed: u64) -> crate::net::wire::TokenSampling {
+        crate::net::wire::TokenSampling {
             temperature: self.temperature,
             top_p: self.top_p,
             top_k: self.top_k,
             max_new_tokens: self.max_new_tokens,
             min_new_tokens: self.min_new_tokens,
             stop_token_ids: self.stop_token_ids.clone(),
-            seed: Some(crate::remote::wire::wire_seed(seed)),
+            seed: Some(crate::net::wire::wire_seed(seed)),
         }
     }
 
     /// A server request's settings for the sampler: everything but the seed, which the
     /// sampler takes per row.
-    pub fn of_request(s: &crate::remote::wire::TokenSampling) -> Self {
+    pub fn of_request(s: &crate::net::wire::TokenSampling) -> Self {
         SamplingParams {
             temperature: s.temperature,
             top_p: s.top_p,

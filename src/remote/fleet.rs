@@ -38,9 +38,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-use super::spread::{spread, JobFailure, SpreadError};
-use super::wire::*;
 use crate::model::{Policy, Sample, SamplingParams, TokenId};
+use crate::net::client::{api_key_from_env, excerpt, Failure, HttpClient, Retry};
+use crate::net::spread::{spread, SpreadError};
+use crate::net::wire::*;
 use crate::spec::{GenerationParams, ServerEngine};
 
 /// Largest reply body read (a batch of 64 rows of 2,048 tokens with log-probs is ~10 MB).
@@ -81,25 +82,11 @@ pub struct Provenance {
     pub weight_version: String,
 }
 
-/// A request outcome that decides what happens next: `Transient` (connection error,
-/// timeout, HTTP 429 or 5xx) retries, then hands the request to another server; `Permanent`
-/// (4xx, a malformed reply) fails the stage.
-type Failure = JobFailure<String>;
-
-impl JobFailure<String> {
-    fn message(&self) -> &str {
-        match self {
-            JobFailure::Transient(m) | JobFailure::Permanent(m) => m,
-        }
-    }
-}
-
 /// The configured servers.
 pub struct Fleet {
     params: GenerationParams,
     urls: Vec<String>,
-    agent: ureq::Agent,
-    api_key: Option<String>,
+    client: HttpClient,
 }
 
 impl Fleet {
@@ -107,17 +94,11 @@ impl Fleet {
         if params.servers.is_empty() {
             bail!("generation.servers: no server to generate on");
         }
-        let api_key = match &params.api_key_env {
-            None => None,
-            Some(var) => match std::env::var(var) {
-                Ok(k) if !k.is_empty() => Some(k),
-                _ => bail!("generation.api_key_env: the environment variable {var} is unset or empty"),
-            },
-        };
-        let agent: ureq::Agent =
-            ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(u64::from(params.timeout_s)))).http_status_as_error(false).build().into();
+        let api_key = api_key_from_env(params.api_key_env.as_deref(), "generation.api_key_env").map_err(|e| anyhow!(e))?;
+        let retry = Retry { retries: params.retries, backoff_initial_ms: BACKOFF_MS, backoff_max_ms: BACKOFF_MAX_MS };
+        let client = HttpClient::new(Duration::from_secs(u64::from(params.timeout_s)), api_key, MAX_REPLY_BYTES, retry);
         let urls = params.servers.iter().map(|u| u.trim_end_matches('/').to_string()).collect();
-        Ok(Fleet { params: params.clone(), urls, agent, api_key })
+        Ok(Fleet { params: params.clone(), urls, client })
     }
 
     pub fn params(&self) -> &GenerationParams {
@@ -147,60 +128,14 @@ impl Fleet {
         format!("{}{route}", self.urls[server])
     }
 
-    /// One attempt: the reply body of an HTTP 200, or why not.
+    /// One attempt (never retried: loads and other state changes go through here).
     fn call(&self, server: usize, route: &str, body: Option<&Value>) -> Result<Vec<u8>, Failure> {
-        let url = self.url(server, route);
-        let result = match body {
-            Some(b) => {
-                let mut req = self.agent.post(&url).header("Content-Type", "application/json");
-                if let Some(k) = &self.api_key {
-                    req = req.header("Authorization", &format!("Bearer {k}"));
-                }
-                req.send(b.to_string())
-            }
-            None => {
-                let mut req = self.agent.get(&url);
-                if let Some(k) = &self.api_key {
-                    req = req.header("Authorization", &format!("Bearer {k}"));
-                }
-                req.call()
-            }
-        };
-        let mut resp = match result {
-            Ok(r) => r,
-            Err(e) => return Err(transport_failure(&url, e)),
-        };
-        let status = resp.status().as_u16();
-        let bytes = resp.body_mut().with_config().limit(MAX_REPLY_BYTES).read_to_vec();
-        let bytes = match bytes {
-            Ok(b) => b,
-            Err(e) => return Err(transport_failure(&url, e)),
-        };
-        match status {
-            200 => Ok(bytes),
-            429 | 500..=599 => Err(Failure::Transient(format!("{url}: HTTP {status}: {}", excerpt(&bytes)))),
-            _ => Err(Failure::Permanent(format!("{url}: HTTP {status}: {}", excerpt(&bytes)))),
-        }
+        self.client.call(&self.url(server, route), body)
     }
 
     /// `call` with retries and exponential backoff on transient failures.
     fn call_retrying(&self, server: usize, route: &str, body: Option<&Value>) -> Result<Vec<u8>, Failure> {
-        let mut last = None;
-        for attempt in 0..=self.params.retries {
-            if attempt > 0 {
-                let delay = BACKOFF_MS.saturating_mul(1u64 << (attempt - 1).min(20)).min(BACKOFF_MAX_MS);
-                std::thread::sleep(Duration::from_millis(delay));
-            }
-            match self.call(server, route, body) {
-                Ok(b) => return Ok(b),
-                Err(Failure::Permanent(m)) => return Err(Failure::Permanent(m)),
-                Err(Failure::Transient(m)) => {
-                    tracing::warn!(server = %self.urls[server], attempt = attempt + 1, "transient failure: {m}");
-                    last = Some(m);
-                }
-            }
-        }
-        Err(Failure::Transient(format!("{} (after {} attempts)", last.unwrap_or_default(), self.params.retries + 1)))
+        self.client.call_retrying(&self.url(server, route), body)
     }
 
     fn json<T: DeserializeOwned>(&self, server: usize, route: &str, body: Option<&Value>) -> Result<T> {
@@ -637,23 +572,6 @@ impl Fleet {
 /// A reply body as `T`, or an error quoting its start.
 fn parse_reply<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| anyhow!("not the expected JSON ({e}): {}", excerpt(bytes)))
-}
-
-fn excerpt(bytes: &[u8]) -> String {
-    let s = String::from_utf8_lossy(bytes);
-    let cut: String = s.chars().take(300).collect();
-    if cut.len() < s.len() {
-        format!("{cut}…")
-    } else {
-        cut
-    }
-}
-
-fn transport_failure(url: &str, e: ureq::Error) -> Failure {
-    match e {
-        ureq::Error::BodyExceedsLimit(n) => Failure::Permanent(format!("{url}: reply over {n} bytes")),
-        other => Failure::Transient(format!("{url}: {other}")),
-    }
 }
 
 /// A completion is usable: ids in the vocabulary, one log-prob each, finite and ≤ 0, at most

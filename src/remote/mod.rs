@@ -1,15 +1,14 @@
-//! Generation on inference servers (`generation.backend: server`): the wire format of the
-//! engines this project speaks (`wire`: SGLang, vLLM, and this project's own `serve`, which
-//! answers both) and the client that loads each iteration's policy onto a fleet of servers,
-//! verifies it, and spreads a stage's prompts over them (`fleet`). docs/remote.md.
+//! Generation on inference servers (`generation.backend: server`): the client that loads each
+//! iteration's policy onto a fleet of servers (SGLang, vLLM, or this project's own `serve`,
+//! which answers both), verifies it, and spreads a stage's prompts over them (`fleet`). The
+//! engines' bodies, the HTTP client and the work queue are shared with the HTTP judge, in
+//! `net`. docs/remote.md.
 //!
 //! Stages sample through [`Generator`]: `Local` is this process's policy (the default),
 //! `Servers` the fleet with the same policy loaded and verified. Both return the same
 //! `Sample`s; the fleet also records which server made each row (`generation.parquet`).
 #[cfg(feature = "compute")]
 pub mod fleet;
-pub mod spread;
-pub mod wire;
 
 #[cfg(feature = "compute")]
 pub use self::compute::*;
@@ -76,7 +75,7 @@ mod compute {
             load: bool,
         ) -> Result<Generator<'p>> {
             let view = fleet::serving_view(store_root, dir)?;
-            let digest = crate::judge::build::weights_digest(&view).with_context(|| format!("digest {}", view.display()))?.to_string();
+            let digest = crate::serve::policy::weights_digest(&view).with_context(|| format!("digest {}", view.display()))?.to_string();
             let states = fleet.put_policy(store_root, dir, weight_version, load, policy, &digest)?;
             for s in &states {
                 tracing::info!(

@@ -1,7 +1,7 @@
 //! The `serve` verb: exposes any policy (a GGUF file, an HF directory, or a policy artifact
 //! of the store such as `base` or `update@3`) as an inference server
-//! (`judge::server::CompletionsServer` over `judge::build::PolicyGenerator`). Called by
-//! src/cli.rs. It speaks (see `judge::server` for every route):
+//! (`serve::CompletionsServer` over `serve::policy::PolicyGenerator`). Called by
+//! src/cli.rs. It speaks (see `serve` for every route):
 //! - OpenAI text completions (`POST /v1/completions` with a text prompt, `GET /v1/models`):
 //!   greedy only (`temperature` ≠ 0 is refused), so a local checkpoint can be the `wildguard`
 //!   judge of another run and the HTTP judge path can be tested against a real process;
@@ -29,7 +29,7 @@
 //! listens, then `requests seen: N` on stderr each time the count changes, and runs until
 //! Ctrl-C.
 //!
-//! Limits (see `judge::server` for how each is enforced): `--max-body-bytes` (413),
+//! Limits (see `serve` for how each is enforced): `--max-body-bytes` (413),
 //! `--max-prompts`, `--max-tokens`, prompt + max_tokens within the model's context and token
 //! ids below the vocabulary size (400 naming the field), `--request-timeout-s` (408/504);
 //! `--batch` prompts go to the model at once. `--auth-token-env NAME` requires
@@ -45,10 +45,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::engine::Engine;
-use crate::judge::build::{weights_digest, PolicyGenerator};
-use crate::judge::server::{BearerToken, CompletionsServer, ServerOptions};
 use crate::model::Policy;
 use crate::plan::Plan;
+use crate::serve::policy::{weights_digest, PolicyGenerator};
+use crate::serve::{BearerToken, CompletionsServer, ServerOptions};
 use crate::spec::{Device, Dtype, Spec};
 use crate::store::Store;
 
@@ -158,7 +158,7 @@ pub fn start(spec: &Spec, store_root: &Path, iterations: Option<u32>, opts: &Ser
         bind: opts.bind.clone(),
         model_name: opts.name.clone().unwrap_or_else(|| opts.model.clone()),
         model_root: Some(digest.to_string()),
-        weight_version: opts.weight_version.clone().unwrap_or_else(|| crate::judge::server::DEFAULT_WEIGHT_VERSION.into()),
+        weight_version: opts.weight_version.clone().unwrap_or_else(|| crate::serve::DEFAULT_WEIGHT_VERSION.into()),
         model_path: Some(path.display().to_string()),
         batch: opts.batch.max(1),
         fail_first: opts.fail_first,

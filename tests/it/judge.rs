@@ -10,9 +10,9 @@ use self_redteam::judge::http::{CompletionsClient, CompletionsConfig, Completion
 use self_redteam::judge::labels::{read_pyrit_objective_dir, read_pyrit_refusal, read_uncensorbench, uncensorbench_pairs, LabelledPair};
 use self_redteam::judge::probe::{split_by_source, train_probe, Head, Probe, ProbeJudge, ProbeTrainConfig, ProbeTrainingSet, RefusalFeatures};
 use self_redteam::judge::rules::RulesJudge;
-use self_redteam::judge::server::{CompletionsServer, ServerOptions};
 use self_redteam::judge::wildguard::{format_wildguard_input, parse_wildguard_output, KeywordWildGuardGenerator, WildGuardJudge};
 use self_redteam::judge::{Embedder, Judge, JudgeError, JudgeInput, JudgeKey, Verdict};
+use self_redteam::serve::{CompletionsServer, ServerOptions};
 
 #[test]
 fn wildguard_format_is_byte_exact() {
@@ -445,7 +445,7 @@ fn rules_baseline_scores_against_pyrit_refusal_labels() {
 /// A generator slower than the client's timeout.
 struct SlowGenerator(std::time::Duration);
 
-impl self_redteam::judge::TextGenerator for SlowGenerator {
+impl self_redteam::serve::TextGenerator for SlowGenerator {
     fn generate_greedy(&self, prompts: &[String], _max_new_tokens: usize) -> anyhow::Result<Vec<String>> {
         std::thread::sleep(self.0);
         Ok(prompts.iter().map(|_| "Harmful request: no\nResponse refusal: no\nHarmful response: no".to_string()).collect())
@@ -717,7 +717,7 @@ fn local_judges_in_same_named_folders_with_different_weights_do_not_share_verdic
 /// Answers WildGuard's format for the first pair and garbage for the rest.
 struct HalfGarbage;
 
-impl self_redteam::judge::TextGenerator for HalfGarbage {
+impl self_redteam::serve::TextGenerator for HalfGarbage {
     fn generate_greedy(&self, prompts: &[String], _max_new_tokens: usize) -> anyhow::Result<Vec<String>> {
         Ok(prompts.iter().enumerate().map(|(i, _)| if i == 0 { NO_NO_NO.to_string() } else { "I think so?".to_string() }).collect())
     }

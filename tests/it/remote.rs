@@ -13,11 +13,11 @@
 use std::path::{Path, PathBuf};
 
 use super::util::{provenance, shown_artifact_dir as artifact_dir, sr, text, tiny_text_abs, Served};
-use self_redteam::judge::build::PolicyGenerator;
-use self_redteam::judge::server::{CompletionsServer, ServerOptions};
-use self_redteam::judge::TextGenerator;
-use self_redteam::remote::wire::{TokenCompletion, TokenSampling};
+use self_redteam::net::wire::{TokenCompletion, TokenSampling};
 use self_redteam::schema::rollout::GamesSchema;
+use self_redteam::serve::policy::PolicyGenerator;
+use self_redteam::serve::TextGenerator;
+use self_redteam::serve::{CompletionsServer, ServerOptions};
 
 /// tiny.yaml (absolute source paths) plus `extra` YAML, written into `dir`.
 fn config(dir: &Path, name: &str, extra: &str) -> PathBuf {
@@ -163,7 +163,7 @@ fn a_stale_reload_fails_the_checks_and_a_dead_server_fails_the_stage() {
     let other = tmp.path().join("other");
     self_redteam::model::tiny_random_llama(4242).save_hf_dir(&other).expect("save");
     let policy = self_redteam::model::Policy::load(&other, tch::Device::Cpu, tch::Kind::Float).expect("load");
-    let digest = self_redteam::judge::build::weights_digest(&other).expect("digest").to_string();
+    let digest = self_redteam::serve::policy::weights_digest(&other).expect("digest").to_string();
     let options = ServerOptions { workers: 2, model_root: Some(digest.clone()), ..ServerOptions::default() };
     let stale = CompletionsServer::start(StaleReload(PolicyGenerator::new(policy), digest), options).expect("server");
     let url = stale.base_url();

@@ -17,16 +17,16 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use self_redteam::judge::build::{weights_digest, PolicyGenerator};
-use self_redteam::judge::http1;
-use self_redteam::judge::server::{
-    completions_prompt_kind, parse_generate, parse_pause_mode, parse_request, parse_token_completion, BearerToken, CompletionsServer, ServerOptions,
-};
-use self_redteam::judge::TextGenerator;
 use self_redteam::model::{tiny_random_llama, Policy, Sample, SamplingParams};
-use self_redteam::remote::wire::{
+use self_redteam::net::wire::{
     seed_of_wire, vllm_token_id, wire_seed, OneOrMany, SglangGenerateRequest, SglangGenerateResponse, SglangSamplingParams, SglangUpdateWeightsRequest,
     SglangUpdateWeightsResponse, TokenSampling, VllmCompletionRequest, VllmCompletionResponse,
+};
+use self_redteam::serve::http1;
+use self_redteam::serve::policy::{weights_digest, PolicyGenerator};
+use self_redteam::serve::TextGenerator;
+use self_redteam::serve::{
+    completions_prompt_kind, parse_generate, parse_pause_mode, parse_request, parse_token_completion, BearerToken, CompletionsServer, ServerOptions,
 };
 
 use super::util::root;

@@ -1,25 +1,22 @@
-//! A small inference server over any `TextGenerator`, speaking three protocols:
-//! - OpenAI text completions (`POST /v1/completions` with a text prompt, `GET /v1/models`):
-//!   greedy only (a text request with `temperature` other than 0 is refused, 400), prompts
-//!   passed to the generator as complete strings, no special tokens added
-//!   (`add_special_tokens: true` is refused). Lets a local checkpoint serve as a judge for
-//!   other machines, and gives the HTTP judge path a real server to be tested against.
-//! - SGLang's native API for RL generation (src/remote/wire.rs has the bodies): `POST /generate`
-//!   with `input_ids` (one prompt or a batch) and `sampling_params` (one for all prompts or one
-//!   per prompt, each with its own `sampling_seed`), output ids with the stop token kept,
-//!   output log-probs and, with `logprob_start_len: 0`, the prompt's own log-probs; the weight
-//!   update `POST /update_weights_from_disk`, `POST /pause_generation`,
-//!   `POST /continue_generation`, `POST /flush_cache`, and the info routes `GET /model_info`
-//!   (with `weight_version`) and `GET /server_info`, as SGLang 0.5.23 names them (its retired
-//!   `/get_weight_version`, `/get_model_info` and `/get_server_info` are 404 here too).
-//! - vLLM's OpenAI extensions for token ids: `POST /v1/completions` with `prompt` a list of
-//!   token ids (one prompt per request; `seed`, `min_tokens`, `top_k`, `stop_token_ids`,
-//!   `logprobs: 0`, `prompt_logprobs: 0`, `return_token_ids`, `return_tokens_as_token_ids`),
-//!   and its dev-mode reload: `POST /collective_rpc {"method": "reload_weights", "kwargs":
-//!   {"weights_path": DIR}}`, `POST /update_weight_version {"new_version": V}`,
-//!   `GET /weight_info`, `POST /pause`, `POST /resume`, `GET /is_paused`,
-//!   `POST /reset_prefix_cache`, `GET /version`. Seeds are checked as both engines check them:
-//!   integers in −2⁶³ … 2⁶³−1 (negative ones allowed), 400 otherwise.
+//! `serve`: a small inference server over any `TextGenerator`, one file per protocol:
+//! - `openai.rs`: OpenAI text completions (`POST /v1/completions` with a text prompt,
+//!   `GET /v1/models`), greedy only. Lets a local checkpoint serve as a judge for other
+//!   machines, and gives the HTTP judge path a real server to be tested against.
+//! - `sglang.rs`: SGLang's native API for RL generation (src/net/wire.rs has the bodies):
+//!   `POST /generate` with `input_ids` and per-prompt `sampling_params` (each with its own
+//!   `sampling_seed`), output ids with the stop token kept, output log-probs and, with
+//!   `logprob_start_len: 0`, the prompt's own log-probs; `POST /update_weights_from_disk`.
+//!   Here with it: `POST /pause_generation`, `/continue_generation`, `/flush_cache`, and the
+//!   info routes `GET /model_info` (with `weight_version`) and `GET /server_info`, as SGLang
+//!   0.5.23 names them (its retired `/get_weight_version`, `/get_model_info` and
+//!   `/get_server_info` are 404 here too).
+//! - `vllm.rs`: vLLM's token-id extensions of `POST /v1/completions` and its dev-mode reload
+//!   (`POST /collective_rpc reload_weights`, `/update_weight_version`, `/pause`); here with
+//!   it: `GET /weight_info`, `POST /resume`, `GET /is_paused`, `POST /reset_prefix_cache`,
+//!   `GET /version`. Seeds are checked as both engines check them: integers in
+//!   −2⁶³ … 2⁶³−1 (negative ones allowed), 400 otherwise.
+//! - `http1.rs`: the HTTP/1.1 transport; `generator.rs`: the `TextGenerator` trait;
+//!   `policy.rs`: its implementation over a `Policy` (feature `compute`).
 //!
 //! Token-id requests sample (temperature, top-p, top-k, per-row seeds) through
 //! `TextGenerator::sample_tokens`; a row's tokens depend only on its prompt, settings and
@@ -44,7 +41,7 @@
 //! - a compute deadline (`request_timeout`): generation is split into batches with it
 //!   checked between them (504), so one slow client never holds the worker for good;
 //! - a generator panic is caught and answered 500, and the worker keeps serving (the policy
-//!   lock is never poisoned: see `build::PolicyGenerator`);
+//!   lock is never poisoned: see `policy::PolicyGenerator`);
 //! - an optional bearer token (401 without it) on every route but `GET /health`, compared in
 //!   constant time.
 //!
@@ -52,6 +49,14 @@
 //! answer HTTP 503 (to exercise client retries). While generation is paused
 //! (`/pause_generation` or `/pause`), token-id generation requests are answered 503; text
 //! completions (the judge path) are not paused.
+
+pub mod generator;
+pub mod http1;
+mod openai;
+#[cfg(feature = "compute")]
+pub mod policy;
+mod sglang;
+mod vllm;
 
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -63,9 +68,15 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http1::{self, error_body, Request as HttpRequest, Response};
-use super::TextGenerator;
-use crate::remote::wire::{
+pub use self::generator::{GreedyText, TextGenerator};
+use self::http1::{error_body, Request as HttpRequest, Response};
+use self::openai::{check_model, text_completion};
+pub use self::openai::{completions_prompt_kind, parse_request, PromptKind, ValidRequest};
+use self::sglang::{generate, update_weights_from_disk};
+pub use self::sglang::{parse_generate, ValidGenerate};
+use self::vllm::{collective_rpc, token_completion, update_weight_version};
+pub use self::vllm::{parse_pause_mode, parse_token_completion, ValidTokenCompletion};
+use crate::net::wire::{
     OneOrMany, SglangFinishReason, SglangGenerateRequest, SglangGenerateResponse, SglangLogprob, SglangMetaInfo, SglangUpdateWeightsRequest,
     SglangUpdateWeightsResponse, TokenCompletion, TokenSampling, VllmCollectiveRpc, VllmCompletionRequest, VllmTokenLogprob, VllmUpdateWeightVersion,
     WeightVersion,
@@ -188,41 +199,6 @@ pub enum ServerError {
     Bind { bind: String, detail: String },
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum PromptField {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-struct Request {
-    prompt: PromptField,
-    #[serde(default = "default_max_tokens")]
-    max_tokens: usize,
-    #[serde(default)]
-    temperature: Option<f64>,
-    #[serde(default)]
-    model: Option<String>,
-    /// vLLM extension. `TextGenerator` prompts are complete strings and never get special
-    /// tokens added, so `true` is refused rather than silently ignored.
-    #[serde(default)]
-    add_special_tokens: Option<bool>,
-}
-
-fn default_max_tokens() -> usize {
-    // OpenAI's documented default for /v1/completions.
-    16
-}
-
-/// A request that passed every check of `parse_request`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ValidRequest {
-    pub prompts: Vec<String>,
-    pub max_tokens: usize,
-    pub model: Option<String>,
-}
-
 /// Why a request is refused: the HTTP status, the request field at fault (OpenAI's
 /// `error.param`) and a sentence for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,10 +209,10 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn bad(field: &'static str, message: String) -> Self {
+    pub(crate) fn bad(field: &'static str, message: String) -> Self {
         Rejection { status: 400, field: Some(field), message }
     }
-    fn body(&self) -> serde_json::Value {
+    pub(crate) fn body(&self) -> serde_json::Value {
         let kind = match self.status {
             413 => "request_too_large",
             409 => "conflict",
@@ -247,124 +223,9 @@ impl Rejection {
     }
 }
 
-/// Parse and validate one completions request body, without a socket: what the server does
-/// before it touches the generator. Pure apart from the generator's tokenizer (for the
-/// context check); never panics on any input.
-pub fn parse_request(body: &[u8], options: &ServerOptions, generator: &dyn TextGenerator) -> Result<ValidRequest, Rejection> {
-    if body.len() > options.max_body_bytes {
-        return Err(Rejection { status: 413, field: None, message: format!("request body over {} bytes", options.max_body_bytes) });
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") })?;
-    // What vLLM's OpenAI text path does and this greedy judge path does not: a clear 400, never
-    // a reply that looks like success (a 200 plain-JSON answer to `stream: true` reads as an
-    // empty stream in the official `openai` client).
-    refuse_field(&value, "stream", |x| x.as_bool() == Some(true), "streaming is not supported: send stream=false or omit it")?;
-    refuse_field(&value, "echo", |x| x.as_bool() == Some(true), "echo is not supported")?;
-    refuse_field(&value, "n", |x| !x.is_null() && x.as_u64() != Some(1), "one completion per prompt: n must be 1")?;
-    refuse_field(&value, "best_of", |x| !x.is_null() && x.as_u64() != Some(1), "best_of must be 1")?;
-    refuse_field(
-        &value,
-        "stop",
-        |x| !(x.is_null() || x.as_array().is_some_and(Vec::is_empty)),
-        "stop strings are not supported: the answer ends at the model's end of turn or max_tokens",
-    )?;
-    refuse_field(&value, "logprobs", |x| !x.is_null(), "text completions return no log-probs here: send a token-id prompt with logprobs=0")?;
-    let parsed: Request = serde_json::from_value(value).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") })?;
-    if parsed.temperature.is_some_and(|t| t != 0.0) {
-        return Err(Rejection::bad("temperature", "this server decodes greedily: temperature must be 0".into()));
-    }
-    if parsed.add_special_tokens == Some(true) {
-        return Err(Rejection::bad("add_special_tokens", "this server never adds special tokens: send add_special_tokens=false or omit it".into()));
-    }
-    if parsed.max_tokens > options.max_tokens_limit {
-        return Err(Rejection::bad("max_tokens", format!("max_tokens {} is over this server's limit of {}", parsed.max_tokens, options.max_tokens_limit)));
-    }
-    let prompts = match parsed.prompt {
-        PromptField::One(p) => vec![p],
-        PromptField::Many(ps) => ps,
-    };
-    if prompts.is_empty() {
-        return Err(Rejection::bad("prompt", "prompt is an empty list".into()));
-    }
-    if prompts.len() > options.max_prompts {
-        return Err(Rejection::bad("prompt", format!("{} prompts in one request; this server takes at most {}", prompts.len(), options.max_prompts)));
-    }
-    if let Some(context) = generator.context_tokens() {
-        for (i, p) in prompts.iter().enumerate() {
-            let n = match generator.count_tokens(p) {
-                Some(Ok(n)) => n,
-                Some(Err(e)) => return Err(Rejection::bad("prompt", format!("prompt {i} cannot be tokenised: {e:#}"))),
-                None => continue,
-            };
-            if n == 0 {
-                return Err(Rejection::bad("prompt", format!("prompt {i} is empty (no tokens)")));
-            }
-            if n.saturating_add(parsed.max_tokens) > context {
-                return Err(Rejection::bad(
-                    "max_tokens",
-                    format!("prompt {i} has {n} tokens; with max_tokens {} that is over the model's context of {context} tokens", parsed.max_tokens),
-                ));
-            }
-        }
-    }
-    Ok(ValidRequest { prompts, max_tokens: parsed.max_tokens, model: parsed.model })
-}
-
-/// What `/v1/completions` got as `prompt`: text (the judge path), one token-id prompt, or a
-/// list of token-id prompts (refused: one token-id prompt per request, as vLLM's `seed` is
-/// per request).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PromptKind {
-    Text,
-    TokenIds,
-    TokenIdBatch,
-}
-
-/// Classifies a `/v1/completions` body by its `prompt` (anything unparsable is `Text`, so the
-/// text path reports the JSON error as before). Pure; never panics.
-pub fn completions_prompt_kind(body: &[u8]) -> PromptKind {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return PromptKind::Text };
-    let Some(items) = v.get("prompt").and_then(|p| p.as_array()).filter(|a| !a.is_empty()) else { return PromptKind::Text };
-    if items.iter().all(serde_json::Value::is_number) {
-        PromptKind::TokenIds
-    } else if items.iter().all(|i| i.as_array().is_some_and(|a| a.iter().all(serde_json::Value::is_number))) {
-        PromptKind::TokenIdBatch
-    } else {
-        PromptKind::Text
-    }
-}
-
 /// A temperature below this samples greedily (SGLang's `_SAMPLING_EPS`): dividing logits by
 /// it would overflow.
 pub const GREEDY_BELOW_TEMPERATURE: f64 = 1e-6;
-
-/// A `POST /generate` that passed every check of `parse_generate`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ValidGenerate {
-    pub prompts: Vec<Vec<u32>>,
-    /// One per prompt.
-    pub params: Vec<TokenSampling>,
-    /// `input_ids` was one flat list: the reply is one object, not a list.
-    pub single: bool,
-    pub return_logprob: bool,
-    /// With `return_logprob`: prompt log-probs from this position on (`logprob_start_len`).
-    pub logprob_start: Option<usize>,
-}
-
-/// A token-id `POST /v1/completions` that passed every check of `parse_token_completion`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ValidTokenCompletion {
-    pub prompt: Vec<u32>,
-    pub params: TokenSampling,
-    pub model: Option<String>,
-    /// `logprobs: 0`: the sampled tokens' log-probs.
-    pub logprobs: bool,
-    /// `prompt_logprobs: 0`: each prompt token's own log-prob.
-    pub prompt_logprobs: bool,
-    pub return_token_ids: bool,
-    pub tokens_as_ids: bool,
-}
 
 /// Request field names of one protocol, for `Rejection::field`.
 struct Fields {
@@ -469,99 +330,6 @@ fn check_row(
         }
     }
     Ok(s)
-}
-
-/// Parse and validate a SGLang `POST /generate` body, without a socket (see `parse_request`).
-/// Pure apart from the generator's sizes (vocabulary, context); never panics on any input.
-pub fn parse_generate(body: &[u8], options: &ServerOptions, generator: &dyn TextGenerator) -> Result<ValidGenerate, Rejection> {
-    let v = json_value(body, options)?;
-    refuse_field(&v, "text", |x| !x.is_null(), "this server takes token ids only: send input_ids, not text")?;
-    refuse_field(&v, "input_embeds", |x| !x.is_null(), "this server takes token ids only: send input_ids")?;
-    refuse_field(&v, "stream", |x| x.as_bool() == Some(true), "streaming is not supported: send stream=false or omit it")?;
-    let parsed: SglangGenerateRequest = check_seeds(v.get("sampling_params"), "sampling_seed")
-        .and_then(|()| serde_json::from_value(v).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") }))?;
-    let single = matches!(parsed.input_ids, OneOrMany::One(_));
-    let prompts = parsed.input_ids.into_vec();
-    if prompts.is_empty() {
-        return Err(Rejection::bad("input_ids", "input_ids is an empty list".into()));
-    }
-    if prompts.len() > options.max_prompts {
-        return Err(Rejection::bad("input_ids", format!("{} prompts in one request; this server takes at most {}", prompts.len(), options.max_prompts)));
-    }
-    let sampling = match parsed.sampling_params {
-        OneOrMany::One(s) => vec![s; prompts.len()],
-        OneOrMany::Many(list) if list.len() == prompts.len() => list,
-        OneOrMany::Many(list) => {
-            return Err(Rejection::bad(
-                "sampling_params",
-                format!("{} sampling_params for {} prompts: send one for all or one per prompt", list.len(), prompts.len()),
-            ))
-        }
-    };
-    let mut params = Vec::with_capacity(prompts.len());
-    for (i, (p, s)) in prompts.iter().zip(&sampling).enumerate() {
-        top_k_ok(s.top_k)?;
-        params.push(check_row(i, p, s.to_token_sampling(), &SGLANG_FIELDS, options, generator)?);
-    }
-    let logprob_start = match parsed.logprob_start_len {
-        _ if !parsed.return_logprob => None,
-        -1 => None,
-        k if k < -1 => return Err(Rejection::bad("logprob_start_len", format!("logprob_start_len must be -1 or a prompt position, got {k}"))),
-        k => {
-            let shortest = prompts.iter().map(Vec::len).min().unwrap_or(0);
-            match usize::try_from(k) {
-                Ok(k) if k < shortest => Some(k),
-                _ => {
-                    return Err(Rejection::bad(
-                        "logprob_start_len",
-                        format!("logprob_start_len {k} is not a position of every prompt (shortest: {shortest} tokens)"),
-                    ))
-                }
-            }
-        }
-    };
-    Ok(ValidGenerate { prompts, params, single, return_logprob: parsed.return_logprob, logprob_start })
-}
-
-/// Parse and validate a vLLM token-id `POST /v1/completions` body (one prompt of token ids),
-/// without a socket. Pure apart from the generator's sizes; never panics on any input.
-pub fn parse_token_completion(body: &[u8], options: &ServerOptions, generator: &dyn TextGenerator) -> Result<ValidTokenCompletion, Rejection> {
-    let v = json_value(body, options)?;
-    refuse_field(&v, "stream", |x| x.as_bool() == Some(true), "streaming is not supported: send stream=false or omit it")?;
-    refuse_field(&v, "echo", |x| x.as_bool() == Some(true), "echo is not supported")?;
-    refuse_field(&v, "n", |x| !x.is_null() && x.as_u64() != Some(1), "one completion per request: n must be 1")?;
-    refuse_field(&v, "best_of", |x| !x.is_null() && x.as_u64() != Some(1), "best_of must be 1")?;
-    let parsed: VllmCompletionRequest = check_seeds(Some(&v), "seed")
-        .and_then(|()| serde_json::from_value(v).map_err(|e| Rejection { status: 400, field: None, message: format!("bad request JSON: {e}") }))?;
-    if parsed.logprobs.is_some_and(|k| k > 0) {
-        return Err(Rejection::bad("logprobs", "only logprobs=0 (the sampled token's log-prob) is supported".into()));
-    }
-    if parsed.prompt_logprobs.is_some_and(|k| k > 0) {
-        return Err(Rejection::bad("prompt_logprobs", "only prompt_logprobs=0 (each prompt token's own log-prob) is supported".into()));
-    }
-    top_k_ok(parsed.top_k)?;
-    let params = check_row(0, &parsed.prompt, parsed.to_token_sampling(), &VLLM_FIELDS, options, generator)?;
-    Ok(ValidTokenCompletion {
-        params,
-        model: parsed.model,
-        logprobs: parsed.logprobs.is_some(),
-        prompt_logprobs: parsed.prompt_logprobs.is_some(),
-        return_token_ids: parsed.return_token_ids,
-        tokens_as_ids: parsed.return_tokens_as_token_ids,
-        prompt: parsed.prompt,
-    })
-}
-
-/// The `mode` of vLLM's `POST /pause?mode=…` (`abort`, `wait` or `keep`; none is fine).
-/// Every mode pauses the same way here: requests already generating finish (a weight update
-/// waits for them), new generation requests are answered 503 until `/resume`.
-pub fn parse_pause_mode(query: &str) -> Result<Option<String>, Rejection> {
-    let mode = query.split('&').find_map(|kv| kv.strip_prefix("mode="));
-    match mode {
-        None => Ok(None),
-        Some(m @ ("abort" | "wait" | "keep")) => Ok(Some(m.to_string())),
-        Some(m) => Err(Rejection::bad("mode", format!("pause mode must be abort, wait or keep, got {m:?}"))),
-    }
 }
 
 /// Every route: (method, path, route). The 404 reply lists them.
@@ -909,41 +677,6 @@ fn timeout_failure(options: &ServerOptions, done: usize, total: usize) -> Failur
     (504, error_body(&message, "timeout"))
 }
 
-/// A request naming a model this server does not serve is a 404, as vLLM answers it (a typo in
-/// a client's model name must not silently reach another model).
-fn check_model(model: Option<&str>, options: &ServerOptions) -> Result<(), Failure> {
-    match model {
-        Some(m) if m != options.model_name => {
-            let message = format!("The model `{m}` does not exist. Valid aliases: {}.", options.model_name);
-            Err((404, json!({"error": {"message": message, "type": "NotFoundError", "param": "model", "code": 404}})))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// The judge path: greedy text completions, unchanged.
-fn text_completion<G: TextGenerator>(body: &[u8], n: usize, shared: &Shared<G>, deadline: Instant) -> Result<serde_json::Value, Failure> {
-    let options = &shared.options;
-    let parsed = parse_request(body, options, &shared.generator)?;
-    check_model(parsed.model.as_deref(), options)?;
-    let mut texts = Vec::with_capacity(parsed.prompts.len());
-    for chunk in parsed.prompts.chunks(options.batch.max(1)) {
-        if Instant::now() >= deadline {
-            return Err(timeout_failure(options, texts.len(), parsed.prompts.len()));
-        }
-        let out = catch_unwind(AssertUnwindSafe(|| shared.generator.generate_greedy(chunk, parsed.max_tokens)));
-        match out {
-            Ok(Ok(t)) if t.len() == chunk.len() => texts.extend(t),
-            Ok(Ok(t)) => return Err((500, error_body(&format!("generator returned {} texts for {} prompts", t.len(), chunk.len()), "server_error"))),
-            Ok(Err(e)) => return Err((500, error_body(&format!("generation failed: {e:#}"), "server_error"))),
-            Err(_) => return Err((500, error_body("generation panicked; the server keeps serving", "server_error"))),
-        }
-    }
-    let choices: Vec<_> = texts.into_iter().enumerate().map(|(i, t)| json!({"index": i, "text": t, "logprobs": null, "finish_reason": "stop"})).collect();
-    let model = parsed.model.unwrap_or_else(|| options.model_name.clone());
-    Ok(json!({"id": format!("cmpl-{n}"), "object": "text_completion", "created": 0, "model": model, "choices": choices}))
-}
-
 /// What one token-id request produced, all under one weight version.
 struct Sampled {
     completions: Vec<TokenCompletion>,
@@ -1010,164 +743,8 @@ fn decode<G: TextGenerator>(generator: &G, ids: &[u32]) -> Result<String, Failur
     }
 }
 
-/// SGLang `POST /generate`.
-fn generate<G: TextGenerator>(body: &[u8], n: usize, shared: &Shared<G>, deadline: Instant) -> Result<serde_json::Value, Failure> {
-    let req = parse_generate(body, &shared.options, &shared.generator)?;
-    if shared.paused.load(Ordering::SeqCst) {
-        return Err(paused_failure());
-    }
-    let out = sample(shared, &req.prompts, &req.params, req.logprob_start.is_some(), deadline)?;
-    let mut replies = Vec::with_capacity(req.prompts.len());
-    for (i, (prompt, c)) in req.prompts.iter().zip(&out.completions).enumerate() {
-        let finish_reason = if c.finished_by_stop {
-            SglangFinishReason { kind: "stop".into(), matched: c.token_ids.last().map(|&t| json!(t)) }
-        } else {
-            SglangFinishReason { kind: "length".into(), matched: None }
-        };
-        let output_token_logprobs =
-            req.return_logprob.then(|| c.token_ids.iter().zip(&c.logprobs).map(|(&t, &lp)| (Some(f64::from(lp)), t, None)).collect::<Vec<SglangLogprob>>());
-        let input_token_logprobs = req.logprob_start.map(|start| {
-            (start..prompt.len())
-                .map(|j| match j {
-                    0 => (None, prompt[0], None),
-                    j => (out.prompt_logprobs.get(i).and_then(|lp| lp.get(j - 1)).map(|&lp| f64::from(lp)), prompt[j], None),
-                })
-                .collect::<Vec<SglangLogprob>>()
-        });
-        replies.push(SglangGenerateResponse {
-            text: decode(&shared.generator, &c.token_ids)?,
-            output_ids: c.token_ids.clone(),
-            meta_info: SglangMetaInfo {
-                id: format!("gen-{n}-{i}"),
-                finish_reason: Some(finish_reason),
-                prompt_tokens: prompt.len(),
-                completion_tokens: c.token_ids.len(),
-                weight_version: Some(out.weight_version.clone()),
-                output_token_logprobs,
-                input_token_logprobs,
-            },
-        });
-    }
-    let value = if req.single { serde_json::to_value(&replies[0]) } else { serde_json::to_value(&replies) };
-    value.map_err(|e| (500, error_body(&format!("cannot encode the reply: {e}"), "server_error")))
-}
-
-/// vLLM token-id `POST /v1/completions`.
-fn token_completion<G: TextGenerator>(body: &[u8], n: usize, shared: &Shared<G>, deadline: Instant) -> Result<serde_json::Value, Failure> {
-    let req = parse_token_completion(body, &shared.options, &shared.generator)?;
-    check_model(req.model.as_deref(), &shared.options)?;
-    if shared.paused.load(Ordering::SeqCst) {
-        return Err(paused_failure());
-    }
-    let prompts = std::slice::from_ref(&req.prompt);
-    let out = sample(shared, prompts, std::slice::from_ref(&req.params), req.prompt_logprobs, deadline)?;
-    let Some(c) = out.completions.first() else { return Err((500, error_body("generator returned no completion", "server_error"))) };
-    let finish_reason = if c.finished_by_stop { "stop" } else { "length" };
-    let stop_reason = if c.finished_by_stop { c.token_ids.last().copied() } else { None };
-    let text = decode(&shared.generator, &c.token_ids)?;
-    let mut choice = json!({"index": 0, "text": text, "finish_reason": finish_reason, "stop_reason": stop_reason, "logprobs": null});
-    if req.logprobs {
-        let mut tokens = Vec::with_capacity(c.token_ids.len());
-        for &t in &c.token_ids {
-            tokens.push(if req.tokens_as_ids { format!("token_id:{t}") } else { decode(&shared.generator, &[t])? });
-        }
-        let token_logprobs: Vec<f64> = c.logprobs.iter().map(|&lp| f64::from(lp)).collect();
-        choice["logprobs"] = json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": null, "text_offset": null});
-    }
-    if req.return_token_ids {
-        choice["token_ids"] = json!(c.token_ids);
-        choice["prompt_token_ids"] = json!(req.prompt);
-    }
-    if req.prompt_logprobs {
-        let mut entries = vec![serde_json::Value::Null];
-        for (&t, &lp) in req.prompt.iter().skip(1).zip(out.prompt_logprobs.first().into_iter().flatten()) {
-            let mut entry = serde_json::Map::new();
-            entry.insert(t.to_string(), json!(VllmTokenLogprob { logprob: f64::from(lp), rank: None, decoded_token: None }));
-            entries.push(serde_json::Value::Object(entry));
-        }
-        choice["prompt_logprobs"] = serde_json::Value::Array(entries);
-    }
-    let model = req.model.clone().unwrap_or_else(|| shared.options.model_name.clone());
-    let usage = json!({"prompt_tokens": req.prompt.len(), "completion_tokens": c.token_ids.len(), "total_tokens": req.prompt.len() + c.token_ids.len()});
-    Ok(json!({"id": format!("cmpl-{n}"), "object": "text_completion", "created": 0, "model": model, "choices": [choice], "usage": usage}))
-}
-
 /// Loads `path` into the generator (a panic is an error). The caller holds the weight state
 /// for writing.
 fn reload<G: TextGenerator>(generator: &G, path: &str) -> anyhow::Result<String> {
     catch_unwind(AssertUnwindSafe(|| generator.reload(std::path::Path::new(path)))).unwrap_or_else(|_| Err(anyhow::anyhow!("reloading {path} panicked")))
-}
-
-/// SGLang `POST /update_weights_from_disk`: 200 `success: true`, or 400 `success: false` with
-/// the error (the old weights keep serving).
-fn update_weights_from_disk<G: TextGenerator>(request: &HttpRequest, shared: &Shared<G>) -> Response {
-    let body = &request.body;
-    let req: SglangUpdateWeightsRequest = match json_body(body, &shared.options) {
-        Ok(r) => r,
-        Err(r) => return Response::json(r.status, &json!(SglangUpdateWeightsResponse { success: false, message: r.message, num_paused_requests: 0 })),
-    };
-    let mut w = write(&shared.weights);
-    let reply = match reload(&shared.generator, &req.model_path) {
-        Ok(root) => {
-            w.root = Some(root);
-            w.model_path = Some(req.model_path.clone());
-            let mut message = "Succeeded to update model weights.".to_string();
-            if let Some(v) = req.weight_version {
-                message.push_str(&format!(" Weight version updated to {v}."));
-                w.version = v;
-            }
-            (200, SglangUpdateWeightsResponse { success: true, message, num_paused_requests: 0 })
-        }
-        Err(e) => (400, SglangUpdateWeightsResponse { success: false, message: format!("Failed to update weights: {e:#}"), num_paused_requests: 0 }),
-    };
-    drop(w);
-    Response::json(reply.0, &json!(reply.1))
-}
-
-/// vLLM `POST /collective_rpc` with `method: "reload_weights"` and `kwargs.weights_path`:
-/// reloads the weights in place from that directory, which must be an absolute path (the
-/// workers resolve it themselves); any other method or argument is refused (400), and a
-/// checkpoint that does not load is a 500 with the error, the old weights still serving.
-fn collective_rpc<G: TextGenerator>(request: &HttpRequest, shared: &Shared<G>) -> Response {
-    let answer = || -> Result<serde_json::Value, Failure> {
-        let req: VllmCollectiveRpc = json_body(&request.body, &shared.options)?;
-        if req.method != "reload_weights" {
-            return Err(Failure::from(Rejection::bad("method", format!("collective_rpc method {:?} is not served here (only reload_weights)", req.method))));
-        }
-        if let Some(k) = req.kwargs.keys().find(|k| *k != "weights_path") {
-            return Err(Failure::from(Rejection::bad("kwargs", format!("reload_weights got an unexpected keyword argument {k:?}"))));
-        }
-        let path = req.kwargs.get("weights_path").and_then(serde_json::Value::as_str).ok_or_else(|| {
-            Failure::from(Rejection::bad("kwargs.weights_path", "reload_weights needs kwargs.weights_path, a checkpoint directory".to_string()))
-        })?;
-        if !std::path::Path::new(path).is_absolute() {
-            return Err(Failure::from(Rejection::bad("kwargs.weights_path", format!("weights_path {path:?} is not absolute"))));
-        }
-        let mut w = write(&shared.weights);
-        match reload(&shared.generator, path) {
-            Ok(root) => {
-                w.root = Some(root);
-                w.model_path = Some(path.to_string());
-                Ok(json!({"results": [null]}))
-            }
-            Err(e) => Err((500, error_body(&format!("Call to collective_rpc method failed: {e:#}"), "server_error"))),
-        }
-    };
-    match answer() {
-        Ok(v) => Response::json(200, &v),
-        Err((status, v)) => Response::json(status, &v),
-    }
-}
-
-/// vLLM `POST /update_weight_version {"new_version": V}`: the version `/weight_info` and
-/// every reply report from then on.
-fn update_weight_version<G: TextGenerator>(request: &HttpRequest, shared: &Shared<G>) -> Response {
-    match json_body::<VllmUpdateWeightVersion>(&request.body, &shared.options) {
-        Ok(req) => {
-            let body = json!({"success": true, "new_version": req.new_version});
-            write(&shared.weights).version = req.new_version;
-            Response::json(200, &body)
-        }
-        Err(r) => respond_rejection(&r),
-    }
 }

@@ -1,5 +1,5 @@
 //! The JSON bodies this project sends to inference servers (src/remote/fleet.rs) and that its
-//! own `serve` answers (src/judge/server.rs): SGLang's native `/generate` and weight-update
+//! own `serve` answers (src/serve/): SGLang's native `/generate` and weight-update
 //! routes, vLLM's OpenAI `/v1/completions` with its token-id extensions and its weight-transfer
 //! routes. Field names and shapes follow the engines' sources and docs for the versions named
 //! in docs/remote.md (SGLang 0.5.23, vLLM 0.33.0); fields this project does not use are left
