@@ -86,3 +86,29 @@ fn every_request_the_client_sends_passes_sglang_and_vllm_own_validation() {
     let failures: Vec<&str> = out.lines().filter(|l| l.starts_with("FAIL")).collect();
     assert!(o.status.success() && failures.is_empty(), "requests the engines would refuse or misread:\n{}\n---\n{out}", failures.join("\n"));
 }
+
+/// The official `openai` Python client (the contracts venv's) against `serve`'s text path:
+/// `usage` and `finish_reason` as it reads them, and for each thing `serve` does not do
+/// (`stream`, `n`, `best_of`, `stop`, `echo`, `logprobs`, sampling) the client raises a 400
+/// naming the field instead of reading a wrong answer as success (scripts/openai_client.py).
+#[test]
+fn the_official_openai_client_reads_serve_or_gets_a_named_400() {
+    if engines_skipped("openai client") {
+        return;
+    }
+    let python = root().join(".cache/contracts-venv/bin/python");
+    assert!(python.is_file(), "{} missing: run scripts/contracts.sh (scripts/test.sh does)", python.display());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let local = tmp.path().join("local.yaml");
+    std::fs::write(&local, tiny_text_abs()).expect("write config");
+    let store = tmp.path().join("store");
+    let o = sr(&local, &store, &["run", "--only", "dataset", "base"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let base = shown_artifact_dir(&local, &store, "base");
+    let server = Served::start(&local, &store, &base, &["--name".as_ref(), "tiny-openai".as_ref()]);
+    let o = Command::new(python).arg(root().join("scripts/openai_client.py")).arg(&server.base).arg("tiny-openai").output().expect("run openai_client.py");
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{out}");
+    // Every case ran (a crash midway would also exit non-zero, but count them anyway).
+    assert_eq!(out.lines().filter(|l| l.contains("\"ok\": true")).count(), 11, "{out}");
+}
