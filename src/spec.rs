@@ -884,9 +884,13 @@ pub struct GenerationParams {
     /// unset = the same path as here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_store_path: Option<String>,
+    /// The weight dtype the servers run (`--dtype`): sets the canary's default tolerance.
+    pub server_dtype: Dtype,
     /// Largest mean |Δ log-prob| per canary token between a server and this runtime on the
-    /// same weights (nats). 0 demands bit equality.
-    pub canary_tolerance: f64,
+    /// same weights (nats); 0 demands bit equality. Unset: by `server_dtype`
+    /// ([`GenerationParams::canary_tolerance`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary_tolerance: Option<f64>,
     /// Name of the environment variable holding the servers' API key (never the key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
@@ -902,13 +906,26 @@ impl Default for GenerationParams {
             timeout_s: 600,
             retries: 3,
             server_store_path: None,
-            canary_tolerance: 0.05,
+            server_dtype: Dtype::F32,
+            canary_tolerance: None,
             api_key_env: None,
         }
     }
 }
 
 impl GenerationParams {
+    /// The canary's tolerance: `canary_tolerance` when set, else by `server_dtype`. An f32
+    /// server computes what this runtime computes up to summation order (vLLM's CPU build
+    /// agreed to ~1e-5 nats per token), so 1e-3 leaves two orders of room and still catches a
+    /// stale output head (4.6e-2 measured); a bf16 server rounds every weight and activation
+    /// to 8 bits of mantissa, so 0.05.
+    pub fn canary_tolerance(&self) -> f64 {
+        self.canary_tolerance.unwrap_or(match self.server_dtype {
+            Dtype::F32 => 1e-3,
+            Dtype::Bf16 => 5e-2,
+        })
+    }
+
     /// What enters the keys of `rollout` and `eval`: nothing for local generation (so keys of
     /// runs made before this setting existed hold), the engine family for servers.
     pub fn key(&self) -> Option<serde_json::Value> {
@@ -1359,11 +1376,11 @@ pub fn number_bounds(raw: &RawSpec) -> (Vec<(String, u64, u64, u64)>, Vec<(Strin
         ("update.sft_coef", u.sft_coef, AtLeast(0.0)),
         ("sft.temperature", sft.temperature, AtLeast(0.0)),
         ("sft.top_p", sft.top_p, OpenClosed(0.0, 1.0)),
-        ("generation.canary_tolerance", raw.generation.canary_tolerance, AtLeast(0.0)),
     ]
     .into_iter()
     .map(|(path, v, range)| (path.to_string(), v, range))
     .collect();
+    floats.extend(raw.generation.canary_tolerance.map(|t| ("generation.canary_tolerance".to_string(), t, AtLeast(0.0))));
     // Adam's running averages: β = 1 never forgets (and divides by 1 − β^t = 0).
     floats.extend(u.betas.iter().enumerate().map(|(i, b)| (format!("update.betas[{i}]"), *b, ClosedOpen(0.0, 1.0))));
     (ints, floats)

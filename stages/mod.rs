@@ -477,6 +477,12 @@ impl StageContext<'_> {
                 self.output.metric(&format!("{at}/engine"), format!("{} {}", s.engine.name(), s.engine_version));
                 self.output.metric(&format!("{at}/weight_version"), &s.weight_version);
                 self.output.metric(&format!("{at}/canary_mean_abs_logprob_diff"), s.canary_mean_abs);
+                if let Some((moved, should)) = s.canary_moved {
+                    // How far the load moved the server's canary, and how far this runtime
+                    // says the policy change moves it.
+                    self.output.metric(&format!("{at}/canary_moved_by_load"), moved);
+                    self.output.metric(&format!("{at}/canary_policy_change"), should);
+                }
                 self.output.metric(&format!("{at}/rows"), part.iter().filter(|r| r.server == s.url).count());
             }
             rows.extend(part);

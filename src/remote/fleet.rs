@@ -68,6 +68,9 @@ pub struct ServerState {
     pub canary_mean_abs: f64,
     pub canary_max_abs: f64,
     pub canary_tokens: usize,
+    /// After a load: mean |Δ log-prob| by which the server's canary moved, and by which this
+    /// runtime says it should have moved (from what the server served before to this policy).
+    pub canary_moved: Option<(f64, f64)>,
     /// Prompt + new tokens the server admits (`max_model_len` of `/v1/models`; vLLM and this
     /// project's server report it), if known.
     pub max_model_len: Option<usize>,
@@ -226,11 +229,33 @@ impl Fleet {
                 Err(e) => tracing::warn!(server = %self.urls[s], "does not serve the base policy as started ({e:#}); loading it"),
             }
         }
+        // What the server serves before the load, to tell whether the canary can tell the two
+        // policies apart: the tolerance bounds |served − this policy| (checked in `verify`),
+        // which also bounds |moved − should| by the triangle inequality, so when this policy
+        // moves the canary by less than the tolerance, a load that did nothing would pass it.
+        let before = self.canary_of(s, canary, vocab).context("canary before the load")?;
         match self.params.engine {
             ServerEngine::Sglang | ServerEngine::SelfRedteam => self.load_sglang(s, server_dir, version)?,
             ServerEngine::Vllm => self.load_vllm(s, server_dir, version)?,
         }
-        self.verify(s, Some(version), canary, expected, digest, vocab, &engine_version)
+        let mut state = self.verify(s, Some(version), canary, expected, digest, vocab, &engine_version)?;
+        let after = self.canary_of(s, canary, vocab).context("canary after the load")?;
+        let moved = mean_abs_diff(&after, &before);
+        let should = mean_abs_diff(expected, &before);
+        let tolerance = self.params.canary_tolerance();
+        if should <= tolerance {
+            tracing::warn!(
+                server = %self.urls[s],
+                "canary: this policy moves the canary by only {should:.2e} per token from what the server served before (tolerance {tolerance:.1e}), so the canary cannot tell them apart; the weight version check stands alone"
+            );
+        }
+        state.canary_moved = Some((moved, should));
+        Ok(state)
+    }
+
+    /// The canary prompts' log-probs as server `s` computes them.
+    fn canary_of(&self, s: usize, canary: &[Vec<TokenId>], vocab: usize) -> Result<Vec<Vec<f32>>> {
+        canary.iter().map(|ids| self.prompt_logprobs(s, ids, vocab)).collect()
     }
 
     /// The checks after a load (`version`: the weight version it set) or of the startup model.
@@ -261,24 +286,20 @@ impl Fleet {
                 bail!("serves weights with digest {root:?}, expected {digest:?} (this policy's weights)");
             }
         }
-        let (mut sum, mut max, mut n) = (0f64, 0f64, 0usize);
-        for (ids, want) in canary.iter().zip(expected) {
-            let got = self.prompt_logprobs(s, ids, vocab)?;
-            if got.len() != want.len() {
-                bail!("canary: {} prompt log-probs for {} tokens (expected {})", got.len(), ids.len(), want.len());
-            }
-            for (g, w) in got.iter().zip(want) {
-                let d = (f64::from(*g) - f64::from(*w)).abs();
-                sum += d;
-                max = max.max(d);
-                n += 1;
+        let got = self.canary_of(s, canary, vocab)?;
+        for ((g, w), ids) in got.iter().zip(expected).zip(canary) {
+            if g.len() != w.len() {
+                bail!("canary: {} prompt log-probs for {} tokens (expected {})", g.len(), ids.len(), w.len());
             }
         }
-        let mean = if n == 0 { 0.0 } else { sum / n as f64 };
-        if mean.is_nan() || mean > self.params.canary_tolerance {
+        let n: usize = expected.iter().map(Vec::len).sum();
+        let mean = mean_abs_diff(&got, expected);
+        let max = got.iter().flatten().zip(expected.iter().flatten()).map(|(g, w)| (f64::from(*g) - f64::from(*w)).abs()).fold(0f64, f64::max);
+        let tolerance = self.params.canary_tolerance();
+        if mean.is_nan() || mean > tolerance {
             bail!(
-                "canary: mean |Δ log-prob| {mean:.6} per token (max {max:.6}, {n} tokens) over generation.canary_tolerance {}: the server does not serve these weights (weight version {weight_version:?})",
-                self.params.canary_tolerance
+                "canary: mean |Δ log-prob| {mean:.6} per token (max {max:.6}, {n} tokens) over the tolerance {tolerance} (generation.canary_tolerance, or by generation.server_dtype {}): the server does not serve these weights (weight version {weight_version:?})",
+                serde_json::to_value(self.params.server_dtype).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
             );
         }
         Ok(ServerState {
@@ -289,6 +310,7 @@ impl Fleet {
             canary_mean_abs: mean,
             canary_max_abs: max,
             canary_tokens: n,
+            canary_moved: None,
             max_model_len,
         })
     }
@@ -566,6 +588,20 @@ impl Fleet {
                 Ok(out)
             }
         }
+    }
+}
+
+/// Mean |a − b| over the tokens of equally shaped log-prob lists (NaN when a value is).
+fn mean_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        sum += (f64::from(*x) - f64::from(*y)).abs();
+        n += 1;
+    }
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f64
     }
 }
 

@@ -196,3 +196,100 @@ fn a_stale_reload_fails_the_checks_and_a_dead_server_fails_the_stage() {
     let n = std::fs::read_dir(&rollouts).map(|d| d.count()).unwrap_or(0);
     assert_eq!(n, 0, "a failed server stage published into {}", rollouts.display());
 }
+
+/// A reload that takes the new checkpoint but keeps the start-up output head, as vLLM's
+/// in-place reload did for a tied-embedding model (the new embeddings, the old `lm_head`).
+/// The head comes from `head_of`, the start-up checkpoint.
+struct StaleHead {
+    inner: PolicyGenerator,
+    head_of: PathBuf,
+    scratch: PathBuf,
+}
+
+impl StaleHead {
+    fn patched(&self, path: &Path) -> anyhow::Result<PathBuf> {
+        let dir = self.scratch.join(format!("reload-{}", std::fs::read_dir(&self.scratch)?.count()));
+        std::fs::create_dir_all(&dir)?;
+        for e in std::fs::read_dir(path)? {
+            let e = e?;
+            std::fs::copy(e.path(), dir.join(e.file_name()))?;
+        }
+        let old: std::collections::HashMap<String, tch::Tensor> = tch::Tensor::read_safetensors(self.head_of.join("model.safetensors"))?.into_iter().collect();
+        let head = old.get("lm_head.weight").or_else(|| old.get("model.embed_tokens.weight")).expect("a head");
+        let mut new = tch::Tensor::read_safetensors(dir.join("model.safetensors"))?;
+        let slot = new.iter_mut().find(|(n, _)| n == "lm_head.weight").expect("the serving view is untied");
+        slot.1 = head.shallow_clone();
+        tch::Tensor::write_safetensors(&new, dir.join("model.safetensors"))?;
+        Ok(dir)
+    }
+}
+
+impl TextGenerator for StaleHead {
+    fn generate_greedy(&self, prompts: &[String], max_new_tokens: usize) -> anyhow::Result<Vec<String>> {
+        self.inner.generate_greedy(prompts, max_new_tokens)
+    }
+    fn context_tokens(&self) -> Option<usize> {
+        Some(8192)
+    }
+    fn sample_tokens(&self, prompts: &[Vec<u32>], params: &[TokenSampling]) -> anyhow::Result<Vec<TokenCompletion>> {
+        self.inner.sample_tokens(prompts, params)
+    }
+    fn prompt_logprobs(&self, ids: &[u32]) -> anyhow::Result<Vec<f32>> {
+        self.inner.prompt_logprobs(ids)
+    }
+    fn reload(&self, path: &Path) -> anyhow::Result<String> {
+        self.inner.reload(&self.patched(path)?)
+    }
+    fn decode(&self, ids: &[u32]) -> Option<anyhow::Result<String>> {
+        self.inner.decode(ids)
+    }
+    fn vocab_size(&self) -> Option<usize> {
+        self.inner.vocab_size()
+    }
+}
+
+/// The canary's default tolerance follows `generation.server_dtype` (f32: 1e-3), tight enough
+/// that a load keeping the old output head fails `rollout@2` by its canary alone (SGLang's
+/// protocol: no digest check), and the load's movement is recorded when it passes.
+#[test]
+fn a_stale_output_head_fails_the_canary_under_the_f32_tolerance() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The default learning rate (5e-7) moves the tiny model's canary by ~8e-5 per token, under
+    // the tolerance (the stage then warns that the canary cannot tell the policies apart); a
+    // larger one makes update@1 a policy the canary can distinguish.
+    let cfg = tmp.path().join("local.yaml");
+    std::fs::write(&cfg, tiny_text_abs().replace("update:\n  micro_batch_size: 4\n", "update:\n  micro_batch_size: 4\n  lr: 1.0e-3\n")).expect("write");
+    let store = tmp.path().join("store");
+    let o = sr(&cfg, &store, &["run", "--only", "dataset", "base"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let base = artifact_dir(&cfg, &store, "base");
+    let policy = self_redteam::model::Policy::load(&base, tch::Device::Cpu, tch::Kind::Float).expect("load");
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir_all(&scratch).expect("mkdir");
+    let stale = StaleHead { inner: PolicyGenerator::new(policy), head_of: base.clone(), scratch };
+    let server = CompletionsServer::start(stale, ServerOptions { workers: 2, ..ServerOptions::default() }).expect("server");
+    let text_cfg = std::fs::read_to_string(&cfg).expect("read");
+    let c = tmp.path().join("sglang.yaml");
+    std::fs::write(&c, format!("{text_cfg}\n{}", servers_yaml("sglang", &[&server.base_url()], ""))).expect("write");
+    // rollout@1 runs on the start-up model (checked, not loaded); rollout@2 loads update@1.
+    let o = sr(&c, &store, &["run", "--only", "sft-data", "prep@1", "rollout@1", "judge@1", "update@1", "prep@2", "rollout@2"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("rollout@2"), "{t}");
+    assert!(t.contains("canary: mean |Δ log-prob|") && t.contains("generation.server_dtype f32"), "{t}");
+    eprintln!("stale head: {}", t.lines().find(|l| l.contains("canary: mean")).unwrap_or(""));
+
+    // The same load on an honest server passes and records how far the canary moved.
+    let own = ServerOptions { workers: 2, ..ServerOptions::default() };
+    let policy = self_redteam::model::Policy::load(&base, tch::Device::Cpu, tch::Kind::Float).expect("load");
+    let honest = CompletionsServer::start(PolicyGenerator::new(policy).with_max_model_len(8192), own).expect("server");
+    std::fs::write(&c, format!("{text_cfg}\n{}", servers_yaml("sglang", &[&honest.base_url()], ""))).expect("write");
+    let o = sr(&c, &store, &["run", "--only", "rollout@2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let manifest: serde_json::Value = serde_json::from_slice(&read(&artifact_dir(&c, &store, "rollout@2"), "manifest.json")).expect("manifest");
+    let m = &manifest["metrics"];
+    let (moved, change) = (m["generation/policy/server0/canary_moved_by_load"].as_f64(), m["generation/policy/server0/canary_policy_change"].as_f64());
+    eprintln!("honest load: canary moved {moved:?}, policy change {change:?}, mean diff {:?}", m["generation/policy/server0/canary_mean_abs_logprob_diff"]);
+    let (moved, change) = (moved.expect("moved"), change.expect("change"));
+    assert!(change > 0.0 && (moved - change).abs() <= 1e-3, "moved {moved} vs change {change}");
+}
