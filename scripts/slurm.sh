@@ -74,8 +74,9 @@ is_program() {
   [[ "$cmd" == *"$name"* ]]
 }
 
+# slurm SECONDS COMMAND ARGS...: a Slurm client command against this cluster, time-limited.
 slurm() {
-  SLURM_CONF="$D/slurm.conf" timeout "${2:-10}" "$1" "${@:3}"
+  SLURM_CONF="$D/slurm.conf" timeout "$1" "${@:2}"
 }
 
 node_state() {
@@ -99,9 +100,9 @@ cancel_jobs() {
   pid="$(recorded_pid slurmctld)"
   is_program slurmctld "$pid" || return 0
   [ -f "$D/slurm.conf" ] || return 0
-  slurm scancel 5 --partition=debug >/dev/null 2>&1 || return 0
+  slurm 5 scancel --partition=debug >/dev/null 2>&1 || return 0
   for ((i = 0; i < 40; i++)); do
-    if [ -z "$(slurm squeue 5 -h -t PD,R,CG,S,SO -o %i 2>/dev/null)" ]; then
+    if [ -z "$(slurm 5 squeue -h -t PD,R,CG,S,SO -o %i 2>/dev/null)" ]; then
       return 0
     fi
     sleep 0.25
@@ -181,7 +182,7 @@ EOF
 
 log_tails() {
   local f
-  for f in "$D"/munge/munged.log "$D"/slurmctld.log "$D"/slurmd.log "$D"/*.out; do
+  for f in "$D"/munge/munged.log "$D"/slurmctld.log "$D"/slurmd.log; do
     [ -f "$f" ] || continue
     echo "--- tail $f" >&2
     tail -n 20 "$f" >&2
@@ -196,10 +197,15 @@ fail_up() {
   exit 1
 }
 
+# wait_for WHAT DEADLINE COMMAND...: until COMMAND succeeds; fails `up` at DEADLINE ($SECONDS)
+# or as soon as a daemon started so far has exited.
 wait_for() {
-  local what="$1" deadline="$2"
+  local what="$1" deadline="$2" name pid
   shift 2
   until "$@"; do
+    while read -r name pid; do
+      is_program "$name" "$pid" || fail_up "$name (pid $pid) exited while waiting for $what in $D"
+    done <"$D/pids"
     [ "$SECONDS" -lt "$deadline" ] || fail_up "$what not ready after ${UP_TIMEOUT_S} s in $D"
     sleep 0.1
   done
@@ -212,6 +218,11 @@ munge_ok() {
 
 node_idle() {
   [ "$(node_state)" = idle ]
+}
+
+# Whether slurmctld's log, past byte $1, shows the scheduler's first pass.
+scheduler_ran() {
+  tail -c +"$(($1 + 1))" "$D/slurmctld.log" 2>/dev/null | grep -q 'SchedulerParameters='
 }
 
 write_conf() {
@@ -245,6 +256,7 @@ DependencyParameters=kill_invalid_depend
 EnforcePartLimits=ALL
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
+MailProg=/bin/true
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$D/jobcomp.txt
@@ -276,15 +288,15 @@ start_munged() {
   rm -f "$m/munge.sock" "$m/munge.sock.lock"
   setpriv --reuid=munge --regid=munge --init-groups \
     munged -F --socket="$m/munge.sock" --key-file="$m/munge.key" --pid-file="$m/munged.pid" \
-    --log-file="$m/munged.log" --seed-file="$m/munged.seed" \
-    </dev/null >>"$m/munged.out" 2>&1 &
+    --seed-file="$m/munged.seed" </dev/null >>"$m/munged.log" 2>&1 &
   echo "munged $!" >>"$D/pids"
 }
 
 up() {
-  local ports deadline
+  local deadline log_offset i
   if is_up; then
-    echo "slurm up: $D (SLURM_CONF=$D/slurm.conf) (already running)"
+    echo "slurm.sh: already running in $D" >&2
+    echo "slurm up: $D (SLURM_CONF=$D/slurm.conf)"
     return 0
   fi
   cancel_jobs
@@ -300,6 +312,7 @@ up() {
   write_conf "$ctld_port" "$slurmd_port"
   echo "export SLURM_CONF=$D/slurm.conf" >"$D/env"
   deadline=$((SECONDS + UP_TIMEOUT_S))
+  log_offset="$(stat -c %s "$D/slurmctld.log" 2>/dev/null || echo 0)"
   start_munged
   wait_for munged "$deadline" munge_ok
   SLURM_CONF="$D/slurm.conf" slurmctld -D -f "$D/slurm.conf" </dev/null >>"$D/slurmctld.out" 2>&1 &
@@ -307,6 +320,12 @@ up() {
   SLURM_CONF="$D/slurm.conf" slurmd -D -N localhost -f "$D/slurm.conf" </dev/null >>"$D/slurmd.out" 2>&1 &
   echo "slurmd $!" >>"$D/pids"
   wait_for "node localhost (sinfo idle)" "$deadline" node_idle
+  # slurmctld schedules for the first time ~3 s after it starts; a job submitted before that
+  # pends until then. Wait for that pass (best effort, at most 5 s: it is known by its log line).
+  for ((i = 0; i < 50; i++)); do
+    scheduler_ran "$log_offset" && break
+    sleep 0.1
+  done
   echo "slurm up: $D (SLURM_CONF=$D/slurm.conf)"
 }
 
@@ -329,20 +348,25 @@ status() {
   return 1
 }
 
+check_dir() {
+  case "$D" in
+    *[[:space:]]* | *[\'\"\\\$\`]*) die "DIR must not contain whitespace or quotes: $D" ;;
+  esac
+  # Unix sockets in DIR: munge/munge.sock.lock, slurmd/localhost_JOBID.STEPID (~35 bytes).
+  [ "${#D}" -le 64 ] || die "DIR is too long for unix socket paths (${#D} > 64 bytes): $D"
+}
+
 [ "$#" = 2 ] || usage
 cmd="$1"
 D="$(absolute "$2")"
 D="${D%/}"
-case "$D" in
-  *[[:space:]]* | *[\'\"\\\$\`]*) die "DIR must not contain whitespace or quotes: $D" ;;
-esac
-# munge: DIR/munge/munge.sock.lock; slurmstepd: DIR/slurmd/localhost_JOBID.STEPID (~30 more).
-[ "${#D}" -le 64 ] || die "DIR is too long for unix socket paths (${#D} > 64 bytes): $D"
+check_dir
 
 case "$cmd" in
   up)
     mkdir -p "$D"
     D="$(cd "$D" && pwd -P)"
+    check_dir
     up
     ;;
   down) down ;;

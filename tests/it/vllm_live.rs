@@ -9,7 +9,10 @@
 //!   version and agrees with this runtime's log-probs to f32 precision (canary ≤ 1e-3 nats);
 //! - every generated row records the vLLM server and weight version that made it;
 //! - a load the server cannot do (a path it cannot read) fails the stage with vLLM's own
-//!   message, and nothing is published.
+//!   message, and nothing is published;
+//! - the HTTP judge's client (`judge.wildguard.url`) on the same server: its requests are
+//!   accepted, the served model is read from `/v1/models`, and the greedy texts equal this
+//!   runtime's on the same weights.
 //!
 //! Needs the vLLM venv (`scripts/vllm.sh install`, run by `scripts/test.sh` and CI). With
 //! `SELF_REDTEAM_SKIP_ENGINES=1` (a developer's quick run) the test says it is skipped.
@@ -89,11 +92,23 @@ fn rollout_and_eval_on_a_live_vllm_load_and_verify_each_policy() {
     let vllm = Vllm::start(&view, tmp.path());
     assert_eq!(vllm.get("/weight_info")["weight_version"], "default");
 
+    // The judge's OpenAI path against the same server: the HTTP judge client's request is
+    // accepted whole, the served model is identified from `/v1/models`, and the greedy texts
+    // are this runtime's greedy texts for the same weights and prompts.
+    let served = vllm.get("/v1/models")["data"][0]["id"].as_str().expect("served model id").to_string();
+    let mut jc = self_redteam::judge::http::CompletionsConfig::new(format!("{}/v1/completions", vllm.url), served.clone());
+    jc.prompts_per_request = 2;
+    let client = self_redteam::judge::http::CompletionsClient::new(jc).expect("judge client");
+    let identity = client.served_identity().expect("identity").0.clone();
+    assert!(identity.contains(&served), "{identity}");
+    let prompts = vec!["The capital of France is".to_string(), "Write one word about the sea:".to_string(), "1, 2, 3,".to_string()];
+    let remote = client.complete(&prompts, 8).expect("judge completions on vLLM");
+    let policy = self_redteam::model::Policy::load(&view, tch::Device::Cpu, tch::Kind::Float).expect("load base");
+    let local = self_redteam::serve::TextGenerator::generate_greedy(&self_redteam::serve::policy::PolicyGenerator::new(policy), &prompts, 8).expect("local");
+    assert_eq!(remote, local, "vLLM's greedy texts vs this runtime's");
+
     let cfg = tmp.path().join("vllm.yaml");
-    let servers = format!(
-        "generation:\n  backend: server\n  engine: vllm\n  servers: [\"{}\"]\n  concurrency: 2\n  retries: 1\n  timeout_s: 300\n  canary_tolerance: 0.001\n",
-        vllm.url
-    );
+    let servers = format!("generation:\n  backend: server\n  engine: vllm\n  servers: [\"{}\"]\n  concurrency: 2\n  retries: 1\n  timeout_s: 300\n", vllm.url);
     std::fs::write(&cfg, format!("{body}\n{servers}")).expect("write config");
     let o = sr(&cfg, &store, &["run"]);
     assert!(o.status.success(), "run on vLLM: {}", text(&o));
