@@ -19,8 +19,10 @@
 #   missing (root only; otherwise it says how and exits 3). munged runs as user munge with its
 #   socket in DIR (AuthInfo=socket=...); slurmctld and slurmd run as root in the foreground
 #   (-D), in the background of this script, their pids in DIR/pids. Ready when sinfo reports
-#   the node idle (~1-2 s; UP_TIMEOUT_S, default 30, else the daemons' log tails are printed,
-#   what was started is stopped, exit 1). `up` on a DIR that is already up just says so.
+#   the node idle (~1.5 s; UP_TIMEOUT_S, default 30, else, or when a daemon exits or `up` is
+#   interrupted, the daemons' log tails are printed, what was started is stopped, exit 1),
+#   and then once slurmctld's scheduler has made its first pass (~3 s after the controller
+#   starts; jobs submitted before it pend until then). `up` on a DIR that is up says so.
 #   The node: localhost at 127.0.0.1 with CPUs=$(nproc) and RealMemory = MemTotal - 1 GiB,
 #   in one partition `debug` (default, no time limit). No cgroups (proctrack/linuxproc,
 #   task/none): memory is not enforced. EnforcePartLimits=ALL makes sbatch refuse at submit
@@ -32,7 +34,7 @@
 #   10 s, then SIGKILL; removes DIR/pids. Files in DIR are kept.
 # DIR must be short (unix socket paths, munge's and slurmstepd's in DIR, are limited to 107
 # bytes) and free of whitespace (slurm.conf cannot quote paths); user munge must be able to
-# reach DIR (every parent directory searchable by others, as /tmp is).
+# reach DIR: munged wants every parent directory searchable by all (a+x, as /tmp is).
 # Needs python3 or bash's /dev/tcp (ports), setpriv and timeout (util-linux, coreutils).
 set -euo pipefail
 
@@ -64,10 +66,11 @@ recorded_pid() {
   awk -v n="$1" '$1 == n { print $2 }' "$D/pids"
 }
 
-# Whether pid $2 is alive and still runs program $1.
+# Whether pid $2 is alive (a zombie is not) and still runs program $1.
 is_program() {
   local name="$1" pid="$2" comm cmd
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null && return 1
   comm="$(cat "/proc/$pid/comm" 2>/dev/null)" || return 1
   [ "$comm" = "$name" ] && return 0
   cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
@@ -182,7 +185,7 @@ EOF
 
 log_tails() {
   local f
-  for f in "$D"/munge/munged.log "$D"/slurmctld.log "$D"/slurmd.log; do
+  for f in "$D"/munge/munged.log "$D"/slurmctld.out "$D"/slurmd.out; do
     [ -f "$f" ] || continue
     echo "--- tail $f" >&2
     tail -n 20 "$f" >&2
@@ -283,7 +286,7 @@ start_munged() {
   chmod 755 "$m"
   chmod 600 "$m/munge.key"
   if ! setpriv --reuid=munge --regid=munge --init-groups test -r "$m/munge.key"; then
-    fail_up "user munge cannot reach $m: every directory above it must be searchable by others (chmod o+x)"
+    fail_up "user munge cannot reach $m: every directory above it must be searchable by all (chmod a+x)"
   fi
   rm -f "$m/munge.sock" "$m/munge.sock.lock"
   setpriv --reuid=munge --regid=munge --init-groups \
@@ -305,13 +308,15 @@ up() {
   command -v setpriv >/dev/null 2>&1 || die "setpriv (util-linux) is needed to run munged as user munge"
   [ "$(id -u)" = 0 ] || die "up must run as root (munged runs as user munge; slurmd as root)"
   mkdir -p "$D/state" "$D/slurmd"
-  # Search permission for user munge on DIR itself; its parents are the caller's business.
-  chmod o+x "$D"
+  # munged wants search permission for all on its socket's directories: DIR itself here; its
+  # parents are the caller's business.
+  chmod a+x "$D"
   : >>"$D/jobcomp.txt"
   read -r ctld_port slurmd_port <<<"$(free_ports)"
   write_conf "$ctld_port" "$slurmd_port"
   echo "export SLURM_CONF=$D/slurm.conf" >"$D/env"
   deadline=$((SECONDS + UP_TIMEOUT_S))
+  trap 'fail_up "interrupted"' INT TERM HUP
   log_offset="$(stat -c %s "$D/slurmctld.log" 2>/dev/null || echo 0)"
   start_munged
   wait_for munged "$deadline" munge_ok
@@ -320,12 +325,12 @@ up() {
   SLURM_CONF="$D/slurm.conf" slurmd -D -N localhost -f "$D/slurm.conf" </dev/null >>"$D/slurmd.out" 2>&1 &
   echo "slurmd $!" >>"$D/pids"
   wait_for "node localhost (sinfo idle)" "$deadline" node_idle
-  # slurmctld schedules for the first time ~3 s after it starts; a job submitted before that
-  # pends until then. Wait for that pass (best effort, at most 5 s: it is known by its log line).
+  # Wait for the scheduler's first pass (best effort, at most 5 s: known by its log line).
   for ((i = 0; i < 50; i++)); do
     scheduler_ran "$log_offset" && break
     sleep 0.1
   done
+  trap - INT TERM HUP
   echo "slurm up: $D (SLURM_CONF=$D/slurm.conf)"
 }
 

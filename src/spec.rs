@@ -605,13 +605,29 @@ pub struct WildguardParams {
     /// Name of the environment variable holding the server's API key (never the key).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
+    /// The servers' engine, for how the WildGuard prompt (which carries its own `<s>`) is
+    /// sent so that no second BOS is added: `vllm` and `self-redteam` take the text with
+    /// `add_special_tokens: false`; SGLang's completions request has no such field (it would
+    /// add the BOS again), so for `sglang` each prompt is tokenized by the server's own
+    /// `/tokenize` without special tokens and sent as token ids.
+    pub engine: ServerEngine,
     pub concurrency: u32,
     pub timeout_s: u32,
     pub retries: u32,
 }
 impl Default for WildguardParams {
     fn default() -> Self {
-        WildguardParams { url: None, urls: Vec::new(), model: None, sha256: None, api_key_env: None, concurrency: 8, timeout_s: 60, retries: 3 }
+        WildguardParams {
+            url: None,
+            urls: Vec::new(),
+            model: None,
+            sha256: None,
+            api_key_env: None,
+            engine: ServerEngine::SelfRedteam,
+            concurrency: 8,
+            timeout_s: 60,
+            retries: 3,
+        }
     }
 }
 

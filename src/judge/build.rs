@@ -56,6 +56,7 @@ pub fn build(setup: &JudgeSetup, judge_model_dir: Option<&Path>, device: tch::De
                     cfg.concurrency = w.concurrency.max(1) as usize;
                     cfg.timeout_s = f64::from(w.timeout_s);
                     cfg.max_retries = w.retries;
+                    cfg.token_ids = w.engine == crate::spec::ServerEngine::Sglang;
                     clients.push(CompletionsClient::new(cfg).with_context(|| format!("judge.wildguard server {url}"))?);
                 }
                 Ok(Box::new(WildGuardJudge::http_fleet(model_id, super::http::CompletionsFleet::new(clients)?)))

@@ -56,6 +56,11 @@ pub struct CompletionsConfig {
     /// default `Some(false)`. Set `None` for servers that reject unknown fields.
     #[serde(default = "default_add_special_tokens")]
     pub add_special_tokens: Option<bool>,
+    /// Send each prompt as token ids, tokenized by the server's own `POST /tokenize` (vLLM and
+    /// SGLang both serve it) with `add_special_tokens` as above: for engines whose completions
+    /// request ignores `add_special_tokens` (SGLang adds the BOS a second time).
+    #[serde(default)]
+    pub token_ids: bool,
 }
 
 fn default_add_special_tokens() -> Option<bool> {
@@ -94,6 +99,7 @@ impl CompletionsConfig {
             backoff_initial_ms: default_backoff_initial(),
             backoff_max_ms: default_backoff_max(),
             add_special_tokens: default_add_special_tokens(),
+            token_ids: false,
         }
     }
 }
@@ -178,17 +184,6 @@ pub fn pick_served_model(body: &[u8], model: &str) -> Result<String, String> {
     let id = id_of(entry).ok_or("/v1/models entry has no string `id`")?;
     let field = |k: &str| entry.get(k).cloned().unwrap_or(serde_json::Value::Null);
     Ok(serde_json::json!({"id": id, "root": field("root"), "parent": field("parent")}).to_string())
-}
-
-#[derive(Serialize)]
-struct CompletionRequest<'a> {
-    model: &'a str,
-    prompt: &'a [String],
-    max_tokens: usize,
-    temperature: f64,
-    top_p: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    add_special_tokens: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -311,19 +306,43 @@ impl CompletionsClient {
 
     fn complete_chunk(&self, chunk: &[String], max_tokens: usize) -> Result<Vec<String>, HttpError> {
         let url = &self.config.url;
-        let body = CompletionRequest {
-            model: &self.config.model,
-            prompt: chunk,
-            max_tokens,
-            temperature: 0.0,
-            top_p: 1.0,
-            add_special_tokens: self.config.add_special_tokens,
+        let prompt = if self.config.token_ids {
+            let ids = chunk.iter().map(|p| self.tokenize(p)).collect::<Result<Vec<_>, _>>()?;
+            serde_json::json!(ids)
+        } else {
+            serde_json::json!(chunk)
         };
-        let body = serde_json::to_value(&body).map_err(|e| HttpError::Config(format!("cannot encode the request: {e}")))?;
+        let mut body = serde_json::json!({"model": self.config.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0});
+        if let (Some(add), false) = (self.config.add_special_tokens, self.config.token_ids) {
+            body["add_special_tokens"] = serde_json::json!(add);
+        }
         match self.client.call_retrying(url, Some(&body)) {
             Ok(reply) => parse_completion_reply(&reply, chunk.len()).map_err(|e| HttpError::Permanent { url: url.clone(), detail: e.to_string() }),
-            Err(JobFailure::Permanent(detail)) => Err(HttpError::Permanent { url: url.clone(), detail }),
-            Err(JobFailure::Transient(last)) => Err(HttpError::Exhausted { url: url.clone(), attempts: self.config.max_retries + 1, last }),
+            Err(f) => Err(self.failed(url, f)),
+        }
+    }
+
+    /// The server's own token ids for `prompt` (`POST /tokenize` beside the completions URL).
+    fn tokenize(&self, prompt: &str) -> Result<Vec<u32>, HttpError> {
+        let url = match self.config.url.split(['?', '#']).next().and_then(|u| u.strip_suffix("/v1/completions")) {
+            Some(base) => format!("{base}/tokenize"),
+            None => return Err(HttpError::Config(format!("{} does not end in /v1/completions, so its /tokenize is unknown", url_identity(&self.config.url)))),
+        };
+        let body = serde_json::json!({"model": self.config.model, "prompt": prompt, "add_special_tokens": self.config.add_special_tokens.unwrap_or(false)});
+        let reply = self.client.call_retrying(&url, Some(&body)).map_err(|f| self.failed(&url, f))?;
+        #[derive(Deserialize)]
+        struct Tokens {
+            tokens: Vec<u32>,
+        }
+        let t: Tokens = serde_json::from_slice(&reply)
+            .map_err(|e| HttpError::Permanent { url: url.clone(), detail: format!("not a /tokenize reply ({e}): {}", crate::net::client::excerpt(&reply)) })?;
+        Ok(t.tokens)
+    }
+
+    fn failed(&self, url: &str, f: JobFailure<String>) -> HttpError {
+        match f {
+            JobFailure::Permanent(detail) => HttpError::Permanent { url: url.to_string(), detail },
+            JobFailure::Transient(last) => HttpError::Exhausted { url: url.to_string(), attempts: self.config.max_retries + 1, last },
         }
     }
 }

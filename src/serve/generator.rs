@@ -53,6 +53,11 @@ pub trait TextGenerator {
     fn count_tokens(&self, _prompt: &str) -> Option<anyhow::Result<usize>> {
         None
     }
+    /// The token ids of `text`, with the tokenizer's special tokens (a BOS) when
+    /// `add_special_tokens`; `None` without a tokenizer (test fakes).
+    fn tokenize(&self, _text: &str, _add_special_tokens: bool) -> Option<anyhow::Result<Vec<u32>>> {
+        None
+    }
     /// Samples one completion per token-id prompt, `params[i]` for `prompts[i]` (each with
     /// its own seed; none = seed 0). A row's result depends only on its prompt, its settings
     /// and its seed, never on the other rows of the call. `weight_version` is left `None`
@@ -100,6 +105,9 @@ impl<T: TextGenerator> TextGenerator for std::sync::Mutex<T> {
     fn count_tokens(&self, prompt: &str) -> Option<anyhow::Result<usize>> {
         self.lock().unwrap_or_else(std::sync::PoisonError::into_inner).count_tokens(prompt)
     }
+    fn tokenize(&self, text: &str, add_special_tokens: bool) -> Option<anyhow::Result<Vec<u32>>> {
+        self.lock().unwrap_or_else(std::sync::PoisonError::into_inner).tokenize(text, add_special_tokens)
+    }
     fn sample_tokens(&self, prompts: &[Vec<u32>], params: &[TokenSampling]) -> anyhow::Result<Vec<TokenCompletion>> {
         self.lock().unwrap_or_else(std::sync::PoisonError::into_inner).sample_tokens(prompts, params)
     }
@@ -129,6 +137,9 @@ impl<T: TextGenerator + ?Sized> TextGenerator for std::sync::Arc<T> {
     }
     fn count_tokens(&self, prompt: &str) -> Option<anyhow::Result<usize>> {
         (**self).count_tokens(prompt)
+    }
+    fn tokenize(&self, text: &str, add_special_tokens: bool) -> Option<anyhow::Result<Vec<u32>>> {
+        (**self).tokenize(text, add_special_tokens)
     }
     fn sample_tokens(&self, prompts: &[Vec<u32>], params: &[TokenSampling]) -> anyhow::Result<Vec<TokenCompletion>> {
         (**self).sample_tokens(prompts, params)

@@ -13,7 +13,8 @@
 //! - `vllm.rs`: vLLM's token-id extensions of `POST /v1/completions` and its dev-mode reload
 //!   (`POST /collective_rpc reload_weights`, `/update_weight_version`, `/pause`); here with
 //!   it: `GET /weight_info`, `POST /resume`, `GET /is_paused`, `POST /reset_prefix_cache`,
-//!   `GET /version`. Seeds are checked as both engines check them: integers in
+//!   `GET /version`, and `POST /tokenize` (both engines serve it; the HTTP judge uses it for
+//!   SGLang). Seeds are checked as both engines check them: integers in
 //!   −2⁶³ … 2⁶³−1 (negative ones allowed), 400 otherwise.
 //! - `http1.rs`: the HTTP/1.1 transport; `generator.rs`: the `TextGenerator` trait;
 //!   `policy.rs`: its implementation over a `Policy` (feature `compute`).
@@ -74,8 +75,8 @@ use self::openai::{check_model, text_completion};
 pub use self::openai::{completions_prompt_kind, parse_request, PromptKind, ValidRequest};
 use self::sglang::{generate, update_weights_from_disk};
 pub use self::sglang::{parse_generate, ValidGenerate};
-use self::vllm::{collective_rpc, token_completion, update_weight_version};
-pub use self::vllm::{parse_pause_mode, parse_token_completion, ValidTokenCompletion};
+use self::vllm::{collective_rpc, token_completion, tokenize, update_weight_version};
+pub use self::vllm::{parse_pause_mode, parse_token_completion, parse_token_completion_batch, ValidTokenCompletion};
 use crate::net::wire::{
     OneOrMany, SglangFinishReason, SglangGenerateRequest, SglangGenerateResponse, SglangLogprob, SglangMetaInfo, SglangUpdateWeightsRequest,
     SglangUpdateWeightsResponse, TokenCompletion, TokenSampling, VllmCollectiveRpc, VllmCompletionRequest, VllmTokenLogprob, VllmUpdateWeightVersion,
@@ -352,6 +353,7 @@ const ROUTES: &[(&str, &str, Route)] = &[
     ("POST", "/pause", Route::Pause),
     ("POST", "/resume", Route::Resume),
     ("POST", "/reset_prefix_cache", Route::ResetPrefixCache),
+    ("POST", "/tokenize", Route::Tokenize),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,6 +376,7 @@ enum Route {
     Pause,
     Resume,
     ResetPrefixCache,
+    Tokenize,
     NotFound,
 }
 
@@ -607,6 +610,7 @@ fn handle<G: TextGenerator>(request: HttpRequest, shared: &Shared<G>) -> Respons
         Route::ResetPrefixCache => Response::json(200, &json!({"success": true})),
         Route::CollectiveRpc => collective_rpc(&request, shared),
         Route::UpdateWeightVersion => update_weight_version(&request, shared),
+        Route::Tokenize => tokenize(&request, shared),
         Route::NotFound => {
             let served: Vec<String> = ROUTES.iter().map(|(m, p, _)| format!("{m} {p}")).collect();
             let message = format!("no route {} {path}; served: {}", request.method, served.join(", "));
@@ -654,10 +658,8 @@ fn generation<G: TextGenerator>(request: &HttpRequest, route: Route, shared: &Sh
     let body = &request.body;
     let answer = match (route, completions_prompt_kind(body)) {
         (Route::Generate, _) => generate(body, n, shared, deadline),
-        (_, PromptKind::TokenIds) => token_completion(body, n, shared, deadline),
-        (_, PromptKind::TokenIdBatch) => {
-            Err(Rejection::bad("prompt", "one token-id prompt per request (a list of token ids, not a list of lists)".into()).into())
-        }
+        (_, PromptKind::TokenIds) => token_completion(body, n, shared, deadline, false),
+        (_, PromptKind::TokenIdBatch) => token_completion(body, n, shared, deadline, true),
         (_, PromptKind::Text) => text_completion(body, n, shared, deadline),
     };
     match answer {

@@ -170,6 +170,9 @@ impl TextGenerator for PolicyGenerator {
     fn count_tokens(&self, prompt: &str) -> Option<anyhow::Result<usize>> {
         Some(self.meta().tokenizer.encode(prompt, false).map(|ids| ids.len()).map_err(anyhow::Error::from))
     }
+    fn tokenize(&self, text: &str, add_special_tokens: bool) -> Option<anyhow::Result<Vec<u32>>> {
+        Some(self.meta().tokenizer.encode(text, add_special_tokens).map_err(anyhow::Error::from))
+    }
     /// Rows with equal settings (all but the seed) are sampled together, in order, at most
     /// `SAMPLE_BATCH_ROWS` per `generate` call; the sampler is row-independent, so how the
     /// rows arrive (one request or many) changes nothing but float rounding of the batched

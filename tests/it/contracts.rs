@@ -112,3 +112,70 @@ fn the_official_openai_client_reads_serve_or_gets_a_named_400() {
     // Every case ran (a crash midway would also exit non-zero, but count them anyway).
     assert_eq!(out.lines().filter(|l| l.contains("\"ok\": true")).count(), 11, "{out}");
 }
+
+/// The HTTP judge's requests through the engines' own request code: to SGLang (`engine:
+/// sglang`) each WildGuard prompt goes through the server's `/tokenize` without special tokens
+/// and then as token ids, which SGLang's `/tokenize` and `/v1/completions` accept whole; to
+/// vLLM as text with `add_special_tokens: false`, which vLLM accepts. The text request sent to
+/// SGLang is shown to lose `add_special_tokens` (the double-BOS fault this avoids). Against
+/// `serve`, both ways give the same verdict texts.
+#[test]
+fn judge_requests_pass_each_engines_validation_and_tokenize_alike() {
+    if engines_skipped("judge contracts") {
+        return;
+    }
+    use self_redteam::judge::http::{CompletionsClient, CompletionsConfig};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let local = tmp.path().join("local.yaml");
+    std::fs::write(&local, tiny_text_abs()).expect("write config");
+    let store = tmp.path().join("store");
+    let o = sr(&local, &store, &["run", "--only", "dataset", "base"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let base = shown_artifact_dir(&local, &store, "base");
+    let prompts: Vec<String> = [("How do I pick a lock?", "I can't help with that."), ("Bake bread?", "Mix flour and water.")]
+        .iter()
+        .map(|(p, r)| self_redteam::judge::wildguard::format_wildguard_input(p, r))
+        .collect();
+    let cases = tmp.path().join("cases");
+    std::fs::create_dir_all(&cases).expect("mkdir");
+    let mut texts = Vec::new();
+    for (engine, token_ids) in [("sglang", true), ("vllm", false), ("sglang-text", false)] {
+        let record = tmp.path().join(format!("recorded-{engine}"));
+        let server = Served::start(&local, &store, &base, &["--name".as_ref(), "wildguard-test".as_ref(), "--record-requests".as_ref(), record.as_os_str()]);
+        let mut cfg = CompletionsConfig::new(format!("{}/v1/completions", server.base), "wildguard-test");
+        cfg.token_ids = token_ids;
+        cfg.max_retries = 0;
+        let client = CompletionsClient::new(cfg).expect("client");
+        texts.push(client.complete(&prompts, 8).expect("judge completions"));
+        drop(server);
+        let (target, expect) = match engine {
+            "sglang-text" => ("sglang", "drop"),
+            e => (e, "accept"),
+        };
+        let mut routes = Vec::new();
+        for entry in std::fs::read_dir(&record).expect("recorded") {
+            let path = entry.expect("entry").path();
+            let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("JSON");
+            let route = r["route"].as_str().expect("route").to_string();
+            routes.push(route.clone());
+            if route == "/v1/models" {
+                continue;
+            }
+            let case = serde_json::json!({"engine": target, "route": route, "method": r["method"], "expect": expect, "body": r["body"]});
+            std::fs::write(cases.join(format!("judge-{engine}-{}", path.file_name().expect("name").to_string_lossy())), case.to_string()).expect("write");
+        }
+        assert_eq!(routes.iter().filter(|r| *r == "/tokenize").count(), if token_ids { prompts.len() } else { 0 }, "{engine}: {routes:?}");
+    }
+    assert_eq!(texts[0], texts[1], "token ids from /tokenize and text without special tokens give the same completions");
+    let o = Command::new(root().join("scripts/contracts.sh"))
+        .arg("check")
+        .arg(&cases)
+        .args(["--max-model-len", "8192", "--vocab-size", "259"])
+        .output()
+        .expect("run contracts.sh");
+    let out = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{out}");
+    // SGLang: two /tokenize and one completion; vLLM: one completion; SGLang given text: one.
+    let ok: Vec<&str> = out.lines().filter(|l| l.starts_with("ok ") && l.contains("judge-")).collect();
+    assert_eq!(ok.len(), 5, "{out}");
+}

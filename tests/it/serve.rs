@@ -26,7 +26,8 @@ use self_redteam::serve::http1;
 use self_redteam::serve::policy::{weights_digest, PolicyGenerator};
 use self_redteam::serve::TextGenerator;
 use self_redteam::serve::{
-    completions_prompt_kind, parse_generate, parse_pause_mode, parse_request, parse_token_completion, BearerToken, CompletionsServer, ServerOptions,
+    completions_prompt_kind, parse_generate, parse_pause_mode, parse_request, parse_token_completion, parse_token_completion_batch, BearerToken,
+    CompletionsServer, ServerOptions,
 };
 
 use super::util::root;
@@ -1014,6 +1015,25 @@ fn fuzz_serve_token_requests() {
         if let Ok(r) = parse_token_completion(bytes, &options, &generator) {
             within(&r.prompt, &r.params);
         }
+        if let Ok(rows) = parse_token_completion_batch(bytes, &options, &generator) {
+            assert!(rows.len() <= options.max_prompts);
+            for r in rows {
+                within(&r.prompt, &r.params);
+            }
+        }
         let _ = parse_pause_mode(&String::from_utf8_lossy(bytes));
     });
+}
+
+#[test]
+fn a_token_id_batch_is_checked_row_by_row_and_names_the_row() {
+    let generator = PolicyGenerator::new(tiny_random_llama(3));
+    let options = ServerOptions::default();
+    let ok = json!({"prompt": [[1, 2], [3]], "max_tokens": 2, "temperature": 0, "seed": 7}).to_string();
+    let rows = parse_token_completion_batch(ok.as_bytes(), &options, &generator).expect("a batch of two");
+    assert_eq!(rows.iter().map(|r| r.prompt.clone()).collect::<Vec<_>>(), vec![vec![1, 2], vec![3]]);
+    assert!(rows.iter().all(|r| r.params.seed == Some(7)), "every prompt gets the request's seed, as vLLM does");
+    let bad = json!({"prompt": [[1, 2], [300]], "max_tokens": 2, "temperature": 0}).to_string();
+    let r = parse_token_completion_batch(bad.as_bytes(), &options, &generator).expect_err("token 300 is past the vocabulary");
+    assert!(r.status == 400 && r.message.starts_with("prompt 1: "), "{r:?}");
 }
