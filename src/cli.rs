@@ -71,6 +71,10 @@ pub enum Command {
         /// with 1.
         #[arg(long, default_value_t = 1)]
         jobs: usize,
+        /// Where each node is computed: `local` (a child process here) or `slurm` (a job on
+        /// the cluster, `slurm:` in the pipeline file); default: `run.executor`.
+        #[arg(long, value_enum)]
+        executor: Option<crate::spec::ExecutorKind>,
         #[arg(long)]
         json: bool,
     },
@@ -353,10 +357,11 @@ pub fn run_main() -> ! {
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.global.log_level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     // First Ctrl-C: stop after the current node (or at the stage's next check), keeping
-    // everything finished. Second Ctrl-C: exit at once; the store stays consistent
-    // because nothing is visible before its atomic rename.
+    // everything finished. Second Ctrl-C: cancel this engine's cluster jobs and exit at once;
+    // the store stays consistent because nothing is visible before its atomic rename.
     let _ = ctrlc::set_handler(|| {
         if crate::engine::CANCEL.swap(true, Ordering::SeqCst) {
+            crate::executor::cluster::cancel_all_now();
             std::process::exit(130);
         }
         eprintln!("interrupt: finishing cleanly (Ctrl-C again to quit now)");
@@ -399,11 +404,31 @@ pub fn main_with(cli: Cli) -> Result<i32> {
         return crate::executor::delegate();
     }
     match cli.command {
-        Command::Run { iterations, only, from, force, in_process, jobs, json } => {
+        Command::Run { iterations, only, from, force, in_process, jobs, executor, json } => {
             let (spec, plan, _) = load(g, iterations)?;
             let mut engine = Engine::new(&spec, plan, Store::open(&g.store)?);
+            let kind = executor.unwrap_or(spec.raw.run.executor);
+            if in_process && kind == crate::spec::ExecutorKind::Slurm {
+                anyhow::bail!("run --in-process computes every node in this process; it cannot be combined with the slurm executor");
+            }
             if !in_process {
-                engine.executor = Executor::Process { program: crate::executor::compute_program()? };
+                let program = crate::executor::compute_program()?;
+                engine.executor = match kind {
+                    crate::spec::ExecutorKind::Local => Executor::Process { program },
+                    crate::spec::ExecutorKind::Slurm => {
+                        let s = &spec.raw.slurm;
+                        // The program and the store as the jobs see them: absolute paths.
+                        let program = std::path::absolute(&program).unwrap_or(program);
+                        Executor::Cluster {
+                            scheduler: std::sync::Arc::new(crate::executor::slurm::Slurm::new(s)),
+                            options: crate::executor::cluster::ClusterOptions {
+                                program,
+                                poll: std::time::Duration::from_secs(u64::from(s.poll_s)),
+                                grace: std::time::Duration::from_secs(u64::from(s.grace_s)),
+                            },
+                        }
+                    }
+                };
             }
             // Text: one line per node on stderr as it ends, then the count.
             let out = run::run(&engine, &RunOptions { only, from, force, jobs }, &mut |r: &NodeReport| {

@@ -269,7 +269,15 @@ impl<'a> Engine<'a> {
     /// Run the plan (or the selected nodes); `report` gets one line per node as it ends.
     pub fn run(&self, opts: &RunOptions, report: &mut dyn FnMut(&NodeReport)) -> Result<RunSummary> {
         let _lock = self.store.lock()?;
-        self.store.repair()?;
+        // Jobs an earlier engine left running on the cluster keep their staging directories
+        // (they publish when they end); the run adopts them (src/executor/cluster.rs).
+        let keep: Vec<(String, Key)> = match &self.executor {
+            Executor::Cluster { scheduler, .. } => {
+                crate::executor::cluster::live_claims(scheduler.as_ref(), self.store.root()).into_iter().map(|(c, _)| (c.stage, c.key)).collect()
+            }
+            _ => Vec::new(),
+        };
+        self.store.repair_keeping(&keep)?;
         let selected: HashSet<usize> = if opts.only.is_empty() && opts.from.is_none() {
             (0..self.plan.nodes.len()).collect()
         } else {
@@ -305,7 +313,7 @@ impl<'a> Engine<'a> {
         self.verify_sources(&to_check)?;
 
         let jobs = opts.jobs.max(1);
-        if jobs > 1 && self.executor == Executor::InProcess {
+        if jobs > 1 && matches!(self.executor, Executor::InProcess) {
             return Err(EngineError::Ref(format!("run --jobs {jobs} needs one process per stage; drop --in-process or use --jobs 1")));
         }
         // A scheduler over the plan (in plan order, which is a topological order): a node is
@@ -462,10 +470,10 @@ impl<'a> Engine<'a> {
 
     /// Compute one node with the engine's executor and return its published artifact.
     fn run_node(&self, node: &Node, components: KeyComponents, inputs: Vec<InputArtifact>, replace: bool) -> Result<Artifact> {
-        let Executor::Process { program } = &self.executor else {
-            return self.execute(node, components, inputs, &self.store, replace);
-        };
         let name = node.name();
+        if matches!(self.executor, Executor::InProcess) {
+            return self.execute(node, components, inputs, &self.store, replace);
+        }
         let key = components.key();
         let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         let job = Job {
@@ -480,9 +488,18 @@ impl<'a> Engine<'a> {
             replace,
         };
         let failed = |status: String, stderr_tail: String| EngineError::ChildFailed { node: name.clone(), key: key.to_string(), status, stderr_tail };
-        let path = job.write(&self.store.root().join(".tmp")).map_err(|e| failed(format!("could not write its job file: {e:#}"), String::new()))?;
-        let outcome = crate::executor::run_child(program, &path, &CANCEL);
-        let _ = std::fs::remove_file(&path);
+        let outcome = match &self.executor {
+            Executor::Cluster { scheduler, options } => {
+                crate::executor::cluster::run_job(scheduler, options, self.store.root(), &job, node.id.kind.name(), &CANCEL)
+            }
+            Executor::Process { program } => {
+                let path = job.write(&self.store.root().join(".tmp")).map_err(|e| failed(format!("could not write its job file: {e:#}"), String::new()))?;
+                let outcome = crate::executor::run_child(program, &path, &CANCEL);
+                let _ = std::fs::remove_file(&path);
+                outcome
+            }
+            Executor::InProcess => unreachable!("handled above"),
+        };
         match outcome {
             Ok(()) => self.store.load(node.id.kind.name(), &key)?.ok_or_else(|| failed("exited with status 0 but published nothing".into(), String::new())),
             Err(f) if f.interrupted => Err(EngineError::Interrupted { node: name }),
@@ -572,6 +589,15 @@ impl<'a> Engine<'a> {
                 eprintln!("failpoint abort:{name}: aborting");
                 std::process::abort();
             }
+            // A slow stage for the executor tests: jobs that are still running when the engine
+            // is killed or interrupted.
+            if let Some(secs) = std::env::var(FAILPOINT_ENV).ok().and_then(|v| v.strip_prefix("delay:").and_then(|s| s.parse::<f64>().ok())) {
+                let until = Instant::now() + std::time::Duration::from_secs_f64(secs);
+                while Instant::now() < until {
+                    ctx.check_cancelled()?;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            }
             #[cfg(feature = "compute")]
             return node.id.kind.run(self.spec, &mut ctx);
             #[cfg(not(feature = "compute"))]
@@ -609,6 +635,7 @@ impl<'a> Engine<'a> {
         m.files = out.files;
         m.metrics = out.metrics;
         m.verdict_judges = out.verdict_judges;
+        m.ran_on = crate::executor::cluster::ran_on();
         m.timing = Timing { started_unix_ms: started, seconds: t0.elapsed().as_secs_f64(), parts: out.timing };
         Ok(target.publish(staging, m, replace)?)
     }

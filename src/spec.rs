@@ -55,10 +55,89 @@ pub struct RunParams {
     pub device: Device,
     /// Intra-op threads for CPU stages. Not in any key (see Device).
     pub threads: u32,
+    /// Where `run` computes a node: `local` (a child process on this machine) or `slurm` (a
+    /// job on a Slurm cluster, `slurm:`). Not in any key: where a node runs never changes
+    /// what it computes.
+    pub executor: ExecutorKind,
 }
 impl Default for RunParams {
     fn default() -> Self {
-        RunParams { seed: 8888, iterations: 10, device: Device::Cpu, threads: 2 }
+        RunParams { seed: 8888, iterations: 10, device: Device::Cpu, threads: 2, executor: ExecutorKind::Local }
+    }
+}
+
+/// `run.executor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    #[default]
+    Local,
+    Slurm,
+}
+
+/// `slurm:` — how `run.executor: slurm` submits each node (src/executor/slurm.rs,
+/// docs/executor.md). Nothing here enters any key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmParams {
+    /// `sbatch --partition`; unset = the cluster's default partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// `sbatch --account`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// `sbatch --qos`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<String>,
+    /// More `sbatch` arguments, passed as given (e.g. `["--constraint=a100"]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_args: Vec<String>,
+    /// Variables set for every job on top of the submitting environment, which jobs inherit
+    /// (`--export=ALL,NAME=VALUE,…`), e.g. `HF_HOME: /scratch/hf`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Resources per stage kind (`rollout`, `update`, …), and `default` for the others.
+    pub resources: BTreeMap<String, SlurmResources>,
+    /// Seconds between two polls of a job's state.
+    pub poll_s: u32,
+    /// After Ctrl-C, seconds a job gets to stop on its SIGINT before it is cancelled.
+    pub grace_s: u32,
+}
+impl Default for SlurmParams {
+    fn default() -> Self {
+        SlurmParams {
+            partition: None,
+            account: None,
+            qos: None,
+            extra_args: Vec::new(),
+            env: BTreeMap::new(),
+            resources: BTreeMap::from([("default".to_string(), SlurmResources { cpus: Some(2), ..SlurmResources::default() })]),
+            poll_s: 1,
+            grace_s: 60,
+        }
+    }
+}
+
+/// One stage kind's request: `--cpus-per-task`, `--gpus`, `--mem`, `--time`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmResources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+    /// As `sbatch --mem` takes it: `16G`, `4000M`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<String>,
+    /// As `sbatch --time` takes it: `30`, `4:00:00`, `1-00:00:00`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+}
+
+impl SlurmParams {
+    /// The resources of stage kind `stage`: its own entry, else `default`, else none.
+    pub fn resources_of(&self, stage: &str) -> SlurmResources {
+        self.resources.get(stage).or_else(|| self.resources.get("default")).cloned().unwrap_or_default()
     }
 }
 
@@ -967,6 +1046,7 @@ pub struct RawSpec {
     pub sft: SftParams,
     pub eval: EvalParams,
     pub generation: GenerationParams,
+    pub slurm: SlurmParams,
 }
 
 /// The validated spec (step 2): sections plus resolved absolute paths. The resolved paths
@@ -1018,6 +1098,32 @@ impl Spec {
             if !v.is_finite() || !range.contains(v) {
                 return Err(bad(&path, format!("must be finite and {}, got {v}", range.describe())));
             }
+        }
+        for (stage, r) in &raw.slurm.resources {
+            let at = format!("slurm.resources.{stage}");
+            if stage != "default" && !crate::stages::StageKind::ALL.iter().any(|k| k.name() == stage) {
+                let names: Vec<&str> = crate::stages::StageKind::ALL.iter().map(|k| k.name()).collect();
+                return Err(bad(&at, format!("not a stage kind: expected `default` or one of {}", names.join(", "))));
+            }
+            if r.cpus == Some(0) {
+                return Err(bad(&format!("{at}.cpus"), "must be at least 1".into()));
+            }
+            for (field, v) in [("mem", &r.mem), ("time", &r.time)] {
+                if v.as_deref().is_some_and(|v| v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == ':' || c == '-')) {
+                    return Err(bad(&format!("{at}.{field}"), format!("expected a value as sbatch --{field} takes it (e.g. 16G, 4:00:00), got {v:?}")));
+                }
+            }
+        }
+        for (name, value) in &raw.slurm.env {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.starts_with(|c: char| c.is_ascii_digit()) {
+                return Err(bad(&format!("slurm.env.{name}"), "expected an environment variable name (letters, digits, `_`)".into()));
+            }
+            if value.contains(',') {
+                return Err(bad(&format!("slurm.env.{name}"), format!("sbatch --export cannot pass a value with a comma, got {value:?}")));
+            }
+        }
+        if raw.slurm.poll_s == 0 {
+            return Err(bad("slurm.poll_s", "must be at least 1".into()));
         }
         let d = &raw.dataset;
         if d.harmful.is_empty() {

@@ -96,6 +96,19 @@ pub struct Manifest {
     /// judges that some remaining artifact names here and removes the rest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub verdict_judges: Vec<String>,
+    /// Where the stage ran when it was a cluster job; absent for a local run. Provenance
+    /// only: in no key and not in the content digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran_on: Option<RanOn>,
+}
+
+/// A cluster job's identity: the scheduler, its job id and the host it ran on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RanOn {
+    pub scheduler: String,
+    pub job_id: String,
+    pub host: String,
 }
 
 impl Manifest {
@@ -117,6 +130,7 @@ impl Manifest {
             program: ProgramInfo::current(),
             thinned: Vec::new(),
             verdict_judges: Vec::new(),
+            ran_on: None,
         }
     }
 

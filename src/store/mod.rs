@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub use key::{content_digest, digest_file, Digest, Key, KeyComponents};
-pub use manifest::{FileEntry, InputRecord, Manifest, ProgramInfo, Timing, MANIFEST_FILE, MANIFEST_VERSION};
+pub use manifest::{FileEntry, InputRecord, Manifest, ProgramInfo, RanOn, Timing, MANIFEST_FILE, MANIFEST_VERSION};
 
 /// Errors of the store. Each names the artifact directory or file concerned.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +41,8 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 /// Environment variable naming a point at which the process pauses (until killed): a node
 /// name (the engine: outputs written, before publishing; `panic:NODE` panics inside that
-/// node's stage instead, `abort:NODE` aborts its process), `gc-removing` (an artifact moved
+/// node's stage instead, `abort:NODE` aborts its process, `delay:SECS` makes every stage wait
+/// SECS seconds before it runs, stopping early on Ctrl-C), `gc-removing` (an artifact moved
 /// out of place, before its files are deleted) or `publish-replacing` (`run --force`: the
 /// old artifact moved aside, before the new one is renamed into place). Tests kill the
 /// process there and check that the next run recovers.
@@ -281,12 +282,20 @@ impl Store {
     /// an interrupted `run --force` had moved aside before its replacement was published.
     /// Call only under the lock. Returns the number of entries removed.
     pub fn clean_tmp(&self) -> Result<usize> {
+        self.clean_tmp_keeping(&[])
+    }
+
+    /// `clean_tmp`, keeping entries whose names start with one of `prefixes`.
+    fn clean_tmp_keeping(&self, prefixes: &[String]) -> Result<usize> {
         let tmp = self.tmp_root();
         let mut n = 0;
         if let Ok(rd) = fs::read_dir(&tmp) {
             for e in rd.flatten() {
                 let p = e.path();
                 let name = e.file_name().to_string_lossy().to_string();
+                if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+                    continue;
+                }
                 if let Some(restored) = self.restore_replaced(&name, &p)? {
                     eprintln!("store {}: put back {} (an interrupted `run --force` had moved it aside)", self.root.display(), restored.display());
                     continue;
@@ -341,12 +350,19 @@ impl Store {
     /// Move every [`Leftover`] out of place (into `.tmp`, then delete it), so the node can be
     /// built again; returns what was removed. Call only under the lock.
     pub fn repair(&self) -> Result<Vec<Leftover>> {
+        self.repair_keeping(&[])
+    }
+
+    /// [`repair`](Self::repair), leaving in `.tmp` the staging directories of `keep` (stage,
+    /// key): nodes another process (a cluster job) is still computing.
+    pub fn repair_keeping(&self, keep: &[(String, Key)]) -> Result<Vec<Leftover>> {
         let found = self.leftovers()?;
         for l in &found {
             self.move_out(&l.dir, "leftover")?;
             eprintln!("store {}: removed {} ({}); the node will be built again", self.root.display(), l.dir.display(), l.reason);
         }
-        self.clean_tmp()?;
+        let prefixes: Vec<String> = keep.iter().map(|(stage, key)| format!("{stage}-{}-", key.short())).collect();
+        self.clean_tmp_keeping(&prefixes)?;
         Ok(found)
     }
 

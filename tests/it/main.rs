@@ -12,6 +12,7 @@ mod model;
 mod remote;
 mod selfplay;
 mod serve;
+mod slurm;
 mod store_crash;
 mod util;
 mod vllm_live;

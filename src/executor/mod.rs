@@ -6,9 +6,10 @@
 //! then exits. A libtorch abort, an out-of-memory kill or a panic in a stage then ends the
 //! child, not the engine, and the memory of a finished stage goes back to the system.
 //!
-//! The job file is the contract a cluster executor will use (a scheduler job runs exactly
-//! `PROGRAM exec JOB` on another machine against a shared store); its fields are documented
-//! on [`Job`] and versioned by [`JOB_VERSION`]. The child trusts nothing in it: it rebuilds
+//! The job file is also what a cluster job runs ([`Executor::Cluster`], src/executor/cluster.rs
+//! and, for Slurm, src/executor/slurm.rs: exactly `PROGRAM exec JOB` on another machine
+//! against a shared store); its fields are documented on [`Job`] and versioned by
+//! [`JOB_VERSION`]. The child trusts nothing in it: it rebuilds
 //! the plan from the job's spec, loads every input by its key, checks its content digest, and
 //! recomputes the node's key, which must equal the job's.
 //!
@@ -30,6 +31,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+pub mod cluster;
+pub mod slurm;
 
 use crate::spec::RawSpec;
 use crate::store::{InputRecord, Key};
@@ -87,13 +91,15 @@ pub fn delegate() -> anyhow::Result<i32> {
 const TAIL_BYTES: usize = 4096;
 
 /// How the engine runs a stage.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub enum Executor {
     /// In the engine's own process (the library default; `run --in-process`).
     #[default]
     InProcess,
     /// One child process per node: `program exec JOB`.
     Process { program: PathBuf },
+    /// One cluster job per node running `program exec JOB` (src/executor/cluster.rs).
+    Cluster { scheduler: Arc<dyn cluster::Scheduler>, options: cluster::ClusterOptions },
 }
 
 /// One node's job: everything a process needs to run the node's stage against the store and
