@@ -165,6 +165,14 @@ fn the_tiny_pipeline_on_slurm_equals_local_and_failures_are_named() {
     let out = text(&o);
     assert!(!o.status.success(), "{out}");
     assert!(out.contains("dataset") && out.contains("slurm refused the job at submission") && out.contains("Invalid generic resource"), "{out}");
+    // More CPUs than the node has: refused the same way.
+    let cdir = tmp.path().join("cpus");
+    std::fs::create_dir_all(&cdir).expect("mkdir");
+    let ccfg = cdir.join("tiny-slurm.yaml");
+    std::fs::write(&ccfg, std::fs::read_to_string(&cfg).expect("read").replace("default: {cpus: 1}", "default: {cpus: 64}")).expect("write");
+    let o = cluster.sr(&ccfg, &on_slurm, &["run", "--executor", "slurm", "--only", "dataset", "--force"], &[]);
+    let out = text(&o);
+    assert!(!o.status.success() && out.contains("More processors requested than permitted"), "{out}");
     assert_eq!(digests(&cfg, &on_slurm), want, "a refused submission changes nothing");
 
     // A stage that aborts: its node fails with the job's end and its stderr; the next run resumes.
@@ -195,6 +203,13 @@ fn slurm_jobs_outlive_a_killed_engine_and_stop_on_ctrl_c_or_scancel() {
     let first = wait_for_claims(&store, 2);
     engine.kill().expect("kill -9");
     let _ = engine.wait();
+    // `status` shows the two nodes with the jobs computing them.
+    let o = cluster.command(bin()).arg("--config").arg(&cfg).arg("--store").arg(&store).arg("status").output().expect("status");
+    let shown = String::from_utf8_lossy(&o.stdout);
+    for c in &first {
+        let job = format!("slurm job {}", c["job_id"].as_str().expect("job id"));
+        assert!(shown.lines().any(|l| l.starts_with(c["node"].as_str().expect("node")) && l.contains(&job)), "{job} not in status:\n{shown}");
+    }
     let o = cluster.sr(&cfg, &store, &args, &[]);
     let out = text(&o);
     assert!(o.status.success(), "{out}");

@@ -10,6 +10,8 @@
 //! - every generated row records the vLLM server and weight version that made it;
 //! - a load the server cannot do (a path it cannot read) fails the stage with vLLM's own
 //!   message, and nothing is published;
+//! - vLLM stopped while `eval@1` generates on it (its only server) fails the stage with the
+//!   server named, and nothing is published;
 //! - the HTTP judge's client (`judge.wildguard.url`) on the same server: its requests are
 //!   accepted, the served model is read from `/v1/models`, and the greedy texts equal this
 //!   runtime's on the same weights.
@@ -126,9 +128,43 @@ fn rollout_and_eval_on_a_live_vllm_load_and_verify_each_policy() {
     let version = vllm.get("/weight_info")["weight_version"].as_str().unwrap_or_default().to_string();
     assert!(version.starts_with("update@1:") || version == "default", "{version}");
 
-    // A load the server cannot do: the servers are told the store lives where it does not.
-    // The stage fails with vLLM's own error and publishes nothing.
     let before = std::fs::read(eval1.join("manifest.json")).expect("manifest");
+
+    // The server killed mid-stage (its only server): once vLLM has answered a few of eval@1's
+    // requests it is stopped; the stage fails naming it and publishes nothing. The requests
+    // answered so far are counted in vLLM's access log (vllm.sh writes it beside the pidfile).
+    let log = vllm.pidfile.with_extension("log");
+    let served = || std::fs::read_to_string(&log).unwrap_or_default().matches("POST /v1/completions").count();
+    let at_start = served();
+    let mut run = std::process::Command::new(super::util::bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--store")
+        .arg(&store)
+        .args(["run", "--only", "eval@1", "--force"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    let t0 = std::time::Instant::now();
+    while served() < at_start + 3 {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(300), "eval@1 never reached vLLM");
+        assert!(run.try_wait().expect("wait").is_none(), "eval@1 ended before vLLM was stopped");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let url = vllm.url.clone();
+    drop(vllm);
+    let out = run.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&url) && err.contains("nothing was published"), "{err}");
+    assert_eq!(std::fs::read(eval1.join("manifest.json")).expect("manifest"), before, "nothing published");
+
+    // A load the server cannot do (on a fresh vLLM): the servers are told the store lives
+    // where it does not. The stage fails with vLLM's own error and publishes nothing. (vLLM is
+    // left half-loaded by such a reload, which is why the client drops it for the stage.)
+    let vllm = Vllm::start(&view, tmp.path());
+    let servers = format!("generation:\n  backend: server\n  engine: vllm\n  servers: [\"{}\"]\n  concurrency: 2\n  retries: 1\n  timeout_s: 300\n", vllm.url);
     let bad_cfg = tmp.path().join("bad.yaml");
     let nowhere = tmp.path().join("not-the-store");
     std::fs::write(&bad_cfg, format!("{body}\n{servers}  server_store_path: {}\n", nowhere.display())).expect("write config");
