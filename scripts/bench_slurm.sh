@@ -12,6 +12,7 @@ BIN="$ROOT/target/debug/self-redteam"
 [ -x "$BIN" ] || { echo "bench_slurm.sh: $BIN missing: run cargo build" >&2; exit 2; }
 WORK="$(mktemp -d /tmp/srt-bench-XXXXXX)"
 CLUSTER="$WORK/c"
+chmod a+x "$WORK" # munged (user munge) must reach the cluster dir
 trap '"$ROOT/scripts/slurm.sh" down "$CLUSTER" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 "$ROOT/scripts/slurm.sh" up "$CLUSTER" >/dev/null
 export SLURM_CONF="$CLUSTER/slurm.conf"
