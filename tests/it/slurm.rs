@@ -8,8 +8,8 @@
 //!   end state and the tail of its stderr, and the next `run` resumes;
 //! - `kill -9` of the engine while two jobs run, then `run` again: both jobs are adopted (no
 //!   node is submitted twice) and the store equals an uninterrupted run;
-//! - Ctrl-C stops a running job (SIGINT to it) with nothing published; `scancel` of a running
-//!   job is reported as CANCELLED.
+//! - Ctrl-C stops a running job (SIGINT to it) with nothing published; a second Ctrl-C exits
+//!   at once and cancels the job; `scancel` of a running job is reported as CANCELLED.
 //!
 //! Needs root (to install `slurm-wlm munge` when missing) or those packages;
 //! `SELF_REDTEAM_SKIP_SLURM=1` skips it, and so does a machine where neither holds — each
@@ -234,6 +234,29 @@ fn slurm_jobs_outlive_a_killed_engine_and_stop_on_ctrl_c_or_scancel() {
     eprintln!("ctrl-c: the engine and its job stopped {:.1} s after SIGINT", t0.elapsed().as_secs_f64());
     assert!(!store.join("dataset").is_dir() || std::fs::read_dir(store.join("dataset")).expect("dir").next().is_none(), "nothing published");
     assert!(claims(&store).is_empty());
+
+    // A second Ctrl-C: the engine exits at once and cancels its job on the way out.
+    let store = tmp.path().join("twice");
+    let mut engine = cluster.spawn(&cfg, &store, &["run", "--executor", "slurm", "--only", "dataset"], &[("SELF_REDTEAM_FAILPOINT", "delay:60")]);
+    let c = wait_for_claims(&store, 1);
+    let id = c[0]["job_id"].as_str().expect("job id").to_string();
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..2 {
+        assert!(Command::new("kill").args(["-INT", &engine.id().to_string()]).status().expect("kill -INT").success());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (status, err) = wait_exit(&mut engine, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains(&format!("cancelled slurm job {id}")), "{err}");
+    let t0 = Instant::now();
+    loop {
+        let o = cluster.command("scontrol").args(["show", "job", "-o", &id]).output().expect("scontrol");
+        if String::from_utf8_lossy(&o.stdout).contains("JobState=CANCELLED") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "job {id} not cancelled: {}", text(&o));
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // scancel of a running job: its node fails as CANCELLED.
     let store = tmp.path().join("scancelled");
