@@ -897,7 +897,8 @@ fn paused_generation_is_503_until_continued_and_bad_token_requests_are_400() {
             "sampling_seed",
             "[-2**63, 2**63 - 1]",
         ),
-        (server.completions_url(), json!({"prompt": [[1, 2], [3]], "max_tokens": 4, "temperature": 1.0}), "prompt", "one token-id prompt"),
+        // A batch of token-id prompts (vLLM takes one): each row checked, the refusal names it.
+        (server.completions_url(), json!({"prompt": [[1, 2], [3, vocab + 1000]], "max_tokens": 4, "temperature": 1.0}), "prompt", "prompt 1: "),
         (server.completions_url(), json!({"prompt": [1, 2], "max_tokens": 4, "min_tokens": 5, "temperature": 1.0}), "min_tokens", "over max_tokens"),
         (server.completions_url(), json!({"prompt": [1, 2], "max_tokens": 4, "temperature": 1.0, "logprobs": 5}), "logprobs", "logprobs=0"),
         (server.completions_url(), json!({"prompt": [1, 2], "max_tokens": 4, "temperature": 1.0, "n": 2}), "n", "n must be 1"),
